@@ -1,0 +1,56 @@
+"""The ``recsys`` command line: one sub-command group per concern.
+
+Each concern registers its own sub-commands (``recsys/<concern>/cli.py`` exposes
+``register(subparsers)``), so this file only assembles them and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module, help) in the order `recsys --help` lists them.
+_GROUPS = [
+    ("recsys.stack.cli", "local services: up, down, status"),
+    ("recsys.data.cli", "input data: generate, import-movielens, validate, ingest"),
+    ("recsys.features.cli", "NVTabular ETL"),
+    ("recsys.training.cli", "train and evaluate models"),
+    ("recsys.tracking.cli", "MLflow registry and champion gate"),
+    ("recsys.demo", "the end-to-end demo"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description="Real-time recommender MLOps platform")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module_name, _help in _GROUPS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # A group whose runtime is not this one (e.g. NVTabular in the control plane) is left out.
+            if exc.name and exc.name.startswith("recsys"):
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for users; tracebacks with RECSYS_DEBUG=1
+        from recsys.errors import RecsysError
+
+        if isinstance(exc, RecsysError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""One typed settings object for the whole project.
+
+Every value comes from an environment variable (prefix ``RECSYS_``, plus the standard
+``MLFLOW_TRACKING_URI``) or falls back to an embedded default on loopback. The module imports only
+the standard library, because both runtimes (the Airflow control plane and the Merlin runtime
+with its old ``typing-extensions``) import it.
+
+Use :func:`get_settings` everywhere; never read ``os.environ`` for these values elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional, get_type_hints
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _default_home() -> Path:
+    # A source checkout keeps its state beside the code (easy to find, easy to delete);
+    # an installed package uses the user's home.
+    if (PROJECT_ROOT / "pyproject.toml").exists():
+        return PROJECT_ROOT / ".recsys"
+    return Path.home() / ".recsys"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Environment variable for each field: ``RECSYS_<FIELD NAME IN UPPER CASE>``."""
+
+    # --- where things live -------------------------------------------------------------
+    home: Path = field(default_factory=_default_home)
+    """State directory: data and feature versions, service data, logs and PIDs."""
+    landing_dir: Optional[Path] = None
+    """Folder where raw input files arrive (the ETL DAG reads it). Default: ``<home>/landing``."""
+    merlin_python: Path = PROJECT_ROOT / ".envs" / "merlin" / "bin" / "python"
+    """Interpreter of the Merlin runtime (TensorFlow 2.12, NVTabular); Airflow runs heavy tasks with it."""
+
+    # --- services: every one can be external; the embedded default binds to loopback ---
+    host: str = "127.0.0.1"
+    redis_url: Optional[str] = None
+    """e.g. ``rediss://:password@redis.example:6380/0``. Unset: the embedded redis-server."""
+    redis_port: int = 6390
+    mlflow_tracking_uri: Optional[str] = None
+    """Read from ``MLFLOW_TRACKING_URI`` (MLflow's own variable). Unset: the embedded server."""
+    mlflow_port: int = 5050
+    airflow_url: Optional[str] = None
+    """Base URL of an external Airflow API server. Unset: the embedded one."""
+    airflow_port: int = 8280
+    airflow_user: str = "admin"
+    airflow_password: Optional[str] = None
+    """Unset: the embedded Airflow generates one (see ``recsys stack status``)."""
+    dask_scheduler_address: Optional[str] = None
+    """e.g. ``tcp://10.0.0.5:8786``. Set: NVTabular runs on that Dask cluster."""
+
+    # --- data ---------------------------------------------------------------------------
+    validation_days: int = 7
+    """The last N days of interactions are the validation window."""
+
+    # --- training -----------------------------------------------------------------------
+    epochs: int = 3
+    batch_size: int = 4096
+    embedding_dim: int = 64
+    learning_rate: float = 0.005
+    negatives_per_positive: int = 4
+    """Ranking trains on sampled negatives when the data holds only positives."""
+    seed: int = 42
+    gpu_pool: str = "gpu"
+    gpu_pool_slots: int = 1
+    retrieval_model_name: str = "recsys-retrieval"
+    ranking_model_name: str = "recsys-ranking"
+    retrieval_primary_metric: str = "recall_at_10"
+    ranking_primary_metric: str = "auc"
+    experiment_name: str = "recsys"
+
+    # --- derived paths and URLs -----------------------------------------------------------
+    @property
+    def landing(self) -> Path:
+        return self.landing_dir or self.home / "landing"
+
+    @property
+    def data_root(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def features_root(self) -> Path:
+        return self.home / "features"
+
+    @property
+    def runs_root(self) -> Path:
+        """Scratch space for training outputs before they are logged to MLflow."""
+        return self.home / "runs"
+
+    @property
+    def services_root(self) -> Path:
+        return self.home / "services"
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url or f"redis://{self.host}:{self.redis_port}/0"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def airflow(self) -> str:
+        return (self.airflow_url or f"http://{self.host}:{self.airflow_port}").rstrip("/")
+
+    @property
+    def embedded(self) -> dict[str, bool]:
+        """Which services the project starts itself (the rest are external)."""
+        return {
+            "redis": self.redis_url is None,
+            "mlflow": self.mlflow_tracking_uri is None,
+            "airflow": self.airflow_url is None,
+        }
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as environment variables, for child processes (Airflow, Triton, tasks)."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            env[_env_name(f.name)] = str(value)
+        env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        return env
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings without secrets, for logs and ``recsys settings``."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if "password" in f.name and value:
+                value = "***"
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def _env_name(name: str) -> str:
+    return "MLFLOW_TRACKING_URI" if name == "mlflow_tracking_uri" else f"RECSYS_{name.upper()}"
+
+
+def _parse(raw: str, annotation: Any, name: str) -> Any:
+    target = annotation
+    if getattr(annotation, "__origin__", None) is not None:  # Optional[X]
+        target = next(a for a in annotation.__args__ if a is not type(None))
+    try:
+        if target is bool:
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if target is Path:
+            return Path(raw).expanduser()
+        return target(raw)
+    except ValueError:
+        raise ValueError(
+            f"setting {_env_name(name)}={raw!r} is not a valid {getattr(target, '__name__', target)}"
+        ) from None
+
+
+def load_settings(environ: Optional[dict[str, str]] = None, **overrides: Any) -> Settings:
+    """Build settings from ``environ`` (default ``os.environ``); keyword overrides win."""
+    environ = os.environ if environ is None else environ
+    hints = get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = environ.get(_env_name(f.name))
+        if raw is not None and raw != "":
+            values[f.name] = _parse(raw, hints[f.name], f.name)
+    values.update(overrides)
+    return Settings(**values)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def replace(settings: Settings, **changes: Any) -> Settings:
+    return dataclasses.replace(settings, **changes)
