@@ -128,7 +128,6 @@ class Settings:
             if value is None:
                 continue
             env[_env_name(f.name)] = str(value)
-        env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         return env
 
     def public_dict(self) -> dict[str, Any]:

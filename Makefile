@@ -1,0 +1,57 @@
+# The two commands a user needs: `make demo` and `make test`. Everything else here supports them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+UV_VERSION := 0.13.8
+ENVS := .envs
+UV := $(ENVS)/bootstrap/bin/uv
+CONTROL := $(ENVS)/control/bin
+MERLIN := $(ENVS)/merlin/bin
+
+# Tests are laid out like the package; each runtime runs the tests of the code it executes.
+MERLIN_TESTS := tests/data tests/features tests/training
+CONTROL_TESTS := tests/test_settings.py tests/data tests/stack tests/tracking tests/dags
+
+.PHONY: help envs demo test down status bench clean
+
+help:
+	@echo "make demo   build both environments, start the local stack, run the pipeline through Airflow"
+	@echo "make test   build both environments and run the whole test suite"
+	@echo "make down   stop the local stack        make status   show the local services"
+	@echo "make bench  run the benchmarks (JSON in bench/results/)"
+
+# uv itself, pinned, in a small bootstrap venv: nothing is installed outside this folder.
+$(UV):
+	@echo "==> bootstrapping uv $(UV_VERSION) into $(ENVS)/bootstrap"
+	@$(PYTHON) -m venv $(ENVS)/bootstrap
+	@$(ENVS)/bootstrap/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# Each environment is rebuilt only when the lock (or pyproject) changed; uv's cache makes a rebuild seconds.
+$(ENVS)/%/.synced: pyproject.toml uv.lock | $(UV)
+	@echo "==> syncing the $* environment ($(ENVS)/$*) from uv.lock"
+	@UV_PROJECT_ENVIRONMENT=$(ENVS)/$* $(UV) sync --frozen --extra $* --python $(PYTHON)
+	@touch $@
+
+envs: $(ENVS)/control/.synced $(ENVS)/merlin/.synced
+
+demo: envs
+	@$(CONTROL)/recsys demo
+
+test: envs
+	@echo "==> Merlin runtime tests"
+	@$(MERLIN)/python -m pytest $(MERLIN_TESTS)
+	@echo "==> control plane tests"
+	@$(CONTROL)/python -m pytest $(CONTROL_TESTS)
+
+down:
+	@if [ -x $(CONTROL)/recsys ]; then $(CONTROL)/recsys stack down; fi
+
+status: envs
+	@$(CONTROL)/recsys stack status
+
+bench: envs
+	@$(CONTROL)/python bench/run_all.py
+
+clean: down
+	rm -rf .recsys

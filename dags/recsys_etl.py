@@ -1,0 +1,52 @@
+"""recsys_etl: validate the landing folder, snapshot it as a data version, run the NVTabular ETL.
+
+Wiring only: the work is in ``recsys.jobs``. The ETL runs in the Merlin runtime's interpreter.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import dag, task
+
+from recsys.assets import FEATURES
+from recsys.settings import get_settings
+
+settings = get_settings()
+
+
+@dag(
+    dag_id="recsys_etl",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["recsys", "etl"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    doc_md=__doc__,
+)
+def recsys_etl():
+    @task
+    def ingest() -> dict:
+        from recsys import jobs
+
+        return jobs.ingest_landing()
+
+    @task.external_python(python=str(settings.merlin_python), execution_timeout=timedelta(hours=2))
+    def build_features(data_version: dict) -> dict:
+        from recsys import jobs
+
+        return jobs.build_features(data_version["path"])
+
+    @task(outlets=[FEATURES])
+    def announce_features(features: dict, *, outlet_events=None) -> dict:
+        outlet_events[FEATURES].extra = {
+            "feature_version": features["feature_version"],
+            "data_version": features["data_version"],
+        }
+        return features
+
+    announce_features(build_features(ingest()))
+
+
+recsys_etl()

@@ -1,0 +1,13 @@
+"""The Airflow Assets that connect the DAGs (shared by the DAG files and the tests).
+
+An Asset event means "a new complete version exists": the producer emits it only after the version has
+been switched into place, so a consumer never starts on half-written output.
+"""
+
+from airflow.sdk import Asset
+
+FEATURES = Asset(name="recsys_features", uri="recsys://features")
+"""A new feature version (NVTabular output) exists. Emitted by ``recsys_etl``; starts ``recsys_train``."""
+
+CHAMPION = Asset(name="recsys_champion", uri="recsys://models/champion")
+"""A model took the ``champion`` alias in MLflow. Emitted by ``recsys_train``; publishing listens to it."""

@@ -1,0 +1,156 @@
+"""The units of work the DAGs (and the CLI) run.
+
+Each job takes plain arguments, returns a JSON-able dict (it travels through Airflow's XCom), is
+idempotent (a retry or a re-run finds what an earlier try completed instead of making a duplicate), and
+imports its heavy libraries inside, so the control plane can import this module without TensorFlow.
+
+Which runtime runs which job:
+- control plane: :func:`ingest_landing`, :func:`resolve_features`, :func:`champion_gate`
+- Merlin runtime: :func:`build_features`, :func:`train_and_log`
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from recsys.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def ingest_landing(landing: Optional[str] = None) -> dict:
+    """Validate the landing folder and snapshot it as a data version (no-op if that version exists)."""
+    from recsys.data.ingest import ingest
+
+    s = get_settings()
+    version = ingest(Path(landing) if landing else s.landing, s.data_root)
+    return {"data_version": version.version, "path": str(version.path)}
+
+
+def build_features(data_dir: str) -> dict:
+    """NVTabular ETL of one data version into a feature version (Merlin runtime)."""
+    from recsys.features.etl import run_etl
+
+    s = get_settings()
+    fv = run_etl(
+        Path(data_dir),
+        s.features_root,
+        validation_days=s.validation_days,
+        dask_scheduler_address=s.dask_scheduler_address,
+    )
+    return {
+        "feature_version": fv.version,
+        "data_version": fv.manifest["data_version"],
+        "path": str(fv.path),
+        "rows": fv.manifest["rows"],
+    }
+
+
+def resolve_features(feature_version: Optional[str] = None) -> dict:
+    """The feature version to train on: the one asked for, else the newest complete one."""
+    from recsys.data.versioning import latest_version, read_manifest
+    from recsys.errors import RecsysError
+
+    s = get_settings()
+    if feature_version:
+        path = s.features_root / feature_version
+        if not (path / "manifest.json").exists():
+            raise RecsysError(f"feature version {feature_version!r} not found under {s.features_root}")
+    else:
+        path = latest_version(s.features_root)
+        if path is None:
+            raise RecsysError(f"no feature version under {s.features_root}: run the recsys_etl DAG first")
+    manifest = read_manifest(path)
+    return {"feature_version": manifest["feature_version"], "data_version": manifest["data_version"], "path": str(path)}
+
+
+def training_params(overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Training parameters: settings' defaults, overridden by e.g. an Airflow run's ``conf``."""
+    s = get_settings()
+    params = {
+        "epochs": s.epochs,
+        "batch_size": s.batch_size,
+        "embedding_dim": s.embedding_dim,
+        "learning_rate": s.learning_rate,
+        "negatives_per_positive": s.negatives_per_positive,
+        "seed": s.seed,
+    }
+    unknown = set(overrides or {}) - set(params)
+    if unknown:
+        from recsys.errors import ConfigError
+
+        raise ConfigError(f"unknown training parameter(s) {sorted(unknown)}; known: {sorted(params)}")
+    params.update({k: type(params[k])(v) for k, v in (overrides or {}).items() if v is not None})
+    return params
+
+
+def train_and_log(
+    feature_dir: str,
+    params: dict[str, Any],
+    airflow_run: str,
+    extra_tags: Optional[dict[str, str]] = None,
+) -> dict:
+    """Train both models on a feature version and log one MLflow run (Merlin runtime).
+
+    ``airflow_run`` ("<dag_id>/<run_id>") makes the job idempotent: a finished MLflow run already logged for
+    it is returned instead of training again.
+    """
+    import shutil
+
+    from recsys.tracking import runs
+    from recsys.training.pipeline import TrainParams, train_models
+
+    s = get_settings()
+    c = runs.client()
+    done = runs.find_finished_run(c, s.experiment_name, airflow_run)
+    if done:
+        log.info("MLflow run %s already holds the training for %s; not training again", done, airflow_run)
+        return {"run_id": done, "metrics": runs.run_metrics(c, done), "reused": True}
+
+    safe_name = airflow_run.replace("/", "__").replace(":", "-").replace("+", "-")
+    out_dir = s.runs_root / safe_name
+    if out_dir.exists():  # left by a failed earlier try of this same run: it was never logged
+        shutil.rmtree(out_dir)
+    result = train_models(Path(feature_dir), out_dir, TrainParams(**params))
+    tags = {
+        runs.TAG_AIRFLOW_RUN: airflow_run,
+        runs.TAG_DATA_VERSION: result.data_version,
+        runs.TAG_FEATURE_VERSION: result.feature_version,
+        runs.TAG_DEVICE: result.device,
+        **(extra_tags or {}),
+    }
+    logged_params = {
+        **params,
+        "feature_version": result.feature_version,
+        "data_version": result.data_version,
+        "device": result.device,
+    }
+    metrics = dict(result.metrics)
+    for model, rate in result.samples_per_second.items():
+        metrics[f"{model}_samples_per_second"] = rate
+    run_id = runs.log_training_run(
+        metrics=metrics,
+        history=result.history,
+        params=logged_params,
+        artifacts_dir=out_dir,
+        tags=tags,
+        experiment=s.experiment_name,
+        run_name=f"train-{result.feature_version}",
+    )
+    # The artifacts now live in MLflow; the local copy was only a staging area.
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {"run_id": run_id, "metrics": metrics, "reused": False}
+
+
+def champion_gate(run_id: str) -> dict:
+    """Register the run's models and apply the champion gate (control plane)."""
+    from recsys.tracking.registry import champion_gate as gate
+
+    decisions = gate(run_id)
+    return {
+        "run_id": run_id,
+        "decisions": [d.to_dict() for d in decisions],
+        "new_champion": any(d.promoted for d in decisions),
+    }

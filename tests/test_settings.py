@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import pytest
+
+from recsys.settings import load_settings
+
+
+def test_defaults_are_embedded_services_on_loopback(tmp_path):
+    s = load_settings({"RECSYS_HOME": str(tmp_path)})
+    assert s.home == tmp_path
+    assert s.redis == "redis://127.0.0.1:6390/0"
+    assert s.mlflow_uri == "http://127.0.0.1:5050"
+    assert s.airflow == "http://127.0.0.1:8280"
+    assert s.embedded == {"redis": True, "mlflow": True, "airflow": True}
+    assert s.landing == tmp_path / "landing"
+    assert s.features_root == tmp_path / "features"
+
+
+def test_external_services_come_from_settings():
+    s = load_settings(
+        {
+            "RECSYS_REDIS_URL": "rediss://:pw@redis.internal:6380/2",
+            "MLFLOW_TRACKING_URI": "https://mlflow.internal",
+            "RECSYS_AIRFLOW_URL": "https://airflow.internal/",
+        }
+    )
+    assert s.redis == "rediss://:pw@redis.internal:6380/2"
+    assert s.mlflow_uri == "https://mlflow.internal"
+    assert s.airflow == "https://airflow.internal"
+    assert s.embedded == {"redis": False, "mlflow": False, "airflow": False}
+
+
+def test_types_are_parsed_and_bad_values_name_the_variable():
+    s = load_settings({"RECSYS_EPOCHS": "7", "RECSYS_LEARNING_RATE": "0.1", "RECSYS_MERLIN_PYTHON": "~/x/python"})
+    assert s.epochs == 7 and s.learning_rate == 0.1
+    assert s.merlin_python == Path("~/x/python").expanduser()
+    with pytest.raises(ValueError, match="RECSYS_EPOCHS='many'"):
+        load_settings({"RECSYS_EPOCHS": "many"})
+
+
+def test_secrets_are_masked_and_env_round_trips(tmp_path):
+    s = load_settings({"RECSYS_HOME": str(tmp_path), "RECSYS_AIRFLOW_PASSWORD": "s3cret", "RECSYS_REDIS_PORT": "7001"})
+    assert s.public_dict()["airflow_password"] == "***"
+    env = s.as_env()
+    assert env["RECSYS_REDIS_PORT"] == "7001" and "MLFLOW_TRACKING_URI" not in env
+    again = load_settings(env)
+    assert again == s
