@@ -1,0 +1,49 @@
+"""DagBag integrity: every DAG imports, is tagged, retries, and routes work to the right runtime."""
+
+import pytest
+
+from recsys.settings import get_settings
+
+EXPECTED_DAGS = {"recsys_etl", "recsys_train"}
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_home):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from recsys.settings import PROJECT_ROOT
+
+    return DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+
+
+def test_no_import_errors_and_every_dag_is_there(dagbag):
+    assert dagbag.import_errors == {}
+    assert EXPECTED_DAGS <= set(dagbag.dag_ids)
+
+
+def test_every_dag_is_tagged_and_every_task_retries(dagbag):
+    for dag_id in EXPECTED_DAGS:
+        dag = dagbag.dags[dag_id]
+        assert "recsys" in dag.tags, dag_id
+        assert dag.doc_md, f"{dag_id} has no documentation for the Airflow UI"
+        for t in dag.tasks:
+            assert t.retries >= 1, f"{dag_id}.{t.task_id} has no retries"
+
+
+def test_heavy_tasks_run_in_the_merlin_runtime_and_training_in_the_gpu_pool(dagbag):
+    merlin = str(get_settings().merlin_python)
+    etl = dagbag.dags["recsys_etl"].get_task("build_features")
+    assert etl.python == merlin
+    train = dagbag.dags["recsys_train"].get_task("train")
+    assert train.python == merlin
+    assert train.pool == get_settings().gpu_pool
+
+
+def test_train_is_scheduled_on_the_features_asset_and_etl_emits_it(dagbag):
+    from recsys.assets import CHAMPION, FEATURES
+
+    etl = dagbag.dags["recsys_etl"]
+    assert FEATURES in etl.get_task("announce_features").outlets
+    train = dagbag.dags["recsys_train"]
+    assert FEATURES.name in {a.name for a in train.timetable.asset_condition.objects}
+    assert CHAMPION in train.get_task("announce_champion").outlets
