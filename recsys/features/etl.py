@@ -1,0 +1,371 @@
+"""The NVTabular ETL: a data version in, a feature version out (docs/layouts.md, sections 2 and 3).
+
+Stages:
+1. read the data version and check it (tables, columns, ids known to users/items);
+2. split interactions by time: the last ``validation_days`` days (relative to the newest
+   interaction) are validation, everything before is training;
+3. fit the user and item workflows on the training interactions joined with the user/item
+   features (so vocabularies are frequency-ordered and statistics are weighted as the model
+   sees them), on the training window only;
+4. transform the full users and items tables, then build train/ and valid/ by joining the
+   interactions with the transformed rows (the workflows are row-wise after fitting, so a join
+   gives exactly what transforming every interaction row would, at the cost of one lookup);
+5. write everything under a temporary sibling folder and rename it into place.
+
+Runs in the Merlin runtime. With a Dask scheduler address, every Dask computation (fit,
+transform, writes) runs on that cluster; otherwise on local threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+from merlin.io import Dataset
+
+from recsys.data.versioning import atomic_directory, content_hash, sha256_file, utc_now_iso, write_json_atomic
+from recsys.errors import RecsysError
+from recsys.features.workflows import (
+    ITEM_ID,
+    TARGET,
+    TIMESTAMP,
+    USER_ID,
+    WORKFLOW_DEFINITION_VERSION,
+    FeatureColumns,
+    build_item_workflow,
+    build_user_workflow,
+    embedding_cardinalities,
+    interaction_schema,
+    portable_schema,
+    split_feature_columns,
+)
+
+Progress = Callable[[str], Any]
+
+TABLES = ("interactions", "users", "items")
+# Interaction columns that are not features; user/item feature names must not collide with them.
+_RESERVED = {USER_ID, ITEM_ID, TIMESTAMP, TARGET, "label", "event_type"}
+
+
+class EtlError(RecsysError):
+    """The data version cannot be turned into features (names the file, column and a value)."""
+
+
+@dataclass(frozen=True)
+class FeatureVersion:
+    """A complete feature version folder and its manifest."""
+
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+
+
+def feature_version_id(data_version: str, validation_days: int) -> str:
+    """Short content hash of the data version and the ETL configuration."""
+    config = {
+        "validation_days": int(validation_days),
+        "workflow_definition_version": WORKFLOW_DEFINITION_VERSION,
+    }
+    return content_hash("feature-version", data_version, config)
+
+
+def run_etl(
+    data_dir: Path,
+    features_root: Path,
+    validation_days: int,
+    dask_scheduler_address: Optional[str] = None,
+    progress: Progress = print,
+) -> FeatureVersion:
+    """Turn the data version in ``data_dir`` into ``features_root/<feature_version>/``.
+
+    An existing complete feature version is returned untouched. On any error nothing is left
+    under ``features_root``.
+    """
+    data_dir, features_root = Path(data_dir), Path(features_root)
+    if int(validation_days) < 1:
+        raise EtlError(f"validation_days must be >= 1, got {validation_days}")
+    data_manifest = _read_data_manifest(data_dir)
+    version = feature_version_id(data_manifest["data_version"], validation_days)
+    target = features_root / version
+    if (target / "manifest.json").exists():
+        progress(f"[etl] feature version {version} already exists at {target}: nothing to do")
+        return FeatureVersion(version, target, json.loads((target / "manifest.json").read_text()))
+
+    progress(
+        f"[etl] data version {data_manifest['data_version']} -> feature version {version} "
+        f"(validation_days={validation_days}, dask={dask_scheduler_address or 'local threads'})"
+    )
+    started = time.perf_counter()
+    with atomic_directory(target) as out_dir, _dask_execution(dask_scheduler_address):
+        manifest = _build(data_dir, out_dir, version, data_manifest, int(validation_days), progress)
+    rows = manifest["rows"]["train"] + manifest["rows"]["valid"]
+    seconds = time.perf_counter() - started
+    progress(f"[etl] done: {rows} interactions in {seconds:.1f}s ({rows / seconds:,.0f} rows/s) -> {target}")
+    return FeatureVersion(version, target, manifest)
+
+
+# --- stages -----------------------------------------------------------------------------------
+
+
+def _build(
+    data_dir: Path,
+    out_dir: Path,
+    version: str,
+    data_manifest: dict[str, Any],
+    validation_days: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    with _stage(progress, "read") as note:
+        interactions = dd.read_parquet(data_dir / "interactions.parquet")
+        users = pd.read_parquet(data_dir / "users.parquet").reset_index(drop=True)
+        items = pd.read_parquet(data_dir / "items.parquet").reset_index(drop=True)
+        user_features, item_features = _check_tables(data_dir, interactions, users, items)
+        has_labels = "label" in interactions.columns
+        interactions = _events(interactions, has_labels)
+        ts_min, ts_max, total, unknown_users, unknown_items = dask.compute(
+            interactions[TIMESTAMP].min(),
+            interactions[TIMESTAMP].max(),
+            interactions.shape[0],
+            (~interactions[USER_ID].isin(users[USER_ID].to_numpy())).sum(),
+            (~interactions[ITEM_ID].isin(items[ITEM_ID].to_numpy())).sum(),
+        )
+        if total == 0:
+            raise EtlError(f"{data_dir / 'interactions.parquet'}: the table is empty")
+        _refuse_unknown_ids(data_dir, interactions, users, USER_ID, unknown_users)
+        _refuse_unknown_ids(data_dir, interactions, items, ITEM_ID, unknown_items)
+        note(f"{total} interactions, {len(users)} users, {len(items)} items")
+
+    with _stage(progress, "split by time") as note:
+        cutoff = int(ts_max) - validation_days * 86_400
+        train_events = interactions[interactions[TIMESTAMP] < cutoff]
+        valid_events = interactions[interactions[TIMESTAMP] >= cutoff]
+        train_rows = int(train_events.shape[0].compute())
+        if train_rows == 0:
+            raise EtlError(
+                f"{data_dir / 'interactions.parquet'}: validation_days={validation_days} covers every "
+                f"interaction (column timestamp, newest {_iso(ts_max)}): no training window left"
+            )
+        note(f"train {train_rows} rows before {_iso(cutoff)}, valid {total - train_rows} rows")
+
+    with _stage(progress, "fit workflows on the training window") as note:
+        train_joined = (
+            train_events.merge(users, on=USER_ID, how="inner").merge(items, on=ITEM_ID, how="inner")
+        ).persist()  # read once, fitted twice
+        scratch = out_dir / "_fit_categories"
+        user_workflow = build_user_workflow(user_features, scratch / "user")
+        item_workflow = build_item_workflow(item_features, scratch / "item")
+        for table, workflow, columns in (
+            ("users", user_workflow, [USER_ID] + user_features.all),
+            ("items", item_workflow, [ITEM_ID] + item_features.all),
+        ):
+            try:
+                workflow.fit(Dataset(train_joined[columns], cpu=True))
+            except Exception as exc:  # NVTabular names the column; add the file
+                raise EtlError(f"{data_dir / (table + '.parquet')}: fitting the features failed: {exc}") from exc
+        del train_joined
+        # Saving copies the vocabularies into the workflow folders and points the ops there.
+        user_workflow.save(out_dir / "workflows" / "user")
+        item_workflow.save(out_dir / "workflows" / "item")
+        shutil.rmtree(scratch)
+        cardinalities = embedding_cardinalities(user_workflow, item_workflow)
+        note(f"{train_rows} rows; cardinalities {cardinalities}")
+
+    with _stage(progress, "transform users and items") as note:
+        users_out = _transform_entities(user_workflow, users, out_dir / "users")
+        items_out = _transform_entities(item_workflow, items, out_dir / "items")
+        (out_dir / "id_maps").mkdir()
+        _id_map(users, users_out, USER_ID).to_parquet(out_dir / "id_maps" / "users.parquet", index=False)
+        _id_map(items, items_out, ITEM_ID).to_parquet(out_dir / "id_maps" / "items.parquet", index=False)
+        note(f"{len(users_out)} users, {len(items_out)} items")
+
+    schema = interaction_schema(user_workflow, item_workflow)
+    rows = {"users": len(users_out), "items": len(items_out)}
+    for split, events in (("train", train_events), ("valid", valid_events)):
+        with _stage(progress, f"write {split}") as note:
+            table = _join_features(events, users, users_out, items, items_out)[schema.column_names]
+            Dataset(table, schema=schema, cpu=True).to_parquet(out_dir / split)
+            rows[split] = Dataset(out_dir / split, engine="parquet", cpu=True).num_rows
+            note(f"{rows[split]} rows")
+
+    manifest = {
+        "feature_version": version,
+        "data_version": data_manifest["data_version"],
+        "created_at": utc_now_iso(),
+        "validation_days": validation_days,
+        "workflow_definition_version": WORKFLOW_DEFINITION_VERSION,
+        "split": {
+            "train_start": _iso(ts_min),
+            "train_end": _iso(cutoff),
+            "valid_start": _iso(cutoff),
+            "valid_end": _iso(ts_max),
+        },
+        "rows": rows,
+        "columns": {
+            "user_id": USER_ID,
+            "item_id": ITEM_ID,
+            "target": TARGET,
+            "timestamp": TIMESTAMP,
+            "user_categorical": user_features.categorical,
+            "user_continuous": user_features.continuous,
+            "item_categorical": item_features.categorical,
+            "item_continuous": item_features.continuous,
+        },
+        "cardinalities": cardinalities,
+        "has_labels": has_labels,
+        "schema": {
+            column.name: {"dtype": str(column.dtype.to_numpy), "tags": sorted(t.value for t in column.tags)}
+            for column in schema
+        },
+        "input_hashes": {name: sha256_file(data_dir / f"{name}.parquet") for name in TABLES},
+    }
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def _check_tables(
+    data_dir: Path, interactions: dd.DataFrame, users: pd.DataFrame, items: pd.DataFrame
+) -> tuple[FeatureColumns, FeatureColumns]:
+    for table, frame, required in (
+        ("interactions", interactions, [USER_ID, ITEM_ID, TIMESTAMP]),
+        ("users", users, [USER_ID]),
+        ("items", items, [ITEM_ID]),
+    ):
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+            raise EtlError(
+                f"{data_dir / (table + '.parquet')}: missing column(s) {missing}; found {list(frame.columns)}"
+            )
+    user_features = split_feature_columns(users, USER_ID)
+    item_features = split_feature_columns(items, ITEM_ID)
+    # Users and items share one row in train/, so their feature names must differ.
+    for table, features, other in (
+        ("users", user_features, set(item_features.all)),
+        ("items", item_features, set(user_features.all)),
+    ):
+        for column in features.all:
+            if column in _RESERVED or column in other:
+                raise EtlError(
+                    f"{data_dir / (table + '.parquet')}: feature column {column!r} clashes with an "
+                    f"interaction column or a feature of the other table; rename it"
+                )
+    return user_features, item_features
+
+
+def _events(interactions: dd.DataFrame, has_labels: bool) -> dd.DataFrame:
+    """user_id, item_id, click (int32 0/1), timestamp (int64 unix seconds)."""
+    timestamp = interactions[TIMESTAMP]
+    if pd.api.types.is_datetime64_any_dtype(timestamp.dtype):
+        timestamp = timestamp.astype("datetime64[ns]").astype("int64") // 1_000_000_000
+    else:  # integer unix seconds
+        timestamp = timestamp.astype("int64")
+    events = interactions[[USER_ID, ITEM_ID]].astype("int64")
+    events[TARGET] = interactions["label"].astype("int32") if has_labels else np.int32(1)
+    events[TIMESTAMP] = timestamp
+    return events
+
+
+def _refuse_unknown_ids(
+    data_dir: Path, interactions: dd.DataFrame, entities: pd.DataFrame, column: str, count: int
+) -> None:
+    if count:
+        known = entities[column].to_numpy()
+        example = interactions[~interactions[column].isin(known)][column].head(1, npartitions=-1).iloc[0]
+        table = "users" if column == USER_ID else "items"
+        raise EtlError(
+            f"{data_dir / 'interactions.parquet'}: column {column}: {count} rows reference ids missing "
+            f"from {table}.parquet, e.g. {example}"
+        )
+
+
+def _transform_entities(workflow: Any, table: pd.DataFrame, out_path: Path) -> pd.DataFrame:
+    """Transform a whole users/items table, write it (with schema) and return it in input order."""
+    transformed = workflow.transform(Dataset(table, cpu=True)).to_ddf().compute().reset_index(drop=True)
+    if len(transformed) != len(table):  # the id map relies on row order being kept
+        raise EtlError(f"transforming {out_path.name} changed the row count: {len(table)} -> {len(transformed)}")
+    Dataset(transformed, schema=portable_schema(workflow.output_schema), cpu=True).to_parquet(out_path)
+    return transformed
+
+
+def _id_map(raw: pd.DataFrame, encoded: pd.DataFrame, column: str) -> pd.DataFrame:
+    return pd.DataFrame({f"{column}_raw": raw[column].to_numpy(), column: encoded[column].to_numpy()})
+
+
+def _join_features(
+    events: dd.DataFrame,
+    users: pd.DataFrame,
+    users_out: pd.DataFrame,
+    items: pd.DataFrame,
+    items_out: pd.DataFrame,
+) -> dd.DataFrame:
+    """Replace raw ids by encoded ids and add the transformed features (broadcast joins)."""
+    user_lookup = users_out.assign(**{f"{USER_ID}_raw": users[USER_ID].to_numpy()})
+    item_lookup = items_out.assign(**{f"{ITEM_ID}_raw": items[ITEM_ID].to_numpy()})
+    events = events.rename(columns={USER_ID: f"{USER_ID}_raw", ITEM_ID: f"{ITEM_ID}_raw"})
+    joined = events.merge(user_lookup, on=f"{USER_ID}_raw", how="inner")
+    return joined.merge(item_lookup, on=f"{ITEM_ID}_raw", how="inner")
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _read_data_manifest(data_dir: Path) -> dict[str, Any]:
+    if not data_dir.is_dir():
+        raise EtlError(f"{data_dir}: data version folder does not exist")
+    for name in TABLES:
+        if not (data_dir / f"{name}.parquet").exists():
+            raise EtlError(f"{data_dir}: missing table {name}.parquet (see docs/layouts.md, section 2)")
+    manifest_path = data_dir / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise EtlError(f"{manifest_path}: cannot read the data version manifest ({exc})") from None
+    if not manifest.get("data_version"):
+        raise EtlError(f"{manifest_path}: no 'data_version' field")
+    return manifest
+
+
+@contextlib.contextmanager
+def _dask_execution(address: Optional[str]) -> Iterator[None]:
+    """Run NVTabular and every Dask computation on the cluster at ``address``, or on local threads."""
+    from merlin.core.utils import set_dask_client
+
+    if address is None:
+        set_dask_client(None)  # don't pick up a client that happens to exist in this process
+        with dask.config.set(scheduler="threads"):
+            yield
+        return
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout="30s", set_as_default=True)
+    except OSError as exc:
+        raise EtlError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
+    set_dask_client(client)
+    try:
+        yield
+    finally:
+        set_dask_client(None)
+        client.close()
+
+
+@contextlib.contextmanager
+def _stage(progress: Progress, name: str) -> Iterator[Callable[[str], None]]:
+    """Log ``[etl] <name>: <details> (<seconds>s)`` when the stage ends."""
+    details: list[str] = []
+    started = time.perf_counter()
+    progress(f"[etl] {name} ...")
+    yield details.append
+    progress(f"[etl] {name}: {'; '.join(details)} ({time.perf_counter() - started:.1f}s)")
+
+
+def _iso(unix_seconds: int) -> str:
+    return pd.Timestamp(int(unix_seconds), unit="s").isoformat()

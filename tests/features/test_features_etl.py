@@ -1,0 +1,255 @@
+"""The NVTabular ETL on a small data version: layout, encodings, statistics, split, idempotence,
+failure cleanup, and the saved workflows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from merlin.io import Dataset
+from merlin.schema import Tags
+
+from conftest import write_data_version
+from recsys.features.etl import EtlError, run_etl
+
+OOV = 2  # NVTabular 23.08 Categorify: 0 reserved, 1 null, 2 out-of-vocabulary, 3.. known values
+FIRST_KNOWN = 3
+DAY = 86_400
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return Dataset(path, engine="parquet", cpu=True).to_ddf().compute().reset_index(drop=True)
+
+
+def _raw(data: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    interactions = pd.read_parquet(data / "interactions.parquet")
+    interactions["ts"] = interactions["timestamp"].astype("int64") // 10**9
+    return interactions, pd.read_parquet(data / "users.parquet"), pd.read_parquet(data / "items.parquet")
+
+
+def _train_window(interactions: pd.DataFrame, days: int = 7) -> pd.DataFrame:
+    return interactions[interactions["ts"] < interactions["ts"].max() - days * DAY]
+
+
+def test_layout_and_manifest(built):
+    data, features_root, result = built
+    path = features_root / result.version
+    assert result.path == path and sorted(p.name for p in features_root.iterdir()) == [result.version]
+    for part in ("train", "valid", "users", "items", "workflows/user", "workflows/item"):
+        assert (path / part).is_dir(), part
+    assert (path / "id_maps" / "users.parquet").is_file() and (path / "id_maps" / "items.parquet").is_file()
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest == result.manifest
+    assert manifest["feature_version"] == result.version and manifest["data_version"] == "d0d0d0d0d0d0"
+    assert manifest["validation_days"] == 7 and manifest["has_labels"] is True
+    assert manifest["columns"] == {
+        "user_id": "user_id",
+        "item_id": "item_id",
+        "target": "click",
+        "timestamp": "timestamp",
+        "user_categorical": ["country", "is_premium"],
+        "user_continuous": ["age"],
+        "item_categorical": ["category", "brand"],
+        "item_continuous": ["price"],
+    }
+    interactions, users, items = _raw(data)
+    assert manifest["rows"] == {
+        "train": len(_train_window(interactions)),
+        "valid": len(interactions) - len(_train_window(interactions)),
+        "users": len(users),
+        "items": len(items),
+    }
+    assert set(manifest["input_hashes"]) == {"interactions", "users", "items"}
+    assert manifest["schema"]["click"]["tags"] == ["binary_classification", "target"]
+
+    train = _read(path / "train")
+    assert list(train.columns) == [
+        "user_id", "country", "is_premium", "age", "item_id", "category", "brand", "price", "click", "timestamp"
+    ]
+    # Embedding tables must hold every encoded index seen anywhere.
+    for column, size in manifest["cardinalities"].items():
+        table = path / ("users" if column in ("user_id", "country", "is_premium") else "items")
+        assert _read(table)[column].max() < size, column
+        assert train[column].max() < size, column
+    # vocabulary of user ids = users seen in training + the 3 reserved indices
+    assert manifest["cardinalities"]["user_id"] == _train_window(interactions)["user_id"].nunique() + FIRST_KNOWN
+
+
+def test_train_schema_tags(built):
+    _, _, result = built
+    schema = Dataset(result.path / "train", engine="parquet", cpu=True).schema
+    assert schema.select_by_tag(Tags.USER_ID).column_names == ["user_id"]
+    assert schema.select_by_tag(Tags.ITEM_ID).column_names == ["item_id"]
+    assert schema.select_by_tag(Tags.TARGET).column_names == ["click"]
+    assert schema.select_by_tag(Tags.BINARY_CLASSIFICATION).column_names == ["click"]
+    assert set(schema.select_by_tag(Tags.USER).column_names) == {"user_id", "country", "is_premium", "age"}
+    assert set(schema.select_by_tag(Tags.ITEM).column_names) == {"item_id", "category", "brand", "price"}
+    assert set(schema.select_by_tag(Tags.CONTINUOUS).column_names) == {"age", "price"}
+    assert set(schema.select_by_tag(Tags.CATEGORICAL).column_names) == {
+        "user_id", "country", "is_premium", "item_id", "category", "brand"
+    }
+    # embedding sizes travel in the schema too (merlin-models reads them)
+    assert schema["item_id"].int_domain.max + 1 == result.manifest["cardinalities"]["item_id"]
+    users_schema = Dataset(result.path / "users", engine="parquet", cpu=True).schema
+    assert users_schema.select_by_tag(Tags.USER_ID).column_names == ["user_id"]
+    assert "cat_path" not in users_schema["country"].properties  # no path to the fit-time scratch
+
+
+def test_encoded_ids_are_contiguous_and_consistent(built):
+    data, _, result = built
+    interactions, users, items = _raw(data)
+    train_raw = _train_window(interactions)
+    for entity, table in (("user", users), ("item", items)):
+        id_col = f"{entity}_id"
+        id_map = pd.read_parquet(result.path / "id_maps" / f"{entity}s.parquet")
+        assert list(id_map.columns) == [f"{id_col}_raw", id_col]
+        assert id_map[f"{id_col}_raw"].tolist() == table[id_col].tolist()
+        # users/ (items/) rows are in the same order as the id map
+        assert _read(result.path / f"{entity}s")[id_col].tolist() == id_map[id_col].tolist()
+        seen = id_map[id_map[f"{id_col}_raw"].isin(train_raw[id_col])]
+        unseen = id_map[~id_map[f"{id_col}_raw"].isin(train_raw[id_col])]
+        assert sorted(seen[id_col]) == list(range(FIRST_KNOWN, FIRST_KNOWN + len(seen)))  # contiguous
+        assert (unseen[id_col] == OOV).all()
+        # frequency order: the most frequent id in the training window gets the first index
+        top = train_raw[id_col].value_counts().idxmax()
+        assert id_map.set_index(f"{id_col}_raw").loc[top, id_col] == FIRST_KNOWN
+
+    # every train/valid row = its raw interaction mapped through the id maps
+    user_map = pd.read_parquet(result.path / "id_maps" / "users.parquet").set_index("user_id_raw")["user_id"]
+    item_map = pd.read_parquet(result.path / "id_maps" / "items.parquet").set_index("item_id_raw")["item_id"]
+    expected = pd.DataFrame(
+        {
+            "user_id": interactions["user_id"].map(user_map),
+            "item_id": interactions["item_id"].map(item_map),
+            "click": interactions["label"].astype("int32"),
+            "timestamp": interactions["ts"],
+        }
+    )
+    actual = pd.concat([_read(result.path / "train"), _read(result.path / "valid")])
+    key = ["timestamp", "user_id", "item_id", "click"]
+    pd.testing.assert_frame_equal(
+        actual[key].sort_values(key).reset_index(drop=True),
+        expected[key].sort_values(key).reset_index(drop=True),
+        check_dtype=False,
+    )
+    # features in train/ are the transformed users/ rows of the same user
+    users_out = _read(result.path / "users").drop_duplicates("user_id").set_index("user_id")
+    train = _read(result.path / "train")
+    joined = train.join(users_out, on="user_id", rsuffix="_u")
+    assert (joined["country"] == joined["country_u"]).all()
+    np.testing.assert_allclose(joined["age"], joined["age_u"])
+
+
+def test_continuous_features_use_training_statistics_only(built):
+    data, _, result = built
+    interactions, users, items = _raw(data)
+    train_raw = _train_window(interactions)
+    # statistics over the training interactions (what the model sees), missing values excluded
+    ages = train_raw.merge(users, on="user_id")["age"].dropna()
+    mean, std = ages.mean(), ages.std(ddof=1)
+    all_ages = interactions.merge(users, on="user_id")["age"].dropna()
+    assert not np.isclose(mean, all_ages.mean())  # the validation window would change the answer
+
+    user_map = pd.read_parquet(result.path / "id_maps" / "users.parquet")
+    users_out = _read(result.path / "users").assign(user_id_raw=user_map["user_id_raw"])
+    row = users.dropna(subset=["age"]).iloc[1]
+    got = users_out.loc[users_out["user_id_raw"] == row["user_id"], "age"].item()
+    assert got == pytest.approx((row["age"] - mean) / std, rel=1e-5)
+    missing = users[users["age"].isna()]["user_id"].iloc[0]
+    assert users_out.loc[users_out["user_id_raw"] == missing, "age"].item() == 0.0  # the training mean
+
+    prices = train_raw.merge(items, on="item_id")["price"]
+    item_map = pd.read_parquet(result.path / "id_maps" / "items.parquet")
+    items_out = _read(result.path / "items").assign(item_id_raw=item_map["item_id_raw"])
+    item = items.iloc[4]
+    got = items_out.loc[items_out["item_id_raw"] == item["item_id"], "price"].item()
+    assert got == pytest.approx((item["price"] - prices.mean()) / prices.std(ddof=1), rel=1e-5)
+
+
+def test_split_by_time(built):
+    data, _, result = built
+    interactions, _, _ = _raw(data)
+    newest = interactions["ts"].max()
+    cutoff = newest - 7 * DAY
+    split = result.manifest["split"]
+    assert split["valid_end"] == pd.Timestamp(newest, unit="s").isoformat()
+    assert split["valid_start"] == split["train_end"] == pd.Timestamp(cutoff, unit="s").isoformat()
+    assert split["train_start"] == pd.Timestamp(interactions["ts"].min(), unit="s").isoformat()
+    train, valid = _read(result.path / "train"), _read(result.path / "valid")
+    assert train["timestamp"].max() < cutoff <= valid["timestamp"].min()
+    assert valid["timestamp"].max() == newest
+    assert len(valid) == (interactions["ts"] >= cutoff).sum() > 0
+
+
+def test_saved_workflows_transform_raw_rows_like_the_etl(built):
+    import nvtabular as nvt
+
+    data, _, result = built
+    users = pd.read_parquet(data / "users.parquet")
+    workflow = nvt.Workflow.load(str(result.path / "workflows" / "user"))
+    again = workflow.transform(Dataset(users, cpu=True)).to_ddf().compute().reset_index(drop=True)
+    pd.testing.assert_frame_equal(again, _read(result.path / "users"))
+    assert workflow.input_schema.column_names == ["user_id", "country", "is_premium", "age"]
+
+
+def test_without_labels_every_interaction_is_a_click(tmp_path):
+    data = write_data_version(tmp_path / "data", labels=False, n_interactions=200, data_version="nolabel00000")
+    result = run_etl(data, tmp_path / "features", validation_days=5, progress=lambda _m: None)
+    assert result.manifest["has_labels"] is False
+    train = _read(result.path / "train")
+    assert set(train["click"]) == {1} and str(train["click"].dtype) == "int32"
+
+
+def test_rerun_returns_the_same_version_untouched(data_dir, tmp_path):
+    root = tmp_path / "features"
+    messages: list[str] = []
+    first = run_etl(data_dir, root, validation_days=7, progress=messages.append)
+    assert any("fit workflows" in m and "rows" in m and "s)" in m for m in messages)  # progress with counts
+    stamps = {p: p.stat().st_mtime_ns for p in first.path.rglob("*")}
+    messages.clear()
+    second = run_etl(data_dir, root, validation_days=7, progress=messages.append)
+    assert second.version == first.version and second.manifest == first.manifest
+    assert {p: p.stat().st_mtime_ns for p in second.path.rglob("*")} == stamps
+    assert len(messages) == 1 and "already exists" in messages[0]
+    other = run_etl(data_dir, root, validation_days=3, progress=lambda _m: None)
+    assert other.version != first.version  # the config is part of the version
+    assert sorted(p.name for p in root.iterdir()) == sorted([first.version, other.version])
+
+
+def test_missing_table_is_refused_and_nothing_is_written(data_dir, tmp_path):
+    (data_dir / "items.parquet").unlink()
+    root = tmp_path / "features"
+    with pytest.raises(EtlError, match="items.parquet"):
+        run_etl(data_dir, root, validation_days=7, progress=lambda _m: None)
+    assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_failure_midway_leaves_no_folder(data_dir, tmp_path):
+    # A column of dicts passes the dtype split (object -> categorical) but Categorify cannot
+    # encode it: the fit fails after the temporary folder has received the first stages' output.
+    users = pd.read_parquet(data_dir / "users.parquet")
+    users["meta"] = [{"a": i} for i in range(len(users))]
+    users.to_parquet(data_dir / "users.parquet", index=False)
+    root = tmp_path / "features"
+    root.mkdir()
+    messages: list[str] = []
+    with pytest.raises(EtlError, match=r"users\.parquet.*meta"):
+        run_etl(data_dir, root, validation_days=7, progress=messages.append)
+    assert "[etl] fit workflows on the training window ..." in messages  # it did get midway
+    assert list(root.iterdir()) == []
+
+
+def test_unknown_ids_are_refused_with_an_example(data_dir, tmp_path):
+    users = pd.read_parquet(data_dir / "users.parquet")
+    interactions = pd.read_parquet(data_dir / "interactions.parquet")
+    users[~users["user_id"].isin([interactions["user_id"].iloc[0]])].to_parquet(
+        data_dir / "users.parquet", index=False
+    )
+    with pytest.raises(EtlError, match=rf"user_id.*e\.g\. {interactions['user_id'].iloc[0]}"):
+        run_etl(data_dir, tmp_path / "features", validation_days=7, progress=lambda _m: None)
+    assert not any((tmp_path / "features").iterdir())
