@@ -1,0 +1,80 @@
+"""The top-k evaluation protocol, built once from a feature version and shared by every model.
+
+The two-tower model and the popularity baseline are scored by the same :class:`TopKProtocol`
+(same catalogue, same users, same excluded items), so their numbers are comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from recsys.training.metrics import DEFAULT_KS, evaluate_top_k
+
+
+@dataclass
+class TopKProtocol:
+    """Catalogue order, evaluated users and their seen / relevant item positions."""
+
+    item_ids: np.ndarray
+    """Encoded item ids; position ``j`` of a score row is item ``item_ids[j]``."""
+    user_ids: np.ndarray
+    """Encoded ids of the users to evaluate; row ``i`` of a score matrix is user ``user_ids[i]``."""
+    seen: dict[int, np.ndarray]
+    """User row -> item positions the user interacted with in training (excluded from ranking)."""
+    relevant: dict[int, np.ndarray]
+    """User row -> item positions of the user's validation positives."""
+
+    def evaluate(
+        self,
+        scores: Callable[[np.ndarray], np.ndarray] | np.ndarray,
+        ks: Sequence[int] = DEFAULT_KS,
+        chunk_size: int = 1024,
+    ) -> dict[str, float]:
+        """Run :func:`recsys.training.metrics.evaluate_top_k` on this protocol."""
+        return evaluate_top_k(scores, self.seen, self.relevant, ks=ks, ndcg_k=10, chunk_size=chunk_size)
+
+
+def build_protocol(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    item_ids: np.ndarray,
+    user_col: str,
+    item_col: str,
+    target: str,
+) -> TopKProtocol:
+    """Protocol from the training and validation interactions.
+
+    Seen = every training row of the user (shown items too, when labels exist); relevant = the
+    user's validation rows with ``target == 1``. Only users with a validation positive are kept.
+    Items not in ``item_ids`` (the catalogue) are ignored.
+    """
+    position = pd.Series(np.arange(len(item_ids)), index=pd.Index(np.asarray(item_ids)))
+    positives = valid[valid[target] == 1]
+    positives = positives[positives[item_col].isin(position.index)]
+    user_ids = np.sort(positives[user_col].unique())
+    row_of_user = pd.Series(np.arange(len(user_ids)), index=user_ids)
+
+    def grouped(frame: pd.DataFrame) -> dict[int, np.ndarray]:
+        frame = frame[frame[user_col].isin(row_of_user.index) & frame[item_col].isin(position.index)]
+        rows = row_of_user.loc[frame[user_col].values].values
+        items = position.loc[frame[item_col].values].values
+        out: dict[int, np.ndarray] = {}
+        if len(rows) == 0:
+            return out
+        order = np.argsort(rows, kind="stable")
+        rows, items = rows[order], items[order]
+        bounds = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1], True])
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            out[int(rows[start])] = np.unique(items[start:end])
+        return out
+
+    return TopKProtocol(
+        item_ids=np.asarray(item_ids),
+        user_ids=user_ids,
+        seen=grouped(train),
+        relevant=grouped(positives),
+    )

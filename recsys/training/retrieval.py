@@ -1,0 +1,182 @@
+"""Two-tower retrieval model (merlin-models ``TwoTowerModelV2``), its evaluation and exports.
+
+Query tower: user id + user features. Candidate tower: item id + item features. Trained on the
+positive rows (target == 1) with in-batch negatives (merlin's ContrastiveOutput default).
+After every epoch the model is scored over the whole catalogue with the shared
+:class:`~recsys.training.evaluation.TopKProtocol`, so the history shows the real metric.
+
+Exports (docs/layouts.md section 4):
+- ``retrieval/query_tower/``: SavedModel, user features -> query embedding
+- ``retrieval/item_embeddings.parquet``: item_id (encoded), item_id_raw, embedding (list<float32>)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recsys.training.evaluation import TopKProtocol
+from recsys.training.feature_version import FeatureVersion, FeatureVersionError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelResult:
+    """What one trainer hands back to the pipeline."""
+
+    metrics: dict[str, float]
+    history: dict[str, list[float]]
+    samples_per_second: float
+    train_seconds: float
+    exports: dict[str, Path] = field(default_factory=dict)
+
+
+def train_retrieval(
+    fv: FeatureVersion,
+    train: pd.DataFrame,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    protocol: TopKProtocol,
+    out_dir: Path,
+    *,
+    epochs: int,
+    batch_size: int,
+    embedding_dim: int,
+    learning_rate: float,
+) -> ModelResult:
+    """Train, evaluate and export the two-tower model into ``out_dir / 'retrieval'``.
+
+    ``train``: training rows (only target == 1 rows are used); ``users``/``items``: the feature
+    version's users/ and items/ tables; ``protocol``: the evaluation shared with the baseline.
+    """
+    import merlin.io
+    import merlin.models.tf as mm
+    import tensorflow as tf
+
+    from recsys.training.keras_utils import EpochTimer, ProgressLogger, batched_call, clean_history
+
+    user_cols, item_cols = fv.user_columns, fv.item_columns
+    schema = fv.dataset("train").schema.select_by_name(user_cols + item_cols)
+    positives = train.loc[train[fv.target] == 1, user_cols + item_cols].reset_index(drop=True)
+    if len(positives) == 0:
+        raise FeatureVersionError(f"{fv.path / 'train'}: no rows with {fv.target} == 1 to train retrieval on")
+    # A batch larger than the data would leave no in-batch negatives to learn from.
+    batch_size = max(2, min(batch_size, len(positives)))
+
+    query_tower = mm.Encoder(
+        schema.select_by_name(user_cols),
+        mm.MLPBlock([2 * embedding_dim, embedding_dim], no_activation_last_layer=True),
+    )
+    candidate_tower = mm.Encoder(
+        schema.select_by_name(item_cols),
+        mm.MLPBlock([2 * embedding_dim, embedding_dim], no_activation_last_layer=True),
+    )
+    model = mm.TwoTowerModelV2(query_tower, candidate_tower)
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate))
+
+    eval_users = _users_in_order(users, fv.user_id, protocol.user_ids, fv.path / "users")
+    catalogue = _items_in_order(items, fv.item_id, protocol.item_ids)
+
+    def embed_all() -> tuple[np.ndarray, np.ndarray]:
+        item_vectors = batched_call(model.candidate_encoder, catalogue, item_cols)
+        query_vectors = batched_call(model.query_encoder, eval_users, user_cols)
+        return query_vectors, item_vectors
+
+    def evaluate() -> dict[str, float]:
+        query_vectors, item_vectors = embed_all()
+        return protocol.evaluate(lambda rows: query_vectors[rows] @ item_vectors.T)
+
+    class FullCatalogueEvaluation(tf.keras.callbacks.Callback):
+        """Adds val_recall_at_k / val_ndcg_at_10 (whole catalogue, seen items excluded) to the logs."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                for key, value in evaluate().items():
+                    if key != "users_evaluated":
+                        logs[f"val_{key}"] = value
+
+    timer = EpochTimer()
+    loader = mm.Loader(merlin.io.Dataset(positives, schema=schema), batch_size=batch_size, shuffle=True)
+    log.info(
+        "retrieval: training on %d positives, %d users evaluated over %d items",
+        len(positives), len(protocol.user_ids), len(protocol.item_ids),
+    )
+    started = time.perf_counter()
+    fit = model.fit(
+        loader,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[timer, FullCatalogueEvaluation(), ProgressLogger("retrieval", epochs, len(positives), timer)],
+    )
+    train_seconds = time.perf_counter() - started
+
+    query_vectors, item_vectors = embed_all()
+    final = protocol.evaluate(lambda rows: query_vectors[rows] @ item_vectors.T)
+    metrics = {key: float(value) for key, value in final.items()}
+
+    exports = export_retrieval(model, fv, items, out_dir / "retrieval", batch_size=8192)
+    return ModelResult(
+        metrics=metrics,
+        history=clean_history(fit.history),
+        samples_per_second=timer.samples_per_second(len(positives)),
+        train_seconds=train_seconds,
+        exports=exports,
+    )
+
+
+def export_retrieval(model, fv: FeatureVersion, items: pd.DataFrame, folder: Path, batch_size: int) -> dict[str, Path]:
+    """Write the query tower SavedModel and the embeddings of every item of ``items``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys.training.keras_utils import batched_call
+
+    folder.mkdir(parents=True, exist_ok=True)
+    query_dir = folder / "query_tower"
+    model.query_encoder.save(str(query_dir))
+
+    vectors = batched_call(model.candidate_encoder, items, fv.item_columns, batch_size).astype(np.float32)
+    id_map = fv.item_id_map()
+    raw_of = pd.Series(id_map["item_id_raw"].to_numpy(), index=id_map["item_id"].to_numpy())
+    encoded = items[fv.item_id].to_numpy(np.int64)
+    missing = ~pd.Index(encoded).isin(raw_of.index)
+    if missing.any():
+        raise FeatureVersionError(
+            f"{fv.path / 'id_maps' / 'items.parquet'}: encoded item_id {int(encoded[missing][0])} "
+            "from items/ has no raw id"
+        )
+    dim = vectors.shape[1]
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dim).cast(
+        pa.list_(pa.float32())
+    )
+    table = pa.table(
+        {
+            "item_id": pa.array(encoded, pa.int64()),
+            "item_id_raw": pa.array(raw_of.loc[encoded].to_numpy(np.int64), pa.int64()),
+            "embedding": embedding,
+        }
+    )
+    embeddings_path = folder / "item_embeddings.parquet"
+    pq.write_table(table, embeddings_path)
+    log.info("retrieval: exported query tower to %s and %d item embeddings (dim %d)", query_dir, len(items), dim)
+    return {"query_tower": query_dir, "item_embeddings": embeddings_path}
+
+
+def _users_in_order(users: pd.DataFrame, user_col: str, user_ids: np.ndarray, where: Path) -> pd.DataFrame:
+    indexed = users.drop_duplicates(user_col).set_index(user_col, drop=False)
+    missing = ~pd.Index(user_ids).isin(indexed.index)
+    if missing.any():
+        raise FeatureVersionError(
+            f"{where}: validation user {user_col}={int(user_ids[missing][0])} has no row in users/"
+        )
+    return indexed.loc[user_ids].reset_index(drop=True)
+
+
+def _items_in_order(items: pd.DataFrame, item_col: str, item_ids: np.ndarray) -> pd.DataFrame:
+    return items.set_index(item_col, drop=False).loc[item_ids].reset_index(drop=True)
