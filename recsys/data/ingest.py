@@ -1,0 +1,139 @@
+"""Turn a validated input folder into an immutable data version (docs/layouts.md, section 2).
+
+    <data_root>/<data_version>/interactions.parquet, users.parquet, items.parquet, manifest.json
+
+``data_version`` is the first 12 hex digits of a sha256 over the normalized tables' content
+(column names, dtypes and values; not file bytes, so the same data as CSV or parquet, or written
+by another pyarrow version, gives the same version). Ingesting the same data twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from recsys.data.contract import feature_columns
+from recsys.data.validation import InputTables, validate_input
+from recsys.data.versioning import (
+    MANIFEST,
+    Version,
+    atomic_directory,
+    content_hash,
+    read_manifest,
+    sha256_file,
+    utc_now_iso,
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+TABLE_ORDER = ("interactions", "users", "items")
+
+
+@dataclass(frozen=True)
+class DataVersion(Version):
+    """A data version folder; ``created`` is False when ingest found it already there."""
+
+    created: bool = True
+
+    def table_path(self, name: str) -> Path:
+        return self.path / f"{name}.parquet"
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.manifest.get("has_labels"))
+
+
+def ingest(input_folder: Path, data_root: Optional[Path] = None) -> DataVersion:
+    """Validate ``input_folder`` and write its data version under ``data_root`` atomically.
+
+    ``data_root`` defaults to the settings' ``data_root``. Raises ``DataValidationError`` (and
+    writes nothing) when the input breaks the contract.
+    """
+    if data_root is None:
+        from recsys.settings import get_settings
+
+        data_root = get_settings().data_root
+    input_folder, data_root = Path(input_folder), Path(data_root)
+    started = time.monotonic()
+    log.info("validating %s", input_folder)
+    tables = validate_input(input_folder)
+
+    version = data_version_of(tables)
+    target = data_root / version
+    if (target / MANIFEST).exists():
+        log.info("data version %s already exists at %s: nothing to do", version, target)
+        return DataVersion(version, target, read_manifest(target), created=False)
+
+    manifest = build_manifest(tables, version)
+    with atomic_directory(target) as tmp:
+        for name in TABLE_ORDER:
+            frame = tables.tables()[name]
+            log.info("writing %s.parquet (%d rows)", name, len(frame))
+            write_parquet(frame, tmp / f"{name}.parquet")
+        write_json_atomic(tmp / MANIFEST, manifest)
+    log.info("data version %s written to %s in %.1f s", version, target, time.monotonic() - started)
+    # another writer may have won the rename with the same content: read what is on disk
+    return DataVersion(version, target, read_manifest(target), created=True)
+
+
+def data_version_of(tables: InputTables) -> str:
+    """The content hash of the normalized tables (12 hex digits)."""
+    import pandas as pd
+
+    parts: list[Any] = []
+    for name in TABLE_ORDER:
+        frame = tables.tables()[name]
+        parts.append({"table": name, "columns": [[c, str(frame[c].dtype)] for c in frame.columns]})
+        # hash_pandas_object hashes values (not memory layout): stable across pandas versions
+        parts.append(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return content_hash(*parts)
+
+
+def build_manifest(tables: InputTables, version: str) -> dict[str, Any]:
+    """The manifest of a data version (see docs/layouts.md, section 2)."""
+    frames = tables.tables()
+    timestamps = tables.interactions["timestamp"]
+    features = {}
+    for name, id_col in (("users", "user_id"), ("items", "item_id")):
+        categorical, continuous = feature_columns(frames[name], id_col)
+        features[name] = {"categorical": categorical, "continuous": continuous}
+    input_hashes = {}
+    for paths in tables.files.values():
+        for path in paths:
+            input_hashes[path.relative_to(tables.folder).as_posix()] = sha256_file(path)
+    return {
+        "data_version": version,
+        "created_at": utc_now_iso(),
+        "source": str(tables.folder.resolve()),
+        "rows": {name: int(len(frames[name])) for name in TABLE_ORDER},
+        "columns": {name: {c: str(frames[name][c].dtype) for c in frames[name].columns} for name in TABLE_ORDER},
+        "features": features,
+        "has_labels": tables.has_labels,
+        "input_hashes": input_hashes,
+        "time_range": {"min": timestamps.min().isoformat(), "max": timestamps.max().isoformat()},
+        "warnings": tables.warnings,
+    }
+
+
+def write_parquet(frame: "pd.DataFrame", path: Path) -> None:
+    """Write a DataFrame as one parquet file without the pandas index."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+
+
+def load_data_version(path: Path) -> dict[str, "pd.DataFrame"]:
+    """Read the three tables of a data version folder (for later hops and tests)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    read_manifest(path)  # refuse incomplete folders
+    return {name: pq.read_table(path / f"{name}.parquet").to_pandas() for name in TABLE_ORDER}

@@ -1,0 +1,528 @@
+"""Check an input folder against the contract and return normalized tables.
+
+:func:`validate_input` reads the three tables, runs every check, and either returns
+:class:`InputTables` (int64 ids, ``datetime64[ns]`` UTC-naive timestamps, ``label`` as int8 when
+present) or raises :class:`~recsys.data.contract.DataValidationError` listing EVERY problem found,
+each naming the file, the column and an example row, e.g.
+``interactions.csv: column 'user_id' has 3 negative values, e.g. line 19: user_id=-4``.
+
+Rows are located as ``row N`` (0-based) in parquet files and ``line N`` (1-based, header = line 1)
+in CSV files. Every check is vectorized (pandas/numpy), so millions of rows take seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from recsys.data.contract import (
+    ID,
+    LABEL,
+    MIN_TIMESTAMP,
+    RESERVED_COLUMNS,
+    TABLES,
+    TEXT,
+    TIMESTAMP,
+    DataValidationError,
+    TableSpec,
+    missing_table_message,
+    read_file,
+    table_files,
+)
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import numpy as np
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InputTables", "DataValidationError", "validate_input"]
+
+
+@dataclass
+class InputTables:
+    """The three validated, normalized tables of an input folder."""
+
+    interactions: "pd.DataFrame"
+    users: "pd.DataFrame"
+    items: "pd.DataFrame"
+    folder: Path
+    files: dict[str, list[Path]] = field(default_factory=dict)
+    """table name -> the files it was read from."""
+    warnings: list[str] = field(default_factory=list)
+    """Things that did not stop validation (e.g. dropped extra interaction columns)."""
+
+    @property
+    def has_labels(self) -> bool:
+        """False: every interaction is a positive (implicit feedback)."""
+        return "label" in self.interactions.columns
+
+    def tables(self) -> dict[str, "pd.DataFrame"]:
+        return {"interactions": self.interactions, "users": self.users, "items": self.items}
+
+
+def validate_input(folder: Path) -> InputTables:
+    """Validate the input folder; return normalized tables or raise ``DataValidationError``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataValidationError([f"{folder}: input folder does not exist"], folder)
+    problems: list[str] = []
+    warnings: list[str] = []
+    raw: dict[str, _RawTable] = {}
+    for name, spec in TABLES.items():
+        table = _read(folder, spec, problems)
+        if table is not None:
+            log.info("read %s: %d rows from %d file(s)", name, len(table.frame), len(table.files))
+            raw[name] = table
+
+    normalized: dict[str, Any] = {}
+    for name, table in raw.items():
+        frame = _normalize_table(table, problems, warnings)
+        if frame is not None:
+            normalized[name] = frame
+
+    _check_feature_names(raw, problems)
+    _check_references(raw, normalized, problems)
+
+    if problems:
+        raise DataValidationError(problems, folder)
+    for message in warnings:
+        log.warning(message)
+    log.info(
+        "input valid: %d interactions, %d users, %d items",
+        len(normalized["interactions"]),
+        len(normalized["users"]),
+        len(normalized["items"]),
+    )
+    return InputTables(
+        interactions=normalized["interactions"],
+        users=normalized["users"],
+        items=normalized["items"],
+        folder=folder,
+        files={name: table.files for name, table in raw.items()},
+        warnings=warnings,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading, and locating a row in the file it came from
+
+
+@dataclass
+class _RawTable:
+    spec: TableSpec
+    folder: Path
+    files: list[Path]
+    frame: "pd.DataFrame"
+    part: "np.ndarray"
+    """index into ``files`` for each row."""
+    offset: "np.ndarray"
+    """position of each row within its file."""
+    valid_columns: dict[str, Any] = field(default_factory=dict)
+    """contract column -> normalized values, for the columns that passed their checks."""
+
+    def file_label(self, part: int) -> str:
+        path = self.files[part]
+        try:
+            return str(path.relative_to(self.folder))
+        except ValueError:
+            return str(path)
+
+    @property
+    def label(self) -> str:
+        """How messages name the whole table: its file, or its folder of parts."""
+        return self.file_label(0) if len(self.files) == 1 else f"{self.spec.name}/"
+
+    def locate(self, row: int) -> tuple[str, str]:
+        """(file, 'row N' or 'line N') of a row of the concatenated frame."""
+        part, offset = int(self.part[row]), int(self.offset[row])
+        path = self.files[part]
+        where = f"line {offset + 2}" if path.suffix == ".csv" else f"row {offset}"
+        return self.file_label(part), where
+
+    def problem(self, mask: Any, column: str, what: str, values: Any = None) -> Optional[str]:
+        """One message for all rows in ``mask``, with the first one as the example; None if none."""
+        import numpy as np
+
+        mask = np.asarray(mask, dtype=bool)
+        count = int(mask.sum())
+        if count == 0:
+            return None
+        row = int(np.argmax(mask))
+        source = self.frame[column] if values is None else values
+        value = source.iloc[row] if hasattr(source, "iloc") else source[row]
+        file_label, where = self.locate(row)
+        return f"{file_label}: column '{column}' has {count} {what}, e.g. {where}: {column}={_show(value)}"
+
+
+def _read(folder: Path, spec: TableSpec, problems: list[str]) -> Optional[_RawTable]:
+    import numpy as np
+    import pandas as pd
+
+    files = table_files(folder, spec.name)
+    if not files:
+        problems.append(missing_table_message(folder, spec.name))
+        return None
+    frames = []
+    for path in files:
+        try:
+            frame = read_file(path)
+        except Exception as exc:  # parser errors of any kind: report with the file name
+            label = path.relative_to(folder) if path.is_relative_to(folder) else path
+            problems.append(f"{label}: cannot read the file: {_one_line(exc)}")
+            return None
+        missing = [c for c in spec.required if c not in frame.columns]
+        for column in missing:
+            label = path.relative_to(folder)
+            problems.append(
+                f"{label}: missing required column '{column}' (columns found: {', '.join(map(str, frame.columns)) or 'none'})"
+            )
+        if missing:
+            return None
+        frames.append(frame)
+    sizes = [len(f) for f in frames]
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    part = np.repeat(np.arange(len(frames), dtype=np.int32), sizes)
+    offset = np.arange(len(frame), dtype=np.int64) - np.repeat(np.cumsum([0] + sizes[:-1]), sizes)
+    table = _RawTable(spec, folder, files, frame.reset_index(drop=True), part, offset)
+    if len(frame) == 0:
+        problems.append(f"{table.label}: table is empty (0 rows)")
+        return None
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Per-table checks and normalization
+
+
+def _normalize_table(table: _RawTable, problems: list[str], warnings: list[str]) -> Optional["pd.DataFrame"]:
+    import pandas as pd
+
+    spec = table.spec
+    out: dict[str, Any] = {}
+    ok = True
+    for column, kind in spec.contract_columns.items():
+        if column not in table.frame.columns:
+            continue
+        checker = _CHECKS[kind]
+        values = checker(table, column, problems)
+        if values is None:
+            ok = False
+        else:
+            out[column] = values
+            table.valid_columns[column] = values
+
+    if spec.unique_key and spec.unique_key in out:
+        ok &= _check_unique(table, spec.unique_key, out[spec.unique_key], problems)
+
+    extra = [c for c in table.frame.columns if c not in spec.contract_columns]
+    if spec.allows_features:
+        for column in extra:
+            if not isinstance(column, str) or column in RESERVED_COLUMNS:
+                problems.append(
+                    f"{table.label}: feature column {column!r} uses a reserved name "
+                    f"({', '.join(sorted(RESERVED_COLUMNS))}); rename it"
+                )
+                ok = False
+                continue
+            out[column] = _normalize_feature(table.frame[column])
+    elif extra:
+        warnings.append(
+            f"{table.label}: extra columns {', '.join(map(str, extra))} are not part of the "
+            f"{spec.name} contract and were dropped"
+        )
+
+    if spec.name == "interactions":
+        keys = {c: out.get(c, table.frame[c]) for c in spec.contract_columns if c in table.frame.columns}
+        ok &= _check_duplicate_interactions(table, keys, problems)
+    if not ok:
+        return None
+    return pd.DataFrame(out)
+
+
+def _check_id(table: _RawTable, column: str, problems: list[str]) -> Optional["pd.Series"]:
+    """Integer >= 0, no nulls -> int64."""
+    import numpy as np
+    import pandas as pd
+
+    series = table.frame[column]
+    found: list[Optional[str]] = []
+    null = series.isna().to_numpy()
+    found.append(table.problem(null, column, "null values"))
+    if pd.api.types.is_bool_dtype(series.dtype):
+        found.append(table.problem(~null, column, "non-integer values (booleans)"))
+        _extend(problems, found)
+        return None
+    if pd.api.types.is_integer_dtype(series.dtype):
+        numbers = series.astype("float64") if null.any() else series
+    else:
+        # floats (a CSV column with blanks) or text: accept integral numbers, refuse the rest
+        numbers = pd.to_numeric(series, errors="coerce") if not pd.api.types.is_float_dtype(series.dtype) else series
+        numbers = numbers.astype("float64")
+        as_float = numbers.to_numpy()
+        with np.errstate(invalid="ignore"):
+            not_integer = ~null & (np.isnan(as_float) | ~np.isfinite(as_float) | (np.mod(as_float, 1) != 0))
+        found.append(table.problem(not_integer, column, "non-integer values"))
+    with np.errstate(invalid="ignore"):
+        negative = ~null & (numbers.to_numpy() < 0)
+    found.append(table.problem(negative, column, "negative values", numbers))
+    if _extend(problems, found):
+        return None
+    return numbers.astype("int64").reset_index(drop=True)
+
+
+def _check_timestamp(table: _RawTable, column: str, problems: list[str]) -> Optional["pd.Series"]:
+    """datetime / unix seconds / ISO-8601 text -> datetime64[ns], UTC, naive; within range."""
+    import numpy as np
+    import pandas as pd
+
+    series = table.frame[column]
+    null = series.isna().to_numpy()
+    found: list[Optional[str]] = [table.problem(null, column, "null values")]
+    low = pd.Timestamp(MIN_TIMESTAMP)
+    high = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(days=1)
+    dtype = series.dtype
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        parsed = series
+        if getattr(dtype, "tz", None) is not None:
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+        parsed = parsed.astype("datetime64[ns]")
+    elif pd.api.types.is_bool_dtype(dtype):
+        found.append(table.problem(~null, column, "values that are not timestamps (booleans)"))
+        _extend(problems, found)
+        return None
+    elif pd.api.types.is_numeric_dtype(dtype):
+        # unix seconds; compare as numbers first so absurd values cannot overflow the conversion
+        seconds = series.astype("float64").to_numpy()
+        out_of_range = ~null & ((seconds < low.timestamp()) | (seconds > high.timestamp()))
+        found.append(
+            table.problem(
+                out_of_range, column, f"timestamps (unix seconds) before {MIN_TIMESTAMP} or more than 1 day in the future"
+            )
+        )
+        if _extend(problems, found):
+            return None
+        seconds_series = series.astype("int64") if pd.api.types.is_integer_dtype(dtype) else series.astype("float64")
+        return pd.Series(pd.to_datetime(seconds_series, unit="s")).astype("datetime64[ns]").reset_index(drop=True)
+    else:
+        parsed = _parse_datetime_text(series.astype(object).where(~null, None))
+        unparsed = ~null & parsed.isna().to_numpy()
+        found.append(
+            table.problem(
+                unparsed, column, "values that are not timestamps (expected datetime, unix seconds or ISO-8601 text)"
+            )
+        )
+    as_ns = parsed.to_numpy(dtype="datetime64[ns]")
+    with np.errstate(invalid="ignore"):
+        out_of_range = ~null & ((as_ns < low.to_datetime64()) | (as_ns > high.to_datetime64()))
+    found.append(
+        table.problem(out_of_range, column, f"timestamps before {MIN_TIMESTAMP} or more than 1 day in the future")
+    )
+    if _extend(problems, found):
+        return None
+    return pd.Series(as_ns).reset_index(drop=True)
+
+
+def _parse_datetime_text(text: "pd.Series") -> "pd.Series":
+    """Parse ISO-8601 text (or unix seconds as text) to UTC-naive datetimes; unparseable -> NaT."""
+    import pandas as pd
+
+    seconds = pd.to_numeric(text, errors="coerce")
+    numeric = seconds.notna()
+    if numeric.any():
+        # seconds within pandas' datetime range only; the rest become NaT (reported as not timestamps)
+        seconds = seconds.where((seconds.abs() < 9e9), float("nan"))
+        from_seconds = pd.to_datetime(seconds, unit="s")
+        from_text = _parse_iso_text(text.where(~numeric, None))
+        return from_text.where(~numeric, from_seconds)
+    return _parse_iso_text(text)
+
+
+def _parse_iso_text(text: "pd.Series") -> "pd.Series":
+    import pandas as pd
+
+    kwargs: dict[str, Any] = {"errors": "coerce", "utc": True}
+    if int(pd.__version__.split(".")[0]) >= 2:
+        kwargs["format"] = "ISO8601"  # pandas 2 otherwise guesses one format from the first value
+    try:
+        parsed = pd.to_datetime(text, **kwargs)
+    except (ValueError, TypeError, OverflowError):
+        # mixed garbage pandas refuses wholesale: parse value by value
+        parsed = pd.Series([_parse_one(v) for v in text], index=text.index, dtype="datetime64[ns, UTC]")
+    return parsed.dt.tz_localize(None)
+
+
+def _parse_one(value: Any) -> Any:
+    import pandas as pd
+
+    try:
+        return pd.Timestamp(value).tz_localize("UTC") if pd.Timestamp(value).tzinfo is None else pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
+
+
+def _check_text(table: _RawTable, column: str, problems: list[str]) -> Optional["pd.Series"]:
+    """Any non-null value -> str."""
+    series = table.frame[column]
+    null = series.isna().to_numpy()
+    if _extend(problems, [table.problem(null, column, "null values")]):
+        return None
+    return series.astype(str).astype(object).reset_index(drop=True)
+
+
+def _check_label(table: _RawTable, column: str, problems: list[str]) -> Optional["pd.Series"]:
+    """0/1 (or booleans) -> int8."""
+    import numpy as np
+    import pandas as pd
+
+    series = table.frame[column]
+    null = series.isna().to_numpy()
+    found: list[Optional[str]] = [table.problem(null, column, "null values")]
+    if pd.api.types.is_bool_dtype(series.dtype):
+        numbers = series.astype("float64")
+    else:
+        numbers = pd.to_numeric(series, errors="coerce").astype("float64")
+    not_binary = ~null & ~np.isin(numbers.to_numpy(), [0.0, 1.0])
+    found.append(table.problem(not_binary, column, "values other than 0 and 1"))
+    if _extend(problems, found):
+        return None
+    return numbers.astype("int8").reset_index(drop=True)
+
+
+_CHECKS = {ID: _check_id, TIMESTAMP: _check_timestamp, TEXT: _check_text, LABEL: _check_label}
+
+
+def _check_unique(table: _RawTable, column: str, values: "pd.Series", problems: list[str]) -> bool:
+    import numpy as np
+
+    duplicated = values.duplicated(keep="first").to_numpy()
+    message = table.problem(duplicated, column, "duplicate values", values)
+    if message is None:
+        return True
+    first_dup = int(np.argmax(duplicated))
+    original = int(np.argmax((values == values.iloc[first_dup]).to_numpy()))
+    problems.append(f"{message} (first seen at {' '.join(table.locate(original))})")
+    return False
+
+
+def _check_duplicate_interactions(table: _RawTable, columns: dict[str, Any], problems: list[str]) -> bool:
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame(columns)
+    duplicated = frame.duplicated(keep="first").to_numpy()
+    count = int(duplicated.sum())
+    if count == 0:
+        return True
+    row = int(np.argmax(duplicated))
+    example = frame.iloc[row]
+    same = np.ones(len(frame), dtype=bool)
+    for column in frame.columns:
+        same &= (frame[column] == example[column]).to_numpy()
+    original = int(np.argmax(same))
+    file_label, where = table.locate(row)
+    shown = ", ".join(f"{c}={_show(example[c])}" for c in frame.columns)
+    problems.append(
+        f"{file_label}: {count} duplicate interaction rows (same {', '.join(frame.columns)}), "
+        f"e.g. {where}: {shown} repeats {' '.join(table.locate(original))}"
+    )
+    return False
+
+
+def _normalize_feature(series: "pd.Series") -> "pd.Series":
+    """Text-like feature columns become object columns of str (nulls kept); others unchanged."""
+    import pandas as pd
+
+    dtype = series.dtype
+    text_like = (
+        isinstance(dtype, pd.CategoricalDtype)
+        or pd.api.types.is_object_dtype(dtype)
+        or pd.api.types.is_string_dtype(dtype)
+    )
+    if not text_like:
+        return series.reset_index(drop=True)
+    values = series.astype(object)
+    present = values.notna()
+    values = values.where(~present, values.astype(str))
+    return values.where(present, None).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks across tables
+
+
+def _check_feature_names(raw: dict[str, _RawTable], problems: list[str]) -> None:
+    """User and item features are joined onto the same rows later: their names must differ."""
+    if "users" not in raw or "items" not in raw:
+        return
+    user_features = set(raw["users"].frame.columns) - set(TABLES["users"].contract_columns)
+    item_features = set(raw["items"].frame.columns) - set(TABLES["items"].contract_columns)
+    for column in sorted(user_features & item_features, key=str):
+        problems.append(
+            f"{raw['items'].label}: feature column '{column}' also exists in {raw['users'].label}; "
+            "user and item feature names must differ (they are joined onto the same rows)"
+        )
+
+
+def _check_references(raw: dict[str, _RawTable], normalized: dict[str, Any], problems: list[str]) -> None:
+    interactions = raw.get("interactions")
+    if interactions is None:
+        return
+    for entity, column in (("users", "user_id"), ("items", "item_id")):
+        known_table = raw.get(entity)
+        if known_table is None or column not in known_table.valid_columns:
+            continue
+        if column not in interactions.valid_columns:
+            continue
+        # the normalized id columns exist even when another check of the table failed
+        ids = interactions.valid_columns[column]
+        known = known_table.valid_columns[column]
+        unknown = ~ids.isin(known).to_numpy()
+        count = int(unknown.sum())
+        if count == 0:
+            continue
+        distinct = int(ids[unknown].nunique())
+        row = int(unknown.argmax())
+        file_label, where = interactions.locate(row)
+        problems.append(
+            f"{file_label}: column '{column}' has {count} rows referencing {distinct} {column} value(s) "
+            f"missing from {known_table.label}, e.g. {where}: {column}={_show(ids.iloc[row])}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _extend(problems: list[str], found: list[Optional[str]]) -> bool:
+    """Append the non-None messages; True if there were any."""
+    real = [m for m in found if m]
+    problems.extend(real)
+    return bool(real)
+
+
+def _show(value: Any) -> str:
+    """A value as it appears in messages: numbers plain, text quoted, nulls as null."""
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return "null"
+    except (TypeError, ValueError):
+        pass
+    if isinstance(value, str):
+        return repr(value)
+    if hasattr(value, "isoformat"):
+        return str(value)
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__

@@ -1,0 +1,305 @@
+"""Every validation rule, with a tiny bad file in parquet and in CSV."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.data.contract import DataValidationError
+from recsys.data.validation import validate_input
+from recsys.errors import RecsysError
+
+
+def where(fmt: str, row: int) -> str:
+    """How messages locate a 0-based data row: parquet row N, CSV line N+2 (header is line 1)."""
+    return f"row {row}" if fmt == "parquet" else f"line {row + 2}"
+
+
+def problems_of(folder) -> list[str]:
+    with pytest.raises(DataValidationError) as caught:
+        validate_input(folder)
+    assert isinstance(caught.value, RecsysError)
+    return caught.value.problems
+
+
+def only_problem(folder, *expected: str) -> str:
+    problems = problems_of(folder)
+    assert len(problems) == 1, problems
+    for text in expected:
+        assert text in problems[0], (text, problems[0])
+    return problems[0]
+
+
+def test_valid_input_is_normalized(make_input):
+    tables = validate_input(make_input())
+    inter = tables.interactions
+    assert str(inter["user_id"].dtype) == "int64" and str(inter["item_id"].dtype) == "int64"
+    assert str(inter["timestamp"].dtype) == "datetime64[ns]"
+    assert str(inter["label"].dtype) == "int8"
+    assert inter["timestamp"].iloc[0] == pd.Timestamp("2024-01-01 10:00:00")
+    assert tables.has_labels
+    assert list(tables.users.columns) == ["user_id", "age_bucket"]
+    assert tables.items["price"].dtype == np.float64
+    assert tables.items["category"].tolist() == ["a", "b", "c"]
+
+
+def test_missing_table(make_input, fmt):
+    folder = make_input()
+    (folder / f"items.{fmt}").unlink()
+    only_problem(folder, "items", "missing table", "items.parquet, items.csv")
+
+
+def test_missing_folder(tmp_path):
+    assert "does not exist" in problems_of(tmp_path / "nope")[0]
+
+
+def test_unreadable_file(make_input, fmt):
+    folder = make_input()
+    bad = b"not a parquet file" if fmt == "parquet" else b"user_id,b\n1,2\n3,4,5,6\n"
+    (folder / f"users.{fmt}").write_bytes(bad)
+    only_problem(folder, f"users.{fmt}", "cannot read")
+
+
+def test_empty_table(make_input, fmt):
+    def mutate(t):
+        t["users"] = t["users"].iloc[:0]
+
+    only_problem(make_input(mutate), f"users.{fmt}", "empty")
+
+
+def test_missing_required_column(make_input, fmt):
+    def mutate(t):
+        t["interactions"] = t["interactions"].drop(columns=["timestamp"])
+
+    only_problem(make_input(mutate), f"interactions.{fmt}", "missing required column 'timestamp'")
+
+
+def test_text_in_id_column(make_input, fmt):
+    def mutate(t):
+        t["interactions"]["user_id"] = ["0", "1", "abc", "0"]
+
+    only_problem(
+        make_input(mutate), f"interactions.{fmt}", "column 'user_id'", "1 non-integer", f"{where(fmt, 2)}: user_id='abc'"
+    )
+
+
+def test_null_ids(make_input, fmt):
+    def mutate(t):
+        t["interactions"]["item_id"] = [0, 1, None, 1]
+
+    only_problem(make_input(mutate), f"interactions.{fmt}", "column 'item_id'", "1 null", f"{where(fmt, 2)}: item_id=null")
+
+
+def test_negative_ids(make_input, fmt):
+    def mutate(t):
+        t["interactions"]["user_id"] = [0, 1, -4, 0]
+
+    only_problem(
+        make_input(mutate), f"interactions.{fmt}", "column 'user_id'", "1 negative", f"{where(fmt, 2)}: user_id=-4"
+    )
+
+
+def test_duplicate_ids_in_users(make_input, fmt):
+    def mutate(t):
+        t["users"] = pd.concat([t["users"], t["users"].iloc[[1]]], ignore_index=True)
+
+    message = only_problem(make_input(mutate), f"users.{fmt}", "column 'user_id'", "duplicate", f"{where(fmt, 3)}: user_id=1")
+    assert f"first seen at users.{fmt} {where(fmt, 1)}" in message
+
+
+def test_duplicate_ids_in_items(make_input, fmt):
+    def mutate(t):
+        t["items"] = pd.concat([t["items"], t["items"].iloc[[2]]], ignore_index=True)
+
+    only_problem(make_input(mutate), f"items.{fmt}", "column 'item_id'", "duplicate", f"{where(fmt, 3)}: item_id=2")
+
+
+def test_duplicate_interaction_rows(make_input, fmt):
+    def mutate(t):
+        t["interactions"] = pd.concat([t["interactions"], t["interactions"].iloc[[1]]], ignore_index=True)
+
+    message = only_problem(make_input(mutate), f"interactions.{fmt}", "1 duplicate interaction rows", where(fmt, 4))
+    assert "user_id=1" in message and f"repeats interactions.{fmt} {where(fmt, 1)}" in message
+
+
+@pytest.mark.parametrize(
+    "bad_time",
+    [pd.Timestamp("1985-06-01"), pd.Timestamp.now().normalize() + pd.Timedelta(days=3)],
+    ids=["too_old", "future"],
+)
+def test_timestamp_out_of_range(make_input, fmt, bad_time):
+    def mutate(t):
+        t["interactions"].loc[3, "timestamp"] = bad_time
+
+    only_problem(
+        make_input(mutate),
+        f"interactions.{fmt}",
+        "column 'timestamp'",
+        "before 1990-01-01 or more than 1 day in the future",
+        f"{where(fmt, 3)}: timestamp=",
+        str(bad_time.year),
+    )
+
+
+def test_unix_seconds_out_of_range(make_input, fmt):
+    def mutate(t):
+        t["interactions"]["timestamp"] = [1704103200, 1704103200, 1704103200 * 1000, 1704103200]
+
+    only_problem(make_input(mutate), f"interactions.{fmt}", "unix seconds", f"{where(fmt, 2)}: timestamp=1704103200000")
+
+
+def test_text_that_is_not_a_timestamp(make_input, fmt):
+    def mutate(t):
+        t["interactions"]["timestamp"] = ["2024-01-01", "yesterday", "2024-01-03", "2024-01-04"]
+
+    only_problem(make_input(mutate), f"interactions.{fmt}", "not timestamps", f"{where(fmt, 1)}: timestamp='yesterday'")
+
+
+def test_label_not_binary(make_input, fmt):
+    def mutate(t):
+        t["interactions"]["label"] = [1, 0, 2, 1]
+
+    only_problem(make_input(mutate), f"interactions.{fmt}", "column 'label'", "other than 0 and 1", f"{where(fmt, 2)}: label=2")
+
+
+def test_unknown_users(make_input, fmt):
+    def mutate(t):
+        t["interactions"]["user_id"] = [0, 99, 99, 0]
+
+    message = only_problem(
+        make_input(mutate), f"interactions.{fmt}", "column 'user_id'", f"missing from users.{fmt}", f"{where(fmt, 1)}: user_id=99"
+    )
+    assert "2 rows referencing 1 user_id" in message
+
+
+def test_unknown_items(make_input, fmt):
+    def mutate(t):
+        t["interactions"]["item_id"] = [0, 1, 7, 1]
+
+    only_problem(make_input(mutate), f"interactions.{fmt}", "column 'item_id'", f"missing from items.{fmt}", "item_id=7")
+
+
+def test_feature_names_shared_by_users_and_items(make_input, fmt):
+    def mutate(t):
+        t["items"]["age_bucket"] = ["x", "y", "z"]
+
+    only_problem(make_input(mutate), f"items.{fmt}", "'age_bucket'", f"users.{fmt}")
+
+
+def test_reserved_feature_name(make_input, fmt):
+    def mutate(t):
+        t["users"]["label"] = [1, 0, 1]
+
+    only_problem(make_input(mutate), f"users.{fmt}", "'label'", "reserved")
+
+
+def test_every_problem_is_listed_at_once(make_input, fmt):
+    def mutate(t):
+        t["interactions"]["user_id"] = [0, 1, -1, 0]
+        t["interactions"]["label"] = [1, 5, 1, 1]
+        t["users"]["user_id"] = [0, 0, 2]
+        t["items"] = t["items"].drop(columns=["item_id"])
+
+    problems = problems_of(make_input(mutate))
+    text = "\n".join(problems)
+    assert len(problems) == 4, problems
+    for part in ("negative", "other than 0 and 1", "duplicate values", "missing required column 'item_id'"):
+        assert part in text
+
+
+def test_timestamp_formats_are_normalized_to_utc(make_input):
+    def mutate(t):
+        t["interactions"]["timestamp"] = [1704103200, 1704189600, 1704276000, 1704362400]
+
+    tables = validate_input(make_input(mutate))
+    assert tables.interactions["timestamp"].iloc[0] == pd.Timestamp("2024-01-01 10:00:00")
+
+
+def test_iso_text_with_offsets_becomes_utc(tmp_path):
+    from conftest import valid_tables, write_folder
+
+    tables = valid_tables()
+    tables["interactions"]["timestamp"] = [
+        "2024-01-01T12:00:00+02:00",
+        "2024-01-02T10:00:00Z",
+        "2024-01-03 10:00:00",
+        "2024-01-04T10:00:00.500",
+    ]
+    out = validate_input(write_folder(tmp_path / "in", tables, "csv")).interactions["timestamp"]
+    assert out.iloc[0] == pd.Timestamp("2024-01-01 10:00:00")
+    assert out.iloc[1] == pd.Timestamp("2024-01-02 10:00:00")
+    assert out.iloc[3] == pd.Timestamp("2024-01-04 10:00:00.500")
+
+
+def test_timezone_aware_parquet_becomes_utc_naive(tmp_path):
+    from conftest import valid_tables, write_folder
+
+    tables = valid_tables()
+    tables["interactions"]["timestamp"] = tables["interactions"]["timestamp"].dt.tz_localize("Europe/Paris")
+    out = validate_input(write_folder(tmp_path / "in", tables, "parquet")).interactions["timestamp"]
+    assert str(out.dtype) == "datetime64[ns]"
+    assert out.iloc[0] == pd.Timestamp("2024-01-01 09:00:00")
+
+
+def test_table_as_folder_of_parts(tmp_path):
+    from conftest import valid_tables, write_folder, write_table
+
+    tables = valid_tables()
+    inter = tables.pop("interactions")
+    folder = write_folder(tmp_path / "in", tables, "parquet")
+    write_table(folder / "interactions", "part-0", inter.iloc[:2], "parquet")
+    bad = inter.iloc[2:].copy()
+    bad["item_id"] = [2, 42]
+    write_table(folder / "interactions", "part-1", bad, "csv")
+    (folder / "interactions" / "_SUCCESS").write_text("")
+    problems = problems_of(folder)
+    assert len(problems) == 1
+    assert "interactions/part-1.csv" in problems[0] and "line 3: item_id=42" in problems[0]
+
+    bad["item_id"] = [2, 1]
+    write_table(folder / "interactions", "part-1", bad, "csv")
+    assert len(validate_input(folder).interactions) == 4
+
+
+def test_labels_are_optional(make_input):
+    def mutate(t):
+        t["interactions"] = t["interactions"].drop(columns=["label", "event_type"])
+
+    tables = validate_input(make_input(mutate))
+    assert not tables.has_labels
+    assert list(tables.interactions.columns) == ["user_id", "item_id", "timestamp"]
+
+
+def test_extra_interaction_columns_are_dropped_with_a_warning(make_input):
+    def mutate(t):
+        t["interactions"]["rating"] = [5.0, 3.0, 4.0, 1.0]
+
+    tables = validate_input(make_input(mutate))
+    assert "rating" not in tables.interactions.columns
+    assert any("rating" in w for w in tables.warnings)
+
+
+def test_validation_is_fast_on_a_million_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 1_000_000
+    inter = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 10_000, n),
+            "item_id": rng.integers(0, 2_000, n),
+            "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(n), unit="s"),
+            "label": rng.integers(0, 2, n).astype("int8"),
+        }
+    )
+    folder = tmp_path / "big"
+    folder.mkdir()
+    inter.to_parquet(folder / "interactions.parquet", index=False)
+    pd.DataFrame({"user_id": np.arange(10_000)}).to_parquet(folder / "users.parquet", index=False)
+    pd.DataFrame({"item_id": np.arange(2_000)}).to_parquet(folder / "items.parquet", index=False)
+    import time
+
+    started = time.monotonic()
+    tables = validate_input(folder)
+    elapsed = time.monotonic() - started
+    assert len(tables.interactions) == n
+    assert elapsed < 15, f"validation of 1M rows took {elapsed:.1f} s"
