@@ -20,7 +20,7 @@ Sampling is vectorized: category and item draws are each one ``searchsorted`` in
 so millions of interactions take seconds. The same seed gives identical output.
 
 ``drift`` (0..1) produces a shifted batch of the same catalogue (same item ids and item features,
-same user ids): the user population gets older and moves to Android, tastes rotate toward other
+same user ids): the user population gets older and moves to the web, tastes rotate toward other
 categories, and preferred price bands move down. A drift detector comparing it with a ``drift=0``
 batch sees the shift in user features, item categories and price bands of the interactions.
 """
@@ -51,7 +51,7 @@ EVENT_TYPES = ["impression", "click", "purchase"]
 _AGE_MIX = [0.22, 0.30, 0.22, 0.15, 0.11]
 _AGE_MIX_DRIFTED = [0.06, 0.12, 0.20, 0.30, 0.32]
 _GENDER_MIX = [0.48, 0.48, 0.04]
-_DEVICE_MIX_DRIFTED = [0.12, 0.76, 0.12]
+_DEVICE_MIX_DRIFTED = [0.10, 0.15, 0.75]
 # Share of activity per hour of day: quiet at night, peaks at lunch and in the evening.
 _HOURLY = [1, 0.6, 0.4, 0.3, 0.3, 0.5, 1, 2, 3, 3.5, 3.5, 4, 5, 4.5, 4, 4, 4.5, 5, 6, 7, 7.5, 6.5, 4, 2]
 

@@ -217,7 +217,7 @@ def test_timestamp_formats_are_normalized_to_utc(make_input):
 
 
 def test_iso_text_with_offsets_becomes_utc(tmp_path):
-    from conftest import valid_tables, write_folder
+    from data_helpers import valid_tables, write_folder
 
     tables = valid_tables()
     tables["interactions"]["timestamp"] = [
@@ -233,7 +233,7 @@ def test_iso_text_with_offsets_becomes_utc(tmp_path):
 
 
 def test_timezone_aware_parquet_becomes_utc_naive(tmp_path):
-    from conftest import valid_tables, write_folder
+    from data_helpers import valid_tables, write_folder
 
     tables = valid_tables()
     tables["interactions"]["timestamp"] = tables["interactions"]["timestamp"].dt.tz_localize("Europe/Paris")
@@ -243,7 +243,7 @@ def test_timezone_aware_parquet_becomes_utc_naive(tmp_path):
 
 
 def test_table_as_folder_of_parts(tmp_path):
-    from conftest import valid_tables, write_folder, write_table
+    from data_helpers import valid_tables, write_folder, write_table
 
     tables = valid_tables()
     inter = tables.pop("interactions")
