@@ -1,0 +1,75 @@
+"""Shared fixtures: a real local stack in a throw-away home, on free ports.
+
+``stack_settings`` (session): embedded Redis and MLflow, started once for the whole test session.
+``airflow_settings`` (session): the same home plus the embedded Airflow (slow to start: ask for it
+only in tests that need the API server, scheduler and dag-processor).
+
+Both runtimes import this file (the Merlin runtime runs tests/data, tests/features, ...), so it
+imports nothing heavy at module level; the stack is imported inside the fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
+# Settings a developer's shell may hold that would point the tests at their own services.
+_CLEARED = ("RECSYS_REDIS_URL", "RECSYS_AIRFLOW_URL", "RECSYS_AIRFLOW_PASSWORD", "MLFLOW_TRACKING_URI")
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory) -> Iterator["Settings"]:  # noqa: F821
+    """Settings of a fresh home whose embedded Redis and MLflow are running.
+
+    ``os.environ`` points at them for the whole session (RECSYS_HOME, the ports,
+    MLFLOW_TRACKING_URI), and ``get_settings()`` returns the same values.
+    """
+    from recsys import stack
+    from recsys.settings import get_settings, load_settings
+    from recsys.stack.service import free_port
+
+    home = tmp_path_factory.mktemp("recsys-home")
+    env = {
+        "RECSYS_HOME": str(home),
+        "RECSYS_HOST": "127.0.0.1",
+        "RECSYS_REDIS_PORT": str(free_port()),
+        "RECSYS_MLFLOW_PORT": str(free_port()),
+        "RECSYS_AIRFLOW_PORT": str(free_port()),
+    }
+    saved = {key: os.environ.get(key) for key in (*env, *_CLEARED)}
+    for key in _CLEARED:
+        os.environ.pop(key, None)
+    os.environ.update(env)
+    settings = load_settings()
+    try:
+        stack.up(settings, only=["redis", "mlflow"])
+        # MLflow's own variable, for code that uses the mlflow library's default tracking URI.
+        os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_uri
+        get_settings.cache_clear()
+        yield settings
+    finally:
+        stack.down(settings)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def airflow_settings(stack_settings) -> Iterator["Settings"]:  # noqa: F821
+    """``stack_settings`` plus the embedded Airflow (API server, scheduler, dag-processor, triggerer).
+
+    Talk to it with ``recsys.stack.airflow_client.AirflowClient.from_settings(airflow_settings)``;
+    run the ``airflow`` CLI against it with ``recsys.stack.airflow.airflow_env(airflow_settings)``.
+    """
+    from recsys import stack
+
+    try:
+        stack.up(stack_settings, only=["airflow"])
+        yield stack_settings
+    finally:
+        stack.down(stack_settings, only=["airflow"])
