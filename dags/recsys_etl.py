@@ -40,6 +40,11 @@ def recsys_etl():
 
     @task(outlets=[FEATURES])
     def announce_features(features: dict, *, outlet_events=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not features["created"]:
+            # Skipped: no Asset event, so an unchanged feature version does not retrain anything.
+            raise AirflowSkipException(f"feature version {features['feature_version']} already existed")
         outlet_events[FEATURES].extra = {
             "feature_version": features["feature_version"],
             "data_version": features["data_version"],

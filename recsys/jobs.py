@@ -30,10 +30,16 @@ def ingest_landing(landing: Optional[str] = None) -> dict:
 
 
 def build_features(data_dir: str) -> dict:
-    """NVTabular ETL of one data version into a feature version (Merlin runtime)."""
-    from recsys.features.etl import run_etl
+    """NVTabular ETL of one data version into a feature version (Merlin runtime).
+
+    ``created`` is False when that feature version already existed (same data, same ETL configuration).
+    """
+    from recsys.data.versioning import read_manifest
+    from recsys.features.etl import feature_version_id, run_etl
 
     s = get_settings()
+    expected = s.features_root / feature_version_id(read_manifest(Path(data_dir))["data_version"], s.validation_days)
+    existed = (expected / "manifest.json").exists()
     fv = run_etl(
         Path(data_dir),
         s.features_root,
@@ -45,6 +51,7 @@ def build_features(data_dir: str) -> dict:
         "data_version": fv.manifest["data_version"],
         "path": str(fv.path),
         "rows": fv.manifest["rows"],
+        "created": not existed,
     }
 
 
