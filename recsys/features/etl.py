@@ -22,6 +22,7 @@ import contextlib
 import json
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -50,6 +51,9 @@ from recsys.features.workflows import (
 )
 
 Progress = Callable[[str], Any]
+
+# merlin.io warns on every CPU Dataset; running on CPU is this project's normal case.
+warnings.filterwarnings("ignore", message="Initializing an NVTabular Dataset in CPU mode", category=UserWarning)
 
 TABLES = ("interactions", "users", "items")
 # Interaction columns that are not features; user/item feature names must not collide with them.
@@ -336,25 +340,28 @@ def _read_data_manifest(data_dir: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def _dask_execution(address: Optional[str]) -> Iterator[None]:
     """Run NVTabular and every Dask computation on the cluster at ``address``, or on local threads."""
-    from merlin.core.utils import set_dask_client
+    from merlin.core.utils import global_dask_client, set_dask_client
 
-    if address is None:
-        set_dask_client(None)  # don't pick up a client that happens to exist in this process
-        with dask.config.set(scheduler="threads"):
+    previous = global_dask_client()
+    try:
+        if address is None:
+            set_dask_client(None)  # don't pick up a client that happens to exist in this process
+            with dask.config.set(scheduler="threads"):
+                yield
+            return
+        from distributed import Client
+
+        try:
+            client = Client(address, timeout="30s", set_as_default=True)
+        except OSError as exc:
+            raise EtlError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
+        set_dask_client(client)
+        try:
             yield
-        return
-    from distributed import Client
-
-    try:
-        client = Client(address, timeout="30s", set_as_default=True)
-    except OSError as exc:
-        raise EtlError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
-    set_dask_client(client)
-    try:
-        yield
+        finally:
+            client.close()
     finally:
-        set_dask_client(None)
-        client.close()
+        set_dask_client(previous if previous is not None else "auto")
 
 
 @contextlib.contextmanager
