@@ -286,7 +286,7 @@ def _draw_rows(rng: "np.random.Generator", p: "np.ndarray") -> "np.ndarray":
 
     rows = np.arange(len(p))
     flat = _stacked_cdf(p)
-    return np.searchsorted(flat, _offset_draws(rows, rng), side="right") - rows * p.shape[1]
+    return _lookup(flat, _offset_draws(rows, rng)) - rows * p.shape[1]
 
 
 # ------------------------------------------------------------------------------------------
@@ -304,14 +304,15 @@ def _make_interactions(
     n_neg = config.n_interactions - n_pos
 
     # 1. who: activity-weighted users
-    users = rng.choice(config.n_users, n_pos, p=user["activity"] / user["activity"].sum())
+    activity_cdf = np.cumsum(user["activity"]) / user["activity"].sum()
+    users = np.minimum(_lookup(activity_cdf, rng.random(n_pos)), config.n_users - 1)
     # 2. which category: one searchsorted into the users' stacked taste CDFs
     taste_cdf = _stacked_cdf(user["taste"])
-    categories = np.searchsorted(taste_cdf, _offset_draws(users, rng), side="right") - users * C
+    categories = _lookup(taste_cdf, _offset_draws(users, rng)) - users * C
     # 3. which item within the category, for the user's (style cluster, price band) group
     order, item_cdf = _item_cdfs(config, item)
     groups = user["style_cluster"][users] * B + user["price_pref"][users]
-    position = np.searchsorted(item_cdf, _offset_draws(groups * C + categories, rng), side="right")
+    position = _lookup(item_cdf, _offset_draws(groups * C + categories, rng))
     items = order[position - groups * config.n_items]
 
     # click or purchase: purchases are likelier when the price band suits the user
@@ -326,7 +327,7 @@ def _make_interactions(
     source = rng.integers(0, n_pos, n_neg)
     neg_users = users[source]
     pop_cdf = np.cumsum(item["popularity"]) / item["popularity"].sum()
-    neg_items = np.minimum(np.searchsorted(pop_cdf, rng.random(n_neg), side="right"), config.n_items - 1)
+    neg_items = np.minimum(_lookup(pop_cdf, rng.random(n_neg)), config.n_items - 1)
     end = start + config.days * 86400 - 1
     neg_seconds = np.clip(pos_seconds[source] + rng.integers(-30, 31, n_neg), start, end)
 
@@ -386,6 +387,18 @@ def _stacked_cdf(p: "np.ndarray") -> "np.ndarray":
     cdf /= cdf[:, -1:]
     cdf[:, -1] = 1.0
     return (np.arange(len(p))[:, None] + cdf).ravel()
+
+
+def _lookup(cdf: "np.ndarray", queries: "np.ndarray") -> "np.ndarray":
+    """``searchsorted(cdf, queries, side="right")``, with the queries sorted first: numpy's binary
+    search reuses its previous position for increasing keys, which is several times faster on
+    millions of random draws than jumping around a large CDF."""
+    import numpy as np
+
+    order = np.argsort(queries)
+    found = np.empty(len(queries), dtype=np.int64)
+    found[order] = np.searchsorted(cdf, queries[order], side="right")
+    return found
 
 
 def _offset_draws(offsets: "np.ndarray", rng: "np.random.Generator") -> "np.ndarray":
