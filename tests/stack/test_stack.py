@@ -229,3 +229,22 @@ def test_airflow_env_carries_settings_and_airflow_config(own_settings):
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == f"http://127.0.0.1:{own_settings.airflow_port}/execution/"
     assert env["RECSYS_HOME"] == str(own_settings.home)
     assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_airflow_fixture_serves_the_api_and_the_cli_env_reaches_the_same_database(airflow_settings):
+    from recsys.stack.airflow import airflow_env
+    from recsys.stack.airflow_client import AirflowClient
+
+    s = airflow_settings
+    with AirflowClient.from_settings(s) as af:
+        assert af.pool(s.gpu_pool)["slots"] == s.gpu_pool_slots
+        api_dags = sorted(d["dag_id"] for d in af.dags())
+    # The airflow CLI, run with airflow_env(), sees the running instance's metadata database.
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "airflow"), "pools", "get", s.gpu_pool, "-o", "json"],
+        env=airflow_env(s), capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    assert json.loads(out)[0]["slots"] == str(s.gpu_pool_slots)  # the CLI prints strings
+    assert isinstance(api_dags, list)
