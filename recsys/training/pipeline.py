@@ -89,7 +89,19 @@ def train_models(feature_dir: Path, out_dir: Path, params: TrainParams | None = 
     items = fv.frame("items", fv.item_columns)
     log.info("loaded %d train rows, %d valid rows, %d users, %d items", len(train), len(valid), len(users), len(items))
 
-    protocol = build_protocol(train, valid, items[fv.item_id].to_numpy(), fv.user_id, fv.item_id, fv.target)
+    # Users/items absent from the training window share the out-of-vocabulary code, so valid/ cannot
+    # tell them apart: the top-k protocol leaves them out (for the model and the baseline alike).
+    shared_users = users.loc[users[fv.user_id].duplicated(keep=False), fv.user_id].unique()
+    shared_items = items.loc[items[fv.item_id].duplicated(keep=False), fv.item_id].unique()
+    if len(shared_users) or len(shared_items):
+        log.info(
+            "top-k evaluation leaves out %d users and %d items whose encoded id is shared (not in the training window)",
+            int(users[fv.user_id].isin(shared_users).sum()), int(items[fv.item_id].isin(shared_items).sum()),
+        )
+    catalogue = items.loc[~items[fv.item_id].isin(shared_items), fv.item_id].to_numpy()
+    protocol = build_protocol(
+        train, valid[~valid[fv.user_id].isin(shared_users)], catalogue, fv.user_id, fv.item_id, fv.target
+    )
     baseline = evaluate_popularity(protocol, train, fv.item_id, fv.target)
     log.info("popularity baseline: %s", _fmt(baseline))
 

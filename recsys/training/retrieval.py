@@ -142,15 +142,8 @@ def export_retrieval(model, fv: FeatureVersion, items: pd.DataFrame, folder: Pat
     model.query_encoder.save(str(query_dir))
 
     vectors = batched_call(model.candidate_encoder, items, fv.item_columns, batch_size).astype(np.float32)
-    id_map = fv.item_id_map()
-    raw_of = pd.Series(id_map["item_id_raw"].to_numpy(), index=id_map["item_id"].to_numpy())
     encoded = items[fv.item_id].to_numpy(np.int64)
-    missing = ~pd.Index(encoded).isin(raw_of.index)
-    if missing.any():
-        raise FeatureVersionError(
-            f"{fv.path / 'id_maps' / 'items.parquet'}: encoded item_id {int(encoded[missing][0])} "
-            "from items/ has no raw id"
-        )
+    raw_ids = _raw_item_ids(fv, encoded)
     dim = vectors.shape[1]
     embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dim).cast(
         pa.list_(pa.float32())
@@ -158,7 +151,7 @@ def export_retrieval(model, fv: FeatureVersion, items: pd.DataFrame, folder: Pat
     table = pa.table(
         {
             "item_id": pa.array(encoded, pa.int64()),
-            "item_id_raw": pa.array(raw_of.loc[encoded].to_numpy(np.int64), pa.int64()),
+            "item_id_raw": pa.array(raw_ids, pa.int64()),
             "embedding": embedding,
         }
     )
@@ -166,6 +159,27 @@ def export_retrieval(model, fv: FeatureVersion, items: pd.DataFrame, folder: Pat
     pq.write_table(table, embeddings_path)
     log.info("retrieval: exported query tower to %s and %d item embeddings (dim %d)", query_dir, len(items), dim)
     return {"query_tower": query_dir, "item_embeddings": embeddings_path}
+
+
+def _raw_item_ids(fv: FeatureVersion, encoded: np.ndarray) -> np.ndarray:
+    """Raw item id of each row of items/ (whose encoded ids are ``encoded``).
+
+    Items absent from the training window share the out-of-vocabulary code, so the encoded id
+    alone cannot name them; id_maps/items.parquet written in the row order of items/ (as the ETL
+    does) does. Otherwise each encoded id must be unique to be mapped back.
+    """
+    id_map = fv.item_id_map()
+    where = fv.path / "id_maps" / "items.parquet"
+    if len(id_map) == len(encoded) and (id_map["item_id"].to_numpy(np.int64) == encoded).all():
+        return id_map["item_id_raw"].to_numpy(np.int64)
+    unique_map = id_map.drop_duplicates("item_id", keep=False).set_index("item_id")["item_id_raw"]
+    unmapped = ~pd.Index(encoded).isin(unique_map.index)
+    if unmapped.any():
+        raise FeatureVersionError(
+            f"{where}: encoded item_id {int(encoded[unmapped][0])} from items/ has no unique raw id "
+            "(and the file is not in the row order of items/)"
+        )
+    return unique_map.loc[encoded].to_numpy(np.int64)
 
 
 def _users_in_order(users: pd.DataFrame, user_col: str, user_ids: np.ndarray, where: Path) -> pd.DataFrame:
@@ -179,4 +193,4 @@ def _users_in_order(users: pd.DataFrame, user_col: str, user_ids: np.ndarray, wh
 
 
 def _items_in_order(items: pd.DataFrame, item_col: str, item_ids: np.ndarray) -> pd.DataFrame:
-    return items.set_index(item_col, drop=False).loc[item_ids].reset_index(drop=True)
+    return items.drop_duplicates(item_col).set_index(item_col, drop=False).loc[item_ids].reset_index(drop=True)

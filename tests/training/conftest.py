@@ -20,6 +20,7 @@ N_ITEMS = 240
 N_CATEGORIES = 8
 DAYS = 28
 VALIDATION_DAYS = 7
+N_COLD = 5
 START = pd.Timestamp("2024-01-01")
 
 
@@ -59,6 +60,27 @@ def _raw_tables(seed: int, with_labels: bool):
             if with_labels:
                 click = int(rng.random() < (0.75 if category[i] == taste[u] else 0.1))
             rows.append((users.user_id[u], items.item_id[i], START + pd.Timedelta(seconds=seconds), click))
+    # Cold users (interactions only in the validation window) and cold items (never interacted).
+    cold_users = pd.DataFrame(
+        {
+            "user_id": np.arange(9000, 9000 + N_COLD, dtype=np.int64),
+            "segment": "s0",
+            "age": rng.uniform(18, 70, N_COLD),
+        }
+    )
+    for u in cold_users.user_id:
+        for _ in range(3):
+            seconds = int(rng.integers((DAYS - VALIDATION_DAYS) * 86400, DAYS * 86400))
+            rows.append((u, items.item_id[rng.integers(N_ITEMS)], START + pd.Timedelta(seconds=seconds), 1))
+    cold_items = pd.DataFrame(
+        {
+            "item_id": np.arange(8000, 8000 + N_COLD, dtype=np.int64),
+            "category": "c0",
+            "price": rng.uniform(1, 100, N_COLD),
+        }
+    )
+    users = pd.concat([users, cold_users], ignore_index=True)
+    items = pd.concat([items, cold_items], ignore_index=True)
     inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "click"])
     inter = inter.drop_duplicates(["user_id", "item_id", "timestamp"]).reset_index(drop=True)
     return users, items, inter
@@ -100,12 +122,9 @@ def build_feature_version(root: Path, *, seed: int = 7, with_labels: bool = Fals
     valid_raw = valid_raw.rename(columns={"timestamp_unix": "timestamp"})
 
     # Fit on the training window plus every user and item so all ids get a code.
-    every_id = pd.concat(
-        [users.merge(items.head(1), how="cross"), items.merge(users.head(1), how="cross")],
-        ignore_index=True,
-    ).assign(click=0, timestamp=0)
-    fit_frame = pd.concat([train_raw, every_id], ignore_index=True)
-    workflow.fit(nvt.Dataset(fit_frame))
+    # Fitted on the training window only, like the ETL: users and items absent from it (the
+    # cold ones below) share the out-of-vocabulary code.
+    workflow.fit(nvt.Dataset(train_raw))
     workflow.transform(nvt.Dataset(train_raw)).to_parquet(str(out / "train"))
     workflow.transform(nvt.Dataset(valid_raw)).to_parquet(str(out / "valid"))
     user_wf = workflow.get_subworkflow("user")

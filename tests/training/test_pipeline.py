@@ -1,0 +1,145 @@
+"""End to end on the structured fixture: train both models once, then check metrics and exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.settings import PROJECT_ROOT
+from recsys.training.feature_version import FeatureVersion, FeatureVersionError
+from recsys.training.pipeline import METRIC_KEYS, TrainParams, train_models
+
+PARAMS = TrainParams(epochs=2, batch_size=256, embedding_dim=16, learning_rate=0.01, negatives_per_positive=4, seed=42)
+
+
+@pytest.fixture(scope="module")
+def run(feature_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run1"
+    return train_models(feature_dir, out, PARAMS), out
+
+
+def test_run_folder_layout_and_no_temporary_leftovers(run):
+    result, out = run
+    for relative in ("retrieval/query_tower", "retrieval/item_embeddings.parquet", "ranking/dlrm",
+                     "workflows/user", "workflows/item", "metrics.json"):
+        assert (out / relative).exists(), relative
+    assert [p.name for p in out.parent.iterdir()] == ["run1"]  # the temporary sibling was renamed away
+    assert result.paths["dlrm"] == out / "ranking" / "dlrm"
+    assert result.device == "CPU"
+    assert result.feature_version == "fixture-7-0" and result.data_version == "data-7"
+
+
+def test_metrics_json_holds_every_metric_and_the_history(run):
+    result, out = run
+    written = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(written["metrics"])
+    assert all(isinstance(written["metrics"][k], float) for k in METRIC_KEYS)
+    assert written["metrics"] == pytest.approx(result.metrics)
+    # per-epoch series: whole-catalogue recall for retrieval, validation AUC for ranking
+    assert len(written["history"]["retrieval"]["val_recall_at_10"]) == PARAMS.epochs
+    assert len(written["history"]["ranking"]["val_auc"]) == PARAMS.epochs
+    assert len(written["history"]["ranking"]["loss"]) == PARAMS.epochs
+    assert written["samples_per_second"]["retrieval"] > 0 and written["samples_per_second"]["ranking"] > 0
+    # final retrieval metric is the last epoch's whole-catalogue value
+    assert written["history"]["retrieval"]["val_recall_at_10"][-1] == pytest.approx(result.metrics["recall_at_10"])
+
+
+def test_two_tower_beats_popularity(run):
+    metrics = run[0].metrics
+    assert metrics["recall_at_10"] > metrics["popularity_recall_at_10"]
+    assert metrics["ndcg_at_10"] > metrics["popularity_ndcg_at_10"]
+    # cold users (shared out-of-vocabulary code) are left out of the top-k protocol
+    assert run[0].users_evaluated <= 300
+
+
+def test_ranking_auc_on_sampled_negatives(run):
+    metrics = run[0].metrics
+    assert metrics["auc"] > 0.6
+    assert 0 < metrics["logloss"] < 0.69  # better than a coin
+
+
+def test_query_tower_reloads_and_embeds_users(run, feature_dir):
+    import tensorflow as tf
+
+    from recsys.training.keras_utils import batched_call
+
+    _result, out = run
+    fv = FeatureVersion.open(feature_dir)
+    users = fv.frame("users", fv.user_columns).head(7)
+    tower = tf.keras.models.load_model(str(out / "retrieval" / "query_tower"))
+    vectors = batched_call(lambda inputs: tower.signatures["serving_default"](**inputs), users, fv.user_columns)
+    assert vectors.shape == (7, PARAMS.embedding_dim)
+    assert np.isfinite(vectors).all()
+
+
+def test_item_embeddings_cover_every_item_with_raw_ids(run, feature_dir):
+    _result, out = run
+    table = pd.read_parquet(out / "retrieval" / "item_embeddings.parquet")
+    fv = FeatureVersion.open(feature_dir)
+    items = fv.frame("items", fv.item_columns)
+    assert list(table.columns) == ["item_id", "item_id_raw", "embedding"]
+    assert len(table) == len(items)
+    assert table.item_id_raw.is_unique
+    id_map = fv.item_id_map().set_index("item_id_raw")["item_id"]
+    assert (id_map.loc[table.item_id_raw].to_numpy() == table.item_id.to_numpy()).all()
+    assert {len(v) for v in table.embedding} == {PARAMS.embedding_dim}
+
+
+def test_dlrm_reloads_with_the_same_predictions(run, feature_dir):
+    import tensorflow as tf
+
+    from recsys.training.keras_utils import batched_call
+
+    _result, out = run
+    fv = FeatureVersion.open(feature_dir)
+    columns = fv.user_columns + fv.item_columns
+    batch = fv.frame("valid", columns).head(64)
+    reloaded = tf.keras.models.load_model(str(out / "ranking" / "dlrm"))
+    served = batched_call(lambda inputs: reloaded.signatures["serving_default"](**inputs), batch, columns).ravel()
+    again = batched_call(reloaded, batch, columns).ravel()
+    assert served.shape == (64,)
+    assert ((served > 0) & (served < 1)).all()
+    np.testing.assert_allclose(served, again, atol=1e-6)
+
+
+def test_existing_run_folder_is_never_overwritten(run, feature_dir):
+    _result, out = run
+    with pytest.raises(FileExistsError):
+        train_models(feature_dir, out, PARAMS)
+
+
+def test_bad_feature_folder_names_the_problem_and_writes_nothing(tmp_path):
+    (tmp_path / "fv").mkdir()
+    (tmp_path / "fv" / "manifest.json").write_text(json.dumps({"feature_version": "x"}))
+    with pytest.raises(FeatureVersionError, match="manifest.json: key 'data_version' missing"):
+        train_models(tmp_path / "fv", tmp_path / "out", PARAMS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fv"]
+
+
+def test_cli_from_the_control_plane_reexecs_in_merlin_and_trains_on_labels(labelled_feature_dir, tmp_path):
+    """`recsys train` typed in the control-plane environment runs in the Merlin runtime."""
+    control_python = PROJECT_ROOT / ".envs" / "control" / "bin" / "python"
+    if not control_python.exists():
+        pytest.skip("control-plane environment not built")
+    out = tmp_path / "cli_run"
+    env = {**os.environ, "RECSYS_HOME": str(tmp_path / "home")}
+    env.pop("RECSYS_IN_MERLIN_RUNTIME", None)
+    proc = subprocess.run(
+        [str(control_python), "-m", "recsys.cli", "train", "--features", str(labelled_feature_dir),
+         "--out", str(out), "--epochs", "2", "--batch-size", "256", "--embedding-dim", "16",
+         "--learning-rate", "0.01"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "popularity" in proc.stdout and "recall_at_10" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params"]["epochs"] == 2
+    assert metrics["metrics"]["auc"] > 0.6  # real shown-but-ignored labels, no sampled negatives
+    assert sys.executable  # the test itself runs in the Merlin runtime
