@@ -4,7 +4,6 @@ failure cleanup, and the saved workflows."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -252,4 +251,25 @@ def test_unknown_ids_are_refused_with_an_example(data_dir, tmp_path):
     )
     with pytest.raises(EtlError, match=rf"user_id.*e\.g\. {interactions['user_id'].iloc[0]}"):
         run_etl(data_dir, tmp_path / "features", validation_days=7, progress=lambda _m: None)
+    assert not any((tmp_path / "features").iterdir())
+
+
+def test_runs_on_a_version_written_by_the_data_package(tmp_path):
+    """Contract check with the real ingest (skipped while the data package lacks these modules)."""
+    synthetic = pytest.importorskip("recsys.data.synthetic")
+    ingest = pytest.importorskip("recsys.data.ingest")
+    synthetic.write_synthetic(
+        tmp_path / "in", synthetic.SyntheticConfig(n_users=150, n_items=40, n_interactions=2_000, days=14)
+    )
+    version = ingest.ingest(tmp_path / "in", tmp_path / "data")
+    result = run_etl(version.path, tmp_path / "features", validation_days=3, progress=lambda _m: None)
+    assert result.manifest["data_version"] == version.version
+    assert result.manifest["rows"]["train"] + result.manifest["rows"]["valid"] == len(
+        pd.read_parquet(version.path / "interactions.parquet")
+    )
+
+
+def test_a_validation_window_covering_everything_is_refused(data_dir, tmp_path):
+    with pytest.raises(EtlError, match="validation_days=40 covers every interaction"):
+        run_etl(data_dir, tmp_path / "features", validation_days=40, progress=lambda _m: None)
     assert not any((tmp_path / "features").iterdir())
