@@ -13,6 +13,10 @@ import pytest
 from recsys.features import cli
 from recsys.settings import PROJECT_ROOT
 
+# merlin.io warns on every CPU Dataset; CPU is this project's normal case.
+pytestmark = pytest.mark.filterwarnings("ignore:Initializing an NVTabular Dataset in CPU mode:UserWarning")
+
+
 CONTROL_PYTHON = PROJECT_ROOT / ".envs" / "control" / "bin" / "python"
 
 

@@ -8,6 +8,10 @@ from merlin.io import Dataset
 
 from recsys.features.etl import run_etl
 
+# merlin.io warns on every CPU Dataset; CPU is this project's normal case.
+pytestmark = pytest.mark.filterwarnings("ignore:Initializing an NVTabular Dataset in CPU mode:UserWarning")
+
+
 
 def _read_sorted(path) -> pd.DataFrame:
     frame = Dataset(path, engine="parquet", cpu=True).to_ddf().compute()

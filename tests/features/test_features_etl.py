@@ -15,6 +15,10 @@ from merlin.schema import Tags
 from conftest import write_data_version
 from recsys.features.etl import EtlError, run_etl
 
+# merlin.io warns on every CPU Dataset; CPU is this project's normal case.
+pytestmark = pytest.mark.filterwarnings("ignore:Initializing an NVTabular Dataset in CPU mode:UserWarning")
+
+
 OOV = 2  # NVTabular 23.08 Categorify: 0 reserved, 1 null, 2 out-of-vocabulary, 3.. known values
 FIRST_KNOWN = 3
 DAY = 86_400
