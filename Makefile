@@ -28,9 +28,10 @@ $(UV):
 	@$(ENVS)/bootstrap/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 # Each environment is rebuilt only when the lock (or pyproject) changed; uv's cache makes a rebuild seconds.
+# Bytecode is compiled at install: imports stay fast even where PYTHONDONTWRITEBYTECODE is set.
 $(ENVS)/%/.synced: pyproject.toml uv.lock | $(UV)
 	@echo "==> syncing the $* environment ($(ENVS)/$*) from uv.lock"
-	@UV_PROJECT_ENVIRONMENT=$(ENVS)/$* $(UV) sync --frozen --extra $* --python $(PYTHON)
+	@UV_PROJECT_ENVIRONMENT=$(ENVS)/$* $(UV) sync --frozen --compile-bytecode --extra $* --python $(PYTHON)
 	@touch $@
 
 envs: $(ENVS)/control/.synced $(ENVS)/merlin/.synced

@@ -57,20 +57,22 @@ def build_features(data_dir: str) -> dict:
 
 def resolve_features(feature_version: Optional[str] = None) -> dict:
     """The feature version to train on: the one asked for, else the newest complete one."""
-    from recsys.data.versioning import latest_version, read_manifest
-    from recsys.errors import RecsysError
+    from recsys.data.versioning import get_version, latest_version
 
     s = get_settings()
     if feature_version:
-        path = s.features_root / feature_version
-        if not (path / "manifest.json").exists():
-            raise RecsysError(f"feature version {feature_version!r} not found under {s.features_root}")
+        version = get_version(s.features_root, feature_version)  # a clear error when it does not exist
     else:
-        path = latest_version(s.features_root)
-        if path is None:
+        version = latest_version(s.features_root)
+        if version is None:
+            from recsys.errors import RecsysError
+
             raise RecsysError(f"no feature version under {s.features_root}: run the recsys_etl DAG first")
-    manifest = read_manifest(path)
-    return {"feature_version": manifest["feature_version"], "data_version": manifest["data_version"], "path": str(path)}
+    return {
+        "feature_version": version.version,
+        "data_version": version.manifest["data_version"],
+        "path": str(version.path),
+    }
 
 
 def training_params(overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
