@@ -16,7 +16,9 @@ from recsys.settings import PROJECT_ROOT
 # merlin.io warns on every CPU Dataset; CPU is this project's normal case.
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing an NVTabular Dataset in CPU mode:UserWarning")
 
+
 CONTROL_PYTHON = PROJECT_ROOT / ".envs" / "control" / "bin" / "python"
+
 
 def test_etl_command_writes_a_feature_version(data_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="recsys")
@@ -28,6 +30,7 @@ def test_etl_command_writes_a_feature_version(data_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[etl] write train" in out and f"feature version {version}: {root / version}" in out
     assert (root / version / "manifest.json").is_file()
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(not CONTROL_PYTHON.exists(), reason="no control-plane environment")
@@ -43,6 +46,7 @@ def test_control_plane_reruns_the_command_in_the_merlin_runtime(data_dir, tmp_pa
     (version,) = [p.name for p in root.iterdir()]
     assert f"feature version {version}" in done.stdout
     assert "validation_days=7" in done.stdout  # the settings' default travelled to the child
+
 
 @pytest.mark.skipif(not CONTROL_PYTHON.exists(), reason="no control-plane environment")
 def test_control_plane_reports_a_missing_merlin_interpreter(data_dir, tmp_path):

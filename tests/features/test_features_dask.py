@@ -11,9 +11,11 @@ from recsys.features.etl import run_etl
 # merlin.io warns on every CPU Dataset; CPU is this project's normal case.
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing an NVTabular Dataset in CPU mode:UserWarning")
 
+
 def _read_sorted(path) -> pd.DataFrame:
     frame = Dataset(path, engine="parquet", cpu=True).to_ddf().compute()
     return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
 
 @pytest.mark.slow
 def test_dask_cluster_run_equals_single_process_run(built, tmp_path):

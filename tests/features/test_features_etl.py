@@ -18,20 +18,25 @@ from recsys.features.etl import EtlError, run_etl
 # merlin.io warns on every CPU Dataset; CPU is this project's normal case.
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing an NVTabular Dataset in CPU mode:UserWarning")
 
+
 OOV = 2  # NVTabular 23.08 Categorify: 0 reserved, 1 null, 2 out-of-vocabulary, 3.. known values
 FIRST_KNOWN = 3
 DAY = 86_400
 
+
 def _read(path: Path) -> pd.DataFrame:
     return Dataset(path, engine="parquet", cpu=True).to_ddf().compute().reset_index(drop=True)
+
 
 def _raw(data: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     interactions = pd.read_parquet(data / "interactions.parquet")
     interactions["ts"] = interactions["timestamp"].astype("int64") // 10**9
     return interactions, pd.read_parquet(data / "users.parquet"), pd.read_parquet(data / "items.parquet")
 
+
 def _train_window(interactions: pd.DataFrame, days: int = 7) -> pd.DataFrame:
     return interactions[interactions["ts"] < interactions["ts"].max() - days * DAY]
+
 
 def test_layout_and_manifest(built):
     data, features_root, result = built
@@ -77,6 +82,7 @@ def test_layout_and_manifest(built):
     # vocabulary of user ids = users seen in training + the 3 reserved indices
     assert manifest["cardinalities"]["user_id"] == _train_window(interactions)["user_id"].nunique() + FIRST_KNOWN
 
+
 def test_train_schema_tags(built):
     _, _, result = built
     schema = Dataset(result.path / "train", engine="parquet", cpu=True).schema
@@ -95,6 +101,7 @@ def test_train_schema_tags(built):
     users_schema = Dataset(result.path / "users", engine="parquet", cpu=True).schema
     assert users_schema.select_by_tag(Tags.USER_ID).column_names == ["user_id"]
     assert "cat_path" not in users_schema["country"].properties  # no path to the fit-time scratch
+
 
 def test_encoded_ids_are_contiguous_and_consistent(built):
     data, _, result = built
@@ -140,6 +147,7 @@ def test_encoded_ids_are_contiguous_and_consistent(built):
     assert (joined["country"] == joined["country_u"]).all()
     np.testing.assert_allclose(joined["age"], joined["age_u"])
 
+
 def test_continuous_features_use_training_statistics_only(built):
     data, _, result = built
     interactions, users, items = _raw(data)
@@ -165,6 +173,7 @@ def test_continuous_features_use_training_statistics_only(built):
     got = items_out.loc[items_out["item_id_raw"] == item["item_id"], "price"].item()
     assert got == pytest.approx((item["price"] - prices.mean()) / prices.std(ddof=1), rel=1e-5)
 
+
 def test_split_by_time(built):
     data, _, result = built
     interactions, _, _ = _raw(data)
@@ -179,6 +188,7 @@ def test_split_by_time(built):
     assert valid["timestamp"].max() == newest
     assert len(valid) == (interactions["ts"] >= cutoff).sum() > 0
 
+
 def test_saved_workflows_transform_raw_rows_like_the_etl(built):
     import nvtabular as nvt
 
@@ -189,12 +199,14 @@ def test_saved_workflows_transform_raw_rows_like_the_etl(built):
     pd.testing.assert_frame_equal(again, _read(result.path / "users"))
     assert workflow.input_schema.column_names == ["user_id", "country", "is_premium", "age"]
 
+
 def test_without_labels_every_interaction_is_a_click(tmp_path):
     data = write_data_version(tmp_path / "data", labels=False, n_interactions=200, data_version="nolabel00000")
     result = run_etl(data, tmp_path / "features", validation_days=5, progress=lambda _m: None)
     assert result.manifest["has_labels"] is False
     train = _read(result.path / "train")
     assert set(train["click"]) == {1} and str(train["click"].dtype) == "int32"
+
 
 def test_rerun_returns_the_same_version_untouched(data_dir, tmp_path):
     root = tmp_path / "features"
@@ -211,12 +223,14 @@ def test_rerun_returns_the_same_version_untouched(data_dir, tmp_path):
     assert other.version != first.version  # the config is part of the version
     assert sorted(p.name for p in root.iterdir()) == sorted([first.version, other.version])
 
+
 def test_missing_table_is_refused_and_nothing_is_written(data_dir, tmp_path):
     (data_dir / "items.parquet").unlink()
     root = tmp_path / "features"
     with pytest.raises(EtlError, match="items.parquet"):
         run_etl(data_dir, root, validation_days=7, progress=lambda _m: None)
     assert not root.exists() or list(root.iterdir()) == []
+
 
 def test_failure_midway_leaves_no_folder(data_dir, tmp_path):
     # A column of dicts passes the dtype split (object -> categorical) but Categorify cannot
@@ -232,6 +246,7 @@ def test_failure_midway_leaves_no_folder(data_dir, tmp_path):
     assert "[etl] fit workflows on the training window ..." in messages  # it did get midway
     assert list(root.iterdir()) == []
 
+
 def test_unknown_ids_are_refused_with_an_example(data_dir, tmp_path):
     users = pd.read_parquet(data_dir / "users.parquet")
     interactions = pd.read_parquet(data_dir / "interactions.parquet")
@@ -241,6 +256,7 @@ def test_unknown_ids_are_refused_with_an_example(data_dir, tmp_path):
     with pytest.raises(EtlError, match=rf"user_id.*e\.g\. {interactions['user_id'].iloc[0]}"):
         run_etl(data_dir, tmp_path / "features", validation_days=7, progress=lambda _m: None)
     assert not any((tmp_path / "features").iterdir())
+
 
 def test_runs_on_a_version_written_by_the_data_package(tmp_path):
     """Contract check with the real ingest (skipped while the data package lacks these modules)."""
@@ -255,6 +271,7 @@ def test_runs_on_a_version_written_by_the_data_package(tmp_path):
     assert result.manifest["rows"]["train"] + result.manifest["rows"]["valid"] == len(
         pd.read_parquet(version.path / "interactions.parquet")
     )
+
 
 def test_a_validation_window_covering_everything_is_refused(data_dir, tmp_path):
     with pytest.raises(EtlError, match="validation_days=40 covers every interaction"):
