@@ -77,6 +77,34 @@ class Settings:
     ranking_primary_metric: str = "auc"
     experiment_name: str = "recsys"
 
+    # --- serving (Triton and the four-stage model) ----------------------------------------
+    triton_url: Optional[str] = None
+    """HTTP base URL of an external Triton, e.g. ``http://triton.example:8000``. Unset: the embedded one."""
+    triton_http_port: int = 8300
+    triton_grpc_port: int = 8301
+    """Also the gRPC port of an external Triton (on the host of ``triton_url``)."""
+    triton_metrics_port: int = 8302
+    triton_repository: Optional[Path] = None
+    """Triton model repository. Default: ``<home>/triton/repository``."""
+    triton_instances: int = 2
+    """Instances of the four-stage model (one per core: each runs TensorFlow single-threaded)."""
+    candidates_k: int = 200
+    """Retrieval: candidates taken from the FAISS index before filtering and ranking."""
+    recommend_default_k: int = 10
+    recommend_max_k: int = 100
+    faiss_index: str = "auto"
+    """``flat`` (exact inner product), ``ivf`` (approximate), or ``auto``: IVF from 50,000 items."""
+    max_per_category: int = 0
+    """Ordering: at most N items of one category in a response (0: no limit)."""
+    category_column: str = "category"
+    """Ordering: the item feature that defines a category."""
+    boosts: str = ""
+    """Ordering: score multipliers by raw item id, e.g. ``5003=1.5,5010=0.5`` (promotions, demotions)."""
+    exploration_temperature: float = 0.0
+    """Ordering: 0 keeps the ranker's order (deterministic); > 0 samples the order (Gumbel top-k)."""
+    exploration_seed: Optional[int] = None
+    """Set: exploration is reproducible per (seed, user)."""
+
     # --- derived paths and URLs -----------------------------------------------------------
     @property
     def landing(self) -> Path:
@@ -112,12 +140,30 @@ class Settings:
         return (self.airflow_url or f"http://{self.host}:{self.airflow_port}").rstrip("/")
 
     @property
+    def triton_repo(self) -> Path:
+        return self.triton_repository or self.home / "triton" / "repository"
+
+    @property
+    def triton_http(self) -> str:
+        """HTTP base URL of Triton (health, model control, HTTP inference)."""
+        return (self.triton_url or f"http://{self.host}:{self.triton_http_port}").rstrip("/")
+
+    @property
+    def triton_grpc(self) -> str:
+        """``host:port`` of Triton's gRPC endpoint."""
+        import urllib.parse
+
+        host = urllib.parse.urlsplit(self.triton_http).hostname or self.host
+        return f"{host}:{self.triton_grpc_port}"
+
+    @property
     def embedded(self) -> dict[str, bool]:
         """Which services the project starts itself (the rest are external)."""
         return {
             "redis": self.redis_url is None,
             "mlflow": self.mlflow_tracking_uri is None,
             "airflow": self.airflow_url is None,
+            "triton": self.triton_url is None,
         }
 
     def as_env(self) -> dict[str, str]:
