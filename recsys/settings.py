@@ -105,6 +105,14 @@ class Settings:
     exploration_seed: Optional[int] = None
     """Set: exploration is reproducible per (seed, user)."""
 
+    # --- publishing and offline recommendations -------------------------------------------
+    triton_keep_versions: int = 3
+    """Model versions kept on disk per Triton model (the served one + older ones for rollback)."""
+    batch_top_n: int = 20
+    """Offline mode: items precomputed per user."""
+    batch_concurrency: int = 8
+    """Offline mode: requests in flight to Triton at once."""
+
     # --- derived paths and URLs -----------------------------------------------------------
     @property
     def landing(self) -> Path:
