@@ -49,6 +49,7 @@ def train_retrieval(
     batch_size: int,
     embedding_dim: int,
     learning_rate: float,
+    logq_correction: bool = True,
 ) -> ModelResult:
     """Train, evaluate and export the two-tower model into ``out_dir / 'retrieval'``.
 
@@ -77,7 +78,29 @@ def train_retrieval(
         schema.select_by_name(item_cols),
         mm.MLPBlock([2 * embedding_dim, embedding_dim], no_activation_last_layer=True),
     )
-    model = mm.TwoTowerModelV2(query_tower, candidate_tower)
+    outputs = None
+    if logq_correction:
+        # In-batch negatives are drawn by popularity, so popular items get pushed down unless the
+        # logits are corrected by log(item frequency) (sampling-bias correction, Yi et al. 2019).
+        from merlin.models.tf.outputs.base import DotProduct
+        from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
+        from merlin.schema import Tags
+
+        id_schema = schema.select_by_name(item_cols).select_by_tag(Tags.ITEM_ID)
+        cardinality = int(id_schema.first.int_domain.max) + 1
+        counts = np.bincount(positives[fv.item_id].to_numpy(np.int64), minlength=cardinality)[:cardinality]
+        outputs = mm.ContrastiveOutput(
+            to_call=DotProduct(),
+            negative_samplers="in-batch",
+            store_negative_ids=True,  # the correction needs the in-batch negatives' ids
+            schema=id_schema,
+            post=PopularityLogitsCorrection(
+                tf.constant((counts + 1.0) / (counts + 1.0).sum(), dtype=tf.float32),
+                is_prob_distribution=True,
+                schema=id_schema,
+            ),
+        )
+    model = mm.TwoTowerModelV2(query_tower, candidate_tower, outputs=outputs)
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate))
 
     eval_users = _users_in_order(users, fv.user_id, protocol.user_ids, fv.path / "users")
