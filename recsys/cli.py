@@ -17,6 +17,7 @@ _GROUPS = [
     ("recsys.features.cli", "NVTabular ETL"),
     ("recsys.training.cli", "train and evaluate models"),
     ("recsys.tracking.cli", "MLflow registry and champion gate"),
+    ("recsys.online.cli", "Redis online feature store: refresh, status, unavailable items"),
     ("recsys.demo", "the end-to-end demo"),
 ]
 

@@ -77,6 +77,18 @@ class Settings:
     ranking_primary_metric: str = "auc"
     experiment_name: str = "recsys"
 
+    # --- online feature store (Redis) -------------------------------------------------------
+    online_key_prefix: str = "recsys"
+    """Every key of the online store starts with ``{<prefix>}:`` (one hash tag: one Redis Cluster slot)."""
+    online_batch_size: int = 1000
+    """Refresh: entities written per pipeline (one round trip each)."""
+    online_gc_grace_seconds: int = 3600
+    """An online version that stopped being current is deleted this long afterwards."""
+    online_refresh_schedule: str = "@hourly"
+    """Cron expression of the ``recsys_feature_refresh`` DAG (it also runs on each new feature version)."""
+    online_popularity_size: int = 1000
+    """Items in the popularity list (cold start)."""
+
     # --- serving (Triton and the four-stage model) ----------------------------------------
     triton_url: Optional[str] = None
     """HTTP base URL of an external Triton, e.g. ``http://triton.example:8000``. Unset: the embedded one."""
