@@ -18,6 +18,7 @@ _GROUPS = [
     ("recsys.training.cli", "train and evaluate models"),
     ("recsys.tracking.cli", "MLflow registry and champion gate"),
     ("recsys.online.cli", "Redis online feature store: refresh, status, unavailable items"),
+    ("recsys.serving.cli", "recommendations from the served model"),
     ("recsys.demo", "the end-to-end demo"),
 ]
 

@@ -1,0 +1,59 @@
+"""``recsys recommend``: ask the running Triton for a user's recommendations (with display attributes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "recommend",
+        help="recommendations for a user from the served model (Triton)",
+        description="Ask the `recsys` model on Triton (four stages) for a user's top k items and show each "
+        "item's display attributes from the online store.",
+    )
+    parser.add_argument("--user", type=int, required=True, help="raw user id")
+    parser.add_argument("-k", type=int, default=None, help="how many items (default: the model's default)")
+    parser.add_argument("--context", default=None, help='JSON object, e.g. \'{"exclude_items": [12, 40]}\'')
+    parser.add_argument("--http", action="store_true", help="use HTTP instead of gRPC")
+    parser.add_argument("--timings", action="store_true", help="also show milliseconds per stage")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=_recommend)
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from recsys.errors import RecsysError
+    from recsys.serving.client import RecommendClient
+    from recsys.settings import get_settings
+
+    context = None
+    if args.context:
+        try:
+            context = json.loads(args.context)
+        except json.JSONDecodeError as exc:
+            raise RecsysError(f"--context is not valid JSON: {exc}") from None
+    with RecommendClient.from_settings(get_settings(), "http" if args.http else "grpc") as client:
+        items = client.recommend_with_attributes(args.user, args.k, context)
+        timings = {}
+        if args.timings:
+            client.recommend(args.user, args.k, context, timings=True)
+            timings = client.last_timings_ms
+    if args.json:
+        out = {"user_id": args.user, "items": items}
+        if timings:
+            out["timings_ms"] = timings
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    if not items:
+        print(f"no recommendations for user {args.user}")
+        return 0
+    attributes = [key for key in items[0] if key not in ("item_id", "score")]
+    header = ["#", "item_id", "score", *attributes]
+    rows = [[str(n), str(i["item_id"]), f"{i['score']:.4f}", *(str(i.get(a, "")) for a in attributes)] for n, i in enumerate(items, 1)]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if timings:
+        print("ms per stage: " + ", ".join(f"{stage} {ms:.2f}" for stage, ms in timings.items()))
+    return 0

@@ -1,0 +1,121 @@
+"""Ask the ``recsys`` Triton model for recommendations (gRPC or HTTP; tritonclient 2.51, both runtimes).
+
+    from recsys.serving.client import RecommendClient
+    with RecommendClient.from_settings() as client:
+        client.recommend(1042, k=10)                       # [(item_id, score), ...] best first
+        client.recommend_with_attributes(1042, k=10)       # [{"item_id", "score", **display attributes}, ...]
+
+Errors (a bad request, a model that is not loaded, a server that does not answer) raise
+:class:`~recsys.serving.control.ServingError` with Triton's message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import numpy as np
+
+from recsys.serving.control import ServingError
+from recsys.settings import Settings, get_settings
+
+MODEL = "recsys"
+STAGES = ("retrieval", "filtering", "scoring", "ordering")
+
+
+class RecommendClient:
+    """A connection to Triton for the ``recsys`` model. ``protocol``: ``grpc`` (default) or ``http``."""
+
+    def __init__(self, settings: Settings, protocol: str = "grpc", model: str = MODEL, timeout: float = 30.0):
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        self.settings = settings
+        self.protocol = protocol
+        self.model = model
+        self.timeout = timeout
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+
+            self._client = module.InferenceServerClient(settings.triton_grpc)
+        else:
+            import tritonclient.http as module
+
+            url = settings.triton_http
+            self._client = module.InferenceServerClient(
+                url.split("://", 1)[-1], ssl=url.startswith("https://"), network_timeout=timeout
+            )
+        self._module = module
+        self._store = None
+        self.last_timings_ms: dict[str, float] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Optional[Settings] = None, protocol: str = "grpc") -> "RecommendClient":
+        return cls(settings or get_settings(), protocol)
+
+    def __enter__(self) -> "RecommendClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+        if self._store is not None:
+            self._store.client.close()
+
+    def recommend(
+        self,
+        user_id: int,
+        k: Optional[int] = None,
+        context: Optional[dict[str, Any]] = None,
+        timings: bool = False,
+    ) -> list[tuple[int, float]]:
+        """``(item_id, score)`` pairs, best first. ``k`` None: the model's default.
+
+        ``timings``: also fetch the per-stage milliseconds into :attr:`last_timings_ms`.
+        """
+        from tritonclient.utils import InferenceServerException
+
+        m = self._module
+        inputs = [m.InferInput("user_id", [1], "INT64")]
+        inputs[0].set_data_from_numpy(np.array([user_id], dtype=np.int64))
+        if k is not None:
+            inputs.append(m.InferInput("k", [1], "INT32"))
+            inputs[-1].set_data_from_numpy(np.array([k], dtype=np.int32))
+        if context is not None:
+            inputs.append(m.InferInput("context", [1], "BYTES"))
+            inputs[-1].set_data_from_numpy(np.array([json.dumps(context).encode()], dtype=object))
+        names = ["item_ids", "scores"] + (["timings_ms"] if timings else [])
+        outputs = [m.InferRequestedOutput(n) for n in names]
+        try:
+            if self.protocol == "grpc":
+                result = self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout)
+            else:
+                result = self._client.infer(self.model, inputs, outputs=outputs)
+        except InferenceServerException as exc:
+            raise ServingError(f"Triton ({self.protocol}) {self.model!r}: {exc.message()}") from None
+        item_ids = result.as_numpy("item_ids")
+        scores = result.as_numpy("scores")
+        if timings:
+            self.last_timings_ms = dict(zip(STAGES, result.as_numpy("timings_ms").tolist()))
+        return [(int(i), float(s)) for i, s in zip(item_ids, scores)]
+
+    def recommend_with_attributes(
+        self, user_id: int, k: Optional[int] = None, context: Optional[dict[str, Any]] = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`recommend` plus each item's display attributes from the online store."""
+        pairs = self.recommend(user_id, k, context)
+        if self._store is None:
+            from recsys.online.redis_store import RedisOnlineStore
+
+            self._store = RedisOnlineStore.from_settings(self.settings)
+        attributes = self._store.display([item for item, _ in pairs]) if pairs else []
+        return [{"item_id": item, "score": score, **(attrs or {})} for (item, score), attrs in zip(pairs, attributes)]
+
+
+def recommend(
+    user_id: int, k: Optional[int] = None, context: Optional[dict[str, Any]] = None, settings: Optional[Settings] = None
+) -> list[tuple[int, float]]:
+    """One-off :meth:`RecommendClient.recommend` over gRPC (opens and closes a connection)."""
+    with RecommendClient.from_settings(settings) as client:
+        return client.recommend(user_id, k, context)

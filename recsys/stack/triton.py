@@ -1,0 +1,191 @@
+"""Triton Inference Server: the real ``tritonserver`` 2.51 binary bundled in the nvidia-pytriton wheel.
+
+The wheel lives in the Merlin runtime. ``prepare()`` copies the server (binary, python backend,
+local cache) and the python-backend stub for the Merlin interpreter's Python version into
+``<home>/services/triton/server/`` once. The server then runs with:
+
+- ``LD_LIBRARY_PATH``: the wheel's bundled libraries + the folder holding ``libpython3.X.so``;
+- the Merlin runtime's ``bin/`` first on ``PATH``, so the stub's Python imports that environment's
+  TensorFlow, FAISS and redis-py (the four-stage model runs there);
+- ``--model-control-mode=explicit``: nothing loads at start; publishing loads model versions
+  through the repository API (``POST /v2/repository/models/<name>/load``);
+- HTTP, gRPC and metrics bound to ``settings.host`` on the ports of the settings;
+- the settings as environment variables, so the models find Redis (``recsys.settings``).
+
+Only the python backend ships in that wheel; see docs/serving.md for the GPU flavour.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from recsys.errors import ServiceError
+from recsys.stack.service import ManagedProcess, Service, connect_host, http_ok
+
+
+@dataclass(frozen=True)
+class TritonBundle:
+    """Where the pieces of the wheel's Triton are, as seen by the Merlin interpreter."""
+
+    server_dir: Path
+    """``site-packages/pytriton/tritonserver``: bin/, backends/, caches/, python_backend_stubs/."""
+    libs_dir: Path
+    """``site-packages/nvidia_pytriton.libs``: the shared libraries the binary links against."""
+    python_libdir: Path
+    """Folder holding ``libpython3.X.so`` of the Merlin interpreter."""
+    python_version: str
+    """``3.11``: picks the stub."""
+    bin_dir: Path
+    """The Merlin runtime's ``bin/`` (first on PATH for the stub)."""
+
+
+_PROBE = """
+import json, sys, sysconfig, importlib.util
+from pathlib import Path
+spec = importlib.util.find_spec("pytriton")
+server = Path(spec.origin).parent / "tritonserver" if spec else None
+print(json.dumps({
+    "server_dir": str(server) if server else "",
+    "libs_dir": str(server.parents[1] / "nvidia_pytriton.libs") if server else "",
+    "python_libdir": sysconfig.get_config_var("LIBDIR"),
+    "python_version": f"{sys.version_info[0]}.{sys.version_info[1]}",
+}))
+"""
+
+
+@lru_cache(maxsize=4)
+def find_bundle(merlin_python: Path) -> TritonBundle:
+    """Locate the Triton bundled in the nvidia-pytriton wheel of the Merlin runtime (``merlin_python``)."""
+    if not Path(merlin_python).exists():
+        raise ServiceError(
+            f"the embedded Triton runs from the Merlin runtime, but {merlin_python} does not exist; "
+            "set RECSYS_MERLIN_PYTHON, or RECSYS_TRITON_URL to use an external Triton"
+        )
+    try:
+        out = subprocess.run(
+            [str(merlin_python), "-c", _PROBE], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise ServiceError(f"could not inspect the Merlin runtime {merlin_python}: {exc}") from None
+    info = json.loads(out.strip().splitlines()[-1])
+    server = Path(info["server_dir"]) if info["server_dir"] else None
+    if server is None or not (server / "bin" / "tritonserver").exists():
+        raise ServiceError(
+            f"the Merlin runtime {merlin_python} has no nvidia-pytriton wheel with a tritonserver binary; "
+            "rebuild it (`uv sync --extra merlin`) or set RECSYS_TRITON_URL to an external Triton"
+        )
+    return TritonBundle(
+        server_dir=server,
+        libs_dir=Path(info["libs_dir"]),
+        python_libdir=Path(info["python_libdir"]),
+        python_version=info["python_version"],
+        # not resolved: the venv's bin/ (its python is a symlink to the base interpreter)
+        bin_dir=Path(merlin_python).parent,
+    )
+
+
+@dataclass
+class TritonService(Service):
+    name: str = "triton"
+    start_timeout: float = 90.0
+
+    def __post_init__(self) -> None:
+        if self.embedded:
+            self.processes = [
+                ManagedProcess("triton", self._command(), self.directory, health=self.answering, env=None)
+            ]
+
+    # --- layout -----------------------------------------------------------------------
+    @property
+    def server_copy(self) -> Path:
+        """Our copy of the server: bin/tritonserver, backends/python (+ the stub), caches/."""
+        return self.directory / "server"
+
+    @property
+    def url(self) -> str:
+        return self.settings.triton_http
+
+    def _bind(self) -> tuple[str, int]:
+        return self.settings.host, self.settings.triton_http_port
+
+    def _command(self) -> list[str]:
+        s = self.settings
+        return [
+            str(self.server_copy / "bin" / "tritonserver"),
+            f"--model-repository={s.triton_repo}",
+            f"--backend-directory={self.server_copy / 'backends'}",
+            f"--cache-directory={self.server_copy / 'caches'}",
+            "--model-control-mode=explicit",
+            f"--http-address={s.host}",
+            f"--http-port={s.triton_http_port}",
+            f"--grpc-address={s.host}",
+            f"--grpc-port={s.triton_grpc_port}",
+            f"--metrics-address={s.host}",
+            f"--metrics-port={s.triton_metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=true",
+            # a model that fails to load must not take the server down with it
+            "--exit-on-error=false",
+            "--log-verbose=0",
+        ]
+
+    def prepare(self) -> None:
+        """Copy the server out of the wheel (once) and make the repository folder; set the environment."""
+        s = self.settings
+        bundle = find_bundle(s.merlin_python)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        s.triton_repo.mkdir(parents=True, exist_ok=True)
+        stub = bundle.server_dir / "python_backend_stubs" / bundle.python_version / "triton_python_backend_stub"
+        if not stub.exists():
+            raise ServiceError(f"no python-backend stub for Python {bundle.python_version} in {bundle.server_dir}")
+        marker = self.server_copy / "source.json"
+        source = {"server_dir": str(bundle.server_dir), "python_version": bundle.python_version}
+        if not marker.exists() or json.loads(marker.read_text()) != source:
+            tmp = self.server_copy.with_name("server.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            for part in ("bin", "backends", "caches"):
+                shutil.copytree(bundle.server_dir / part, tmp / part, symlinks=True)
+            shutil.copy2(stub, tmp / "backends" / "python" / "triton_python_backend_stub")
+            (tmp / "source.json").write_text(json.dumps(source))
+            shutil.rmtree(self.server_copy, ignore_errors=True)
+            tmp.rename(self.server_copy)
+        env = {**os.environ, **s.as_env()}
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(bundle.libs_dir), str(bundle.python_libdir), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        env["PATH"] = os.pathsep.join([str(bundle.bin_dir), env.get("PATH", "")])
+        # A control-plane virtualenv's marker must not leak into the Merlin stub.
+        env.pop("VIRTUAL_ENV", None)
+        env.pop("PYTHONHOME", None)
+        env.pop("PYTHONPATH", None)
+        self.processes[0].env = env
+
+    def _refuse_busy_port(self) -> None:
+        super()._refuse_busy_port()
+        for port in (self.settings.triton_grpc_port, self.settings.triton_metrics_port):
+            if _port_busy(self.settings.host, port):
+                raise ServiceError(
+                    f"triton: port {port} on {self.settings.host} is already in use by another program; "
+                    "choose other ports (RECSYS_TRITON_GRPC_PORT, RECSYS_TRITON_METRICS_PORT)"
+                )
+
+    def answering(self) -> bool:
+        return http_ok(f"{self.url}/v2/health/ready")
+
+    def status(self) -> dict:
+        report = super().status()
+        report["grpc"] = self.settings.triton_grpc
+        report["repository"] = str(self.settings.triton_repo) if self.embedded else None
+        return report
+
+
+def _port_busy(host: str, port: int) -> bool:
+    from recsys.stack.service import port_is_open
+
+    return port_is_open(connect_host(host), port)
