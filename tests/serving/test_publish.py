@@ -1,0 +1,313 @@
+"""Publishing MLflow champions to a real Triton: serve, refuse a broken version, lineage, no-op, rollback.
+
+Real services: the MLflow and Redis of ``stack_settings`` and a real ``tritonserver`` (the embedded
+Triton service). The models here are tiny python-backend models written by a test repository writer
+(the publishing mechanics do not depend on what the models compute): ``<prefix>_index`` and
+``<prefix>_stages`` answer ``y = x + <their Triton version>``, so a request shows which version serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsys.settings import Settings, get_settings, replace
+
+GOOD_MODEL = textwrap.dedent(
+    """
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            self.version = int(args["model_version"])
+            here = Path(args["model_repository"]) / args["model_version"]
+            self.lineage = json.loads((here / "lineage.json").read_text())  # written by publish
+            {extra}
+
+        def execute(self, requests):
+            out = []
+            for request in requests:
+                x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+                out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", (x + self.version).astype(np.int64))]))
+            return out
+    """
+)
+
+CONFIG = textwrap.dedent(
+    """
+    name: "{name}"
+    backend: "python"
+    max_batch_size: 0
+    input [ {{ name: "x" data_type: TYPE_INT64 dims: [ 1 ] }} ]
+    output [ {{ name: "y" data_type: TYPE_INT64 dims: [ 1 ] }} ]
+    instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+    """
+)
+
+
+class ToyWriter:
+    """A repository writer: two python-backend models; ``broken`` makes the second one raise at initialize."""
+
+    def __init__(self, prefix: str, broken: bool = False):
+        self.prefix = prefix
+        self.broken = broken
+        self.seen_exports: list[list[str]] = []
+
+    @property
+    def models(self) -> list[str]:
+        return [f"{self.prefix}_index", f"{self.prefix}_stages"]
+
+    def __call__(self, exports: Path, staging: Path, version: int, settings: Settings) -> list[str]:
+        self.seen_exports.append(sorted(p.relative_to(exports).as_posix() for p in exports.rglob("*") if p.is_file()))
+        for name in self.models:
+            extra = "raise RuntimeError('broken model version')" if self.broken and name.endswith("_stages") else "pass"
+            (staging / name / str(version)).mkdir(parents=True)
+            (staging / name / str(version) / "model.py").write_text(GOOD_MODEL.format(extra=extra))
+            (staging / name / "config.pbtxt").write_text(CONFIG.format(name=name))
+        return self.models
+
+
+def ask(s: Settings, model: str, x: int = 100) -> int:
+    from recsys.serving.publish import triton_client
+    import tritonclient.http as httpclient
+
+    value = httpclient.InferInput("x", [1], "INT64")
+    value.set_data_from_numpy(np.array([x], dtype=np.int64))
+    return int(triton_client(s).infer(model, [value]).as_numpy("y")[0])
+
+
+def smoke(models: list[str]):
+    """A smoke test for the toy models: each answers x + its new version."""
+
+    def check(s, versions, lineage):
+        for model, version in versions.items():
+            got = ask(s, model)
+            assert got == 100 + version, f"{model} answered {got}, expected {100 + version}"
+        return {"checked": sorted(versions)}
+
+    return check
+
+
+def log_champion_run(s: Settings, feature_version: str, quality: float, checksums: dict | None = None, tmp: Path | None = None) -> str:
+    """A training run with the exports' files (tiny fake bytes) logged to MLflow, then the champion gate."""
+    from recsys.tracking.registry import champion_gate
+    from recsys.tracking.runs import TAG_DATA_VERSION, TAG_FEATURE_VERSION, log_training_run
+
+    out = tmp / uuid.uuid4().hex[:8]
+    for rel in ("retrieval/query_tower/saved_model.pb", "retrieval/query_tower/variables/variables.index",
+                "retrieval/item_embeddings.parquet", "ranking/dlrm/saved_model.pb", "workflows/user/workflow.pkl"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(f"{rel} {quality}".encode())
+    if checksums is not None:
+        (out / "checksums.json").write_text(json.dumps(checksums))
+    run_id = log_training_run(
+        metrics={"recall_at_10": quality, "auc": quality},
+        history={},
+        params={},
+        artifacts_dir=out,
+        tags={TAG_FEATURE_VERSION: feature_version, TAG_DATA_VERSION: "d" + feature_version},
+        experiment=s.experiment_name,
+        tracking_uri=s.mlflow_uri,
+    )
+    champion_gate(run_id, s)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def triton_settings(stack_settings, tmp_path_factory):
+    """The stack plus a real Triton (explicit model control) on free ports, with its own repository."""
+    from recsys import stack
+    from recsys.stack.service import free_port
+
+    env = {
+        "RECSYS_TRITON_HTTP_PORT": str(free_port()),
+        "RECSYS_TRITON_GRPC_PORT": str(free_port()),
+        "RECSYS_TRITON_METRICS_PORT": str(free_port()),
+        "RECSYS_TRITON_REPOSITORY": str(tmp_path_factory.mktemp("publish-repository")),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    s = get_settings()
+    stack.up(s, only=["triton"])
+    try:
+        yield s
+    finally:
+        stack.down(s, only=["triton"])
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def fresh(triton_settings, tmp_path):
+    """Per test: an empty repository (every model unloaded) and registered model names of its own."""
+    import shutil
+
+    from recsys.serving.control import repository_index, unload_model
+
+    s = triton_settings
+    for entry in repository_index(s):
+        if entry.get("state") == "READY":
+            unload_model(s, entry["name"])
+    for child in s.triton_repo.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    tag = uuid.uuid4().hex[:6]
+    return replace(s, retrieval_model_name=f"retrieval-{tag}", ranking_model_name=f"ranking-{tag}"), tag, tmp_path
+
+
+def test_publish_serves_records_lineage_and_is_idempotent(fresh):
+    from mlflow import MlflowClient
+
+    from recsys.serving.publish import publish, read_history
+
+    s, tag, tmp = fresh
+    run_id = log_champion_run(s, "fv1", 0.5, tmp=tmp)
+    writer = ToyWriter(f"p{tag}")
+
+    result = publish(writer=writer, smoke_test=smoke(writer.models), settings=s, airflow_run="recsys_publish/run-1")
+    assert result.published and result.version == 1
+    assert result.models == writer.models
+    for model in writer.models:
+        assert ask(s, model) == 101
+    # The verified exports the writer was given: both champions' folders and the workflows.
+    assert "retrieval/query_tower/saved_model.pb" in writer.seen_exports[0]
+    assert "ranking/dlrm/saved_model.pb" in writer.seen_exports[0]
+    assert "workflows/user/workflow.pkl" in writer.seen_exports[0]
+
+    # Lineage in the repository ...
+    lineage = json.loads((s.triton_repo / writer.models[0] / "1" / "lineage.json").read_text())
+    assert lineage["champions"]["retrieval"]["name"] == s.retrieval_model_name
+    assert lineage["champions"]["ranking"]["run_id"] == run_id
+    assert lineage["feature_version"] == "fv1" and lineage["airflow_run"] == "recsys_publish/run-1"
+    assert lineage["artifacts_sha256"]["ranking/dlrm/saved_model.pb"]
+    assert (s.triton_repo / writer.models[0] / "1" / "config.pbtxt").exists()
+    history = read_history(s.triton_repo)
+    assert [(h["action"], h["version"], h["status"]) for h in history] == [("publish", 1, "serving")]
+    assert history[0]["champions"] == {s.retrieval_model_name: "1", s.ranking_model_name: "1"}
+    # ... and on the MLflow model versions.
+    client = MlflowClient(s.mlflow_uri)
+    for name in (s.retrieval_model_name, s.ranking_model_name):
+        tags = client.get_model_version(name, "1").tags
+        assert tags["triton.version"] == "1"
+        assert tags["airflow.run"] == "recsys_publish/run-1"
+        assert tags["triton.published_at"]
+
+    # The same champions again: nothing is written, nothing reloaded.
+    again = publish(writer=writer, smoke_test=smoke(writer.models), settings=s)
+    assert not again.published and again.version == 1 and "already" in again.reason
+    assert len(writer.seen_exports) == 1 and len(read_history(s.triton_repo)) == 1
+
+    # Forced: a new number with the same champions.
+    forced = publish(writer=writer, smoke_test=smoke(writer.models), settings=s, force=True)
+    assert forced.published and forced.version == 2 and ask(s, writer.models[1]) == 102
+
+
+def test_broken_version_is_refused_and_the_old_one_keeps_serving(fresh):
+    from mlflow import MlflowClient
+
+    from recsys.serving.publish import PublishError, model_versions, publish, read_history
+
+    s, tag, tmp = fresh
+    log_champion_run(s, "fv1", 0.5, tmp=tmp)
+    good = ToyWriter(f"b{tag}")
+    assert publish(writer=good, smoke_test=smoke(good.models), settings=s).version == 1
+
+    log_champion_run(s, "fv1", 0.9, tmp=tmp)  # a better model: new champions (version 2 of each)
+    broken = ToyWriter(f"b{tag}", broken=True)
+    with pytest.raises(PublishError, match=r"version 2 failed.*previous version serves.*broken model version"):
+        publish(writer=broken, smoke_test=smoke(broken.models), settings=s)
+
+    # The first model's version 2 DID load before the second failed: it was reloaded back to 1.
+    for model in good.models:
+        assert ask(s, model) == 101
+        assert model_versions(s.triton_repo, model) == [1]
+        assert "raise" not in (s.triton_repo / model / "config.pbtxt").read_text()
+    assert not any(p.name.startswith(".") and "tmp" in p.name for p in s.triton_repo.rglob("*"))
+    assert [h["status"] for h in read_history(s.triton_repo)] == ["serving", "failed"]
+    # MLflow still says the old versions serve; the new champions carry no Triton tag.
+    client = MlflowClient(s.mlflow_uri)
+    assert client.get_model_version(s.retrieval_model_name, "1").tags["triton.version"] == "1"
+    assert "triton.version" not in client.get_model_version(s.retrieval_model_name, "2").tags
+
+    # Fixed writer: publishing works again, under a number never used before (3: 2 was the failed try).
+    fixed = publish(writer=good, smoke_test=smoke(good.models), settings=s)
+    assert fixed.version == 3 and ask(s, good.models[1]) == 103
+
+
+def test_first_publish_that_fails_leaves_nothing(fresh):
+    from recsys.serving.publish import PublishError, publish
+
+    s, tag, tmp = fresh
+    log_champion_run(s, "fv1", 0.5, tmp=tmp)
+    broken = ToyWriter(f"f{tag}", broken=True)
+    with pytest.raises(PublishError, match="nothing was serving before"):
+        publish(writer=broken, smoke_test=smoke(broken.models), settings=s)
+    assert not any((s.triton_repo / m).exists() for m in broken.models)
+
+
+def test_altered_artifact_is_refused_before_anything_is_written(fresh):
+    from recsys.serving.publish import ArtifactError, publish, read_history
+
+    s, tag, tmp = fresh
+    checksums = {"ranking/dlrm/saved_model.pb": "0" * 64}  # what the run recorded; the file differs
+    log_champion_run(s, "fv1", 0.5, checksums=checksums, tmp=tmp)
+    writer = ToyWriter(f"c{tag}")
+    with pytest.raises(ArtifactError, match=r"ranking/dlrm/saved_model.pb: sha256 .* does not match checksums.json"):
+        publish(writer=writer, smoke_test=smoke(writer.models), settings=s)
+    assert writer.seen_exports == []  # the writer never saw unverified files
+    assert list(s.triton_repo.iterdir()) == [] and read_history(s.triton_repo) == []
+
+
+def test_champions_from_different_feature_versions_are_refused(fresh):
+    from mlflow import MlflowClient
+
+    from recsys.serving.publish import PublishError, publish
+
+    s, tag, tmp = fresh
+    log_champion_run(s, "fv1", 0.5, tmp=tmp)
+    log_champion_run(s, "fv2", 0.4, tmp=tmp)  # worse: challenger only
+    MlflowClient(s.mlflow_uri).set_registered_model_alias(s.ranking_model_name, "champion", "2")  # by hand
+    with pytest.raises(PublishError, match="not trained on one feature version"):
+        publish(writer=ToyWriter(f"d{tag}"), settings=s)
+
+
+def test_rollback_serves_the_previous_version_and_prune_keeps_a_few(fresh):
+    from recsys.serving.publish import PublishError, model_versions, publish, read_history, rollback, served
+
+    s = replace(fresh[0], triton_keep_versions=2)
+    tag, tmp = fresh[1], fresh[2]
+    writer = ToyWriter(f"r{tag}")
+    for quality in (0.5, 0.6, 0.7):  # three champions in turn: versions 1, 2, 3
+        log_champion_run(s, "fv1", quality, tmp=tmp)
+        publish(writer=writer, smoke_test=smoke(writer.models), settings=s, airflow_run=f"run-{quality}")
+    assert model_versions(s.triton_repo, writer.models[0]) == [2, 3]  # 1 pruned
+    assert ask(s, writer.models[0]) == 103
+
+    result = rollback(reason="bad clicks", smoke_test=smoke(writer.models), settings=s)
+    assert result.version == 2 and result.champions == {s.retrieval_model_name: "2", s.ranking_model_name: "2"}
+    for model in writer.models:
+        assert ask(s, model) == 102
+        assert model_versions(s.triton_repo, model) == [2]
+    assert served(s.triton_repo)["action"] == "rollback" and served(s.triton_repo)["from"] == 3
+    with pytest.raises(PublishError, match="cannot roll back"):
+        rollback(smoke_test=smoke(writer.models), settings=s)  # nothing older is kept
+
+    # Publishing afterwards brings the champions back under a new number.
+    again = publish(writer=writer, smoke_test=smoke(writer.models), settings=s)
+    assert again.version == 4 and ask(s, writer.models[1]) == 104
+    assert [h["action"] for h in read_history(s.triton_repo)] == ["publish"] * 3 + ["rollback", "publish"]
