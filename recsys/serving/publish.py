@@ -22,8 +22,15 @@ reloaded, so the previous version keeps serving (Triton 2.51 keeps the old versi
 whose new version fails to load; a model whose new version did load is reloaded from the
 previous folder), and :class:`PublishError` says what failed and what serves now.
 
-Triton serves the newest version folder of a model (its default version policy, ``latest 1``);
-older folders stay on disk for :func:`rollback`, which moves the served version aside and reloads.
+Which version a model serves is what its ``config.pbtxt`` says: the serving package's writer pins
+it (``version_policy specific [N]``, a copy of each version's config stays in its folder), and a
+model without a policy serves its newest folder. Older folders stay on disk (a few, see
+``triton_keep_versions``) for :func:`rollback`, which moves the newer versions aside, puts the older
+version's config back and reloads.
+
+    from recsys.serving.publish import publish, rollback, read_history
+    publish(airflow_run="recsys_publish/manual__2026-01-01")   # PublishResult(published, version, ...)
+    rollback(reason="CTR dropped")                              # serve the version before again
 """
 
 from __future__ import annotations
@@ -211,11 +218,29 @@ def verify_exports(root: Path, expected_sizes: dict[str, int], checksums: dict[s
 class RepositoryWriter(Protocol):
     """Writes one version of every Triton model from verified training exports.
 
+    ``exports``: the downloaded champions' folders (``retrieval/``, ``ranking/``, ``workflows/``, laid
+    out like a training run, docs/layouts.md section 4); ``staging``: an empty repository-shaped
+    folder; ``lineage``: what publish records (feature version, champions, Airflow run, ...).
     Writes ``staging/<model>/config.pbtxt`` and ``staging/<model>/<version>/...`` for each model and
     returns the model names, dependencies first (the order they are loaded in).
     """
 
-    def __call__(self, exports: Path, staging: Path, version: int, settings: Settings) -> list[str]: ...
+    def __call__(self, exports: Path, staging: Path, version: int, settings: Settings, lineage: dict[str, Any]) -> list[str]: ...
+
+
+def four_stage_writer(exports: Path, staging: Path, version: int, settings: Settings, lineage: dict[str, Any]) -> list[str]:
+    """The default writer: the serving package's four published models (query tower, ranker, item index, recsys).
+
+    Their ``pipeline.json`` freezes the settings and the feature version's columns (read from
+    ``<features_root>/<feature_version>/manifest.json``).
+    """
+    from recsys.data.versioning import read_manifest
+    from recsys.serving.repository import PUBLISHED_MODELS, exports_from_run, pipeline_from_settings, write_model_versions
+
+    manifest = read_manifest(settings.features_root / lineage["feature_version"])
+    pipeline = pipeline_from_settings(settings, manifest)
+    write_model_versions(exports_from_run(exports), staging, version, pipeline, lineage=lineage)
+    return list(PUBLISHED_MODELS)
 
 
 SmokeTest = Callable[[Settings, dict[str, int], dict[str, Any]], dict[str, Any]]
@@ -224,10 +249,9 @@ SmokeTest = Callable[[Settings, dict[str, int], dict[str, Any]], dict[str, Any]]
 
 def model_versions(repository: Path, model: str) -> list[int]:
     """The version folders of ``model`` on disk, ascending."""
-    folder = Path(repository) / model
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    from recsys.serving.repository import model_versions as versions_on_disk
+
+    return versions_on_disk(Path(repository), model)
 
 
 def read_history(repository: Path) -> list[dict[str, Any]]:
@@ -350,17 +374,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _default_writer() -> RepositoryWriter:
-    try:
-        from recsys.serving.repository import write_model_versions  # the serving package's writer
-    except ImportError as exc:
-        raise PublishError(
-            "no repository writer available (recsys.serving.repository.write_model_versions); "
-            "pass writer= to publish()"
-        ) from exc
-    return write_model_versions
-
-
 def publish(
     *,
     force: bool = False,
@@ -397,7 +410,7 @@ def publish(
                 )
             log.info("version %s holds these champions but is not READY on Triton: publishing anew", current["version"])
 
-        writer = writer or _default_writer()
+        writer = writer or four_stage_writer
         staging = _staging_root(repository) / uuid.uuid4().hex[:8]
         staging.mkdir(parents=True)
         try:
@@ -434,9 +447,6 @@ def _publish_staged(s, repository, staging, champions, writer, smoke_test, airfl
     # The number is chosen before writing (the writer may embed it), from every model it wrote before.
     previous_models = list(current["models"]) if current else []
     version = _next_version(repository, previous_models or [p.name for p in repository.iterdir() if p.is_dir()])
-    models = writer(exports, written, version, s)
-    if not models:
-        raise PublishError("the repository writer wrote no model")
     lineage = {
         "version": version,
         "champions": {ch.role: ch.to_dict() for ch in champions.values()},
@@ -444,10 +454,13 @@ def _publish_staged(s, repository, staging, champions, writer, smoke_test, airfl
         "data_version": next(iter(champions.values())).data_version,
         "airflow_run": airflow_run,
         "created_at": _now(),
-        "models": models,
         "artifacts_sha256": digests,
         "smoke_user_id": smoke_user_id if smoke_user_id is not None else _smoke_user(s, feature_version),
     }
+    models = writer(exports, written, version, s, lineage)
+    if not models:
+        raise PublishError("the repository writer wrote no model")
+    lineage["models"] = models
     for model in models:
         version_dir = written / model / str(version)
         config = written / model / CONFIG_FILE
@@ -491,27 +504,25 @@ def _publish_staged(s, repository, staging, champions, writer, smoke_test, airfl
 
 def _move_into_place(written: Path, repository: Path, model: str, version: int) -> None:
     """Rename the staged version folder into the repository, then replace the model's config atomically."""
+    from recsys.serving.repository import activate_version
+
     target = repository / model / str(version)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         raise PublishError(f"{target} already exists; refusing to overwrite a published version")
     os.rename(written / model / str(version), target)
-    tmp = repository / model / f".{CONFIG_FILE}.tmp-{uuid.uuid4().hex[:8]}"
-    shutil.copy2(target / CONFIG_FILE, tmp)
-    os.replace(tmp, repository / model / CONFIG_FILE)
+    activate_version(repository, model, version)
 
 
 def _restore_config(repository: Path, model: str) -> Optional[int]:
     """Put back the config of the newest remaining version of ``model``; returns that version."""
+    from recsys.serving.repository import activate_version
+
     remaining = model_versions(repository, model)
     if not remaining:
         (repository / model / CONFIG_FILE).unlink(missing_ok=True)
         return None
-    saved = repository / model / str(remaining[-1]) / CONFIG_FILE
-    if saved.is_file():
-        tmp = repository / model / f".{CONFIG_FILE}.tmp-{uuid.uuid4().hex[:8]}"
-        shutil.copy2(saved, tmp)
-        os.replace(tmp, repository / model / CONFIG_FILE)
+    activate_version(repository, model, remaining[-1])
     return remaining[-1]
 
 

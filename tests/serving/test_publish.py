@@ -68,7 +68,7 @@ class ToyWriter:
     def models(self) -> list[str]:
         return [f"{self.prefix}_index", f"{self.prefix}_stages"]
 
-    def __call__(self, exports: Path, staging: Path, version: int, settings: Settings) -> list[str]:
+    def __call__(self, exports: Path, staging: Path, version: int, settings: Settings, lineage: dict) -> list[str]:
         self.seen_exports.append(sorted(p.relative_to(exports).as_posix() for p in exports.rglob("*") if p.is_file()))
         for name in self.models:
             extra = "raise RuntimeError('broken model version')" if self.broken and name.endswith("_stages") else "pass"
