@@ -261,7 +261,7 @@ def test_a_reader_during_refreshes_never_sees_a_mixed_version(make_store):
     """Every continuous value of version "mN" is N: a row from another version would show."""
     writer = make_store(batch_size=7, grace_seconds=0)
     reader = make_store()
-    snaps = [snapshot(tables(marker=float(m)), feature_version=f"m{m}") for m in (1, 2, 3)]
+    snaps = [snapshot(tables(n_users=200, marker=float(m)), feature_version=f"m{m}") for m in (1, 2, 3)]
     writer.refresh(snaps[0])
     stop = threading.Event()
     seen_versions, reads, errors = set(), [0], []
@@ -270,7 +270,7 @@ def test_a_reader_during_refreshes_never_sees_a_mixed_version(make_store):
         item_ids = list(range(5000, 5025))
         while not stop.is_set():
             try:
-                rows = reader.read(1000 + reads[0] % 60, item_ids)
+                rows = reader.read(1000 + reads[0] % 200, item_ids)
                 marker = float(rows.version.split("-")[0][1:])
                 assert rows.user_found and rows.item_found.all()
                 assert rows.user["activity"][0] == marker, rows.version
@@ -284,7 +284,7 @@ def test_a_reader_during_refreshes_never_sees_a_mixed_version(make_store):
     thread = threading.Thread(target=hammer)
     thread.start()
     try:
-        for round_ in range(6):
+        for round_ in range(10):
             writer.refresh(snaps[(round_ + 1) % 3], force=True, incremental=round_ % 2 == 1)
             writer.collect_garbage()  # grace 0: the previous version vanishes at once
     finally:
