@@ -1,0 +1,220 @@
+"""The four-stage ``recsys`` model on a real Triton, reading a real Redis online store.
+
+Exports come from the real ETL and training on tiny synthetic data (tests/serving/conftest.py).
+Version 1 serves the default rules; version 2 (max 2 per category, a boost) is published and
+loaded later, then rolled back to 1.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from recsys.serving import control, repository
+from recsys.serving.client import RecommendClient
+from recsys.serving.control import ServingError
+from recsys.settings import replace
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def served(serving_settings, trained_run):
+    """Version 1 of every published model written and loaded; the floor model too."""
+    s = serving_settings
+    repo = s.triton_repo
+    pipeline = repository.pipeline_from_settings(s, trained_run["manifest"])
+    written = repository.write_model_versions(
+        repository.exports_from_run(trained_run["run_dir"]), repo, 1, pipeline, lineage={"source": "tests/serving"}
+    )
+    repository.write_floor_model(repo)
+    for model in ("recsys_floor", *repository.PUBLISHED_MODELS):
+        control.load_model(s, model)
+    return {"settings": s, "written": written, "pipeline": pipeline}
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    with RecommendClient(served["settings"], "grpc") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def users(store, trained_run):
+    import pandas as pd
+
+    ids = pd.read_parquet(trained_run["data_dir"] / "users.parquet")["user_id"].to_numpy()
+    return [int(u) for u in ids[:40]]
+
+
+def test_every_model_is_ready_and_answers(served):
+    s = served["settings"]
+    index = {m["name"]: m for m in control.repository_index(s)}
+    for model in ("recsys_floor", *repository.PUBLISHED_MODELS):
+        assert index[model]["state"] == "READY", index[model]
+        assert control.model_ready(s, model, 1 if model != "recsys_floor" else None)
+    # The version folders are complete: model code, config, lineage; the four-stage one also its parts.
+    stages = s.triton_repo / "recsys" / "1"
+    for part in ("model.py", "config.pbtxt", "lineage.json", "pipeline.json", "query_tower", "ranker", "index/items.faiss"):
+        assert (stages / part).exists(), part
+    assert repository.served_version(s.triton_repo, "recsys") == 1
+
+
+def test_recommend_end_to_end_over_grpc_and_http(served, client, users, store):
+    pairs = client.recommend(users[0], 10, timings=True)
+    assert len(pairs) == 10
+    scores = [score for _, score in pairs]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= score <= 1.0 for score in scores)  # DLRM click probabilities
+    assert len({item for item, _ in pairs}) == 10
+    assert set(client.last_timings_ms) == {"retrieval", "filtering", "scoring", "ordering"}
+    with RecommendClient(served["settings"], "http") as http:
+        assert http.recommend(users[0], 10) == pairs
+    detailed = client.recommend_with_attributes(users[0], 3)
+    assert [d["item_id"] for d in detailed] == [item for item, _ in pairs[:3]]
+    assert "category" in detailed[0]  # display attributes from the online store
+
+
+def test_default_k_and_the_cli(served, client, users, capsys):
+    assert len(client.recommend(users[1])) == served["pipeline"]["default_k"]
+    import json
+    import os
+
+    from recsys.cli import main
+    from recsys.settings import get_settings
+
+    saved = dict(os.environ)
+    os.environ.update(served["settings"].as_env())
+    get_settings.cache_clear()
+    try:
+        assert main(["recommend", "--user", str(users[1]), "-k", "4", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert [i["item_id"] for i in out["items"]] == [i for i, _ in client.recommend(users[1], 4)]
+        assert main(["recommend", "--user", str(users[1]), "-k", "500"]) == 2
+        assert "k must be between 1 and" in capsys.readouterr().err
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+
+
+def test_seen_items_never_come_back(client, users, store):
+    checked = 0
+    for user in users[:15]:
+        seen = set(store.seen_items(user).tolist())
+        got = [item for item, _ in client.recommend(user, 50)]
+        assert got and not (seen & set(got)), (user, seen & set(got))
+        checked += bool(seen)
+    assert checked >= 10  # the data gives most users a history
+
+
+def test_context_exclusions(client, users):
+    first = [item for item, _ in client.recommend(users[2], 5)]
+    again = [item for item, _ in client.recommend(users[2], 5, context={"exclude_items": first[:2]})]
+    assert not set(first[:2]) & set(again)
+    assert again[:3] == first[2:5]
+
+
+def test_unavailable_items_never_come_back_and_return_when_available(client, users, store):
+    user = users[3]
+    before = [item for item, _ in client.recommend(user, 10)]
+    cold_before = [item for item, _ in client.recommend(-1, 10)]
+    taken = {before[0], before[5], cold_before[0]}
+    store.add_unavailable(taken)
+    try:
+        after = [item for item, _ in client.recommend(user, 10)]
+        assert not taken & set(after)
+        assert after[:4] == [item for item in before if item not in taken][:4]  # the rest keeps its order
+        assert not taken & {item for item, _ in client.recommend(-1, 10)}  # cold start filtered the same way
+    finally:
+        store.remove_unavailable(taken)
+    assert [item for item, _ in client.recommend(user, 10)] == before
+
+
+def test_unknown_user_gets_the_popularity_list(client, store):
+    got = client.recommend(987654321, 10)
+    popular = store.popularity(10).tolist()
+    assert [item for item, _ in got] == popular
+    assert [score for _, score in got] == sorted((score for _, score in got), reverse=True)
+
+
+def test_deterministic_with_exploration_off(client, users):
+    for user in users[:5]:
+        assert client.recommend(user, 20) == client.recommend(user, 20)
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ({"k": np.array([0], np.int32)}, "k must be between 1 and"),
+        ({"k": np.array([101], np.int32)}, "k must be between 1 and"),
+        ({"context": np.array([b"{not json"], dtype=object)}, "context is not valid JSON"),
+        ({"context": np.array([b'{"exclude_items": "abc"}'], dtype=object)}, "exclude_items must be a list"),
+        ({"user_id": np.array([1.5], np.float32)}, "INT64"),  # wrong dtype: Triton refuses it
+        ({"user_id": None}, "user_id"),  # missing
+        ({"user_id": np.zeros(0, np.int64)}, "shape"),  # empty
+    ],
+)
+def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, users, inputs, message):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+    tensors = {"user_id": np.array([users[0]], np.int64), **inputs}
+    request = []
+    for name, value in tensors.items():
+        if value is None:
+            continue
+        tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        tensor.set_data_from_numpy(value)
+        request.append(tensor)
+    client = grpcclient.InferenceServerClient(served["settings"].triton_grpc)
+    try:
+        with pytest.raises(InferenceServerException, match=message):
+            client.infer("recsys", request)
+    finally:
+        client.close()
+    with RecommendClient(served["settings"]) as good:
+        assert len(good.recommend(users[0], 5)) == 5
+
+
+def test_ordering_rules_of_a_new_version_then_rollback(served, client, users, store, trained_run):
+    s = served["settings"]
+    user = users[4]
+    v1 = client.recommend(user, 20)
+    promoted = v1[-1][0]  # the weakest of the 20 gets a large boost
+    rules = replace(s, max_per_category=2, boosts=f"{promoted}=100")
+    pipeline = repository.pipeline_from_settings(rules, trained_run["manifest"])
+    repository.write_model_versions(repository.exports_from_run(trained_run["run_dir"]), s.triton_repo, 2, pipeline)
+    control.load_model(s, "recsys")
+    assert control.model_ready(s, "recsys", 2) and not control.model_ready(s, "recsys", 1)
+
+    v2 = client.recommend(user, 20)
+    assert v2[0][0] == promoted
+    categories = [d["category"] for d in store.display([item for item, _ in v2])]
+    assert max(collections.Counter(categories).values()) <= 2
+    assert len(set(categories)) >= 5
+    assert client.recommend(user, 20) == v2  # still deterministic (no exploration)
+
+    # rollback: serve version 1 again
+    repository.activate_version(s.triton_repo, "recsys", 1)
+    control.load_model(s, "recsys")
+    assert control.model_ready(s, "recsys", 1)
+    assert client.recommend(user, 20) == v1
+
+
+def test_floor_model_echoes(served):
+    import tritonclient.http as httpclient
+
+    s = served["settings"]
+    client = httpclient.InferenceServerClient(s.triton_http.split("://")[1])
+    tensor = httpclient.InferInput("user_id", [1], "INT64")
+    tensor.set_data_from_numpy(np.array([42], np.int64))
+    assert client.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [42]
+    client.close()
+
+
+def test_loading_a_missing_model_is_a_clear_error(served):
+    with pytest.raises(ServingError, match="no-such-model"):
+        control.load_model(served["settings"], "no-such-model")

@@ -1,0 +1,117 @@
+"""Writing model versions from real training exports (no server needed): layout, configs of both
+flavours, the FAISS index, atomic failure, versions never overwritten, activating a version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from recsys.serving import repository
+from recsys.serving.repository import RepositoryError
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def exports(trained_run):
+    return repository.exports_from_run(trained_run["run_dir"])
+
+
+@pytest.fixture(scope="module")
+def pipeline(serving_base, trained_run):
+    return repository.pipeline_from_settings(serving_base, trained_run["manifest"])
+
+
+def test_python_flavour_layout_configs_and_index(exports, pipeline, tmp_path):
+    written = repository.write_model_versions(exports, tmp_path, 3, pipeline, lineage={"feature_version": "fv"})
+    assert sorted(p.parent.name for p in written) == sorted(repository.PUBLISHED_MODELS)
+    assert all(p.name == "3" for p in written)
+    for model in repository.PUBLISHED_MODELS:
+        config = (tmp_path / model / "config.pbtxt").read_text()
+        assert f'name: "{model}"' in config and 'backend: "python"' in config
+        assert "versions: [ 3 ]" in config
+        assert (tmp_path / model / "3" / "model.py").exists()
+        lineage = json.loads((tmp_path / model / "3" / "lineage.json").read_text())
+        assert lineage["feature_version"] == "fv" and lineage["created_at"]
+    ranker = (tmp_path / "recsys_ranker" / "config.pbtxt").read_text()
+    for column in pipeline["user_columns"] + pipeline["item_columns"]:
+        assert f'name: "{column}"' in ranker
+    stages = (tmp_path / "recsys" / "config.pbtxt").read_text()
+    assert 'name: "user_id" data_type: TYPE_INT64 dims: [ 1 ]' in stages
+    assert 'name: "k" data_type: TYPE_INT32 dims: [ 1 ] optional: true' in stages
+    assert f"count: {pipeline['instances']} kind: KIND_CPU" in stages
+    assert json.loads((tmp_path / "recsys" / "3" / "pipeline.json").read_text()) == json.loads(json.dumps(pipeline))
+    # no temporary folders left behind
+    assert not [p for p in tmp_path.rglob(".*tmp*")]
+    assert repository.model_versions(tmp_path, "recsys") == [3]
+    assert repository.served_version(tmp_path, "recsys") == 3
+
+
+
+def test_tensorflow_flavour_writes_native_savedmodel_configs(exports, pipeline, tmp_path):
+    """For GPU hosts with Triton's TF backend; the pip-installed Triton here cannot load these."""
+    repository.write_model_versions(exports, tmp_path, 1, pipeline, flavour="tensorflow")
+    for model in ("recsys_query_tower", "recsys_ranker"):
+        config = (tmp_path / model / "config.pbtxt").read_text()
+        assert 'platform: "tensorflow_savedmodel"' in config and "backend" not in config
+        assert (tmp_path / model / "1" / "model.savedmodel" / "saved_model.pb").exists()
+        assert not (tmp_path / model / "1" / "model.py").exists()
+    tower = (tmp_path / "recsys_query_tower" / "config.pbtxt").read_text()
+    assert 'name: "output_1" data_type: TYPE_FP32 dims: [ -1, 16 ]' in tower
+    assert 'name: "user_id" data_type: TYPE_INT64 dims: [ -1 ]' in tower
+    ranker = (tmp_path / "recsys_ranker" / "config.pbtxt").read_text()
+    assert 'name: "click/binary_output" data_type: TYPE_FP32 dims: [ -1, 1 ]' in ranker
+    # the four stages and the index stay python models
+    assert 'backend: "python"' in (tmp_path / "recsys" / "config.pbtxt").read_text()
+
+
+def test_index_files(exports, pipeline, tmp_path):
+    import pyarrow.parquet as pq
+
+    repository.write_model_versions(exports, tmp_path, 1, pipeline)
+    index_dir = tmp_path / "recsys_item_index" / "1" / "index"
+    meta = json.loads((index_dir / "index.json").read_text())
+    table = pq.read_table(exports["item_embeddings"])
+    assert meta["kind"] == "flat" and meta["items"] == table.num_rows and meta["dim"] == 16
+    assert np.load(index_dir / "item_ids.npy").tolist() == table.column("item_id_raw").to_pylist()
+    assert (tmp_path / "recsys" / "1" / "index" / "items.faiss").read_bytes() == (index_dir / "items.faiss").read_bytes()
+
+
+def test_ivf_index_when_asked(exports, pipeline, tmp_path):
+    repository.write_model_versions(exports, tmp_path, 1, {**pipeline, "faiss_index": "ivf"})
+    meta = json.loads((tmp_path / "recsys_item_index" / "1" / "index" / "index.json").read_text())
+    assert meta["kind"] == "ivf" and meta["nlist"] >= 1 and meta["nprobe"] >= 1
+
+
+def test_versions_are_never_overwritten_and_activate_switches(exports, pipeline, tmp_path):
+    repository.write_model_versions(exports, tmp_path, 1, pipeline)
+    repository.write_model_versions(exports, tmp_path, 2, pipeline)
+    assert repository.served_version(tmp_path, "recsys") == 2
+    with pytest.raises(RepositoryError, match="already exists"):
+        repository.write_model_versions(exports, tmp_path, 2, pipeline)
+    repository.activate_version(tmp_path, "recsys", 1)
+    assert repository.served_version(tmp_path, "recsys") == 1
+    with pytest.raises(RepositoryError, match="version 7"):
+        repository.activate_version(tmp_path, "recsys", 7)
+
+
+def test_a_failure_leaves_nothing_half_written(exports, pipeline, tmp_path):
+    broken = dict(exports)
+    bad_dir = tmp_path / "bad-tower"
+    shutil.copytree(exports["query_tower"], bad_dir)
+    (bad_dir / ".merlin" / "output_schema.json").write_text(json.dumps({"feature": [{"name": "x", "type": "STRING"}]}))
+    broken["query_tower"] = bad_dir
+    repo = tmp_path / "repo"
+    with pytest.raises(RepositoryError):
+        repository.write_model_versions(broken, repo, 1, pipeline)
+    assert not [p for p in repo.rglob("*") if p.is_dir() and p.name[0].isdigit()]
+    assert not list(repo.rglob("config.pbtxt"))
+    assert not [p for p in repo.rglob(".*")]
+
+
+def test_missing_exports_are_named(tmp_path):
+    with pytest.raises(RepositoryError, match="saved_model.pb"):
+        repository.exports_from_run(tmp_path)

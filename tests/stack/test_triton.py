@@ -1,0 +1,100 @@
+"""The embedded Triton: started from the nvidia-pytriton wheel's server, explicit model control,
+loopback only, a model loaded and asked, stopped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsys import stack
+from recsys.settings import load_settings
+from recsys.stack.service import free_port
+
+
+@pytest.fixture()
+def triton_settings(tmp_path):
+    """A home and ports of its own (Triton only; no other service is started)."""
+    return load_settings(
+        {},
+        home=tmp_path / "home",
+        redis_port=free_port(),
+        triton_http_port=free_port(),
+        triton_grpc_port=free_port(),
+        triton_metrics_port=free_port(),
+    )
+
+
+@pytest.mark.timeout(300)
+def test_triton_starts_loads_the_floor_model_infers_and_stops(triton_settings):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from recsys.serving import control
+    from recsys.serving.repository import write_floor_model
+
+    s = triton_settings
+    write_floor_model(s.triton_repo)
+    try:
+        timings = stack.up(s, only=["triton"])
+        assert "triton" in timings
+        report = stack.status(s)["triton"]
+        assert report["answering"] and report["embedded"] and report["pid"]
+        assert report["log"] == str(s.services_root / "triton" / "triton.log")
+        assert report["grpc"] == f"127.0.0.1:{s.triton_grpc_port}"
+        # the server copy with the python-backend stub for the Merlin interpreter
+        assert (s.services_root / "triton" / "server" / "backends" / "python" / "triton_python_backend_stub").exists()
+
+        # explicit model control: nothing is loaded until asked
+        assert not control.model_ready(s, "recsys_floor")
+        control.load_model(s, "recsys_floor")
+        assert control.model_ready(s, "recsys_floor", 1)
+
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{s.triton_http_port}")
+        tensor = httpclient.InferInput("user_id", [1], "INT64")
+        tensor.set_data_from_numpy(np.array([7], np.int64))
+        assert http.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [7]
+        http.close()
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{s.triton_grpc_port}")
+        tensor = grpcclient.InferInput("user_id", [1], "INT64")
+        tensor.set_data_from_numpy(np.array([9], np.int64))
+        assert grpc.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [9]
+        grpc.close()
+
+        # bound to loopback only: every listening socket of the server is on 127.0.0.1
+        import psutil
+
+        pid = report["pid"]
+        ports = {c.laddr for c in psutil.Process(pid).net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+        assert {p.port for p in ports} >= {s.triton_http_port, s.triton_grpc_port, s.triton_metrics_port}
+        assert {p.ip for p in ports} <= {"127.0.0.1", "::ffff:127.0.0.1"}  # gRPC reports the IPv4-mapped form
+
+        # up again: a no-op
+        stack.up(s, only=["triton"])
+        assert stack.status(s)["triton"]["pid"] == pid
+    finally:
+        stopped = stack.down(s, only=["triton"])
+    assert stopped == ["triton"]
+    assert not stack.status(s)["triton"]["answering"]
+
+
+def test_external_triton_is_only_checked(tmp_path):
+    from recsys.errors import ServiceError
+
+    s = load_settings({}, home=tmp_path / "home", triton_url=f"http://127.0.0.1:{free_port()}")
+    assert stack.status(s)["triton"]["embedded"] is False
+    with pytest.raises(ServiceError, match="external service"):
+        stack.up(s, only=["triton"])
+    assert not (s.services_root / "triton").exists()
+
+
+def test_busy_port_is_refused(triton_settings):
+    import socket
+
+    from recsys.errors import ServiceError
+
+    s = triton_settings
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", s.triton_grpc_port))
+        sock.listen(1)
+        with pytest.raises(ServiceError, match=str(s.triton_grpc_port)):
+            stack.up(s, only=["triton"])
