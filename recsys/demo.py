@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import datetime, timezone
 from typing import Optional
 
 from recsys.settings import Settings, get_settings
@@ -31,24 +32,30 @@ def _landing_has_data(settings: Settings) -> bool:
     return landing.exists() and any(landing.glob("interactions*"))
 
 
-def _newest_run(client, dag_id: str, run_type: Optional[str] = None, after: Optional[str] = None) -> Optional[dict]:
-    """The newest run of ``dag_id`` (of ``run_type``, queued after the ISO time ``after``), if any."""
+def _newest_run(
+    client, dag_id: str, run_type: Optional[str] = None, after: Optional[str] = None, logical_date: Optional[str] = None
+) -> Optional[dict]:
+    """The newest run of ``dag_id`` (of ``run_type``, queued after the ISO time ``after``, for ``logical_date``)."""
     runs = client.request(
-        "GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "-queued_at", "limit": 20}
+        "GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "-id", "limit": 20}
     ).json()["dag_runs"]
     for run in runs:
         if run_type and run["run_type"] != run_type:
             continue
         if after and (run.get("queued_at") or "") < after:
             continue
+        if logical_date and (run.get("logical_date") or "")[:19] != logical_date[:19]:
+            continue
         return run
     return None
 
 
-def _wait_for_new_run(client, dag_id: str, run_type: str, after: str, timeout: float) -> dict:
+def _wait_for_new_run(
+    client, dag_id: str, run_type: str, after: Optional[str], timeout: float, logical_date: Optional[str] = None
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = _newest_run(client, dag_id, run_type, after)
+        run = _newest_run(client, dag_id, run_type, after, logical_date)
         if run:
             return run
         time.sleep(2)
@@ -112,14 +119,19 @@ def run_demo(args: argparse.Namespace) -> int:
         print("  generated " + ", ".join(f"{n:,} {table}" for table, n in rows.items()))
 
     client = AirflowClient.from_settings(settings)
+    etl_dag = client.wait_for_dag(ETL_DAG, timeout=180)
+    client.wait_for_dag(TRAIN_DAG, timeout=180)
     for dag_id in (ETL_DAG, TRAIN_DAG):
-        client.wait_for_dag(dag_id, timeout=180)
         client.unpause(dag_id)
 
     _step(f"3/4 {ETL_DAG}: validate, snapshot, NVTabular ETL (Airflow run)")
-    # Unpausing a daily DAG lets the scheduler start today's run on its own; use that one if it did.
-    etl_run = _newest_run(client, ETL_DAG)
-    if etl_run is None or etl_run["state"] not in ("queued", "running"):
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    due = etl_dag.get("next_dagrun_run_after")
+    if due and due[:19] <= now:
+        # The daily run is due: once unpaused, the scheduler starts it by itself. Follow that one.
+        print(f"  the scheduler starts the daily run due at {due}")
+        etl_run = _wait_for_new_run(client, ETL_DAG, "scheduled", None, timeout=120, logical_date=due)
+    else:
         etl_run = client.dag_run(ETL_DAG, client.trigger(ETL_DAG))
     _run_and_wait(client, ETL_DAG, etl_run["dag_run_id"], args.timeout, settings)
     announce = {t["task_id"]: t for t in client.task_instances(ETL_DAG, etl_run["dag_run_id"])}["announce_features"]

@@ -20,6 +20,26 @@ from recsys.settings import get_settings
 log = logging.getLogger(__name__)
 
 
+def _merlin_job_logging() -> None:
+    """Progress lines of a job in the Merlin runtime reach the Airflow task log (the subprocess's stderr).
+
+    Also quiets what would drown them: TensorFlow's C++ INFO lines and Merlin's CPU-mode warning on every
+    Dataset.
+    """
+    import os
+    import sys
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    warnings.filterwarnings("ignore", message=".*CPU mode.*")
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    logging.getLogger("recsys").setLevel(logging.INFO)
+
+
 def ingest_landing(landing: Optional[str] = None) -> dict:
     """Validate the landing folder and snapshot it as a data version (no-op if that version exists)."""
     from recsys.data.ingest import ingest
@@ -34,6 +54,7 @@ def build_features(data_dir: str) -> dict:
 
     ``created`` is False when that feature version already existed (same data, same ETL configuration).
     """
+    _merlin_job_logging()
     from recsys.data.versioning import read_manifest
     from recsys.features.etl import feature_version_id, run_etl
 
@@ -108,6 +129,7 @@ def train_and_log(
     """
     import shutil
 
+    _merlin_job_logging()
     from recsys.tracking import runs
     from recsys.training.pipeline import TrainParams, train_models
 
