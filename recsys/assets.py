@@ -11,3 +11,9 @@ FEATURES = Asset(name="recsys_features", uri="recsys://features")
 
 CHAMPION = Asset(name="recsys_champion", uri="recsys://models/champion")
 """A model took the ``champion`` alias in MLflow. Emitted by ``recsys_train``; publishing listens to it."""
+
+SERVING = Asset(name="recsys_serving", uri="recsys://serving/triton")
+"""A new Triton model version serves (loaded and smoke-tested). Emitted by ``recsys_publish``."""
+
+PRECOMPUTED = Asset(name="recsys_precomputed", uri="recsys://serving/precomputed")
+"""A new batch of precomputed top-N lists is current in Redis. Emitted by ``recsys_batch_recommendations``."""

@@ -124,6 +124,8 @@ class Settings:
     """Offline mode: items precomputed per user."""
     batch_concurrency: int = 8
     """Offline mode: requests in flight to Triton at once."""
+    batch_schedule: str = "@daily"
+    """Cron expression of the ``recsys_batch_recommendations`` DAG (it also runs when a new version serves)."""
 
     # --- derived paths and URLs -----------------------------------------------------------
     @property
