@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 # Settings a developer's shell may hold that would point the tests at their own services.
-_CLEARED = ("RECSYS_REDIS_URL", "RECSYS_AIRFLOW_URL", "RECSYS_AIRFLOW_PASSWORD", "MLFLOW_TRACKING_URI")
+_CLEARED = ("RECSYS_REDIS_URL", "RECSYS_AIRFLOW_URL", "RECSYS_AIRFLOW_PASSWORD", "RECSYS_TRITON_URL", "MLFLOW_TRACKING_URI")
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +37,10 @@ def stack_settings(tmp_path_factory) -> Iterator["Settings"]:  # noqa: F821
         "RECSYS_REDIS_PORT": str(free_port()),
         "RECSYS_MLFLOW_PORT": str(free_port()),
         "RECSYS_AIRFLOW_PORT": str(free_port()),
+        # Triton is not started here (tests/serving does), but its ports must never be a running demo's.
+        "RECSYS_TRITON_HTTP_PORT": str(free_port()),
+        "RECSYS_TRITON_GRPC_PORT": str(free_port()),
+        "RECSYS_TRITON_METRICS_PORT": str(free_port()),
     }
     saved = {key: os.environ.get(key) for key in (*env, *_CLEARED)}
     for key in _CLEARED:

@@ -36,12 +36,15 @@ def own_settings(tmp_path):
         redis_port=free_port(),
         mlflow_port=free_port(),
         airflow_port=free_port(),
+        triton_http_port=free_port(),
+        triton_grpc_port=free_port(),
+        triton_metrics_port=free_port(),
     )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_up_use_restart_down_with_all_three_services(own_settings, tmp_path, capsys):
+def test_up_use_restart_down_with_all_services(own_settings, tmp_path, capsys):
     s = own_settings
     began = time.monotonic()
     timings = stack.up(s)
@@ -50,7 +53,7 @@ def test_up_use_restart_down_with_all_three_services(own_settings, tmp_path, cap
         print(f"\n[stack] up from scratch: {elapsed:.1f} s; answering after {timings}")
 
     report = stack.status(s)
-    assert {name: r["answering"] for name, r in report.items()} == {"redis": True, "mlflow": True, "airflow": True}
+    assert {name: r["answering"] for name, r in report.items()} == {"redis": True, "mlflow": True, "airflow": True, "triton": True}
     assert all(r["embedded"] and r["pid"] for r in report.values())
     assert all(c["answering"] and c["pid"] for c in report["airflow"]["components"].values())
     assert report["redis"]["log"] == str(s.services_root / "redis" / "redis.log")
@@ -102,7 +105,7 @@ def test_up_use_restart_down_with_all_three_services(own_settings, tmp_path, cap
 
     # down: nothing answers, no process (server or worker) is left, no PID file either.
     stopped = stack.down(s)
-    assert set(stopped) == {"redis", "mlflow", "api-server", "scheduler", "dag-processor", "triggerer"}
+    assert set(stopped) == {"redis", "mlflow", "api-server", "scheduler", "dag-processor", "triggerer", "triton"}
     report = stack.status(s)
     assert not any(r["answering"] for r in report.values())
     assert all(r["pid"] is None for r in report.values())
@@ -146,12 +149,13 @@ def test_external_services_that_are_down_are_reported_and_not_started(tmp_path):
         mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
         airflow_url=f"http://127.0.0.1:{free_port()}",
         airflow_password="x",
+        triton_url=f"http://127.0.0.1:{free_port()}",
     )
     report = stack.status(s)
     for name, r in report.items():
         assert r["embedded"] is False and r["answering"] is False and r["pid"] is None, name
     assert "secret" not in report["redis"]["url"]
-    with pytest.raises(ServiceError, match="external service.*redis.*mlflow.*airflow"):
+    with pytest.raises(ServiceError, match="external service.*redis.*mlflow.*airflow.*triton"):
         stack.up(s)
     assert not s.services_root.exists()  # nothing was started or prepared
 
