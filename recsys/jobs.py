@@ -131,7 +131,7 @@ def train_and_log(
 
     _merlin_job_logging()
     from recsys.tracking import runs
-    from recsys.training.pipeline import TrainParams, train_models
+    from recsys.training.pipeline import TrainParams, TrainResult, train_models
 
     s = get_settings()
     c = runs.client()
@@ -142,9 +142,13 @@ def train_and_log(
 
     safe_name = airflow_run.replace("/", "__").replace(":", "-").replace("+", "-")
     out_dir = s.runs_root / safe_name
-    if out_dir.exists():  # left by a failed earlier try of this same run: it was never logged
-        shutil.rmtree(out_dir)
-    result = train_models(Path(feature_dir), out_dir, TrainParams(**params))
+    if (out_dir / "metrics.json").exists():
+        # An earlier try trained completely (the folder appears only when complete) but failed to log:
+        # log that training instead of training again.
+        log.info("training output %s exists from an earlier try; logging it without retraining", out_dir)
+        result = TrainResult.from_run_dir(out_dir)
+    else:
+        result = train_models(Path(feature_dir), out_dir, TrainParams(**params))
     tags = {
         runs.TAG_AIRFLOW_RUN: airflow_run,
         runs.TAG_DATA_VERSION: result.data_version,
@@ -185,3 +189,38 @@ def champion_gate(run_id: str) -> dict:
         "decisions": [d.to_dict() for d in decisions],
         "new_champion": any(d.promoted for d in decisions),
     }
+
+
+# --- serving: publishing and offline recommendations (control plane) ---------------------------------
+def publish_plan() -> dict:
+    """The MLflow champions to publish and the feature version they were trained on."""
+    from recsys.serving.publish import resolve_champions
+
+    champions = resolve_champions()
+    first = next(iter(champions.values()))
+    return {
+        "champions": {role: champion.to_dict() for role, champion in champions.items()},
+        "feature_version": first.feature_version,
+        "data_version": first.data_version,
+    }
+
+
+def ensure_online_features(feature_version: str, data_version: str = "") -> dict:
+    """Refresh the online store to ``feature_version`` unless it already holds it."""
+    from recsys.serving.publish import ensure_online_store
+
+    return ensure_online_store(feature_version, data_version)
+
+
+def publish_champions(airflow_run: str, force: bool = False) -> dict:
+    """Publish the champions to Triton as version N+1 (no-op when they already serve, unless ``force``)."""
+    from recsys.serving.publish import publish
+
+    return publish(force=force, airflow_run=airflow_run).to_dict()
+
+
+def precompute_recommendations(airflow_run: str, force: bool = False, top_n: Optional[int] = None) -> dict:
+    """Precompute every user's top N with the served model into Redis (no-op when up to date, unless ``force``)."""
+    from recsys.serving.batch import precompute
+
+    return precompute(top_n=top_n, force=force, airflow_run=airflow_run).to_dict()

@@ -22,11 +22,16 @@ TAG_TRIGGER = "recsys.trigger"
 
 
 def client(tracking_uri: Optional[str] = None):
+    import mlflow
     from mlflow import MlflowClient
 
     from recsys.settings import get_settings
 
-    return MlflowClient(tracking_uri=tracking_uri or get_settings().mlflow_uri)
+    uri = tracking_uri or get_settings().mlflow_uri
+    # Also the process-wide URI: MLflow resolves `mlflow-artifacts:` locations (artifact upload and
+    # download through the server) from it, not from the client's own URI.
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(mlflow_client, name: str) -> str:

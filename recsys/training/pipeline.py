@@ -58,6 +58,30 @@ class TrainResult:
     users_evaluated: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def from_run_dir(cls, out_dir: Path) -> "TrainResult":
+        """The result of a complete run folder written earlier (its ``metrics.json``), without retraining."""
+        out_dir = Path(out_dir)
+        saved = json.loads((out_dir / "metrics.json").read_text())
+        candidates = {
+            "query_tower": out_dir / "retrieval" / "query_tower",
+            "item_embeddings": out_dir / "retrieval" / "item_embeddings.parquet",
+            "dlrm": out_dir / "ranking" / "dlrm",
+            "workflows": out_dir / "workflows",
+            "metrics": out_dir / "metrics.json",
+        }
+        return cls(
+            metrics=saved["metrics"],
+            history=saved["history"],
+            paths={name: path for name, path in candidates.items() if path.exists()},
+            samples_per_second=saved["samples_per_second"],
+            device=saved["device"],
+            feature_version=saved["feature_version"],
+            data_version=saved["data_version"],
+            users_evaluated=saved.get("users_evaluated", 0),
+            seconds=saved.get("seconds", {}),
+        )
+
 
 def train_models(feature_dir: Path, out_dir: Path, params: TrainParams | None = None) -> TrainResult:
     """Train the two-tower and DLRM models on ``feature_dir`` and write ``out_dir`` atomically.
