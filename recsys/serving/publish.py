@@ -214,6 +214,38 @@ def verify_exports(root: Path, expected_sizes: dict[str, int], checksums: dict[s
     return digests
 
 
+# --- the online store -----------------------------------------------------------------------
+def ensure_online_store(feature_version: str, data_version: str = "", settings: Optional[Settings] = None) -> dict[str, Any]:
+    """Make the online store's current version hold ``feature_version`` (the champions'), refreshing if needed.
+
+    The models read their features from Redis by encoded ids of the feature version they were trained
+    on, so they must not serve over another one. Returns ``{"refreshed", "online_version", "feature_version"}``.
+    """
+    from recsys.online.redis_store import RedisOnlineStore
+    from recsys.online.refresh import refresh_online_store
+
+    s = settings or get_settings()
+    store = RedisOnlineStore.from_settings(s)
+    try:
+        current = store.current()
+    finally:
+        store.client.close()
+    if current is not None and current.feature_version == feature_version:
+        log.info("online store version %s already holds feature version %s", current.version, feature_version)
+        return {"refreshed": False, "online_version": current.version, "feature_version": feature_version}
+    features_dir = s.features_root / feature_version
+    if not (features_dir / "manifest.json").is_file():
+        raise PublishError(
+            f"the champions were trained on feature version {feature_version!r}, the online store holds "
+            f"{current.feature_version if current else 'nothing'}, and {features_dir} (to refresh it from) does not exist"
+        )
+    data_dir = s.data_root / data_version if data_version and (s.data_root / data_version).is_dir() else None
+    log.info("online store holds %s, the champions need %s: refreshing it",
+             current.feature_version if current else "nothing", feature_version)
+    result = refresh_online_store(str(features_dir), str(data_dir) if data_dir else None, settings=s)
+    return {"refreshed": True, "online_version": result["version"], "feature_version": feature_version}
+
+
 # --- the repository -------------------------------------------------------------------------
 class RepositoryWriter(Protocol):
     """Writes one version of every Triton model from verified training exports.

@@ -1,0 +1,133 @@
+"""Offline mode against real services: a real Triton serving a ``recsys`` model, a real Redis online store.
+
+The ``recsys`` model here is a tiny python-backend model with the served model's contract
+(``user_id``, ``k`` -> ``item_ids``, ``scores``) whose answer is a known function of the user, so the
+precomputed lists can be checked exactly; it refuses one user on demand (a request that fails).
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from recsys.settings import replace
+
+TOY_RECSYS = textwrap.dedent(
+    """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    REFUSED = {refused}
+
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            out = []
+            for request in requests:
+                user = int(pb_utils.get_input_tensor_by_name(request, "user_id").as_numpy()[0])
+                k_tensor = pb_utils.get_input_tensor_by_name(request, "k")
+                k = int(k_tensor.as_numpy()[0]) if k_tensor is not None else 10
+                if user in REFUSED:
+                    out.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"user {{user}} refused")))
+                    continue
+                items = 5000 + (user + np.arange(k)) % 50
+                scores = (1.0 - np.arange(k) / 100.0).astype(np.float32)
+                out.append(pb_utils.InferenceResponse([
+                    pb_utils.Tensor("item_ids", items.astype(np.int64)), pb_utils.Tensor("scores", scores)]))
+            return out
+    """
+)
+
+CONFIG = textwrap.dedent(
+    """
+    name: "recsys"
+    backend: "python"
+    max_batch_size: 0
+    input [ { name: "user_id" data_type: TYPE_INT64 dims: [ 1 ] },
+            { name: "k" data_type: TYPE_INT32 dims: [ 1 ] optional: true } ]
+    output [ { name: "item_ids" data_type: TYPE_INT64 dims: [ -1 ] },
+             { name: "scores" data_type: TYPE_FP32 dims: [ -1 ] } ]
+    instance_group [ { kind: KIND_CPU count: 2 } ]
+    """
+)
+
+
+def expected(user: int, k: int) -> list[int]:
+    return [5000 + (user + j) % 50 for j in range(k)]
+
+
+def serve_toy(s, version: int, refused: tuple[int, ...] = ()) -> None:
+    from recsys.serving.control import load_model
+
+    folder = s.triton_repo / "recsys"
+    (folder / str(version)).mkdir(parents=True)
+    (folder / str(version) / "model.py").write_text(TOY_RECSYS.format(refused=set(refused) or "set()"))
+    (folder / "config.pbtxt").write_text(CONFIG)
+    load_model(s, "recsys")
+
+
+@pytest.fixture(scope="module")
+def batch_settings(stack_settings, tmp_path_factory):
+    """A home of our own with a feature version refreshed into Redis (200 users) and our own Triton."""
+    from recsys import stack
+    from recsys.online.refresh import refresh_online_store
+    from recsys.online.sample import write_sample_versions
+    from recsys.stack.service import free_port
+
+    home = tmp_path_factory.mktemp("batch-home")
+    s = replace(
+        stack_settings, home=home, triton_http_port=free_port(), triton_grpc_port=free_port(),
+        triton_metrics_port=free_port(), online_key_prefix="batch-tests", batch_top_n=5, batch_concurrency=4,
+    )
+    features = write_sample_versions(home, n_users=200, n_items=50)
+    refresh_online_store(str(features), settings=s)
+    stack.up(s, only=["triton"])
+    try:
+        yield s
+    finally:
+        stack.down(s, only=["triton"])
+
+
+def test_precompute_read_noop_force_and_refused_request(batch_settings):
+    from recsys.online.redis_store import RedisOnlineStore, connect
+    from recsys.serving.batch import BatchError, BatchKeys, current_batch, precompute, read_precomputed
+
+    s = batch_settings
+    serve_toy(s, 1)
+    first = precompute(settings=s, airflow_run="recsys_batch_recommendations/t1", chunk_size=64)
+    assert not first.skipped and first.users == 200 and first.model_version == 1
+    assert first.feature_version and first.online_version
+    assert read_precomputed(1000, settings=s) == [(i, pytest.approx(1.0 - j / 100.0)) for j, i in enumerate(expected(1000, 5))]
+    assert [i for i, _ in read_precomputed(1199, k=3, settings=s)] == expected(1199, 3)
+    assert read_precomputed(99_999, settings=s) is None  # not a known user: the caller asks the online path
+    meta = current_batch(s)
+    assert meta["batch"] == first.batch and meta["users"] == "200" and meta["airflow_run"].endswith("/t1")
+
+    # The same served version over the same online version: nothing to do.
+    again = precompute(settings=s)
+    assert again.skipped and again.batch == first.batch
+
+    # Items taken off sale after the batch ran are filtered when read.
+    store = RedisOnlineStore.from_settings(s)
+    store.add_unavailable([expected(1000, 5)[0]])
+    assert [i for i, _ in read_precomputed(1000, settings=s)] == expected(1000, 5)[1:]
+    store.remove_unavailable([expected(1000, 5)[0]])
+    store.client.close()
+
+    # A new served version whose model refuses a user: the batch fails, nothing is switched or left.
+    serve_toy(s, 2, refused=(1042,))
+    with pytest.raises(BatchError, match="refused user 1042"):
+        precompute(settings=s)
+    r = connect(s.redis)
+    keys = BatchKeys(s.online_key_prefix)
+    assert current_batch(s)["batch"] == first.batch
+    assert sorted(k.decode() for k in r.scan_iter(match=keys.batch_prefix + "*:r")) == [keys.rows(first.batch)]
+
+    # Forced on a good version 3: a new batch replaces the old one, whose keys are gone.
+    serve_toy(s, 3)
+    forced = precompute(settings=s, force=True)
+    assert forced.model_version == 3 and forced.batch != first.batch and forced.removed_batches == 1
+    assert sorted(k.decode() for k in r.scan_iter(match=keys.batch_prefix + "*:r")) == [keys.rows(forced.batch)]
+    assert [i for i, _ in read_precomputed(1000, settings=s)] == expected(1000, 5)
+    r.close()
