@@ -447,7 +447,7 @@ def publish(
         staging.mkdir(parents=True)
         try:
             return _publish_staged(
-                s, repository, staging, champions, writer, smoke_test, airflow_run, force, current, smoke_user_id
+                s, repository, staging, champions, writer, smoke_test, airflow_run, force, smoke_user_id
             )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -465,7 +465,7 @@ def _smoke_user(s: Settings, feature_version: str) -> int:
         return 0
 
 
-def _publish_staged(s, repository, staging, champions, writer, smoke_test, airflow_run, force, current, smoke_user_id) -> PublishResult:
+def _publish_staged(s, repository, staging, champions, writer, smoke_test, airflow_run, force, smoke_user_id) -> PublishResult:
     from recsys.serving.control import load_model
 
     started = time.monotonic()
@@ -476,9 +476,8 @@ def _publish_staged(s, repository, staging, champions, writer, smoke_test, airfl
 
     written = staging / "repository"
     written.mkdir()
-    # The number is chosen before writing (the writer may embed it), from every model it wrote before.
-    previous_models = list(current["models"]) if current else []
-    version = _next_version(repository, previous_models or [p.name for p in repository.iterdir() if p.is_dir()])
+    # Chosen before writing (the writer may embed it): above every version on disk or in the history.
+    version = _next_version(repository, [p.name for p in repository.iterdir() if p.is_dir()])
     lineage = {
         "version": version,
         "champions": {ch.role: ch.to_dict() for ch in champions.values()},

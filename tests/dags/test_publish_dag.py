@@ -105,7 +105,6 @@ def publish_env(stack_settings, airflow_db, tmp_path_factory):
         "RECSYS_ONLINE_KEY_PREFIX": f"dag-{tag}",
         "RECSYS_RETRIEVAL_MODEL_NAME": f"retrieval-{tag}",
         "RECSYS_RANKING_MODEL_NAME": f"ranking-{tag}",
-        "RECSYS_BATCH_TOP_N": "5",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -174,7 +173,7 @@ def test_publish_then_precompute_with_dag_test(dagbag, publish_env, tmp_path, mo
     assert again.state == "success", _states(again)
     assert _states(again)["announce_serving"] == "skipped"  # same champions: nothing new serves
 
-    batch = dagbag.dags["recsys_batch_recommendations"].test()
+    batch = dagbag.dags["recsys_batch_recommendations"].test(run_conf={"top_n": 5})
     assert batch.state == "success", _states(batch)
     assert _states(batch)["announce_batch"] == "success"
     assert [i for i, _ in read_precomputed(1000, settings=s)] == [5000 + (1000 + j) % 50 for j in range(5)]
