@@ -1,5 +1,5 @@
-"""A small feature version in the layout of docs/layouts.md section 3, built with a real NVTabular
-workflow so the schema files, tags and encodings are the ones the ETL writes.
+"""A small feature version made by the real pipeline (ingest + the NVTabular ETL), so the tests train
+on exactly what the ETL writes.
 
 The data has structure a model can learn: each user has a favourite category, most of their
 interactions fall in it, and a user feature (``segment``) hints at it. Item popularity is skewed
@@ -8,7 +8,6 @@ inside each category, so the popularity baseline is non-trivial but beatable.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -87,97 +86,22 @@ def _raw_tables(seed: int, with_labels: bool):
 
 
 def build_feature_version(root: Path, *, seed: int = 7, with_labels: bool = False) -> Path:
-    """Write a feature version folder under ``root`` and return its path."""
-    import nvtabular as nvt
-    from merlin.schema import Tags
-    from merlin.dag.ops.subgraph import Subgraph
-    from nvtabular import ops
+    """Run the real pipeline (ingest, then the NVTabular ETL) on the tables above; return the feature version."""
+    from recsys.data.ingest import ingest
+    from recsys.features.etl import run_etl
 
     users, items, inter = _raw_tables(seed, with_labels)
-    out = root / ("fv_labels" if with_labels else "fv_implicit")
-    out.mkdir(parents=True)
-
-    user_graph = Subgraph(
-        "user",
-        (["user_id"] >> ops.Categorify() >> ops.TagAsUserID())
-        + (["segment"] >> ops.Categorify() >> ops.TagAsUserFeatures())
-        + (["age"] >> ops.Normalize() >> ops.TagAsUserFeatures()),
-    )
-    item_graph = Subgraph(
-        "item",
-        (["item_id"] >> ops.Categorify() >> ops.TagAsItemID())
-        + (["category"] >> ops.Categorify() >> ops.TagAsItemFeatures())
-        + (["price"] >> ops.Normalize() >> ops.TagAsItemFeatures()),
-    )
-    target = ["click"] >> ops.AddTags([Tags.TARGET, Tags.BINARY_CLASSIFICATION])
-    workflow = nvt.Workflow(user_graph + item_graph + target + ["timestamp"])
-
-    split_at = START + pd.Timedelta(days=DAYS - VALIDATION_DAYS)
-    joined = inter.merge(users, on="user_id").merge(items, on="item_id")
-    joined["timestamp_unix"] = joined.timestamp.astype("int64") // 10**9
-    joined = joined.sort_values("timestamp").reset_index(drop=True)
-    train_raw = joined[joined.timestamp < split_at].drop(columns="timestamp")
-    valid_raw = joined[joined.timestamp >= split_at].drop(columns="timestamp")
-    train_raw = train_raw.rename(columns={"timestamp_unix": "timestamp"})
-    valid_raw = valid_raw.rename(columns={"timestamp_unix": "timestamp"})
-
-    # Fit on the training window plus every user and item so all ids get a code.
-    # Fitted on the training window only, like the ETL: users and items absent from it (the
-    # cold ones below) share the out-of-vocabulary code.
-    workflow.fit(nvt.Dataset(train_raw))
-    workflow.transform(nvt.Dataset(train_raw)).to_parquet(str(out / "train"))
-    workflow.transform(nvt.Dataset(valid_raw)).to_parquet(str(out / "valid"))
-    user_wf = workflow.get_subworkflow("user")
-    item_wf = workflow.get_subworkflow("item")
-    user_wf.transform(nvt.Dataset(users)).to_parquet(str(out / "users"))
-    item_wf.transform(nvt.Dataset(items)).to_parquet(str(out / "items"))
-    user_wf.save(str(out / "workflows" / "user"))
-    item_wf.save(str(out / "workflows" / "item"))
-
-    (out / "id_maps").mkdir()
-    encoded_users = user_wf.transform(nvt.Dataset(users[["user_id"]].assign(segment="s0", age=0.0)))
-    encoded_users = encoded_users.to_ddf().compute()
-    pd.DataFrame({"user_id_raw": users.user_id, "user_id": encoded_users.user_id.values}).to_parquet(
-        out / "id_maps" / "users.parquet", index=False
-    )
-    encoded_items = item_wf.transform(nvt.Dataset(items)).to_ddf().compute()
-    pd.DataFrame({"item_id_raw": items.item_id, "item_id": encoded_items.item_id.values}).to_parquet(
-        out / "id_maps" / "items.parquet", index=False
-    )
-
-    schema = workflow.output_schema
-    cardinalities = {
-        col.name: int(col.int_domain.max) + 1
-        for col in schema
-        if Tags.CATEGORICAL in col.tags and col.int_domain is not None
-    }
-    manifest = {
-        "feature_version": f"fixture-{seed}-{int(with_labels)}",
-        "data_version": f"data-{seed}",
-        "created_at": pd.Timestamp.utcnow().isoformat(),
-        "validation_days": VALIDATION_DAYS,
-        "split": {
-            "train_start": START.isoformat(),
-            "train_end": split_at.isoformat(),
-            "valid_start": split_at.isoformat(),
-            "valid_end": (START + pd.Timedelta(days=DAYS)).isoformat(),
-        },
-        "rows": {"train": len(train_raw), "valid": len(valid_raw), "users": len(users), "items": len(items)},
-        "columns": {
-            "user_id": "user_id",
-            "item_id": "item_id",
-            "target": "click",
-            "user_categorical": ["segment"],
-            "user_continuous": ["age"],
-            "item_categorical": ["category"],
-            "item_continuous": ["price"],
-        },
-        "cardinalities": cardinalities,
-        "has_labels": with_labels,
-        "input_hashes": {},
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return out
+    landing = root / ("landing_labels" if with_labels else "landing_implicit")
+    landing.mkdir(parents=True)
+    if with_labels:
+        inter = inter.rename(columns={"click": "label"})
+    else:
+        inter = inter.drop(columns="click")
+    users.to_parquet(landing / "users.parquet", index=False)
+    items.to_parquet(landing / "items.parquet", index=False)
+    inter.to_parquet(landing / "interactions.parquet", index=False)
+    data = ingest(landing, root / "data")
+    return run_etl(data.path, root / "features", VALIDATION_DAYS, progress=lambda *_: None).path
 
 
 @pytest.fixture(scope="session")

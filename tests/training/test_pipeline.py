@@ -25,7 +25,7 @@ def run(feature_dir, tmp_path_factory):
     return train_models(feature_dir, out, PARAMS), out
 
 
-def test_run_folder_layout_and_no_temporary_leftovers(run):
+def test_run_folder_layout_and_no_temporary_leftovers(run, feature_dir):
     result, out = run
     for relative in ("retrieval/query_tower", "retrieval/item_embeddings.parquet", "ranking/dlrm",
                      "workflows/user", "workflows/item", "metrics.json"):
@@ -33,7 +33,8 @@ def test_run_folder_layout_and_no_temporary_leftovers(run):
     assert [p.name for p in out.parent.iterdir()] == ["run1"]  # the temporary sibling was renamed away
     assert result.paths["dlrm"] == out / "ranking" / "dlrm"
     assert result.device == "CPU"
-    assert result.feature_version == "fixture-7-0" and result.data_version == "data-7"
+    manifest = json.loads((feature_dir / "manifest.json").read_text())
+    assert (result.feature_version, result.data_version) == (manifest["feature_version"], manifest["data_version"])
 
 
 def test_metrics_json_holds_every_metric_and_the_history(run):
@@ -133,13 +134,13 @@ def test_cli_from_the_control_plane_reexecs_in_merlin_and_trains_on_labels(label
     env.pop("RECSYS_IN_MERLIN_RUNTIME", None)
     proc = subprocess.run(
         [str(control_python), "-m", "recsys.cli", "train", "--features", str(labelled_feature_dir),
-         "--out", str(out), "--epochs", "2", "--batch-size", "256", "--embedding-dim", "16",
+         "--out", str(out), "--epochs", "5", "--batch-size", "256", "--embedding-dim", "16",
          "--learning-rate", "0.01"],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "popularity" in proc.stdout and "recall_at_10" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["params"]["epochs"] == 2
+    assert metrics["params"]["epochs"] == 5
     assert metrics["metrics"]["auc"] > 0.6  # real shown-but-ignored labels, no sampled negatives
     assert sys.executable  # the test itself runs in the Merlin runtime
