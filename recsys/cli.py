@@ -16,9 +16,8 @@ _GROUPS = [
     ("recsys.data.cli", "input data: generate, import-movielens, validate, ingest"),
     ("recsys.features.cli", "NVTabular ETL"),
     ("recsys.training.cli", "train and evaluate models"),
-    ("recsys.tracking.cli", "MLflow registry and champion gate"),
     ("recsys.online.cli", "Redis online feature store: refresh, status, unavailable items"),
-    ("recsys.serving.cli", "recommendations from the served model"),
+    ("recsys.serving.cli", "recommendations from the served model; publish, rollback, offline top-N"),
     ("recsys.demo", "the end-to-end demo"),
 ]
 

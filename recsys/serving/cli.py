@@ -1,4 +1,5 @@
-"""``recsys recommend``: ask the running Triton for a user's recommendations (with display attributes)."""
+"""``recsys recommend`` (ask the running Triton for a user's recommendations, with display attributes) and
+``recsys serving publish | rollback | history | precompute | precomputed``."""
 
 from __future__ import annotations
 
@@ -19,7 +20,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--http", action="store_true", help="use HTTP instead of gRPC")
     parser.add_argument("--timings", action="store_true", help="also show milliseconds per stage")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--precomputed", action="store_true",
+        help="read the offline (batch) recommendations from Redis; falls back to Triton for a user without them",
+    )
     parser.set_defaults(func=_recommend)
+
+    from recsys.serving import batch, publish
+
+    serving = subparsers.add_parser("serving", help="Triton model repository: publish, rollback, offline top-N")
+    serving_sub = serving.add_subparsers(dest="serving_command", required=True)
+    publish.register_cli(serving_sub)
+    batch.register_cli(serving_sub)
 
 
 def _recommend(args: argparse.Namespace) -> int:
@@ -33,12 +45,18 @@ def _recommend(args: argparse.Namespace) -> int:
             context = json.loads(args.context)
         except json.JSONDecodeError as exc:
             raise RecsysError(f"--context is not valid JSON: {exc}") from None
-    with RecommendClient.from_settings(get_settings(), "http" if args.http else "grpc") as client:
-        items = client.recommend_with_attributes(args.user, args.k, context)
-        timings = {}
-        if args.timings:
-            client.recommend(args.user, args.k, context, timings=True)
-            timings = client.last_timings_ms
+    items = None
+    if args.precomputed:
+        items = _precomputed_with_attributes(args.user, args.k)
+        if items is None:
+            print(f"(no precomputed recommendations for user {args.user}: asking Triton)")
+    timings = {}
+    if items is None:
+        with RecommendClient.from_settings(get_settings(), "http" if args.http else "grpc") as client:
+            items = client.recommend_with_attributes(args.user, args.k, context)
+            if args.timings:
+                client.recommend(args.user, args.k, context, timings=True)
+                timings = client.last_timings_ms
     if args.json:
         out = {"user_id": args.user, "items": items}
         if timings:
@@ -57,3 +75,17 @@ def _recommend(args: argparse.Namespace) -> int:
     if timings:
         print("ms per stage: " + ", ".join(f"{stage} {ms:.2f}" for stage, ms in timings.items()))
     return 0
+
+
+def _precomputed_with_attributes(user_id: int, k) -> "list[dict] | None":
+    """The offline top-N of a user with display attributes, or None when the batch has no list for them."""
+    from recsys.online.redis_store import RedisOnlineStore
+    from recsys.serving.batch import read_precomputed
+    from recsys.settings import get_settings
+
+    settings = get_settings()
+    pairs = read_precomputed(user_id, k, settings=settings)
+    if pairs is None:
+        return None
+    attributes = RedisOnlineStore.from_settings(settings).display([item for item, _ in pairs]) if pairs else []
+    return [{"item_id": item, "score": score, **(attrs or {})} for (item, score), attrs in zip(pairs, attributes)]
