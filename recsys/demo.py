@@ -21,6 +21,8 @@ from typing import Optional
 from recsys.settings import Settings, get_settings
 
 ETL_DAG, TRAIN_DAG = "recsys_etl", "recsys_train"
+REFRESH_DAG, PUBLISH_DAG = "recsys_feature_refresh", "recsys_publish"
+STEPS = 6
 
 
 def _step(text: str) -> None:
@@ -94,6 +96,32 @@ def _print_metrics(settings: Settings) -> None:
             print(f"    auc {m.get('auc', float('nan')):.4f}   logloss {m.get('logloss', float('nan')):.4f}")
 
 
+def _show_recommendations(settings: Settings, k: int = 5) -> None:
+    """Top k for the most active users and for an unknown one (cold start: the popularity list)."""
+    import pandas as pd
+
+    from recsys.data.contract import read_table
+    from recsys.serving.client import RecommendClient
+
+    interactions = read_table(settings.landing, "interactions")
+    items = read_table(settings.landing, "items").set_index("item_id")
+    active = interactions["user_id"].value_counts().index[:3].tolist()
+    unknown = int(interactions["user_id"].max()) + 1
+    with RecommendClient.from_settings(settings) as client:
+        for user in [*active, unknown]:
+            history = interactions.loc[interactions["user_id"] == user, "item_id"]
+            label = f"user {user}"
+            if len(history) and "category" in items.columns:
+                top = items.loc[history, "category"].value_counts().index[:3].tolist()
+                label += f" ({len(history)} interactions, mostly categories {', '.join(map(str, top))})"
+            elif not len(history):
+                label += " (unknown: cold start, popularity filtered the same way)"
+            print(f"\n  {label}")
+            recs = client.recommend_with_attributes(user, k)
+            table = pd.DataFrame(recs)
+            print("    " + table.to_string(index=False, float_format=lambda x: f"{x:.3f}").replace("\n", "\n    "))
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from recsys import stack
     from recsys.stack.airflow_client import AirflowClient
@@ -101,12 +129,12 @@ def run_demo(args: argparse.Namespace) -> int:
     settings = get_settings()
     began = time.monotonic()
 
-    _step("1/4 starting the local stack (Redis, MLflow, Airflow); logs under " + str(settings.services_root))
+    _step(f"1/{STEPS} starting the local stack (Redis, MLflow, Airflow, Triton); logs under " + str(settings.services_root))
     timings = stack.up(settings)
     for name, seconds in timings.items():
         print(f"  {name} answering after {seconds:.1f} s")
 
-    _step(f"2/4 input data in {settings.landing}")
+    _step(f"2/{STEPS} input data in {settings.landing}")
     if _landing_has_data(settings):
         print("  data already there; keeping it (delete the folder to generate new data)")
     else:
@@ -120,11 +148,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
     client = AirflowClient.from_settings(settings)
     etl_dag = client.wait_for_dag(ETL_DAG, timeout=180)
-    client.wait_for_dag(TRAIN_DAG, timeout=180)
-    for dag_id in (ETL_DAG, TRAIN_DAG):
+    for dag_id in (TRAIN_DAG, REFRESH_DAG, PUBLISH_DAG):
+        client.wait_for_dag(dag_id, timeout=180)
+    for dag_id in (ETL_DAG, TRAIN_DAG, REFRESH_DAG, PUBLISH_DAG):
         client.unpause(dag_id)
 
-    _step(f"3/4 {ETL_DAG}: validate, snapshot, NVTabular ETL (Airflow run)")
+    _step(f"3/{STEPS} {ETL_DAG}: validate, snapshot, NVTabular ETL (Airflow run)")
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     due = etl_dag.get("next_dagrun_run_after")
     if due and due[:19] <= now:
@@ -137,7 +166,7 @@ def run_demo(args: argparse.Namespace) -> int:
     announce = {t["task_id"]: t for t in client.task_instances(ETL_DAG, etl_run["dag_run_id"])}["announce_features"]
     new_features = announce["state"] == "success"
 
-    _step(f"4/4 {TRAIN_DAG}: two-tower + DLRM training, MLflow run, champion gate")
+    _step(f"4/{STEPS} {TRAIN_DAG}: two-tower + DLRM training, MLflow run, champion gate")
     from recsys.tracking.registry import champions
 
     if new_features:
@@ -149,8 +178,29 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         print("  features unchanged since the last run: nothing to retrain")
         train_run = None
+    new_champion = False
     if train_run is not None:
         _run_and_wait(client, TRAIN_DAG, train_run["dag_run_id"], args.timeout, settings)
+        gate = {t["task_id"]: t for t in client.task_instances(TRAIN_DAG, train_run["dag_run_id"])}
+        new_champion = gate["announce_champion"]["state"] == "success"
+
+    _step(f"5/{STEPS} {PUBLISH_DAG}: champions -> Redis online features + Triton model repository version N+1")
+    from recsys.serving import publish as publishing
+
+    if new_champion:
+        print("  a new champion exists: Airflow starts publishing from the champion Asset")
+        publish_run = _wait_for_new_run(client, PUBLISH_DAG, "asset_triggered", train_run["queued_at"], timeout=120)
+    elif not publishing.read_history(settings.triton_repo):
+        print("  nothing published yet: triggering publishing by hand")
+        publish_run = client.dag_run(PUBLISH_DAG, client.trigger(PUBLISH_DAG))
+    else:
+        print("  the champions are already published")
+        publish_run = None
+    if publish_run is not None:
+        _run_and_wait(client, PUBLISH_DAG, publish_run["dag_run_id"], args.timeout, settings)
+
+    _step(f"6/{STEPS} recommendations served by Triton (retrieval, filtering, scoring, ordering)")
+    _show_recommendations(settings)
 
     _step(f"done in {time.monotonic() - began:.0f} s. Champion models (validation window, whole catalogue):")
     _print_metrics(settings)
@@ -158,6 +208,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"\n  MLflow:  {settings.mlflow_uri}  (experiment {settings.experiment_name!r}, models "
         f"{settings.retrieval_model_name!r} and {settings.ranking_model_name!r})"
         f"\n  Airflow: {settings.airflow}  (user {settings.airflow_user!r}; password: `recsys stack status`)"
+        f"\n  Triton:  {settings.triton_http}  (`recsys recommend --user <id>`; repository {settings.triton_repo})"
         f"\n  Logs:    {settings.services_root}/<service>/"
         "\n  The stack keeps running; `make down` stops it."
     )
