@@ -4,7 +4,13 @@ import pytest
 
 from recsys.settings import get_settings
 
-EXPECTED_DAGS = {"recsys_etl", "recsys_train"}
+EXPECTED_DAGS = {
+    "recsys_etl",
+    "recsys_train",
+    "recsys_feature_refresh",
+    "recsys_publish",
+    "recsys_batch_recommendations",
+}
 
 
 @pytest.fixture(scope="module")
