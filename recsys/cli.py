@@ -12,6 +12,7 @@ import sys
 
 # (module, help) in the order `recsys --help` lists them.
 _GROUPS = [
+    ("recsys.settings_cli", "every setting and its environment variable"),
     ("recsys.stack.cli", "local services: up, down, status"),
     ("recsys.data.cli", "input data: generate, import-movielens, validate, ingest"),
     ("recsys.features.cli", "NVTabular ETL"),

@@ -100,6 +100,10 @@ class Settings:
     """Triton model repository. Default: ``<home>/triton/repository``."""
     triton_instances: int = 2
     """Instances of the four-stage model (one per core: each runs TensorFlow single-threaded)."""
+    triton_batch_delay_us: Optional[int] = None
+    """Four-stage model: unset, one request per call (clients send ``user_id`` of shape [1]); a number,
+    Triton's dynamic batching hands the model every queued request at once, waiting up to that many
+    microseconds for more (0: no wait), and clients send shape [1, 1]. About 2x the throughput."""
     candidates_k: int = 200
     """Retrieval: candidates taken from the FAISS index before filtering and ranking."""
     recommend_default_k: int = 10
@@ -205,8 +209,23 @@ class Settings:
             value = getattr(self, f.name)
             if "password" in f.name and value:
                 value = "***"
+            elif f.name.endswith("_url") and value:
+                value = _mask_credentials(value)
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
+
+
+def _mask_credentials(url: str) -> str:
+    """``rediss://:secret@host:6380/0`` -> ``rediss://:***@host:6380/0``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _env_name(name: str) -> str:

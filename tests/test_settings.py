@@ -45,3 +45,22 @@ def test_secrets_are_masked_and_env_round_trips(tmp_path):
     assert env["RECSYS_REDIS_PORT"] == "7001" and "MLFLOW_TRACKING_URI" not in env
     again = load_settings(env)
     assert again == s
+
+
+def test_urls_with_passwords_are_masked():
+    s = load_settings({"RECSYS_REDIS_URL": "rediss://:hunter2@redis.internal:6380/0"})
+    assert s.public_dict()["redis_url"] == "rediss://:***@redis.internal:6380/0"
+    assert s.redis == "rediss://:hunter2@redis.internal:6380/0"  # the real one is still used
+
+
+def test_settings_command_lists_every_variable_with_its_meaning(capsys):
+    from recsys.cli import main
+    from recsys.settings_cli import setting_docs
+
+    assert "State directory" in setting_docs()["home"]
+    assert main(["settings", "--json"]) == 0
+    import json
+
+    rows = {r["variable"]: r for r in json.loads(capsys.readouterr().out)}
+    assert "RECSYS_HOME" in rows and "MLFLOW_TRACKING_URI" in rows and "RECSYS_CANDIDATES_K" in rows
+    assert "Dask" in rows["RECSYS_DASK_SCHEDULER_ADDRESS"]["meaning"]
