@@ -3,13 +3,15 @@
 Keys (``{p}`` is ``{<settings.online_key_prefix>}``, a Redis Cluster hash tag)::
 
     {p}:current             STRING  the current online version id, e.g. "b74d8f2b4077-7"
+    {p}:fv:<F>              STRING  the newest online version written from feature version F
+    {p}:pinned              HASH    feature version -> why serving needs it (publish pins, GC keeps)
     {p}:seq                 STRING  counter that makes version ids unique
     {p}:writing             ZSET    versions being written -> start time (stale ones are collected)
     {p}:retired             ZSET    versions that stopped being current -> when
     {p}:unavailable         SET     raw item ids operations took off sale (not versioned)
     {p}:v:<V>:meta          HASH    feature/data version, column layouts, counts, times
     {p}:v:<V>:u             HASH    raw user id -> packed user features
-    {p}:v:<V>:s             HASH    raw user id -> packed seen raw item ids (int64)
+    {p}:v:<V>:s             HASH    raw user id -> packed seen RAW item ids (int64)
     {p}:v:<V>:i             HASH    raw item id -> packed item features
     {p}:v:<V>:d             HASH    raw item id -> display attributes (JSON)
     {p}:v:<V>:pop           STRING  popularity list, raw item ids (int64)
@@ -27,6 +29,15 @@ rows in the same atomic step, so every read comes from exactly one version. A re
 (an exception, a bad row, a lost connection) deletes V's keys and leaves ``current`` untouched; a
 refresh whose process died is collected later from ``{p}:writing``. A retired version stays
 readable for the grace period, then :meth:`RedisOnlineStore.collect_garbage` unlinks it.
+
+Feature-version pinning. Encoded ids and normalized features differ between feature versions, so a
+served model must read rows of the feature version it was trained on, not whatever is current: a
+refresh to a new feature version runs as soon as the ETL wrote it, long before (or without ever) a
+model trained on it serving. The switch script therefore also sets ``{p}:fv:<F>``, and every read
+takes ``feature_version=F`` to resolve that pointer instead of ``current`` (the read scripts take
+the pointer key as KEYS[1], so a pinned read costs the same). Publishing pins the served feature
+versions in ``{p}:pinned``; garbage collection keeps the newest version of every pinned feature
+version whatever its age, and an unpinned one gets the grace period again from the unpin.
 
 Incremental refresh. The new version is still complete: a reader never needs more than one version.
 The refresh compares the new entities' content hashes with the current version's ``:hu``/``:hi``,
@@ -79,11 +90,15 @@ class VersionGoneError(OnlineStoreError):
     """An online version's metadata is gone (the version was collected)."""
 
 
+class NoOnlineVersionError(OnlineStoreError):
+    """No online version holds the feature version a reader asked for (or none is current at all)."""
+
+
 class ConcurrentRefreshError(OnlineStoreError):
     """Another refresh switched ``current`` while this one was writing."""
 
 
-# KEYS: current, unavailable. ARGV: version key prefix, user id ("" for none), "1" to read seen items, item ids...
+# KEYS: version pointer (current or a feature version's), unavailable. ARGV: version key prefix, user id ("" for none), "1" to read seen items, item ids...
 _READ = """
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
@@ -102,7 +117,7 @@ end
 return {v, user, seen, items, unavailable}
 """
 
-# KEYS: current. ARGV: version key prefix, command (HGET|HMGET|GET), key suffix, fields...
+# KEYS: version pointer (current or a feature version's). ARGV: version key prefix, command (HGET|HMGET|GET), key suffix, fields...
 _READ_ONE = """
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
@@ -126,16 +141,48 @@ end
 return copied
 """
 
-# KEYS: current, writing, retired, new meta. ARGV: expected current ("" = none), new version, now.
+# KEYS: current, writing, retired, new meta, new version's feature version pointer.
+# ARGV: expected current ("" = none), new version, now.
 _SWITCH = """
 local cur = redis.call('GET', KEYS[1]) or ''
 if cur ~= ARGV[1] then return {0, cur} end
 redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[5], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 if cur ~= '' then redis.call('ZADD', KEYS[3], ARGV[3], cur) end
 redis.call('HSET', KEYS[4], 'switched_at', ARGV[3])
 return {1, cur}
+"""
+
+
+# KEYS: current, pinned, writing, retired, the version's feature version pointer, the version's keys...
+# ARGV: version, its feature version. Deletes the version unless it is current or the newest of a
+# pinned feature version (1: deleted). One script, so a pin set just before cannot lose the race.
+_COLLECT = """
+local v = ARGV[1]
+if redis.call('GET', KEYS[1]) == v then
+  redis.call('ZREM', KEYS[3], v)
+  redis.call('ZREM', KEYS[4], v)
+  return 0
+end
+if redis.call('GET', KEYS[5]) == v then
+  if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
+  redis.call('DEL', KEYS[5])
+end
+redis.call('UNLINK', unpack(KEYS, 6))
+redis.call('ZREM', KEYS[3], v)
+redis.call('ZREM', KEYS[4], v)
+return 1
+"""
+
+# KEYS: pinned, retired, the feature version's pointer. ARGV: feature version, now. Unpins, and the
+# version it pinned (if retired) gets the whole grace period from now: in-flight requests finish.
+_UNPIN = """
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+local v = redis.call('GET', KEYS[3])
+if removed == 1 and v then redis.call('ZADD', KEYS[2], 'XX', ARGV[2], v) end
+return removed
 """
 
 
@@ -173,11 +220,15 @@ class RedisOnlineStore(OnlineStore):
         self.key_writing = f"{tag}:writing"
         self.key_retired = f"{tag}:retired"
         self.key_unavailable = f"{tag}:unavailable"
+        self.key_pinned = f"{tag}:pinned"
         self.version_prefix = f"{tag}:v:"
+        self.feature_version_prefix = f"{tag}:fv:"
         self._read = client.register_script(_READ)
         self._read_one = client.register_script(_READ_ONE)
         self._copy = client.register_script(_COPY_FIELDS)
         self._switch = client.register_script(_SWITCH)
+        self._collect = client.register_script(_COLLECT)
+        self._unpin = client.register_script(_UNPIN)
         self._layouts: dict[str, tuple[RowLayout, RowLayout]] = {}  # versions never change: safe to cache
 
     @classmethod
@@ -197,6 +248,19 @@ class RedisOnlineStore(OnlineStore):
 
     def version_keys(self, version: str) -> list[str]:
         return [self.key(version, s) for s in VERSION_KEY_SUFFIXES]
+
+    def pointer_key(self, feature_version: Optional[str] = None) -> str:
+        """The key naming the version a read resolves: ``current``, or a feature version's newest."""
+        return self.key_current if feature_version is None else f"{self.feature_version_prefix}{feature_version}"
+
+    def no_version_error(self, feature_version: Optional[str] = None) -> NoOnlineVersionError:
+        """The error of a read whose pointer is empty (one message for every read path)."""
+        if feature_version is None:
+            return NoOnlineVersionError("the online store has no current version: run `recsys online refresh`")
+        return NoOnlineVersionError(
+            f"the online store holds no version of feature version {feature_version!r} (the served model's): "
+            f"run `recsys online refresh --features <features root>/{feature_version}`"
+        )
 
     # --- refresh ------------------------------------------------------------------------------
     def refresh(
@@ -235,7 +299,10 @@ class RedisOnlineStore(OnlineStore):
             self._write_entities(version, base, snapshot, mode, result, on_batch)
             self._write_blobs(version, snapshot)
             switched, found = self._switch(
-                keys=[self.key_current, self.key_writing, self.key_retired, self.key(version, "meta")],
+                keys=[
+                    self.key_current, self.key_writing, self.key_retired, self.key(version, "meta"),
+                    self.pointer_key(snapshot.feature_version),
+                ],
                 args=[base.version if base else "", version, time.time()],
             )
             if not int(switched):
@@ -418,26 +485,53 @@ class RedisOnlineStore(OnlineStore):
         self._layouts.pop(version, None)
 
     def collect_garbage(self, now: Optional[float] = None) -> list[str]:
+        """Delete versions retired longer than the grace period and stale partial writes.
+
+        Never the current version, nor the newest version of a pinned feature version (whatever its
+        age): a served model reads that one. Returns the deleted versions.
+        """
         now = time.time() if now is None else now
         cutoff = now - self.grace_seconds
-        current = _text(self.client.get(self.key_current))
-        removed = []
+        removed, kept = [], []
         # Retired versions past the grace period, and writes whose process died (never switched).
         for zset in (self.key_retired, self.key_writing):
             for raw in self.client.zrangebyscore(zset, "-inf", f"({cutoff}"):
                 version = _text(raw)
-                if version == current:
-                    self.client.zrem(zset, version)
-                    continue
-                self._delete_version(version)
-                removed.append(version)
+                feature_version = version.rsplit("-", 1)[0]  # ids are "<feature version>-<seq>"
+                keys = [self.key_current, self.key_pinned, self.key_writing, self.key_retired,
+                        self.pointer_key(feature_version), *self.version_keys(version)]
+                if int(self._collect(keys=keys, args=[version, feature_version])):
+                    self._layouts.pop(version, None)
+                    removed.append(version)
+                elif zset == self.key_retired and self.client.zscore(self.key_retired, version) is not None:
+                    kept.append(version)
+        if kept:
+            log.info("kept online versions %s past the grace period: pinned by serving", kept)
         if removed:
             log.info("removed online versions %s (retired more than %ss ago)", removed, self.grace_seconds)
         return removed
 
+    # --- pins (the feature versions serving reads) ----------------------------------------------
+    def pin(self, feature_version: str, reason: str) -> bool:
+        """Keep the newest online version of ``feature_version`` from garbage collection; True if newly pinned.
+
+        ``reason`` says who needs it (e.g. ``"triton v4 serving"``); pinning again replaces it.
+        """
+        return bool(self.client.hset(self.key_pinned, feature_version, reason))
+
+    def unpin(self, feature_version: str) -> bool:
+        """Let garbage collection have ``feature_version`` again (after a full grace period from now)."""
+        keys = [self.key_pinned, self.key_retired, self.pointer_key(feature_version)]
+        return bool(self._unpin(keys=keys, args=[feature_version, time.time()]))
+
+    def pins(self) -> dict[str, str]:
+        """``{feature version: reason}`` of every pin."""
+        return {_text(k): _text(v) for k, v in self.client.hgetall(self.key_pinned).items()}
+
     # --- reading ------------------------------------------------------------------------------
-    def current(self) -> Optional[VersionInfo]:
-        version = _text(self.client.get(self.key_current))
+    def current(self, feature_version: Optional[str] = None) -> Optional[VersionInfo]:
+        """The current version, or with ``feature_version`` the newest one written from it (None: none)."""
+        version = _text(self.client.get(self.pointer_key(feature_version)))
         if not version:
             return None
         return self.info(version)
@@ -459,7 +553,16 @@ class RedisOnlineStore(OnlineStore):
             age_seconds=(time.time() - switched) if switched else None,
         )
 
-    def read(self, user_id: Optional[int], item_ids: Iterable[int] = (), *, with_seen: bool = False) -> FeatureRows:
+    def read(
+        self,
+        user_id: Optional[int],
+        item_ids: Iterable[int] = (),
+        *,
+        with_seen: bool = False,
+        feature_version: Optional[str] = None,
+    ) -> FeatureRows:
+        """User features + the items' features (+ seen items) in one round trip, from the current
+        version or (``feature_version``) the newest version of that feature version."""
         import numpy as np
 
         ids = [int(i) for i in item_ids]
@@ -467,9 +570,9 @@ class RedisOnlineStore(OnlineStore):
             raise OnlineStoreError(f"at most {MAX_ITEMS_PER_READ} items per read, got {len(ids)}")
         args = [self.version_prefix, "" if user_id is None else int(user_id), "1" if with_seen else "0", *ids]
         for attempt in range(3):
-            reply = self._read(keys=[self.key_current, self.key_unavailable], args=args)
+            reply = self._read(keys=[self.pointer_key(feature_version), self.key_unavailable], args=args)
             if not reply:
-                raise OnlineStoreError("the online store has no current version: run `recsys online refresh`")
+                raise self.no_version_error(feature_version)
             version, user_row, seen, item_rows, unavailable = reply
             version = _text(version)
             try:
@@ -493,7 +596,7 @@ class RedisOnlineStore(OnlineStore):
             seen=np.frombuffer(seen or b"", dtype="<i8").astype(np.int64) if with_seen else None,
         )
 
-    def read_pipelined(self, user_id: int, item_ids: Iterable[int]) -> FeatureRows:
+    def read_pipelined(self, user_id: int, item_ids: Iterable[int], *, feature_version: Optional[str] = None) -> FeatureRows:
         """The same read as :meth:`read` without a script: ``current`` once, then one pipeline.
 
         Two round trips; kept for the benchmark that compares it with the scripted read.
@@ -501,9 +604,9 @@ class RedisOnlineStore(OnlineStore):
         import numpy as np
 
         ids = [int(i) for i in item_ids]
-        version = _text(self.client.get(self.key_current))
+        version = _text(self.client.get(self.pointer_key(feature_version)))
         if not version:
-            raise OnlineStoreError("the online store has no current version: run `recsys online refresh`")
+            raise self.no_version_error(feature_version)
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.key(version, "u"), int(user_id))
         pipe.hmget(self.key(version, "i"), ids)
@@ -514,30 +617,31 @@ class RedisOnlineStore(OnlineStore):
         items, item_found = item_layout.decode(list(item_rows))
         return FeatureRows(version, bool(found[0]), user, items, item_found, np.asarray(unavailable, dtype=bool))
 
-    def _read_versioned(self, command: str, suffix: str, *fields: Any) -> tuple[str, Any]:
-        reply = self._read_one(keys=[self.key_current], args=[self.version_prefix, command, suffix, *fields])
+    def _read_versioned(self, feature_version: Optional[str], command: str, suffix: str, *fields: Any) -> tuple[str, Any]:
+        keys = [self.pointer_key(feature_version)]
+        reply = self._read_one(keys=keys, args=[self.version_prefix, command, suffix, *fields])
         if not reply:
-            raise OnlineStoreError("the online store has no current version: run `recsys online refresh`")
+            raise self.no_version_error(feature_version)
         return _text(reply[0]), reply[1]
 
-    def seen_items(self, user_id: int) -> "np.ndarray":
+    def seen_items(self, user_id: int, *, feature_version: Optional[str] = None) -> "np.ndarray":
         import numpy as np
 
-        _, value = self._read_versioned("HGET", "s", int(user_id))
+        _, value = self._read_versioned(feature_version, "HGET", "s", int(user_id))
         return np.frombuffer(value or b"", dtype="<i8").astype(np.int64)
 
-    def popularity(self, k: Optional[int] = None) -> "np.ndarray":
+    def popularity(self, k: Optional[int] = None, *, feature_version: Optional[str] = None) -> "np.ndarray":
         import numpy as np
 
-        _, value = self._read_versioned("GET", "pop")
+        _, value = self._read_versioned(feature_version, "GET", "pop")
         ids = np.frombuffer(value or b"", dtype="<i8").astype(np.int64)
         return ids if k is None else ids[:k]
 
-    def display(self, item_ids: Iterable[int]) -> list[Optional[dict[str, Any]]]:
+    def display(self, item_ids: Iterable[int], *, feature_version: Optional[str] = None) -> list[Optional[dict[str, Any]]]:
         ids = [int(i) for i in item_ids]
         if not ids:
             return []
-        _, values = self._read_versioned("HMGET", "d", *ids)
+        _, values = self._read_versioned(feature_version, "HMGET", "d", *ids)
         return [json.loads(v) if v is not None else None for v in values]
 
     def _layout(self, version: str) -> tuple[RowLayout, RowLayout]:
@@ -562,11 +666,17 @@ class RedisOnlineStore(OnlineStore):
 
     # --- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Current version, retired and in-progress versions, unavailable count (for the CLI)."""
+        """Current version, pins, retired and in-progress versions, unavailable count (for the CLI)."""
         current = self.current()
         now = time.time()
+        pins = self.pins()
+        pinned = {
+            fv: {"reason": reason, "online_version": _text(self.client.get(self.pointer_key(fv))) or None}
+            for fv, reason in sorted(pins.items())
+        }
         return {
             "current": current.to_dict() if current else None,
+            "pinned": pinned,
             "retired": {_text(v): round(now - s, 1) for v, s in self.client.zrange(self.key_retired, 0, -1, withscores=True)},
             "writing": {_text(v): round(now - s, 1) for v, s in self.client.zrange(self.key_writing, 0, -1, withscores=True)},
             "unavailable_items": int(self.client.scard(self.key_unavailable)),

@@ -7,6 +7,10 @@ One backend per module: :mod:`recsys.online.redis_store` is the Redis one. The c
   untouched and removes what it wrote;
 * every read resolves the current version once and reads only that version's data, so a reader
   never sees two versions mixed;
+* a read given ``feature_version=F`` resolves the newest version written from feature version F
+  instead of the current one: a served model reads rows encoded for the feature version it was
+  trained on, whatever a newer refresh made current. Serving pins the feature versions it reads
+  (:meth:`OnlineStore.pin`); garbage collection keeps their newest versions;
 * the unavailable-items set is not versioned: operations change it live.
 """
 
@@ -108,27 +112,48 @@ class OnlineStore(abc.ABC):
 
     @abc.abstractmethod
     def collect_garbage(self, now: Optional[float] = None) -> list[str]:
-        """Delete versions retired longer than the grace period (and stale partial writes)."""
+        """Delete versions retired longer than the grace period (and stale partial writes), except
+        the newest version of every pinned feature version."""
 
-    # --- reading ------------------------------------------------------------------------------
+    # --- pins (the feature versions served models read) ---------------------------------------
     @abc.abstractmethod
-    def current(self) -> Optional[VersionInfo]:
-        """The current version and its age, or None before the first refresh."""
+    def pin(self, feature_version: str, reason: str) -> bool:
+        """Keep the newest version of ``feature_version`` from garbage collection; True if newly pinned."""
 
     @abc.abstractmethod
-    def read(self, user_id: Optional[int], item_ids: Iterable[int] = (), *, with_seen: bool = False) -> FeatureRows:
+    def unpin(self, feature_version: str) -> bool:
+        """Release a pin (its version then gets the grace period); True if it was pinned."""
+
+    @abc.abstractmethod
+    def pins(self) -> dict[str, str]:
+        """``{feature version: reason}`` of every pin."""
+
+    # --- reading (``feature_version``: read its newest version instead of the current one) -----
+    @abc.abstractmethod
+    def current(self, feature_version: Optional[str] = None) -> Optional[VersionInfo]:
+        """The current version (or the newest of ``feature_version``) and its age, or None if there is none."""
+
+    @abc.abstractmethod
+    def read(
+        self,
+        user_id: Optional[int],
+        item_ids: Iterable[int] = (),
+        *,
+        with_seen: bool = False,
+        feature_version: Optional[str] = None,
+    ) -> FeatureRows:
         """User features + the items' features (+ seen items), in one round trip."""
 
     @abc.abstractmethod
-    def seen_items(self, user_id: int) -> "np.ndarray":
+    def seen_items(self, user_id: int, *, feature_version: Optional[str] = None) -> "np.ndarray":
         """Raw ids of the items the user has seen (empty for an unknown user)."""
 
     @abc.abstractmethod
-    def popularity(self, k: Optional[int] = None) -> "np.ndarray":
+    def popularity(self, k: Optional[int] = None, *, feature_version: Optional[str] = None) -> "np.ndarray":
         """Raw item ids, most popular first (the first ``k``)."""
 
     @abc.abstractmethod
-    def display(self, item_ids: Iterable[int]) -> list[Optional[dict[str, Any]]]:
+    def display(self, item_ids: Iterable[int], *, feature_version: Optional[str] = None) -> list[Optional[dict[str, Any]]]:
         """Raw display attributes of the items (None for an unknown item)."""
 
     # --- unavailable items (not versioned) ----------------------------------------------------
