@@ -131,6 +131,27 @@ class Settings:
     batch_schedule: str = "@daily"
     """Cron expression of the ``recsys_batch_recommendations`` DAG (it also runs when a new version serves)."""
 
+    # --- drift monitoring (Evidently) ------------------------------------------------------
+    drift_schedule: str = "@hourly"
+    """Cron expression of the ``recsys_drift`` DAG (one drift check per run)."""
+    drift_window_days: float = 7.0
+    """Current window: the last N days of interactions of the newest data version."""
+    drift_methods: str = ""
+    """Per-feature drift method overriding Evidently's default by type and size, e.g.
+    ``price_band=psi,item_age_days=wasserstein`` (any Evidently stattest name)."""
+    drift_thresholds: str = ""
+    """Per-feature drift threshold overriding the method's default, e.g. ``price_band=0.2``."""
+    drift_share: float = 0.5
+    """Drift is decided when at least this share of the features drifted."""
+    drift_consecutive_checks: int = 2
+    """Hysteresis: retrain only after drift in this many consecutive checks (against the same champion)."""
+    drift_cooldown_hours: float = 24.0
+    """At most one drift-triggered retrain per this many hours."""
+    drift_max_rows: int = 500_000
+    """Each window is sampled down to this many rows (seeded) before the check; 0: no limit."""
+    monitoring_experiment_name: str = "recsys-monitoring"
+    """MLflow experiment of the drift checks."""
+
     # --- derived paths and URLs -----------------------------------------------------------
     @property
     def landing(self) -> Path:
@@ -148,6 +169,11 @@ class Settings:
     def runs_root(self) -> Path:
         """Scratch space for training outputs before they are logged to MLflow."""
         return self.home / "runs"
+
+    @property
+    def monitoring_root(self) -> Path:
+        """Drift checks (``checks/<check_id>/``) and their ``history.jsonl``."""
+        return self.home / "monitoring"
 
     @property
     def services_root(self) -> Path:
