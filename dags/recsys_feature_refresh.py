@@ -12,7 +12,9 @@ already current is a no-op (unless the run's ``force`` parameter is set), so fre
 Redis read.
 
 Each refresh writes a complete new online version and switches to it atomically; a failed try
-leaves the serving version untouched and removes its partial keys, so retries are safe.
+leaves the serving version untouched and removes its partial keys, so retries are safe. Switching
+``current`` to a new feature version does not change what the served models read: they read the
+feature version they were trained on (pinned by ``recsys_publish``, kept by garbage collection).
 ``incremental`` (default on) writes only the entities that changed since the current version and
 falls back to a full write when the column layout changed. Wiring only: the work is in
 ``recsys.online.refresh``.

@@ -3,9 +3,10 @@
 Runs when ``recsys_train`` sets a new champion (the ``recsys_champion`` Asset) or by hand (``force``
 publishes even when these champions already serve). First makes sure the online store holds the
 feature version the champions were trained on (refreshing it if needed: the models read their
-features from Redis by that version's encoded ids), then publishes: download and verify the
-artifacts, write version N+1 of every model, load it, smoke-test it; on failure the previous
-version keeps serving and the run fails. A new version that serves emits ``recsys_serving``.
+features from Redis by that version's encoded ids, pinned to it), then publishes: download and
+verify the artifacts, write version N+1 of every model, pin its feature version in the online
+store, load it, smoke-test it, release the previous feature version's pin; on failure the previous
+version (and its pin) keeps serving and the run fails. A new version that serves emits ``recsys_serving``.
 Publishing the champions that already serve is a no-op, so retries are safe. Wiring only: the work
 is in ``recsys.jobs`` / ``recsys.serving.publish``.
 """

@@ -12,10 +12,18 @@ One publish, in order (nothing the running server reads changes before step 5):
    write every model's version COMPLETELY in staging, with a ``lineage.json`` in each version;
 5. move each ``<model>/<N+1>/`` into the repository (one rename each) and its ``config.pbtxt``
    (atomic replace; a copy stays inside the version folder for rollback);
-6. load every model through Triton's repository API (explicit model control), dependencies first,
-   then smoke-test a real request;
+6. pin the champions' feature version in the online store (before anything loads: the new models
+   read that feature version's rows, and garbage collection must keep them), load every model
+   through Triton's repository API (explicit model control), dependencies first, then smoke-test a
+   real request;
 7. record lineage both ways: ``<repo>/publish_history.jsonl`` and tags on the MLflow model versions
-   (``triton.version``, ``triton.published_at``, ``airflow.run``); prune old versions.
+   (``triton.version``, ``triton.published_at``, ``airflow.run``); release the pin of the feature
+   version served before (only now: until here the old models served and read it); prune old versions.
+
+Served models read the online store pinned to their own feature version (``pipeline.json``), so a
+refresh to a newer feature version (the ETL's, long before a model trained on it is published, if
+ever) never changes what they read. Pins are owned by publishing: their reason starts with
+``"triton "`` and a successful publish or rollback releases every such pin but the served one.
 
 On any failure in 5-6 the new folders are removed, the previous configs restored and every model
 reloaded, so the previous version keeps serving (Triton 2.51 keeps the old version of a model
@@ -215,11 +223,17 @@ def verify_exports(root: Path, expected_sizes: dict[str, int], checksums: dict[s
 
 
 # --- the online store -----------------------------------------------------------------------
-def ensure_online_store(feature_version: str, data_version: str = "", settings: Optional[Settings] = None) -> dict[str, Any]:
-    """Make the online store's current version hold ``feature_version`` (the champions'), refreshing if needed.
+PIN_PREFIX = "triton "
+"""Reason prefix of the online-store pins publishing owns (``"triton v4 serving"``)."""
 
-    The models read their features from Redis by encoded ids of the feature version they were trained
-    on, so they must not serve over another one. Returns ``{"refreshed", "online_version", "feature_version"}``.
+
+def ensure_online_store(feature_version: str, data_version: str = "", settings: Optional[Settings] = None) -> dict[str, Any]:
+    """Make the online store hold a version of ``feature_version`` (the champions'), refreshing if needed.
+
+    The models read their features from Redis pinned to the feature version they were trained on
+    (its encoded ids), so it must be there before they load. A refresh here also makes it current;
+    that no longer disturbs the served models, which read their own pinned feature version.
+    Returns ``{"refreshed", "online_version", "feature_version"}``.
     """
     from recsys.online.redis_store import RedisOnlineStore
     from recsys.online.refresh import refresh_online_store
@@ -227,12 +241,13 @@ def ensure_online_store(feature_version: str, data_version: str = "", settings: 
     s = settings or get_settings()
     store = RedisOnlineStore.from_settings(s)
     try:
+        held = store.current(feature_version=feature_version)
         current = store.current()
     finally:
         store.client.close()
-    if current is not None and current.feature_version == feature_version:
-        log.info("online store version %s already holds feature version %s", current.version, feature_version)
-        return {"refreshed": False, "online_version": current.version, "feature_version": feature_version}
+    if held is not None:
+        log.info("online store version %s holds feature version %s", held.version, feature_version)
+        return {"refreshed": False, "online_version": held.version, "feature_version": feature_version}
     features_dir = s.features_root / feature_version
     if not (features_dir / "manifest.json").is_file():
         raise PublishError(
@@ -240,10 +255,67 @@ def ensure_online_store(feature_version: str, data_version: str = "", settings: 
             f"{current.feature_version if current else 'nothing'}, and {features_dir} (to refresh it from) does not exist"
         )
     data_dir = s.data_root / data_version if data_version and (s.data_root / data_version).is_dir() else None
-    log.info("online store holds %s, the champions need %s: refreshing it",
-             current.feature_version if current else "nothing", feature_version)
+    log.info("online store holds no version of %s (current: %s): refreshing it",
+             feature_version, current.feature_version if current else "nothing")
     result = refresh_online_store(str(features_dir), str(data_dir) if data_dir else None, settings=s)
     return {"refreshed": True, "online_version": result["version"], "feature_version": feature_version}
+
+
+def pin_feature_version(s: Settings, feature_version: str, reason: str) -> Optional[str]:
+    """Pin ``feature_version`` in the online store; returns the reason it was pinned with before (None: was not).
+
+    Raises :class:`PublishError` when the store cannot be reached (nothing may load unpinned).
+    """
+    from recsys.online.redis_store import RedisOnlineStore
+
+    store = RedisOnlineStore.from_settings(s)
+    try:
+        before = store.pins().get(feature_version)
+        store.pin(feature_version, reason)
+        if store.current(feature_version=feature_version) is None:
+            log.warning("pinned feature version %s, but the online store holds no version of it: the models "
+                        "cannot read their features (run `recsys online refresh`)", feature_version)
+    except Exception as exc:
+        raise PublishError(f"cannot pin feature version {feature_version} in the online store: {_error_text(exc)}") from exc
+    finally:
+        store.client.close()
+    log.info("online store: feature version %s pinned (%s)", feature_version, reason)
+    return before
+
+
+def restore_pin(s: Settings, feature_version: str, before: Optional[str]) -> None:
+    """Undo :func:`pin_feature_version` after a failed publish: unpin, or put the earlier reason back."""
+    from recsys.online.redis_store import RedisOnlineStore
+
+    store = RedisOnlineStore.from_settings(s)
+    try:
+        if before is None:
+            store.unpin(feature_version)
+        else:
+            store.pin(feature_version, before)
+    except Exception as exc:  # the publish already failed; an extra pin only delays garbage collection
+        log.error("could not restore the online-store pin of %s: %s", feature_version, _error_text(exc))
+    finally:
+        store.client.close()
+
+
+def release_other_pins(s: Settings, served_feature_version: str) -> list[str]:
+    """Unpin every feature version publishing pinned, but the served one; returns the unpinned ones.
+
+    Called once the served version answers: the models of other feature versions are gone.
+    """
+    from recsys.online.redis_store import RedisOnlineStore
+
+    store = RedisOnlineStore.from_settings(s)
+    try:
+        released = [fv for fv, reason in store.pins().items() if reason.startswith(PIN_PREFIX) and fv != served_feature_version]
+        for fv in released:
+            store.unpin(fv)
+    finally:
+        store.client.close()
+    if released:
+        log.info("online store: released the pins of %s (no served model reads them any more)", released)
+    return released
 
 
 # --- the repository -------------------------------------------------------------------------
@@ -436,6 +508,8 @@ def publish(
             versions = {m: int(current["version"]) for m in current["models"]}
             if all(_ready(s, m, v) for m, v in versions.items()):
                 log.info("Triton version %s already serves champions %s: nothing to publish", current["version"], key)
+                if current.get("feature_version"):  # pins made before pinning existed, or lost with Redis
+                    pin_feature_version(s, current["feature_version"], f"{PIN_PREFIX}v{current['version']} serving")
                 return PublishResult(
                     published=False, version=int(current["version"]), models=list(current["models"]), champions=key,
                     feature_version=current.get("feature_version", ""), reason="already serving these champions",
@@ -502,6 +576,9 @@ def _publish_staged(s, repository, staging, champions, writer, smoke_test, airfl
 
     entry = {"action": "publish", "version": version, "models": models, "champions": key,
              "feature_version": feature_version, "airflow_run": airflow_run, "at": lineage["created_at"], "forced": force}
+    # Before anything loads: the new models read this feature version's online rows. The old pin
+    # stays until the new version serves (the old models keep reading theirs until then).
+    pinned_before = pin_feature_version(s, feature_version, f"{PIN_PREFIX}v{version} publishing")
     moved: list[str] = []
     try:
         for model in models:
@@ -513,6 +590,7 @@ def _publish_staged(s, repository, staging, champions, writer, smoke_test, airfl
         smoke = smoke_test(s, {m: version for m in models}, lineage)
     except Exception as exc:
         restored = _restore_previous(s, repository, models, version, moved)
+        restore_pin(s, feature_version, pinned_before)
         _append_history(repository, {**entry, "status": "failed", "error": _error_text(exc)})
         raise PublishError(
             f"publishing Triton version {version} failed, the new version was removed and {restored} "
@@ -520,6 +598,8 @@ def _publish_staged(s, repository, staging, champions, writer, smoke_test, airfl
         ) from exc
 
     _append_history(repository, {**entry, "status": "serving", "smoke": smoke})
+    pin_feature_version(s, feature_version, f"{PIN_PREFIX}v{version} serving")
+    release_other_pins(s, feature_version)
     _tag_model_versions(s, champions, {
         TAG_TRITON_VERSION: str(version),
         TAG_TRITON_PUBLISHED_AT: lineage["created_at"],
@@ -642,6 +722,13 @@ def rollback(*, to_version: Optional[int] = None, reason: str = "", airflow_run:
                 f"{models} are {candidates} (at most {s.triton_keep_versions} are kept)"
             )
         lineage = json.loads((repository / models[-1] / str(target) / LINEAGE_FILE).read_text())
+        target_features = lineage.get("feature_version", "")
+        if target_features:
+            # The older models read their own feature version's rows: pinned (and back in Redis if it
+            # was collected meanwhile) before they load; the newer pin stays until they serve.
+            pin_feature_version(s, target_features, f"{PIN_PREFIX}v{target} rolling back")
+            with contextlib.suppress(PublishError):  # no features folder here: the smoke test will tell
+                ensure_online_store(target_features, lineage.get("data_version", ""), s)
         aside = repository.parent / f".{repository.name}.rolled_back"
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         for model in models:
@@ -659,6 +746,9 @@ def rollback(*, to_version: Optional[int] = None, reason: str = "", airflow_run:
             raise PublishError(f"rollback to version {target} failed to serve: {_error_text(exc)}; "
                                f"the moved-aside versions are in {aside}") from exc
         champions = {ch["name"]: ch["version"] for ch in lineage["champions"].values()}
+        if target_features:
+            pin_feature_version(s, target_features, f"{PIN_PREFIX}v{target} serving")
+            release_other_pins(s, target_features)
         _append_history(repository, {
             "action": "rollback", "version": target, "from": now_version, "models": models, "status": "serving",
             "champions": champions, "feature_version": lineage.get("feature_version", ""), "reason": reason,

@@ -167,7 +167,9 @@ def fresh(triton_settings, tmp_path):
     for child in s.triton_repo.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
     tag = uuid.uuid4().hex[:6]
-    return replace(s, retrieval_model_name=f"retrieval-{tag}", ranking_model_name=f"ranking-{tag}"), tag, tmp_path
+    # online-store pins of its own too (publish pins the feature versions it serves)
+    s = replace(s, retrieval_model_name=f"retrieval-{tag}", ranking_model_name=f"ranking-{tag}", online_key_prefix=f"publish-{tag}")
+    return s, tag, tmp_path
 
 
 def test_publish_serves_records_lineage_and_is_idempotent(fresh):
@@ -311,3 +313,45 @@ def test_rollback_serves_the_previous_version_and_prune_keeps_a_few(fresh):
     again = publish(writer=writer, smoke_test=smoke(writer.models), settings=s)
     assert again.version == 4 and ask(s, writer.models[1]) == 104
     assert [h["action"] for h in read_history(s.triton_repo)] == ["publish"] * 3 + ["rollback", "publish"]
+
+
+def test_publish_pins_the_new_feature_version_before_loading_and_releases_the_old_one_once_it_serves(fresh):
+    """The online store keeps what served models read: the old feature version stays pinned until the
+    new models serve; a failed publish leaves the old pin and removes the new one; rollback re-pins."""
+    from recsys.online.redis_store import RedisOnlineStore
+    from recsys.serving.publish import PublishError, publish, rollback
+
+    s, tag, tmp = fresh
+    store = RedisOnlineStore.from_settings(s)
+    writer, broken = ToyWriter(f"n{tag}"), ToyWriter(f"n{tag}", broken=True)
+    pins_while_loading: list[dict] = []
+
+    def smoke_recording_pins(settings, versions, lineage):
+        pins_while_loading.append(store.pins())  # called after the new models loaded, before they serve
+        return smoke(writer.models)(settings, versions, lineage)
+
+    log_champion_run(s, "fvA", 0.5, tmp=tmp)
+    publish(writer=writer, smoke_test=smoke_recording_pins, settings=s)
+    assert pins_while_loading[-1] == {"fvA": "triton v1 publishing"}
+    assert store.pins() == {"fvA": "triton v1 serving"}
+
+    log_champion_run(s, "fvB", 0.6, tmp=tmp)  # new champions trained on a new feature version
+    publish(writer=writer, smoke_test=smoke_recording_pins, settings=s)
+    assert pins_while_loading[-1] == {"fvA": "triton v1 serving", "fvB": "triton v2 publishing"}
+    assert store.pins() == {"fvB": "triton v2 serving"}
+
+    log_champion_run(s, "fvC", 0.7, tmp=tmp)  # fails to load: fvC unpinned again, fvB untouched
+    with pytest.raises(PublishError, match="version 3 failed"):
+        publish(writer=broken, smoke_test=smoke(broken.models), settings=s)
+    assert store.pins() == {"fvB": "triton v2 serving"}
+    log_champion_run(s, "fvB", 0.8, tmp=tmp)  # same feature version fails: its pin keeps its reason
+    with pytest.raises(PublishError, match="version 4 failed"):
+        publish(writer=broken, smoke_test=smoke(broken.models), settings=s)
+    assert store.pins() == {"fvB": "triton v2 serving"}
+
+    # rollback to version 1 (fvA): fvA pinned before its models load, fvB released once they serve
+    result = rollback(to_version=1, smoke_test=smoke_recording_pins, settings=s)
+    assert result.version == 1 and ask(s, writer.models[0]) == 101
+    assert pins_while_loading[-1] == {"fvB": "triton v2 serving", "fvA": "triton v1 rolling back"}
+    assert store.pins() == {"fvA": "triton v1 serving"}
+    store.client.close()
