@@ -12,7 +12,7 @@ import pytest
 from merlin.io import Dataset
 from merlin.schema import Tags
 
-from conftest import write_data_version
+from features_helpers import write_data_version
 from recsys.features.etl import EtlError, run_etl
 
 # merlin.io warns on every CPU Dataset; CPU is this project's normal case.
