@@ -1,0 +1,131 @@
+"""Drift checks end to end against real MLflow, with Evidently for real, on small synthetic data."""
+
+from datetime import datetime, timedelta, timezone
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+
+from recsys.monitoring import store
+from recsys.monitoring.check import run_drift_check
+from recsys.monitoring.windows import DriftDataError
+
+FEATURES = {"age_bucket", "gender", "region", "device", "category", "brand", "price_band", "item_age_days"}
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def test_same_distribution_does_not_trigger_and_the_check_is_kept(monitored):
+    from mlflow import MlflowClient
+
+    s = monitored("same")
+    summary = run_drift_check(s, now=T0)
+
+    assert {f["feature"] for f in summary["features"]} == FEATURES
+    assert summary["drift"] is False and summary["trigger"] is False, summary["features"]
+    assert summary["reason"].endswith("no drift")
+    assert summary["reference"]["data_version"] != summary["current"]["data_version"]  # the landing became a new version
+    assert summary["reference"]["end"] <= summary["current"]["start"]
+
+    # files, history and the read API
+    check_id = summary["check_id"]
+    assert store.get_check(check_id, s) == summary
+    assert [c["check_id"] for c in store.list_checks(10, s)] == [check_id]
+    report = store.report_path(check_id, s)
+    html = report.read_text(encoding="utf-8")
+    parser = HTMLParser()
+    parser.feed(html)  # parses
+    parser.close()
+    assert "<html" in html.lower()
+    for feature in FEATURES:
+        assert feature in html, feature
+    frame = store.history_frame(s)
+    assert set(frame["feature"]) == FEATURES and len(frame) == len(FEATURES)
+    assert pd.api.types.is_datetime64_any_dtype(frame["checked_at"])
+
+    # the MLflow run is linked to the champion it judged
+    run = MlflowClient(s.mlflow_uri).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["recsys.drift.check_id"] == check_id
+    assert run.data.tags["recsys.champion_run_id"] == monitored.champion_run_id
+    assert run.data.tags[f"recsys.champion.{s.retrieval_model_name}"] == "1"
+    assert run.data.tags["recsys.drift.decision"] == "no drift"
+    assert run.data.metrics["drift_share"] == pytest.approx(summary["share"])
+    artifacts = {a.path for a in MlflowClient(s.mlflow_uri).list_artifacts(run.info.run_id)}
+    assert artifacts == {"report.html", "summary.json"}
+
+
+def test_drifted_data_triggers(monitored):
+    s = monitored("drifted")
+    summary = run_drift_check(s, now=T0, airflow_run="recsys_drift/manual_1")
+    assert summary["drift"] is True and summary["trigger"] is True, summary["features"]
+    assert {"age_bucket", "device", "category", "price_band"} <= set(summary["drifted_features"])
+    assert "gender" not in summary["drifted_features"]  # the drifted batch keeps the gender mix
+    assert summary["share"] >= s.drift_share
+    # the same Airflow run again (a retry) returns the recorded check instead of counting twice
+    again = run_drift_check(s, now=T0 + timedelta(minutes=5), airflow_run="recsys_drift/manual_1")
+    assert again["check_id"] == summary["check_id"]
+    assert len(store.list_checks(None, s)) == 1
+
+
+def test_hysteresis_and_cooldown_over_real_checks(monitored):
+    s = monitored("drifted", drift_consecutive_checks=2, drift_cooldown_hours=24.0)
+    same = monitored("same", drift_consecutive_checks=2, drift_cooldown_hours=24.0)
+    first = run_drift_check(same, now=T0)
+    assert not first["drift"]
+    second = run_drift_check(s, now=T0 + timedelta(hours=1))
+    assert second["drift"] and not second["trigger"]
+    assert "drift in 1 of 2 required consecutive checks" in second["reason"]
+    third = run_drift_check(s, now=T0 + timedelta(hours=2))
+    assert third["trigger"] and "drift in 2 of 2 required consecutive checks: retrain" in third["reason"]
+    fourth = run_drift_check(s, now=T0 + timedelta(hours=3))
+    assert fourth["drift"] and not fourth["trigger"]
+    assert "cooling down until 2026-03-02T14:00:00Z" in fourth["reason"]
+    fifth = run_drift_check(s, now=T0 + timedelta(hours=27))
+    assert fifth["trigger"]
+    history = store.list_checks(None, s)
+    assert [c["trigger"] for c in history] == [True, False, True, False, False]  # newest first
+    assert [c["reason"] for c in history] == [c["reason"] for c in (fifth, fourth, third, second, first)]
+
+
+def test_missing_feature_column_in_current_data_is_a_clear_error_and_no_trigger(monitored, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    source = monitored("drifted").landing
+    for table in ("interactions", "items"):
+        (landing / f"{table}.parquet").write_bytes((source / f"{table}.parquet").read_bytes())
+    pd.read_parquet(source / "users.parquet").drop(columns=["device"]).to_parquet(landing / "users.parquet", index=False)
+    s = monitored("same")
+    from recsys.settings import replace
+
+    s = replace(s, landing_dir=landing)
+    with pytest.raises(DriftDataError, match=r"users\.parquet.*'device'"):
+        run_drift_check(s, now=T0)
+    assert store.list_checks(None, s) == []
+    assert not store.checks_root(s).exists() or not any(store.checks_root(s).iterdir())
+
+
+def test_an_empty_window_or_a_null_column_is_refused(monitored):
+    from recsys.monitoring.drift import measure_drift
+    from recsys.monitoring.windows import FeatureColumns
+
+    columns = FeatureColumns(["device"], ["item_age_days"])
+    reference = pd.DataFrame({"device": ["ios", "web"] * 50, "item_age_days": [1.0, 2.0] * 50})
+    with pytest.raises(DriftDataError, match="no rows"):
+        measure_drift(reference, reference.iloc[:0], columns)
+    nulls = reference.assign(device=None)
+    with pytest.raises(DriftDataError, match=r"\['device'\] hold only nulls"):
+        measure_drift(reference, nulls, columns)
+
+
+def test_method_and_threshold_overrides(monitored):
+    s = monitored("drifted", drift_methods="price_band=psi,item_age_days=wasserstein", drift_thresholds="gender=0.5")
+    summary = run_drift_check(s, now=T0)
+    by_feature = {f["feature"]: f for f in summary["features"]}
+    assert by_feature["price_band"]["method"] == "psi"
+    assert by_feature["item_age_days"]["method"].lower().startswith("wasserstein")
+    assert by_feature["gender"]["threshold"] == 0.5
+    from recsys.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown method"):
+        run_drift_check(monitored("drifted", drift_methods="price_band=nonsense"), now=T0)
+    with pytest.raises(ConfigError, match="unknown feature"):
+        run_drift_check(monitored("drifted", drift_methods="colour=psi"), now=T0)
