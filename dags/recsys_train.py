@@ -1,8 +1,12 @@
 """recsys_train: train the two-tower and DLRM models, log them to MLflow, apply the champion gate.
 
-Runs when a new feature version exists (the ``recsys_features`` Asset) or by hand, with parameters
-(e.g. ``{"epochs": 5}``). Training runs in the Merlin runtime, in the ``gpu`` pool, so production can
-route it to GPU workers. Wiring only: the work is in ``recsys.jobs``.
+Runs when a new feature version exists (the ``recsys_features`` Asset), when a drift check decided to
+retrain (the ``recsys_drift`` Asset), or by hand, with parameters (e.g. ``{"epochs": 5}``, or
+``{"drift_check": "<check_id>"}`` to retrain for a recorded drift check). A drift-triggered run trains on
+the data version the check judged: ``features`` runs the ETL for it first (a no-op when its feature
+version exists), and the MLflow run is tagged ``recsys.trigger = drift:<check_id>``. Training runs in
+the Merlin runtime, in the ``gpu`` pool, so production can route it to GPU workers. Wiring only: the
+work is in ``recsys.jobs``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from recsys.assets import CHAMPION, FEATURES
+from recsys.assets import CHAMPION, DRIFT, FEATURES
 from recsys.settings import get_settings
 
 settings = get_settings()
@@ -19,7 +23,7 @@ settings = get_settings()
 
 @dag(
     dag_id="recsys_train",
-    schedule=[FEATURES],
+    schedule=(FEATURES | DRIFT),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -28,30 +32,40 @@ settings = get_settings()
     params={
         "epochs": Param(settings.epochs, type="integer", minimum=1, maximum=100),
         "feature_version": Param(None, type=["null", "string"], description="default: the newest"),
+        "drift_check": Param(None, type=["null", "string"], description="retrain for this drift check's data"),
     },
     doc_md=__doc__,
 )
 def recsys_train():
     @task
-    def plan(*, params=None, dag_run=None) -> dict:
+    def plan(*, params=None, dag_run=None, triggering_asset_events=None) -> dict:
         from recsys import jobs
 
-        features = jobs.resolve_features(params.get("feature_version"))
-        return {
-            "features": features,
-            "params": jobs.training_params({"epochs": params.get("epochs")}),
-            "airflow_run": f"{dag_run.dag_id}/{dag_run.run_id}",
-        }
+        events = triggering_asset_events or {}
+        return jobs.training_plan(
+            f"{dag_run.dag_id}/{dag_run.run_id}",
+            feature_version=params.get("feature_version"),
+            epochs=params.get("epochs"),
+            drift_check=params.get("drift_check"),
+            drift_events=[dict(e.extra or {}) for e in events.get(DRIFT, [])],
+            feature_events=[dict(e.extra or {}) for e in events.get(FEATURES, [])],
+        )
+
+    @task.external_python(python=str(settings.merlin_python), execution_timeout=timedelta(hours=2))
+    def features(plan: dict) -> dict:
+        from recsys import jobs
+
+        return jobs.training_features(plan)
 
     @task.external_python(
         python=str(settings.merlin_python),
         pool=settings.gpu_pool,
         execution_timeout=timedelta(hours=6),
     )
-    def train(plan: dict) -> dict:
+    def train(plan: dict, features: dict) -> dict:
         from recsys import jobs
 
-        return jobs.train_and_log(plan["features"]["path"], plan["params"], plan["airflow_run"])
+        return jobs.train_and_log(features["path"], plan["params"], plan["airflow_run"], extra_tags=plan["tags"])
 
     @task
     def champion_gate(trained: dict) -> dict:
@@ -69,7 +83,8 @@ def recsys_train():
         outlet_events[CHAMPION].extra = {"run_id": gate["run_id"]}
         return gate
 
-    announce_champion(champion_gate(train(plan())))
+    planned = plan()
+    announce_champion(champion_gate(train(planned, features(planned))))
 
 
 recsys_train()

@@ -17,3 +17,7 @@ SERVING = Asset(name="recsys_serving", uri="recsys://serving/triton")
 
 PRECOMPUTED = Asset(name="recsys_precomputed", uri="recsys://serving/precomputed")
 """A new batch of precomputed top-N lists is current in Redis. Emitted by ``recsys_batch_recommendations``."""
+
+DRIFT = Asset(name="recsys_drift", uri="recsys://monitoring/drift")
+"""A drift check decided to retrain (drift, hysteresis and cooldown passed). Emitted by ``recsys_drift``
+with ``extra={"check_id", "data_version"}``; starts ``recsys_train`` on that data version."""

@@ -19,6 +19,7 @@ _GROUPS = [
     ("recsys.training.cli", "train and evaluate models"),
     ("recsys.online.cli", "Redis online feature store: refresh, status, unavailable items"),
     ("recsys.serving.cli", "recommendations from the served model; publish, rollback, offline top-N"),
+    ("recsys.monitoring.cli", "feature drift checks: check, list, show, history"),
     ("recsys.demo", "the end-to-end demo"),
 ]
 

@@ -224,3 +224,78 @@ def precompute_recommendations(airflow_run: str, force: bool = False, top_n: Opt
     from recsys.serving.batch import precompute
 
     return precompute(top_n=top_n, force=force, airflow_run=airflow_run).to_dict()
+
+
+# --- drift monitoring and drift-triggered training -------------------------------------------------
+def drift_check(airflow_run: Optional[str] = None) -> dict:
+    """Snapshot the landing folder as a data version, then run one drift check (control plane).
+
+    Returns the check's decision fields (the full summary is in ``recsys.monitoring.store``);
+    ``{"skipped": reason, "trigger": False}`` while there is no champion to judge yet.
+    """
+    from recsys.monitoring.check import run_drift_check
+    from recsys.monitoring.windows import NoChampionError
+
+    ingest_landing()  # new landing data becomes a data version (a no-op when unchanged)
+    try:
+        summary = run_drift_check(airflow_run=airflow_run)
+    except NoChampionError as exc:
+        return {"skipped": str(exc), "trigger": False, "drift": False}
+    keys = ("check_id", "drift", "trigger", "reason", "share", "drifted_features", "current_data_version",
+            "champion_versions", "mlflow_run_id")
+    return {key: summary[key] for key in keys}
+
+
+def training_plan(
+    airflow_run: str,
+    *,
+    feature_version: Optional[str] = None,
+    epochs: Optional[int] = None,
+    drift_check: Optional[str] = None,
+    drift_events: Optional[list[dict]] = None,
+    feature_events: Optional[list[dict]] = None,
+) -> dict:
+    """What ``recsys_train`` trains on, and why (control plane).
+
+    A drift check (``drift_check``, or the newest in the DRIFT Asset events' extras) means: train on the
+    data version that check judged; ``features`` is then None and ``data_dir`` names the data version
+    that :func:`training_features` turns into a feature version first. Otherwise the feature version
+    asked for, else the newest. ``tags`` go on the MLflow run (``recsys.trigger``: ``drift:<check_id>``,
+    ``features:<feature_version>`` or ``manual``).
+    """
+    from recsys.tracking.runs import TAG_TRIGGER
+
+    s = get_settings()
+    params = training_params({"epochs": epochs})
+    check_ids = [e["check_id"] for e in (drift_events or []) if e.get("check_id")]
+    check_id = drift_check or (max(check_ids) if check_ids else None)  # ids sort by time: the newest
+    if check_id:
+        from recsys.errors import RecsysError
+        from recsys.monitoring.store import get_check
+
+        data_version = get_check(check_id)["current_data_version"]
+        data_dir = s.data_root / data_version
+        if not (data_dir / "manifest.json").exists():
+            raise RecsysError(f"drift check {check_id} judged data version {data_version}, missing at {data_dir}")
+        log.info("drift check %s: training on the data version it judged, %s", check_id, data_version)
+        return {"features": None, "data_dir": str(data_dir), "params": params, "airflow_run": airflow_run,
+                "tags": {TAG_TRIGGER: f"drift:{check_id}"}}
+    features = resolve_features(feature_version)
+    new_features = [e.get("feature_version") for e in (feature_events or []) if e.get("feature_version")]
+    trigger = f"features:{new_features[-1]}" if new_features else "manual"
+    return {"features": features, "data_dir": None, "params": params, "airflow_run": airflow_run,
+            "tags": {TAG_TRIGGER: trigger}}
+
+
+def training_features(plan: dict) -> dict:
+    """The feature version a :func:`training_plan` trains on (Merlin runtime).
+
+    For a drift-triggered plan, the ETL of the judged data version runs first (a no-op when its feature
+    version exists); otherwise the plan's feature version is returned as it is.
+    """
+    if plan.get("features"):
+        return plan["features"]
+    built = build_features(plan["data_dir"])
+    log.info("feature version %s of data version %s (%s)", built["feature_version"], built["data_version"],
+             "built now" if built["created"] else "existed")
+    return {key: built[key] for key in ("feature_version", "data_version", "path", "created")}
