@@ -26,12 +26,16 @@ class RegisteredModelSpec:
     name: str
     artifact_path: str  # folder inside the run's artifacts
     primary_metric: str
+    baseline_metric: Optional[str] = None
+    """Same metric of a baseline on the same validation window: makes runs on different windows comparable."""
 
 
 def model_specs(settings: Optional[Settings] = None) -> list[RegisteredModelSpec]:
     s = settings or get_settings()
     return [
-        RegisteredModelSpec(s.retrieval_model_name, "retrieval", s.retrieval_primary_metric),
+        RegisteredModelSpec(
+            s.retrieval_model_name, "retrieval", s.retrieval_primary_metric, f"popularity_{s.retrieval_primary_metric}"
+        ),
         RegisteredModelSpec(s.ranking_model_name, "ranking", s.ranking_primary_metric),
     ]
 
@@ -100,31 +104,30 @@ def champion_gate(run_id: str, settings: Optional[Settings] = None) -> list[Gate
     c = client(settings.mlflow_uri if settings else None)
     versions = register_run(run_id, settings)
     metrics = run_metrics(c, run_id)
+    run_tags = c.get_run(run_id).data.tags
     decisions = []
     for spec in model_specs(settings):
         version = versions[spec.name]
         if spec.primary_metric not in metrics:
             raise KeyError(f"run {run_id} has no metric {spec.primary_metric!r} to gate {spec.name} on")
-        value = float(metrics[spec.primary_metric])
         champion = _alias_version(c, spec.name, CHAMPION)
-        champion_value = None
+        champion_metrics = run_metrics(c, champion.run_id) if champion is not None else {}
+        metric, value, champion_value = _comparable(spec, metrics, champion_metrics, run_tags, champion, c)
         already_champion = champion is not None and str(champion.version) == version
         if champion is None:
             promoted, reason = True, "no champion yet"
         elif already_champion:
             promoted, reason = False, "this version is already the champion"
+        elif champion_value is None or value > champion_value:
+            promoted = True
+            reason = f"{metric} {value:.4f} beats the champion's {_fmt(champion_value)}"
         else:
-            champion_value = run_metrics(c, champion.run_id).get(spec.primary_metric)
-            if champion_value is None or value > champion_value:
-                promoted = True
-                reason = f"{spec.primary_metric} {value:.4f} beats the champion's {champion_value}"
-            else:
-                promoted = False
-                reason = f"{spec.primary_metric} {value:.4f} does not beat the champion's {champion_value:.4f}"
+            promoted = False
+            reason = f"{metric} {value:.4f} does not beat the champion's {_fmt(champion_value)}"
         decision = GateDecision(
             model=spec.name,
             version=version,
-            metric=spec.primary_metric,
+            metric=metric,
             value=value,
             champion_version=str(champion.version) if champion is not None else None,
             champion_value=champion_value,
@@ -142,6 +145,32 @@ def champion_gate(run_id: str, settings: Optional[Settings] = None) -> list[Gate
         log.info("champion gate %s v%s: %s (%s)", spec.name, version, "PROMOTED" if promoted else "kept champion", reason)
         decisions.append(decision)
     return decisions
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "none" if value is None else f"{value:.4f}"
+
+
+def _comparable(spec: RegisteredModelSpec, metrics: dict, champion_metrics: dict, run_tags: dict, champion, c):
+    """(metric name, challenger value, champion value) on a common footing.
+
+    Runs on the same feature version were evaluated on the same validation window: their primary metric
+    compares directly. Across feature versions (new data, e.g. after drift) the windows differ, and the
+    same model scores differently on an easier or harder window; the lift over the popularity baseline
+    of each run's own window is what compares then.
+    """
+    value = float(metrics[spec.primary_metric])
+    champion_value = champion_metrics.get(spec.primary_metric)
+    if champion is None or champion_value is None:
+        return spec.primary_metric, value, champion_value
+    champion_fv = c.get_run(champion.run_id).data.tags.get(TAG_FEATURE_VERSION)
+    same_window = champion_fv == run_tags.get(TAG_FEATURE_VERSION)
+    baseline = spec.baseline_metric
+    if same_window or not baseline or not metrics.get(baseline) or not champion_metrics.get(baseline):
+        return spec.primary_metric, value, float(champion_value)
+    lift = value / float(metrics[baseline])
+    champion_lift = float(champion_value) / float(champion_metrics[baseline])
+    return f"{spec.primary_metric} lift over {baseline} (different validation windows)", lift, champion_lift
 
 
 def champions(settings: Optional[Settings] = None) -> dict[str, Optional[dict]]:

@@ -9,18 +9,20 @@ from recsys.settings import replace
 from recsys.tracking import registry, runs
 
 
-def _log_fake_training(settings, tmp_path, recall: float, auc: float, airflow_run: str) -> str:
+def _log_fake_training(
+    settings, tmp_path, recall: float, auc: float, airflow_run: str, feature_version: str = "fv1", popularity: float = 0.01
+) -> str:
     """Log a run shaped like a training run (metrics + an artifacts folder with both model folders)."""
     out = tmp_path / airflow_run.replace("/", "_")
     for part in ("retrieval", "ranking"):
         (out / part).mkdir(parents=True)
         (out / part / "README").write_text(part)
     return runs.log_training_run(
-        metrics={"recall_at_10": recall, "ndcg_at_10": recall / 2, "auc": auc, "popularity_recall_at_10": 0.01},
+        metrics={"recall_at_10": recall, "ndcg_at_10": recall / 2, "auc": auc, "popularity_recall_at_10": popularity},
         history={"retrieval": {"loss": [3.0, 2.0, 1.5]}, "ranking": {"auc": [0.6, 0.7, auc]}},
         params={"epochs": 3},
         artifacts_dir=out,
-        tags={runs.TAG_AIRFLOW_RUN: airflow_run, runs.TAG_FEATURE_VERSION: "fv1", runs.TAG_DATA_VERSION: "dv1"},
+        tags={runs.TAG_AIRFLOW_RUN: airflow_run, runs.TAG_FEATURE_VERSION: feature_version, runs.TAG_DATA_VERSION: "dv1"},
         experiment=settings.experiment_name,
         tracking_uri=settings.mlflow_uri,
     )
@@ -89,3 +91,18 @@ def test_gating_the_same_run_twice_registers_no_duplicate(settings, tmp_path):
     assert all(d.reason == "this version is already the champion" for d in again)
     versions = c.search_model_versions(f"name = '{settings.retrieval_model_name}'")
     assert len(versions) == 1
+
+
+def test_across_feature_versions_the_lift_over_popularity_decides(settings, tmp_path):
+    """New data (e.g. after drift) means another validation window: raw recall is not comparable, lift is."""
+    first = _log_fake_training(settings, tmp_path, 0.30, 0.70, "r/1", feature_version="fv-old", popularity=0.20)
+    registry.champion_gate(first, settings)
+    # Lower raw recall on a harder window, but 2.5x popularity instead of 1.5x: the better model.
+    second = _log_fake_training(settings, tmp_path, 0.25, 0.72, "r/2", feature_version="fv-new", popularity=0.10)
+    d = {x.model: x for x in registry.champion_gate(second, settings)}[settings.retrieval_model_name]
+    assert d.promoted
+    assert "lift" in d.metric and d.value == pytest.approx(2.5) and d.champion_value == pytest.approx(1.5)
+    # And the other way round: a higher raw recall that is a smaller lift is rejected.
+    third = _log_fake_training(settings, tmp_path, 0.40, 0.73, "r/3", feature_version="fv-newer", popularity=0.20)
+    d3 = {x.model: x for x in registry.champion_gate(third, settings)}[settings.retrieval_model_name]
+    assert not d3.promoted and d3.value == pytest.approx(2.0)
