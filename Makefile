@@ -15,7 +15,7 @@ MERLIN_ONLY := tests/features tests/training
 MERLIN_TESTS := tests/data $(MERLIN_ONLY)
 CONTROL_TESTS := tests $(addprefix --ignore=,$(MERLIN_ONLY))
 
-.PHONY: help envs demo test down status bench clean
+.PHONY: help envs chromium demo test down status bench clean
 
 help:
 	@echo "make demo   build both environments, start the local stack, run the pipeline through Airflow"
@@ -38,10 +38,21 @@ $(ENVS)/%/.synced: pyproject.toml uv.lock | $(UV)
 
 envs: $(ENVS)/control/.synced $(ENVS)/merlin/.synced
 
+# The UI test (tests/ui) drives a real headless Chromium: Debian's package, installed when missing
+# (CI runs as root; elsewhere through passwordless sudo). If it cannot be installed, `make test` goes on
+# and the browser test fails saying how to install it.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "==> installing Debian's chromium (for tests/ui)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+		{ $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; } \
+			|| echo "warning: could not install chromium (needs root); tests/ui will fail until it is installed" >&2; \
+	fi
+
 demo: envs
 	@$(CONTROL)/recsys demo
 
-test: envs
+test: envs chromium
 	@echo "==> Merlin runtime tests"
 	@$(MERLIN)/python -m pytest $(MERLIN_TESTS)
 	@echo "==> control plane tests"

@@ -67,12 +67,12 @@ def create_app() -> FastAPI:
 
     @app.get("/drift/plot.svg")
     async def drift_plot(user: UserDep) -> Response:
-        svg = await run_in_threadpool(lambda: drift.plot_svg(drift.history_series()))
+        svg = await run_in_threadpool(lambda: drift.plot_svg(drift.history_series(get_settings())))
         return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
     @app.get("/drift/reports/{check_id}")
     async def drift_report(check_id: str, user: UserDep) -> FileResponse:
-        path = await run_in_threadpool(drift.report_file, check_id)
+        path = await run_in_threadpool(drift.report_file, check_id, get_settings())
         if path is None:
             raise HTTPException(status_code=404, detail=f"no report for drift check {check_id!r}")
         return FileResponse(path, media_type="text/html")

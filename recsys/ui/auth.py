@@ -51,8 +51,10 @@ def uses_cookie(request: Request) -> bool:
     return not request.headers.get("authorization", "").lower().startswith("bearer ")
 
 
-def require_same_origin(request: Request) -> None:
+def require_same_origin(request: Request, user: UserDep) -> None:
     """Refuse a cookie-authenticated state change that another site's page may have sent (CSRF).
+
+    Checked after authentication (``user``), so an anonymous caller gets 401 like everywhere else.
 
     A browser attaches the ``_token`` cookie to a form posted from any page of the same site, so a
     POST authenticated by that cookie must carry an ``Origin`` (or ``Referer``) of this server.

@@ -1,9 +1,9 @@
-"""The drift section of the UI: check records from ``recsys.monitoring`` and a server-side SVG plot.
+"""The drift section of the UI: check records from the monitoring package and a server-side SVG plot.
 
-The drift monitoring package provides ``list_checks(limit)``, ``get_check(check_id)``,
-``history_frame()`` (the per-feature drift score over time) and ``report_path(check_id)``.
-This module only reads them. While that package is absent (or has no checks yet) the page says
-"no drift checks yet" instead of failing.
+The monitoring package (``recsys.monitoring.store``) keeps the checks and provides the read API used
+here: ``list_checks(limit, settings)``, ``get_check(check_id, settings)``,
+``history_frame(settings)`` (per-feature drift score over time) and ``report_path(check_id, settings)``.
+While that package is absent the page says "no drift checks yet" instead of failing.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
+from recsys.errors import RecsysError
+from recsys.settings import Settings
+
 log = logging.getLogger(__name__)
 
 # What the UI calls in the monitoring package.
@@ -21,110 +24,82 @@ MONITORING_API = ("list_checks", "get_check", "history_frame", "report_path")
 
 
 def monitoring() -> Optional[ModuleType]:
-    """The monitoring package if it provides the whole API the UI reads, else None."""
+    """The monitoring package's check store if it provides the whole API the UI reads, else None."""
     try:
-        import recsys.monitoring as module
+        from recsys.monitoring import store
     except ImportError:
         return None
-    if all(callable(getattr(module, name, None)) for name in MONITORING_API):
-        return module
+    if all(callable(getattr(store, name, None)) for name in MONITORING_API):
+        return store
     return None
 
 
-def _as_dict(record: Any) -> dict[str, Any]:
-    """A check record as a plain dict (the monitoring package may return dataclasses or dicts)."""
-    if isinstance(record, dict):
-        return dict(record)
-    to_dict = getattr(record, "to_dict", None)
-    if callable(to_dict):
-        return dict(to_dict())
-    return dict(vars(record))
+def decision_text(check: dict[str, Any]) -> str:
+    """What a check decided, in words: a retrain was triggered, drift seen (no retrain yet), or no drift."""
+    if check.get("trigger"):
+        return "drift: retrain triggered"
+    if check.get("drift"):
+        return "drift (no retrain yet)"
+    return "no drift"
 
 
-def _first(record: dict[str, Any], *names: str) -> Any:
-    for name in names:
-        if record.get(name) not in (None, ""):
-            return record[name]
-    return None
-
-
-def check_row(record: Any) -> dict[str, Any]:
-    """The fields the page shows for one check: id, when, decision, drifted features, report link."""
-    raw = _as_dict(record)
-    check_id = str(_first(raw, "check_id", "id"))
-    drifted = _first(raw, "drifted_features", "drifted_columns")
-    decision = _first(raw, "decision", "action")
-    if decision is None and "drift_detected" in raw:
-        decision = "drift" if raw["drift_detected"] else "no drift"
+def check_row(check: dict[str, Any]) -> dict[str, Any]:
+    """The fields the page shows for one check (a history line of the monitoring store)."""
+    features = check.get("features") or []
     return {
-        "check_id": check_id,
-        "at": _first(raw, "checked_at", "created_at", "at", "timestamp"),
-        "decision": decision,
-        "reason": _first(raw, "reason", "explanation"),
-        "drift_share": _first(raw, "drift_share", "share_drifted", "drifted_share"),
-        "drifted_features": list(drifted) if isinstance(drifted, (list, tuple)) else drifted,
-        "dag_run": _first(raw, "airflow_run", "dag_run_id", "triggered_run"),
+        "check_id": str(check["check_id"]),
+        "at": check.get("checked_at"),
+        "decision": decision_text(check),
+        "trigger": bool(check.get("trigger")),
+        "drift": bool(check.get("drift")),
+        "reason": check.get("reason"),
+        "drift_share": check.get("share"),
+        "drifted_features": [f["feature"] for f in features if f.get("drifted")],
+        "n_features": check.get("n_features", len(features)),
+        "dag_run": check.get("airflow_run"),
     }
 
 
-def list_checks(limit: int = 20) -> list[dict[str, Any]]:
-    """The newest drift checks as rows for the page (empty while there are none)."""
-    module = monitoring()
-    if module is None:
+def list_checks(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest drift checks as rows for the page, newest first (empty while there are none)."""
+    store = monitoring()
+    if store is None:
         return []
     rows = []
-    for record in module.list_checks(limit):
-        row = check_row(record)
-        row["has_report"] = report_file(row["check_id"]) is not None
+    for check in store.list_checks(limit, settings):
+        row = check_row(check)
+        row["has_report"] = report_file(row["check_id"], settings) is not None
         rows.append(row)
     return rows
 
 
-def report_file(check_id: str) -> Optional[Path]:
-    """The HTML report of a check, or None when there is no such check or report."""
-    module = monitoring()
-    if module is None:
+def report_file(check_id: str, settings: Settings) -> Optional[Path]:
+    """The HTML report of a check, or None when there is no such check or report.
+
+    The store refuses ids that are not check ids, so a request cannot walk out of the checks folder.
+    """
+    store = monitoring()
+    if store is None:
         return None
     try:
-        path = module.report_path(check_id)
-    except (KeyError, LookupError, FileNotFoundError, ValueError):
+        path = Path(store.report_path(check_id, settings))
+    except (RecsysError, LookupError, FileNotFoundError, ValueError):
         return None
-    if path is None:
-        return None
-    path = Path(path)
     return path if path.is_file() else None
 
 
-def history_series() -> dict[str, list[tuple[Any, float]]]:
-    """``{feature: [(time, score), ...]}`` from the monitoring package's ``history_frame()``.
-
-    Accepts the long form (columns ``feature`` and ``score`` plus a time column) and the wide form
-    (one row per check, a time index or column, one numeric column per feature).
-    """
-    module = monitoring()
-    if module is None:
+def history_series(settings: Settings) -> dict[str, list[tuple[Any, float]]]:
+    """``{feature: [(checked_at, score), ...]}`` oldest first, from the store's ``history_frame``."""
+    store = monitoring()
+    if store is None:
         return {}
-    frame = module.history_frame()
+    frame = store.history_frame(settings)
     if frame is None or len(frame) == 0:
         return {}
-    import pandas as pd
-
-    frame = frame.copy()
-    time_column = next((c for c in ("checked_at", "created_at", "at", "timestamp", "time") if c in frame.columns), None)
-    if {"feature", "score"} <= set(frame.columns):
-        if time_column is None:
-            raise ValueError(f"drift history has no time column: {list(frame.columns)}")
-        frame[time_column] = pd.to_datetime(frame[time_column], utc=True)
-        series: dict[str, list[tuple[Any, float]]] = {}
-        for feature, group in frame.sort_values(time_column).groupby("feature", sort=True):
-            series[str(feature)] = list(zip(group[time_column], group["score"].astype(float)))
-        return series
-    if time_column is not None:
-        frame = frame.set_index(time_column)
-    frame.index = pd.to_datetime(frame.index, utc=True)
-    frame = frame.sort_index()
-    numeric = frame.select_dtypes("number")
-    return {str(c): [(t, float(v)) for t, v in numeric[c].dropna().items()] for c in numeric.columns}
+    series: dict[str, list[tuple[Any, float]]] = {}
+    for feature, group in frame.sort_values("checked_at").groupby("feature", sort=True):
+        series[str(feature)] = list(zip(group["checked_at"], group["score"].astype(float)))
+    return series
 
 
 def plot_svg(series: dict[str, list[tuple[Any, float]]], max_features: int = 8) -> str:

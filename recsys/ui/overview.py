@@ -37,19 +37,22 @@ def models_section(settings: Settings) -> list[dict[str, Any]]:
     models = []
     for spec in model_specs(settings):
         try:
+            # Aliases come with the registered model (search results leave them out).
+            aliases = dict(c.get_registered_model(spec.name).aliases or {})
             found = c.search_model_versions(f"name = '{spec.name}'")
         except MlflowException:
-            found = []
+            aliases, found = {}, []
         newest = sorted(found, key=lambda mv: int(mv.version), reverse=True)[:MODEL_VERSIONS_SHOWN]
         versions = []
         for mv in newest:
             tags = dict(mv.tags or {})
             metrics = dict(c.get_run(mv.run_id).data.metrics) if mv.run_id else {}
+            own_aliases = sorted(alias for alias, version in aliases.items() if str(version) == str(mv.version))
             versions.append(
                 {
                     "version": str(mv.version),
-                    "aliases": sorted(mv.aliases or []),
-                    "champion": CHAMPION in (mv.aliases or []),
+                    "aliases": own_aliases,
+                    "champion": CHAMPION in own_aliases,
                     "run_id": mv.run_id,
                     "created": _from_millis(mv.creation_timestamp),
                     "gate": tags.get("gate.decision", ""),
@@ -96,7 +99,7 @@ def drift_section(settings: Settings) -> dict[str, Any]:
     """The newest drift checks (with their report links) and whether the monitoring package exists."""
     from recsys.ui import drift
 
-    return {"available": drift.monitoring() is not None, "checks": drift.list_checks(limit=20)}
+    return {"available": drift.monitoring() is not None, "checks": drift.list_checks(settings, limit=20)}
 
 
 SECTIONS: dict[str, Callable[[Settings], Any]] = {

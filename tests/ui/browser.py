@@ -83,7 +83,7 @@ class Chromium:
         port = int(port_file.read_text().split()[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
             pages = [t for t in json.load(response) if t["type"] == "page"]
-        self._socket = connect(pages[0]["webSocketDebuggerUrl"], max_size=64 * 2**20, open_timeout=10)
+        self._socket = connect(pages[0]["webSocketDebuggerUrl"], max_size=64 * 2**20, open_timeout=10).__enter__()  # entered like `with connect(...)`; closed in close()
         self.send("Page.enable")
         self.send("Runtime.enable")
 
