@@ -10,7 +10,6 @@ written, so it can never trigger a retrain.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -195,7 +194,3 @@ def _record(summary: dict[str, Any], snapshot: Any, champion: Champion, s: Setti
         raise
     c.set_terminated(run.info.run_id, status="FINISHED")
     store.append_history(store.history_entry(summary), s)
-
-
-def summary_json(summary: dict[str, Any]) -> str:
-    return json.dumps(summary, indent=2, sort_keys=True, default=str)

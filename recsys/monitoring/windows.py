@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from recsys.errors import RecsysError
 from recsys.settings import Settings

@@ -129,3 +129,25 @@ def test_method_and_threshold_overrides(monitored):
         run_drift_check(monitored("drifted", drift_methods="price_band=nonsense"), now=T0)
     with pytest.raises(ConfigError, match="unknown feature"):
         run_drift_check(monitored("drifted", drift_methods="colour=psi"), now=T0)
+
+
+def test_cli_lists_shows_and_prints_the_history(monitored, monkeypatch, capsys):
+    from recsys.cli import main
+    from recsys.settings import get_settings
+
+    s = monitored("drifted")
+    summary = run_drift_check(s, now=T0)
+    monkeypatch.setenv("RECSYS_HOME", str(s.home))
+    get_settings.cache_clear()
+    try:
+        assert main(["drift", "list"]) == 0
+        assert summary["check_id"] in capsys.readouterr().out
+        assert main(["drift", "show", summary["check_id"]]) == 0
+        shown = capsys.readouterr().out
+        assert "age_bucket" in shown and "DRIFT" in shown and "report.html" in shown
+        assert main(["drift", "history"]) == 0
+        assert "price_band" in capsys.readouterr().out
+        assert main(["drift", "show", "20990101T000000Z-000000"]) == 2  # a clear error, no traceback
+        assert "no drift check" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
