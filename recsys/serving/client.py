@@ -46,6 +46,7 @@ class RecommendClient:
             )
         self._module = module
         self._store = None
+        self._batched: Optional[bool] = None  # the model's dynamic batching, asked at the first request
         self.last_timings_ms: dict[str, float] = {}
 
     @classmethod
@@ -76,29 +77,54 @@ class RecommendClient:
         """
         from tritonclient.utils import InferenceServerException
 
+        for attempt in range(2):
+            try:
+                result = self._infer(user_id, k, context, timings)
+                break
+            except InferenceServerException as exc:
+                # The model was reloaded with(out) dynamic batching since we looked: ask again, once.
+                if attempt == 0 and "unexpected shape" in exc.message():
+                    self._batched = None
+                    continue
+                raise ServingError(f"Triton ({self.protocol}) {self.model!r}: {exc.message()}") from None
+        item_ids = result.as_numpy("item_ids").reshape(-1)
+        scores = result.as_numpy("scores").reshape(-1)
+        if timings:
+            self.last_timings_ms = dict(zip(STAGES, result.as_numpy("timings_ms").reshape(-1).tolist()))
+        return [(int(i), float(s)) for i, s in zip(item_ids, scores)]
+
+    def _infer(self, user_id: int, k: Optional[int], context: Optional[dict[str, Any]], timings: bool):
         m = self._module
-        inputs = [m.InferInput("user_id", [1], "INT64")]
-        inputs[0].set_data_from_numpy(np.array([user_id], dtype=np.int64))
+        # With dynamic batching the tensors carry a batch dimension: [1, 1] instead of [1].
+        shape = [1, 1] if self._uses_batching() else [1]
+        inputs = [m.InferInput("user_id", shape, "INT64")]
+        inputs[0].set_data_from_numpy(np.array([user_id], dtype=np.int64).reshape(shape))
         if k is not None:
-            inputs.append(m.InferInput("k", [1], "INT32"))
-            inputs[-1].set_data_from_numpy(np.array([k], dtype=np.int32))
+            inputs.append(m.InferInput("k", shape, "INT32"))
+            inputs[-1].set_data_from_numpy(np.array([k], dtype=np.int32).reshape(shape))
         if context is not None:
-            inputs.append(m.InferInput("context", [1], "BYTES"))
-            inputs[-1].set_data_from_numpy(np.array([json.dumps(context).encode()], dtype=object))
+            inputs.append(m.InferInput("context", shape, "BYTES"))
+            inputs[-1].set_data_from_numpy(np.array([json.dumps(context).encode()], dtype=object).reshape(shape))
         names = ["item_ids", "scores"] + (["timings_ms"] if timings else [])
         outputs = [m.InferRequestedOutput(n) for n in names]
-        try:
-            if self.protocol == "grpc":
-                result = self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout)
-            else:
-                result = self._client.infer(self.model, inputs, outputs=outputs)
-        except InferenceServerException as exc:
-            raise ServingError(f"Triton ({self.protocol}) {self.model!r}: {exc.message()}") from None
-        item_ids = result.as_numpy("item_ids")
-        scores = result.as_numpy("scores")
-        if timings:
-            self.last_timings_ms = dict(zip(STAGES, result.as_numpy("timings_ms").tolist()))
-        return [(int(i), float(s)) for i, s in zip(item_ids, scores)]
+        if self.protocol == "grpc":
+            return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout)
+        return self._client.infer(self.model, inputs, outputs=outputs)
+
+    def _uses_batching(self) -> bool:
+        """True if the served model has dynamic batching (``max_batch_size`` > 0); asked once."""
+        if self._batched is None:
+            from tritonclient.utils import InferenceServerException
+
+            try:
+                if self.protocol == "grpc":
+                    config = self._client.get_model_config(self.model, as_json=True).get("config", {})
+                else:
+                    config = self._client.get_model_config(self.model)
+            except InferenceServerException as exc:
+                raise ServingError(f"Triton ({self.protocol}) {self.model!r}: {exc.message()}") from None
+            self._batched = int(config.get("max_batch_size", 0) or 0) > 0
+        return self._batched
 
     def recommend_with_attributes(
         self, user_id: int, k: Optional[int] = None, context: Optional[dict[str, Any]] = None

@@ -2,20 +2,36 @@
 
     engine = FourStageRecommender.load(version_dir)          # query tower, ranker, FAISS index, pipeline.json
     result = engine.recommend(user_id=1042, k=10)            # Recommendation(item_ids, scores, timings_ms, ...)
+    results = engine.recommend_many([Query(1042, 10), Query(7, 5)])   # a batch: one pass of every stage
 
-1. **retrieval**: the user's features (online store) -> query tower -> FAISS top ``candidates_k``;
+1. **retrieval**: the users' features (online store) -> query tower -> FAISS top ``candidates_k``;
    an unknown user gets the popularity list instead (cold start);
 2. **filtering**: drop duplicates, items the user has seen, items excluded by the request's context,
    items in the unavailable set, items the current online version does not hold;
-3. **scoring**: DLRM over user x candidate features (candidate features read from the online store
-   in the same round trip as the unavailable flags); cold start keeps the popularity order;
+3. **scoring**: DLRM over user x candidate features; cold start keeps the popularity order;
 4. **ordering**: business rules (:mod:`recsys.serving.ordering`).
 
-Per request: two Redis round trips (user + seen; candidates' features + unavailable flags), two
-TensorFlow calls (1 row, ``candidates_k`` rows) and one FAISS search. Both Redis reads name the
-online version they came from; if a refresh switched versions in between, the request is redone
-once so it never mixes two versions. TensorFlow runs single-threaded (one instance per core
-parallelizes better than threads inside one small call). Merlin runtime only.
+Where the time goes, and why it is spent this way:
+
+- **Item features live in memory.** An online version never changes once written, so the item rows
+  of the current version are read once (:func:`recsys.online.bulk.read_item_table`, ~0.1 s for
+  100k items) and candidates are gathered by array indexing instead of a Redis read of 200 rows per
+  request. FAISS positions map to table rows once per (index, version) pair.
+- **Batches.** With Triton's dynamic batching (``settings.triton_batch_delay_us``) the model gets
+  every request queued meanwhile in one call; the batch costs one Redis round trip in all (users,
+  seen items and, when it is small, the whole unavailable set, in one Lua script), one query-tower
+  call, one FAISS search and one ranker call over all candidates of all requests; filtering is
+  numpy masks over a (requests x candidates) array. The fixed cost of a TensorFlow call (~0.3 ms of
+  Python and runtime overhead) is paid once per batch instead of once per request.
+- **One version per batch, pinned.** The users' read resolves the newest online version of the
+  feature version the models were trained on (``pipeline.json``), in the same atomic script; items
+  come from that version's in-memory table, so a request never mixes versions, and a newer feature
+  version refreshed into Redis before its models serve is not read. When the version changes, the
+  first batch that sees it loads its items (tables of the two latest versions are kept). Only the
+  unavailable set is read live: operations change it without a new version.
+
+TensorFlow and FAISS run single-threaded (one Triton instance per core parallelizes better than
+threads inside one small call). Merlin runtime only.
 """
 
 from __future__ import annotations
@@ -23,9 +39,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -36,23 +53,28 @@ log = logging.getLogger(__name__)
 
 STAGES = ("retrieval", "filtering", "scoring", "ordering")
 QUERY_TOWER_DIR, RANKER_DIR, INDEX_DIR, PIPELINE_FILE = "query_tower", "ranker", "index", "pipeline.json"
+KEPT_VERSIONS = 2
+"""Item tables kept in memory: the current online version and the one before (a request in flight)."""
+UNAVAILABLE_READ_WHOLE = 10_000
+"""An unavailable set up to this size comes whole with the users' read (no second round trip)."""
 
 
 class BadRequest(RecsysError):
     """The request itself is wrong (the caller can fix it)."""
 
 
-class FeatureReader(Protocol):
-    """What the engine needs from the online store (:class:`recsys.online.store.OnlineStore` fits)."""
+@dataclass
+class Query:
+    """One request of a batch: raw user id, k (None: the default), optional context."""
 
-    def read(self, user_id: Optional[int], item_ids=(), *, with_seen: bool = False): ...
-
-    def popularity(self, k: Optional[int] = None) -> np.ndarray: ...
+    user_id: int
+    k: Optional[int] = None
+    context: Optional[dict[str, Any]] = None
 
 
 @dataclass
 class Recommendation:
-    """One answer: raw item ids and scores, best first; per-stage milliseconds."""
+    """One answer: raw item ids and scores, best first; per-stage milliseconds (of its batch)."""
 
     item_ids: np.ndarray
     scores: np.ndarray
@@ -94,10 +116,19 @@ class SavedModelFunction:
         return self._fn(**feed)[self.output].numpy()
 
 
+@dataclass
+class _Catalogue:
+    """One online version's items, addressed the ways the stages need them."""
+
+    table: Any  # recsys.online.bulk.ItemTable
+    row_of_position: np.ndarray  # FAISS position -> table row (-1: the version lacks that item)
+    popularity_rows: np.ndarray  # the popularity list as table rows (held by the version, no repeats)
+
+
 class FourStageRecommender:
     """Retrieval, filtering, scoring and ordering over one model version directory."""
 
-    def __init__(self, version_dir: Path, reader: FeatureReader, pipeline: dict[str, Any]):
+    def __init__(self, version_dir: Path, reader: Any, pipeline: dict[str, Any]):
         from recsys.serving.index import ItemIndex
 
         self.version_dir = Path(version_dir)
@@ -105,13 +136,16 @@ class FourStageRecommender:
         self.pipeline = pipeline
         self.query_tower = SavedModelFunction(self.version_dir / QUERY_TOWER_DIR)
         self.ranker = SavedModelFunction(self.version_dir / RANKER_DIR)
-        self.index = ItemIndex.load(self.version_dir / INDEX_DIR)
+        self.index = ItemIndex.load(self.version_dir / INDEX_DIR, threads=1)
         self.rules = OrderingRules.from_dict(pipeline.get("ordering", {}))
         self.candidates_k = int(pipeline.get("candidates_k", 200))
         self.default_k = int(pipeline.get("default_k", 10))
         self.max_k = int(pipeline.get("max_k", 100))
         self.category_column = pipeline.get("category_column") or None
         self.user_columns = set(pipeline.get("user_columns", []))
+        # Reads are pinned to the feature version the models were trained on: a newer feature version
+        # refreshed into the online store (current) before its models are published is not read.
+        self.feature_version: Optional[str] = pipeline.get("feature_version") or None
         missing = [c for c in self.ranker.inputs if c not in self.user_columns | set(pipeline.get("item_columns", []))]
         if missing:
             raise RecsysError(f"{self.version_dir / PIPELINE_FILE}: ranker inputs {missing} are neither user nor item columns")
@@ -120,12 +154,14 @@ class FourStageRecommender:
                 f"{self.version_dir / PIPELINE_FILE}: max_per_category is set but category column "
                 f"{self.category_column!r} is not an item feature"
             )
+        self._catalogues: "OrderedDict[str, _Catalogue]" = OrderedDict()
 
     @classmethod
-    def load(cls, version_dir: Path, reader: Optional[FeatureReader] = None) -> "FourStageRecommender":
+    def load(cls, version_dir: Path, reader: Optional[Any] = None) -> "FourStageRecommender":
         """Load a version directory written by :func:`recsys.serving.repository.write_model_versions`.
 
-        ``reader`` defaults to the Redis online store of the settings (the server's environment).
+        ``reader``: a :class:`recsys.online.redis_store.RedisOnlineStore`; defaults to the one of the
+        settings (the server's environment).
         """
         version_dir = Path(version_dir)
         pipeline = json.loads((version_dir / PIPELINE_FILE).read_text())
@@ -136,11 +172,17 @@ class FourStageRecommender:
         return cls(version_dir, reader, pipeline)
 
     def warm_up(self) -> None:
-        """Run both TensorFlow functions once (their first call traces and allocates: ~100 ms)."""
-        oov = {name: np.full(1, 2, dtype=dtype) for name, dtype in self.query_tower.inputs.items()}
-        self.query_tower(oov)
-        n = self.candidates_k
-        self.ranker({name: np.full(n, 2, dtype=dtype) for name, dtype in self.ranker.inputs.items()})
+        """Run both TensorFlow functions once (their first call traces and allocates: ~100 ms) and
+        load the current online version's items, so the first requests do not pay for either."""
+        for n in (1, 16):
+            self.query_tower({name: np.full(n, 2, dtype=dtype) for name, dtype in self.query_tower.inputs.items()})
+            self.ranker({name: np.full(n * self.candidates_k, 2, dtype=dtype) for name, dtype in self.ranker.inputs.items()})
+        try:
+            current = self.reader.current(feature_version=self.feature_version)
+            if current is not None:
+                self._catalogue(current.version)
+        except Exception as exc:  # Redis away or no version yet: the first request loads the items
+            log.warning("online items not preloaded (%s: %s); the first request will load them", type(exc).__name__, exc)
 
     # --- request ------------------------------------------------------------------------------
     def check_k(self, k: Optional[int]) -> int:
@@ -153,66 +195,144 @@ class FourStageRecommender:
 
     def recommend(self, user_id: int, k: Optional[int] = None, context: Optional[dict[str, Any]] = None) -> Recommendation:
         """The top ``k`` items for ``user_id`` (raw id). ``context``: optional ``{"exclude_items": [raw ids]}``."""
-        k = self.check_k(k)
-        exclude = _exclusions(context)
-        for _attempt in range(2):
-            result = self._recommend_once(int(user_id), k, exclude)
-            if result is not None:
-                return result
-        raise RecsysError("the online store switched versions twice during one request; retry")
+        result = self.recommend_many([Query(int(user_id), k, context)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-    def _recommend_once(self, user_id: int, k: int, exclude: np.ndarray) -> Optional[Recommendation]:
+    def recommend_many(self, queries: Sequence[Query]) -> list[Union[Recommendation, Exception]]:
+        """Answer a batch of requests with one pass of each stage; a bad request gets its own
+        :class:`BadRequest` in its place (the others are answered). Other failures (Redis down, ...)
+        raise."""
+        answers: list[Union[Recommendation, Exception, None]] = [None] * len(queries)
+        valid: list[int] = []
+        ks: list[int] = []
+        excludes: list[np.ndarray] = []
+        for i, query in enumerate(queries):
+            try:
+                ks.append(self.check_k(query.k))
+                excludes.append(_exclusions(query.context))
+                valid.append(i)
+            except BadRequest as exc:
+                answers[i] = exc
+        if valid:
+            try:
+                results = self._recommend_batch([int(queries[i].user_id) for i in valid], ks, excludes)
+            except _VersionGone:
+                # the version was collected between the users' read and its items' read: once more
+                results = self._recommend_batch([int(queries[i].user_id) for i in valid], ks, excludes)
+            for i, result in zip(valid, results):
+                answers[i] = result
+        return answers  # type: ignore[return-value]
+
+    def _catalogue(self, version: str) -> _Catalogue:
+        catalogue = self._catalogues.get(version)
+        if catalogue is not None:
+            self._catalogues.move_to_end(version)
+            return catalogue
+        from recsys.online.bulk import read_item_table
+        from recsys.online.redis_store import VersionGoneError
+
+        try:
+            table = read_item_table(self.reader, version)
+        except VersionGoneError as exc:
+            raise _VersionGone(str(exc)) from None
+        popularity_rows = table.rows_of(table.popularity)
+        popularity_rows = popularity_rows[popularity_rows >= 0]
+        first = _first_occurrences(popularity_rows)
+        if first is not None:
+            popularity_rows = popularity_rows[first]
+        catalogue = _Catalogue(table, table.rows_of(self.index.raw_ids), popularity_rows)
+        self._catalogues[version] = catalogue
+        while len(self._catalogues) > KEPT_VERSIONS:
+            self._catalogues.popitem(last=False)
+        return catalogue
+
+    def _recommend_batch(self, user_ids: list[int], ks: list[int], excludes: list[np.ndarray]) -> list[Recommendation]:
+        from recsys.online.bulk import read_users, unavailable_flags
+
         clock = time.perf_counter
         t0 = clock()
-        # --- 1. retrieval
-        user_rows = self.reader.read(user_id, (), with_seen=True)
-        cold = not user_rows.user_found
-        if cold:
-            candidates = np.asarray(self.reader.popularity(self.candidates_k), dtype=np.int64)
-        else:
-            query = self.query_tower({c: user_rows.user[c] for c in self.query_tower.inputs})
-            candidates, _codes, _similarity = self.index.search(query, self.candidates_k)
+        n_req, n_cand = len(user_ids), self.candidates_k
+        # --- 1. retrieval: one read of every user (+ seen items, + the unavailable set when small),
+        # one query-tower call and one FAISS search for the warm users; popularity for the cold ones
+        users = read_users(
+            self.reader, user_ids, with_seen=True, unavailable_up_to=UNAVAILABLE_READ_WHOLE,
+            feature_version=self.feature_version,
+        )
+        catalogue = self._catalogue(users.version)
+        table = catalogue.table
+        # candidates as table rows, one line per request (-1: no candidate in that slot)
+        candidates = np.full((n_req, n_cand), -1, dtype=np.int64)
+        warm = users.found
+        if warm.any():
+            query = self.query_tower({c: users.columns[c][warm] for c in self.query_tower.inputs})
+            positions = self.index.search_positions(query, n_cand)
+            candidates[warm, : positions.shape[1]] = np.where(positions >= 0, catalogue.row_of_position[positions], -1)
+        if not warm.all():
+            popular = catalogue.popularity_rows[:n_cand]
+            candidates[~warm, : len(popular)] = popular
         t1 = clock()
-        # --- 2. filtering (what needs no item features), then one read of the rest
-        candidates = _unique_in_order(candidates)
-        drop = np.isin(candidates, user_rows.seen) if user_rows.seen is not None and len(user_rows.seen) else None
-        if len(exclude):
-            drop = np.isin(candidates, exclude) if drop is None else drop | np.isin(candidates, exclude)
-        if drop is not None:
-            candidates = candidates[~drop]
-        item_rows = self.reader.read(None, candidates)
-        if item_rows.version != user_rows.version:
-            log.info("online version switched during a request (%s -> %s): redoing it", user_rows.version, item_rows.version)
-            return None
-        keep = item_rows.item_found & ~item_rows.unavailable
-        candidates = candidates[keep]
-        items = {name: values[keep] for name, values in item_rows.items.items()}
+        # --- 2. filtering: masks over the whole batch (FAISS positions and the popularity list are unique)
+        keep = candidates >= 0
+        banned = [table.rows_of(np.concatenate([users.seen[i], excludes[i]])) for i in range(n_req)]
+        if any(len(b) for b in banned):
+            # (request, row) pairs as one number each: one np.isin for the batch
+            width = len(table) + 1
+            banned_keys = np.concatenate([i * width + b[b >= 0] for i, b in enumerate(banned)])
+            keep &= ~np.isin(np.arange(n_req)[:, None] * width + candidates, banned_keys)
+        if users.unavailable is not None:
+            off_sale = table.rows_of(users.unavailable)
+            off_sale = off_sale[off_sale >= 0]
+        else:  # a large unavailable set: ask about this batch's candidates only
+            distinct = np.unique(candidates[keep])
+            off_sale = distinct[unavailable_flags(self.reader, table.ids[distinct])]
+        if len(off_sale):
+            is_off_sale = np.zeros(len(table) + 1, dtype=bool)  # the extra last slot answers row -1
+            is_off_sale[off_sale] = True
+            keep &= ~is_off_sale[candidates]
         t2 = clock()
-        # --- 3. scoring
-        n = len(candidates)
-        if n == 0:
-            scores = np.zeros(0, dtype=np.float32)
-        elif cold:
-            # popularity order, as a score in (0, 1]: 1 for the most popular
-            scores = (1.0 - np.arange(n, dtype=np.float32) / n).astype(np.float32)
-        else:
-            columns = {}
-            for name in self.ranker.inputs:
-                columns[name] = np.repeat(user_rows.user[name], n) if name in self.user_columns else items[name]
-            scores = self.ranker(columns).reshape(-1).astype(np.float32)
+        # --- 3. scoring: one ranker call over every warm request's candidates
+        scores = np.zeros(candidates.shape, dtype=np.float32)
+        owner, slot = np.nonzero(keep & warm[:, None])
+        if len(owner):
+            rows = candidates[owner, slot]
+            columns = {
+                name: users.columns[name][owner] if name in self.user_columns else table.columns[name][rows]
+                for name in self.ranker.inputs
+            }
+            scores[owner, slot] = self.ranker(columns).reshape(-1)
         t3 = clock()
         # --- 4. ordering
-        categories = items.get(self.category_column) if self.category_column else None
-        chosen, final_scores = order(candidates, scores, k, self.rules, categories=categories, user_id=user_id)
-        t4 = clock()
-        timings = dict(zip(STAGES, (1000 * (t1 - t0), 1000 * (t2 - t1), 1000 * (t3 - t2), 1000 * (t4 - t3))))
-        return Recommendation(candidates[chosen], final_scores, timings, cold, user_rows.version)
+        categories = table.columns.get(self.category_column) if self.category_column else None
+        answers = []
+        timings = dict(zip(STAGES, (1000 * (t1 - t0), 1000 * (t2 - t1), 1000 * (t3 - t2), 0.0)))
+        for i in range(n_req):
+            rows = candidates[i, keep[i]]
+            if warm[i]:
+                request_scores = scores[i, keep[i]]
+            else:  # cold start: popularity order, as a score in (0, 1], 1 for the most popular
+                request_scores = (1.0 - np.arange(len(rows), dtype=np.float32) / max(len(rows), 1)).astype(np.float32)
+            raw = table.ids[rows]
+            chosen, final_scores = order(
+                raw, request_scores, ks[i], self.rules,
+                categories=categories[rows] if categories is not None else None, user_id=user_ids[i],
+            )
+            answers.append(Recommendation(raw[chosen], final_scores, timings, not warm[i], users.version))
+        timings["ordering"] = 1000 * (clock() - t3)
+        return answers
 
 
-def _unique_in_order(ids: np.ndarray) -> np.ndarray:
-    """``ids`` without repeats, first occurrences in their original order."""
+class _VersionGone(RecsysError):
+    """The online version of a batch was collected before its items were read."""
+
+
+def _first_occurrences(ids: np.ndarray) -> Optional[np.ndarray]:
+    """Positions of the first occurrence of each id, in order; None when ``ids`` has no repeats."""
     _, first = np.unique(ids, return_index=True)
-    return ids[np.sort(first)]
+    if len(first) == len(ids):
+        return None
+    return np.sort(first)
 
 
 def _exclusions(context: Optional[dict[str, Any]]) -> np.ndarray:

@@ -55,6 +55,8 @@ PUBLISHED_MODELS = (QUERY_TOWER, RANKER, ITEM_INDEX, FOUR_STAGE)
 FLAVOURS = ("python", "tensorflow")
 EXPORT_KEYS = ("query_tower", "item_embeddings", "dlrm")
 _PB_TYPES = {"INT": "TYPE_INT64", "FLOAT": "TYPE_FP32"}
+MAX_BATCH = 64
+"""Largest batch of requests Triton's dynamic batcher hands the four-stage model (when enabled)."""
 
 
 class RepositoryError(RecsysError):
@@ -107,6 +109,7 @@ def pipeline_from_settings(settings: Settings, feature_manifest: Mapping[str, An
         "max_k": settings.recommend_max_k,
         "faiss_index": settings.faiss_index,
         "instances": settings.triton_instances,
+        "batch_delay_us": settings.triton_batch_delay_us,
         "ordering": rules.to_dict(),
     }
 
@@ -141,14 +144,21 @@ def model_config(
     instances: int = 1,
     version: Optional[int] = None,
     parameters: Optional[Mapping[str, str]] = None,
+    batch_delay_us: Optional[int] = None,
 ) -> str:
-    """A ``config.pbtxt``. ``backend``: ``python`` or ``tensorflow`` (platform tensorflow_savedmodel)."""
+    """A ``config.pbtxt``. ``backend``: ``python`` or ``tensorflow`` (platform tensorflow_savedmodel).
+
+    ``batch_delay_us`` set: dynamic batching (``max_batch_size`` > 0, so the tensors' dims exclude
+    the batch dimension that clients then prepend), waiting up to that long for more requests.
+    """
     lines = [f'name: "{name}"']
     lines.append('platform: "tensorflow_savedmodel"' if backend == "tensorflow" else 'backend: "python"')
-    lines.append("max_batch_size: 0")
+    lines.append(f"max_batch_size: {MAX_BATCH if batch_delay_us is not None else 0}")
     lines.append("input [\n" + ",\n".join(inputs) + "\n]")
     lines.append("output [\n" + ",\n".join(outputs) + "\n]")
     lines.append(f"instance_group [ {{ count: {int(instances)} kind: KIND_CPU }} ]")
+    if batch_delay_us is not None:
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {int(batch_delay_us)} }}")
     if version is not None:
         lines.append(f"version_policy: {{ specific: {{ versions: [ {int(version)} ] }} }}")
     for key, value in (parameters or {}).items():
@@ -181,8 +191,8 @@ def _embedding_dim(saved_model: Path) -> int:
         raise RepositoryError(f"{path}: no embedding width (valueCount.max) in the query tower's output schema") from None
 
 
-def four_stage_config(instances: int, version: Optional[int]) -> str:
-    """The ``recsys`` model's contract (docs/serving.md)."""
+def four_stage_config(instances: int, version: Optional[int], batch_delay_us: Optional[int] = None) -> str:
+    """The ``recsys`` model's contract (docs/serving.md); ``batch_delay_us``: see :func:`model_config`."""
     inputs = [
         _tensor("user_id", "TYPE_INT64", [1]),
         _tensor("k", "TYPE_INT32", [1], optional=True),
@@ -193,7 +203,7 @@ def four_stage_config(instances: int, version: Optional[int]) -> str:
         _tensor("scores", "TYPE_FP32", [-1]),
         _tensor("timings_ms", "TYPE_FP32", [4]),
     ]
-    return model_config(FOUR_STAGE, inputs, outputs, instances=instances, version=version)
+    return model_config(FOUR_STAGE, inputs, outputs, instances=instances, version=version, batch_delay_us=batch_delay_us)
 
 
 def floor_config(instances: int = 1) -> str:
@@ -284,7 +294,7 @@ def write_model_versions(
         shutil.copytree(index_tmp / "index", tmp / INDEX_DIR)
         (tmp / PIPELINE_FILE).write_text(json.dumps(dict(pipeline), indent=2, sort_keys=True))
         _copy_model_source(FOUR_STAGE, tmp)
-        _write_version_config(tmp, four_stage_config(instances, version))
+        _write_version_config(tmp, four_stage_config(instances, version, pipeline.get("batch_delay_us")))
 
         for tmp, _final in staged:
             (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True, default=str))

@@ -218,3 +218,48 @@ def test_floor_model_echoes(served):
 def test_loading_a_missing_model_is_a_clear_error(served):
     with pytest.raises(ServingError, match="no-such-model"):
         control.load_model(served["settings"], "no-such-model")
+
+
+def _reencoded(snapshot, feature_version: str, seed: int = 7):
+    """The same entities as if NVTabular had refit on a new data version: every user and item gets
+    another one's encoded row, the popularity order changes (what a new feature version looks like
+    to the online store; cheaper than a second ETL)."""
+    import dataclasses
+
+    from recsys.online.snapshot import content_hashes
+
+    rng = np.random.default_rng(seed)
+
+    def scrambled(rows):
+        order = rng.permutation(len(rows.ids))
+        features = [rows.features[i] for i in order]
+        return dataclasses.replace(rows, features=features, hashes=content_hashes(features, rows.extra))
+
+    return dataclasses.replace(
+        snapshot, feature_version=feature_version, users=scrambled(snapshot.users), items=scrambled(snapshot.items),
+        popularity=snapshot.popularity[::-1].copy(),
+    )
+
+
+def test_a_refresh_to_another_feature_version_does_not_change_what_the_served_model_answers(
+    served, client, users, store, trained_run
+):
+    """The bug pinning fixes, end to end: the ETL's new feature version is refreshed into Redis (and made
+    current) long before a model trained on it serves; the served model must keep reading its own."""
+    from recsys.online.snapshot import build_snapshot
+
+    s = served["settings"]
+    trained_fv = trained_run["manifest"]["feature_version"]
+    asked = [*users[:8], 987654321]  # warm users and a cold one (popularity list)
+    before = [client.recommend(user, 10) for user in asked]
+    snapshot = build_snapshot(trained_run["features_dir"], trained_run["data_dir"], popularity_size=s.online_popularity_size)
+    store.refresh(_reencoded(snapshot, f"{trained_fv}-next"))
+    try:
+        assert store.current().feature_version == f"{trained_fv}-next"
+        # the precondition of the bug: a reader of `current` now gets other rows than the trained version's
+        items = [int(i) for i in snapshot.items.ids[:20]]
+        unpinned, pinned = store.read(None, items), store.read(None, items, feature_version=trained_fv)
+        assert any(not np.array_equal(unpinned.items[c], pinned.items[c]) for c in pinned.items)
+        assert [client.recommend(user, 10) for user in asked] == before
+    finally:
+        store.refresh(snapshot, force=True)  # the trained feature version current again for later tests

@@ -1,13 +1,16 @@
 """``recsys``: the four-stage recommender as a Triton python-backend model.
 
 Request: ``user_id`` INT64 [1]; optional ``k`` INT32 [1] (default and maximum from pipeline.json);
-optional ``context`` BYTES [1], a JSON object (``{"exclude_items": [raw ids]}``).
+optional ``context`` BYTES [1], a JSON object (``{"exclude_items": [raw ids]}``). With dynamic
+batching (``max_batch_size`` > 0) the same tensors carry the batch dimension: [1, 1].
 Response: ``item_ids`` INT64 [<=k], ``scores`` FP32 [<=k]; ``timings_ms`` FP32 [4] (retrieval,
-filtering, scoring, ordering) only when the client asks for that output.
+filtering, scoring, ordering, of the batch the request was part of) only when the client asks.
 
 The work is :class:`recsys.serving.engine.FourStageRecommender`, loaded once per instance from this
-version folder (query tower, ranker, FAISS index, pipeline.json). Redis comes from the server's
-environment (``recsys.settings``). A bad request gets an error response; the instance keeps serving.
+version folder (query tower, ranker, FAISS index, pipeline.json). Every request Triton hands to one
+``execute`` call is answered in one pass of the stages (``recommend_many``). Redis comes from the
+server's environment (``recsys.settings``). A bad request gets an error response; the others in
+its batch are answered and the instance keeps serving.
 """
 
 import json
@@ -16,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+STAGES = ("retrieval", "filtering", "scoring", "ordering")
+
 
 class TritonPythonModel:
     def initialize(self, args):
-        from recsys.serving.engine import BadRequest, FourStageRecommender, configure_tensorflow_threads
+        from recsys.serving.engine import BadRequest, FourStageRecommender, Query, configure_tensorflow_threads
 
         # One instance per core; TensorFlow single-threaded inside each (see docs/serving.md).
         configure_tensorflow_threads(1, 1)
@@ -27,6 +32,7 @@ class TritonPythonModel:
         self.engine = FourStageRecommender.load(version_dir)
         self.engine.warm_up()
         self.bad_request = BadRequest
+        self.query = Query
         self.logger = pb_utils.Logger
         self.logger.log_info(
             f"recsys: version {args['model_version']} loaded from {version_dir} "
@@ -34,24 +40,32 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
+        responses = [None] * len(requests)
+        queries, slots, batched = [], [], []
+        for i, request in enumerate(requests):
             try:
-                responses.append(self._answer(request))
+                query, with_batch_dim = self._parse(request)
+                queries.append(query)
+                slots.append(i)
+                batched.append(with_batch_dim)
             except self.bad_request as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad request: {exc}")))
-            except Exception as exc:  # an error for this request, never a dead instance
-                self.logger.log_error(f"recsys: request failed: {type(exc).__name__}: {exc}")
-                responses.append(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(f"recommendation failed: {type(exc).__name__}: {exc}"))
-                )
+                responses[i] = _error(f"bad request: {exc}")
+        if queries:
+            try:
+                results = self.engine.recommend_many(queries)
+            except Exception as exc:  # an error for these requests, never a dead instance
+                self.logger.log_error(f"recsys: batch of {len(queries)} failed: {type(exc).__name__}: {exc}")
+                results = [exc] * len(queries)
+            for i, result, with_batch_dim in zip(slots, results, batched):
+                responses[i] = self._respond(requests[i], result, with_batch_dim)
         return responses
 
-    def _answer(self, request):
+    def _parse(self, request):
         user = pb_utils.get_input_tensor_by_name(request, "user_id")
         if user is None:
             raise self.bad_request("input 'user_id' (INT64, shape [1]) is missing")
-        user_ids = user.as_numpy().reshape(-1)
+        user_array = user.as_numpy()
+        user_ids = user_array.reshape(-1)
         if user_ids.size != 1:
             raise self.bad_request(f"user_id must hold exactly one id, got {user_ids.size}")
         k_tensor = pb_utils.get_input_tensor_by_name(request, "k")
@@ -72,12 +86,24 @@ class TritonPythonModel:
                         context = json.loads(text)
                     except json.JSONDecodeError as exc:
                         raise self.bad_request(f"context is not valid JSON ({exc.msg} at character {exc.pos}): {text[:80]!r}")
-        result = self.engine.recommend(int(user_ids[0]), k, context)
+        # [1, 1]: the request came through the dynamic batcher; its outputs get the batch dimension too
+        return self.query(int(user_ids[0]), k, context), user_array.ndim == 2
+
+    def _respond(self, request, result, with_batch_dim):
+        if isinstance(result, self.bad_request):
+            return _error(f"bad request: {result}")
+        if isinstance(result, Exception):
+            return _error(f"recommendation failed: {type(result).__name__}: {result}")
+        shape = (1, -1) if with_batch_dim else (-1,)
         outputs = [
-            pb_utils.Tensor("item_ids", result.item_ids.astype(np.int64)),
-            pb_utils.Tensor("scores", result.scores.astype(np.float32)),
+            pb_utils.Tensor("item_ids", result.item_ids.astype(np.int64).reshape(shape)),
+            pb_utils.Tensor("scores", result.scores.astype(np.float32).reshape(shape)),
         ]
         if "timings_ms" in request.requested_output_names():
-            timings = np.array([result.timings_ms[s] for s in ("retrieval", "filtering", "scoring", "ordering")], np.float32)
-            outputs.append(pb_utils.Tensor("timings_ms", timings))
+            timings = np.array([result.timings_ms[s] for s in STAGES], np.float32)
+            outputs.append(pb_utils.Tensor("timings_ms", timings.reshape(shape)))
         return pb_utils.InferenceResponse(output_tensors=outputs)
+
+
+def _error(message):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
