@@ -1,0 +1,274 @@
+"""Serving benchmark (not a test): the four-stage ``recsys`` Triton model under perf_analyzer.
+
+Writes bench/results/serving.json. One run:
+
+1. per catalogue size (default 10k and 100k items, 100k users): synthetic data -> ingest -> ETL ->
+   one-epoch training, through the project's real CLI in the Merlin runtime (real merlin-models
+   SavedModels and a real FAISS index). Built once into ``--work`` and reused by later runs;
+2. a local stack of our own (embedded Redis + Triton, own home, free ports);
+3. per catalogue: refresh the online store with its feature version; perf_analyzer (gRPC, batch 1,
+   count windows) at concurrency 1 and 16 on the trivial ``recsys_floor`` model (the floor), then,
+   per mode, a new version of the published models written and loaded and the same measurements on
+   ``recsys``: ``batched`` (Triton's dynamic batching, the model answers every queued request in one
+   pass) and ``unbatched`` (one request per model call). Inputs: random known user ids plus ~5%
+   unknown ones (cold start). No response cache.
+
+Reported per (catalogue, mode, concurrency): p50, p99, throughput, and ``p50 / floor p50``; the load
+average before and after each measurement (the machine is shared: tail latencies move with it).
+
+Run from the repository root with the control-plane interpreter:
+
+    .envs/control/bin/python bench/serving.py                      # both catalogues (~15 min first time)
+    .envs/control/bin/python bench/serving.py --items 10000 --quick --modes batched  # a quick look
+
+``perf_analyzer`` (in the tritonclient wheel of the control env) needs ``libb64.so.0d`` and
+``libcudart.so.12``; the nvidia-pytriton wheel in the Merlin runtime bundles both (under renamed
+files), so they are symlinked into a temporary folder on LD_LIBRARY_PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+PERF_ANALYZER = ROOT / ".envs" / "control" / "bin" / "perf_analyzer"
+MERLIN_PYTHON = ROOT / ".envs" / "merlin" / "bin" / "python"
+UNKNOWN_USER_SHARE = 0.05
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+# --- 1. catalogues ------------------------------------------------------------------------------
+def build_catalogue(work: Path, items: int, users: int, interactions: int, embedding_dim: int) -> dict:
+    """Data version, feature version and a one-epoch training run for ``items`` items (reused when built)."""
+    home = work / f"catalogue-{items}"
+    done = home / "built.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    env = {**os.environ, "RECSYS_HOME": str(home)}
+
+    def recsys(*argv: str) -> None:
+        began = time.perf_counter()
+        run = subprocess.run([str(MERLIN_PYTHON), "-m", "recsys.cli", *argv], env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"recsys {' '.join(argv)} failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}")
+        log(f"  recsys {argv[0]} {argv[1] if len(argv) > 1 and not argv[1].startswith('-') else ''} "
+            f"({time.perf_counter() - began:.0f} s)")
+
+    log(f"building the {items:,}-item catalogue ({users:,} users, {interactions:,} interactions) in {home}")
+    source = home / "input"
+    recsys("data", "generate", "--out", str(source), "--users", str(users), "--items", str(items),
+           "--interactions", str(interactions), "--seed", "7")
+    recsys("data", "ingest", str(source))
+    data_dir = next(p for p in (home / "data").iterdir() if not p.name.startswith("."))
+    recsys("etl", "--data", str(data_dir))
+    features_dir = next(p for p in (home / "features").iterdir() if not p.name.startswith("."))
+    run_dir = home / "runs" / "bench"
+    recsys("train", "--features", str(features_dir), "--out", str(run_dir), "--epochs", "1",
+           "--embedding-dim", str(embedding_dim), "--batch-size", "4096")
+    built = {"items": items, "users": users, "interactions": interactions, "data_dir": str(data_dir),
+             "features_dir": str(features_dir), "run_dir": str(run_dir)}
+    done.write_text(json.dumps(built, indent=2))
+    return built
+
+
+# --- 2. perf_analyzer ----------------------------------------------------------------------------
+def perf_analyzer_env(scratch: Path) -> dict:
+    """Environment for perf_analyzer: a folder on LD_LIBRARY_PATH with the two libraries it needs."""
+    if not PERF_ANALYZER.exists():
+        raise SystemExit(f"{PERF_ANALYZER} not found: the tritonclient wheel of the control env ships it")
+    wanted = {"libb64.so.0d": "libb64*.so.0d*", "libcudart.so.12": "libcudart*.so.12*"}
+    search = [p for p in (ROOT / ".envs").glob("*/lib/python3*/site-packages/*.libs") if p.is_dir()]
+    search += [Path("/usr/lib/x86_64-linux-gnu"), Path("/usr/lib")]
+    libs = scratch / "perf-analyzer-libs"
+    libs.mkdir(parents=True, exist_ok=True)
+    for name, pattern in wanted.items():
+        found = next((f for folder in search for f in sorted(folder.glob(pattern))), None)
+        if found is None:
+            raise SystemExit(
+                f"perf_analyzer needs {name}; looked for {pattern} in {[str(p) for p in search]}. The nvidia-pytriton "
+                "wheel of the Merlin runtime bundles both (rebuild .envs/merlin), or install Debian's libb64-0d and "
+                "the nvidia-cuda-runtime-cu12 wheel"
+            )
+        link = libs / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(found)
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    return env
+
+
+def input_data(path: Path, user_ids, n: int, seed: int) -> Path:
+    """perf_analyzer's --input-data file: random known users, ~5% unknown ones (cold start)."""
+    rng = random.Random(seed)
+    known = [int(u) for u in user_ids]
+    rows = []
+    for _ in range(n):
+        user = rng.choice(known) if rng.random() >= UNKNOWN_USER_SHARE else -rng.randint(1, 10**9)
+        rows.append({"user_id": [user]})
+    path.write_text(json.dumps({"data": rows}))
+    return path
+
+
+def perf_analyzer(env: dict, grpc_url: str, model: str, concurrency: int, data: Path, requests: int, out: Path) -> dict:
+    """One perf_analyzer measurement (gRPC, batch 1, count windows); p50/p99 in ms, throughput in infer/s."""
+    def run(stability: int) -> subprocess.CompletedProcess:
+        command = [
+            str(PERF_ANALYZER), "-m", model, "-i", "grpc", "-u", grpc_url, "-b", "1",
+            "--concurrency-range", str(concurrency), "--input-data", str(data),
+            "--measurement-mode", "count_windows", "--measurement-request-count", str(requests),
+            "--percentile", "99", "--max-trials", "8", "--stability-percentage", str(stability), "-f", str(out),
+        ]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+
+    # Stable: three consecutive windows within 25% of each other. On a machine others load too that
+    # may never happen; then the figures of the last windows are taken anyway and marked unstable.
+    done = run(25)
+    stable = done.returncode == 0
+    if not stable:
+        done = run(10_000)
+    if done.returncode != 0 or not out.exists():
+        raise SystemExit(f"perf_analyzer failed ({model}, c={concurrency}):\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
+    with out.open() as f:
+        row = next(csv.DictReader(f))
+    us = lambda key: float(row[key]) / 1000.0  # noqa: E731 - microseconds -> ms
+    result = {
+        "concurrency": concurrency,
+        "throughput_per_s": round(float(row["Inferences/Second"]), 1),
+        "p50_ms": round(us("p50 latency"), 3),
+        "p90_ms": round(us("p90 latency"), 3),
+        "p99_ms": round(us("p99 latency"), 3),
+        "server_queue_ms": round(us("Server Queue"), 3),
+        "server_compute_ms": round(us("Server Compute Input") + us("Server Compute Infer") + us("Server Compute Output"), 3),
+        "stable": stable,
+    }
+    log(f"  {model:13s} c={concurrency:<3d} {result['throughput_per_s']:8.1f} infer/s  p50 {result['p50_ms']:7.2f} ms  "
+        f"p99 {result['p99_ms']:7.2f} ms")
+    return result
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# --- 3. the run ---------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", default="10000,100000", help="catalogue sizes, comma separated")
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--interactions", type=int, default=400_000)
+    parser.add_argument("--embedding-dim", type=int, default=64)
+    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--requests", type=int, default=3000, help="requests per count window")
+    parser.add_argument("--quick", action="store_true", help="shorter windows (600 requests)")
+    parser.add_argument("--instances", type=int, default=None, help="Triton instances of recsys (default: settings)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "recsys-bench-serving",
+                        help="built catalogues are kept here and reused")
+    parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--batch-delay-us", type=int, default=0,
+                        help="dynamic batching's max queue delay (settings.triton_batch_delay_us; default 0)")
+    parser.add_argument("--modes", default="batched,unbatched",
+                        help="batched (dynamic batching, --batch-delay-us) and/or unbatched (one request per call)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    args = parser.parse_args()
+    requests = 600 if args.quick else args.requests
+    delays = {"batched": args.batch_delay_us, "unbatched": None}
+    modes = [(m, delays[m]) for m in args.modes.split(",")]
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    catalogues = [build_catalogue(args.work, int(n), args.users, args.interactions, args.embedding_dim)
+                  for n in args.items.split(",")]
+    if args.build_only:
+        return
+
+    import pandas as pd
+
+    from recsys import stack
+    from recsys.online.refresh import refresh_online_store
+    from recsys.serving import control, repository
+    from recsys.settings import load_settings, replace
+    from recsys.stack.service import free_port
+
+    scratch = Path(tempfile.mkdtemp(prefix="recsys-bench-serving-"))
+    env = perf_analyzer_env(scratch)
+    base = load_settings()
+    s = replace(
+        base, home=scratch / "home", redis_url=None, triton_url=None, redis_port=free_port(),
+        triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port(),
+        online_key_prefix="bench",
+        **({"triton_instances": args.instances} if args.instances else {}),
+    )
+    result: dict = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_at_start": loadavg(),
+        "settings": {"candidates_k": s.candidates_k, "instances": s.triton_instances, "k": s.recommend_default_k,
+                     "embedding_dim": args.embedding_dim, "requests_per_window": requests,
+                     "unknown_user_share": UNKNOWN_USER_SHARE},
+        "catalogues": [],
+    }
+    log(f"stack in {s.home} (Redis :{s.redis_port}, Triton gRPC :{s.triton_grpc_port}), load {loadavg()}")
+    stack.up(s, only=["redis", "triton"])
+    try:
+        repository.write_floor_model(s.triton_repo)
+        control.load_model(s, repository.FLOOR)
+        version = 0
+        for built in catalogues:
+            log(f"catalogue of {built['items']:,} items: online refresh")
+            refresh = refresh_online_store(built["features_dir"], built["data_dir"], settings=s)
+            manifest = json.loads((Path(built["features_dir"]) / "manifest.json").read_text())
+            users = pd.read_parquet(Path(built["data_dir"]) / "users.parquet", columns=["user_id"])["user_id"]
+            data = input_data(scratch / f"users-{built['items']}.json", users.to_numpy(), 2000, seed=built["items"])
+            entry = {"items": built["items"], "users": built["users"], "online_version": refresh["version"],
+                     "load_average_before": loadavg(), "floor": {}, "modes": {}}
+            for c in concurrencies:
+                entry["floor"][f"c{c}"] = perf_analyzer(env, s.triton_grpc, repository.FLOOR, c, data, requests,
+                                                         scratch / f"pa-{built['items']}-{c}.floor.csv")
+            for mode, delay in modes:
+                version += 1
+                log(f"  model version {version}: {mode} (batch delay {delay})")
+                pipeline = repository.pipeline_from_settings(replace(s, triton_batch_delay_us=delay), manifest)
+                repository.write_model_versions(repository.exports_from_run(Path(built["run_dir"])), s.triton_repo,
+                                                version, pipeline, lineage={"source": "bench/serving.py"})
+                began = time.perf_counter()
+                control.load_model(s, repository.FOUR_STAGE)
+                runs = {"model_version": version, "dynamic_batching_delay_us": delay,
+                        "model_load_seconds": round(time.perf_counter() - began, 1)}
+                for c in concurrencies:
+                    run = perf_analyzer(env, s.triton_grpc, repository.FOUR_STAGE, c, data, requests,
+                                        scratch / f"pa-{built['items']}-{c}-{mode}.csv")
+                    run["p50_over_floor_p50"] = round(run["p50_ms"] / entry["floor"][f"c{c}"]["p50_ms"], 1)
+                    run["load_average_after"] = loadavg()
+                    runs[f"c{c}"] = run
+                entry["modes"][mode] = runs
+            entry["index"] = json.loads((s.triton_repo / "recsys" / str(version) / "index" / "index.json").read_text())
+            result["catalogues"].append(entry)
+    finally:
+        stack.down(s, only=["triton", "redis"])
+    result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(args.out)
+    log(f"wrote {args.out}")
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
