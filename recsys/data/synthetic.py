@@ -144,6 +144,45 @@ def write_synthetic(out_dir: Path, config: SyntheticConfig = SyntheticConfig(), 
     The folder appears complete or not at all (written under a temporary name, then renamed). An
     existing non-empty ``out_dir`` is refused unless ``overwrite``. Returns rows per table.
     """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise RecsysError(f"{out_dir} already exists and is not empty (use overwrite / --force)")
+    tables = generate_tables(config)
+    _write_tables(out_dir, tables, asdict(config))
+    rows = {name: int(len(frame)) for name, frame in tables.items()}
+    log.info("wrote %s: %s", out_dir, rows)
+    return rows
+
+
+def append_batch(folder: Path, config: SyntheticConfig) -> dict[str, int]:
+    """A new batch of data arrives in an input folder written by :func:`write_synthetic`.
+
+    The batch's interactions start on the day after the newest one already there and are appended;
+    ``users`` and ``items`` take the batch's values (the same ids: a drifted batch changes users'
+    features, as a real population shifts). The folder is swapped atomically, like ``write_synthetic``.
+    Returns the rows of each table after the append.
+    """
+    import dataclasses
+
+    import pandas as pd
+
+    from recsys.data.contract import read_table
+
+    folder = Path(folder)
+    existing = read_table(folder, "interactions")
+    start = (pd.Timestamp(existing["timestamp"].max()).normalize() + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    batch = generate_tables(dataclasses.replace(config, start=start))
+    interactions = pd.concat(
+        [existing, batch["interactions"].astype({"event_type": str})], ignore_index=True
+    )
+    tables = {"interactions": interactions, "users": batch["users"], "items": batch["items"]}
+    _write_tables(folder, tables, {"appended_batch": asdict(dataclasses.replace(config, start=start))})
+    return {name: int(len(frame)) for name, frame in tables.items()}
+
+
+def _write_tables(out_dir: Path, tables: dict, generator: dict) -> None:
+    """Write the tables as parquet into ``out_dir``, swapped in only once complete."""
     import json
     import shutil
 
@@ -152,11 +191,6 @@ def write_synthetic(out_dir: Path, config: SyntheticConfig = SyntheticConfig(), 
 
     from recsys.data.versioning import atomic_directory
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise RecsysError(f"{out_dir} already exists and is not empty (use overwrite / --force)")
-    tables = generate_tables(config)
     staging = out_dir.parent / f".{out_dir.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     with atomic_directory(staging) as tmp:
@@ -167,14 +201,11 @@ def write_synthetic(out_dir: Path, config: SyntheticConfig = SyntheticConfig(), 
                 if pa.types.is_dictionary(field.type):
                     table = table.set_column(index, field.name, table.column(index).cast(pa.string()))
             pq.write_table(table, tmp / f"{name}.parquet")
-        (tmp / "generator.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True) + "\n")
+        (tmp / "generator.json").write_text(json.dumps(generator, indent=2, sort_keys=True) + "\n")
     # swap into place: the old folder (if any) is removed only once the new one is complete
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
-    rows = {name: int(len(frame)) for name, frame in tables.items()}
-    log.info("wrote %s: %s", out_dir, rows)
-    return rows
 
 
 # ------------------------------------------------------------------------------------------

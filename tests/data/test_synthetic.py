@@ -137,3 +137,23 @@ def test_written_folder_passes_validation(tmp_path):
         write_synthetic(out, SyntheticConfig(n_users=50, n_items=40, n_interactions=2_000, seed=1))
     write_synthetic(out, SyntheticConfig(n_users=60, n_items=40, n_interactions=2_000, seed=1), overwrite=True)
     assert len(validate_input(out).users) == 60
+
+
+def test_an_appended_drifted_batch_follows_the_data_and_passes_validation(tmp_path):
+    import pandas as pd
+
+    from recsys.data.synthetic import SyntheticConfig, append_batch, write_synthetic
+    from recsys.data.validation import validate_input
+
+    folder = tmp_path / "landing"
+    base = SyntheticConfig(n_users=300, n_items=80, n_interactions=4_000, days=10, seed=5)
+    before = write_synthetic(folder, base)
+    old = pd.read_parquet(folder / "interactions.parquet")
+    rows = append_batch(folder, SyntheticConfig(n_users=300, n_items=80, n_interactions=1_000, days=3, seed=6, drift=1.0))
+
+    assert rows["interactions"] > before["interactions"] and rows["users"] == before["users"]
+    tables = validate_input(folder)
+    new = tables.interactions[tables.interactions["timestamp"] > old["timestamp"].max()]
+    assert len(new) == rows["interactions"] - before["interactions"]
+    assert new["timestamp"].min() >= old["timestamp"].max().normalize() + pd.Timedelta(days=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["landing"]  # no staging folder left
