@@ -21,8 +21,8 @@ from typing import Optional
 from recsys.settings import Settings, get_settings
 
 ETL_DAG, TRAIN_DAG = "recsys_etl", "recsys_train"
-REFRESH_DAG, PUBLISH_DAG = "recsys_feature_refresh", "recsys_publish"
-STEPS = 6
+REFRESH_DAG, PUBLISH_DAG, DRIFT_DAG = "recsys_feature_refresh", "recsys_publish", "recsys_drift"
+STEPS = 9
 
 
 def _step(text: str) -> None:
@@ -96,8 +96,8 @@ def _print_metrics(settings: Settings) -> None:
             print(f"    auc {m.get('auc', float('nan')):.4f}   logloss {m.get('logloss', float('nan')):.4f}")
 
 
-def _show_recommendations(settings: Settings, k: int = 5) -> None:
-    """Top k for the most active users and for an unknown one (cold start: the popularity list)."""
+def _show_recommendations(settings: Settings, users: Optional[list[int]] = None, k: int = 5) -> list[int]:
+    """Top k for ``users`` (default: the three most active and an unknown one, for cold start); returns them."""
     import pandas as pd
 
     from recsys.data.contract import read_table
@@ -105,10 +105,11 @@ def _show_recommendations(settings: Settings, k: int = 5) -> None:
 
     interactions = read_table(settings.landing, "interactions")
     items = read_table(settings.landing, "items").set_index("item_id")
-    active = interactions["user_id"].value_counts().index[:3].tolist()
-    unknown = int(interactions["user_id"].max()) + 1
+    if users is None:
+        active = interactions["user_id"].value_counts().index[:3].tolist()
+        users = [*active, int(interactions["user_id"].max()) + 1]
     with RecommendClient.from_settings(settings) as client:
-        for user in [*active, unknown]:
+        for user in users:
             history = interactions.loc[interactions["user_id"] == user, "item_id"]
             label = f"user {user}"
             if len(history) and "category" in items.columns:
@@ -120,6 +121,66 @@ def _show_recommendations(settings: Settings, k: int = 5) -> None:
             recs = client.recommend_with_attributes(user, k)
             table = pd.DataFrame(recs)
             print("    " + table.to_string(index=False, float_format=lambda x: f"{x:.3f}").replace("\n", "\n    "))
+    return users
+
+
+def _publish_after(client, settings: Settings, train_run: dict, timeout: float) -> None:
+    """Wait for what a finished training run set off: publishing when it made a new champion."""
+    gate = {t["task_id"]: t for t in client.task_instances(TRAIN_DAG, train_run["dag_run_id"])}
+    if gate["announce_champion"]["state"] != "success":
+        print("  the retrained models did not beat the champions: nothing new is published (see the gate in MLflow)")
+        return
+    print("  a new champion: Airflow publishes it from the champion Asset")
+    publish_run = _wait_for_new_run(client, PUBLISH_DAG, "asset_triggered", train_run["queued_at"], timeout=120)
+    _run_and_wait(client, PUBLISH_DAG, publish_run["dag_run_id"], timeout, settings)
+
+
+def _drift_loop(client, settings: Settings, args: argparse.Namespace, users: list[int]) -> None:
+    """A drifted batch arrives; drift checks notice it; retraining and publishing follow by themselves."""
+    from recsys.data.synthetic import SyntheticConfig, append_batch
+    from recsys.monitoring.store import list_checks
+
+    _step(f"7/{STEPS} a drifted batch arrives in {settings.landing}: users' features and tastes shift")
+    generator = settings.landing / "generator.json"
+    if generator.exists() and "appended_batch" in generator.read_text():
+        print("  it already arrived in an earlier run; the drift history is in the Airflow view (below)")
+        return
+    rows = append_batch(
+        settings.landing,
+        SyntheticConfig(
+            n_users=args.users, n_items=args.items, n_interactions=args.interactions // 4, days=7,
+            seed=args.seed + 1, drift=1.0,
+        ),
+    )
+    print(f"  landing folder now holds {rows['interactions']:,} interactions (7 new, drifted days)")
+
+    _step(
+        f"8/{STEPS} {DRIFT_DAG}: Evidently checks of the newest week against the champion's training window "
+        f"(retrain after {settings.drift_consecutive_checks} drifted checks in a row)"
+    )
+    triggered = None
+    for _ in range(settings.drift_consecutive_checks + 1):
+        run = client.dag_run(DRIFT_DAG, client.trigger(DRIFT_DAG))
+        _run_and_wait(client, DRIFT_DAG, run["dag_run_id"], args.timeout, settings)
+        check = list_checks(1, settings)[0]
+        print(f"  check {check['check_id']}: {check['reason']}")
+        if check["trigger"]:
+            triggered = run
+            break
+    if triggered is None:
+        print("  no retrain was triggered")
+        return
+    train_run = _wait_for_new_run(client, TRAIN_DAG, "asset_triggered", triggered["queued_at"], timeout=120)
+    print(f"  the drift Asset started {TRAIN_DAG} ({train_run['dag_run_id']}): ETL of the new data, training, gate")
+    _run_and_wait(client, TRAIN_DAG, train_run["dag_run_id"], args.timeout, settings)
+    _publish_after(client, settings, train_run, args.timeout)
+
+    _step(f"9/{STEPS} the same users' recommendations after the drift-triggered retrain")
+    _show_recommendations(settings, users)
+    print(
+        f"\n  drift reports: Airflow view {settings.airflow}/plugin/recsys, MLflow experiment "
+        f"{settings.monitoring_experiment_name!r}, files under {settings.monitoring_root}/checks/"
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -148,9 +209,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     client = AirflowClient.from_settings(settings)
     etl_dag = client.wait_for_dag(ETL_DAG, timeout=180)
-    for dag_id in (TRAIN_DAG, REFRESH_DAG, PUBLISH_DAG):
+    for dag_id in (TRAIN_DAG, REFRESH_DAG, PUBLISH_DAG, DRIFT_DAG):
         client.wait_for_dag(dag_id, timeout=180)
-    for dag_id in (ETL_DAG, TRAIN_DAG, REFRESH_DAG, PUBLISH_DAG):
+    for dag_id in (ETL_DAG, TRAIN_DAG, REFRESH_DAG, PUBLISH_DAG, DRIFT_DAG):
         client.unpause(dag_id)
 
     _step(f"3/{STEPS} {ETL_DAG}: validate, snapshot, NVTabular ETL (Airflow run)")
@@ -200,7 +261,9 @@ def run_demo(args: argparse.Namespace) -> int:
         _run_and_wait(client, PUBLISH_DAG, publish_run["dag_run_id"], args.timeout, settings)
 
     _step(f"6/{STEPS} recommendations served by Triton (retrieval, filtering, scoring, ordering)")
-    _show_recommendations(settings)
+    shown = _show_recommendations(settings)
+
+    _drift_loop(client, settings, args, shown)
 
     _step(f"done in {time.monotonic() - began:.0f} s. Champion models (validation window, whole catalogue):")
     _print_metrics(settings)
