@@ -10,6 +10,7 @@ EXPECTED_DAGS = {
     "recsys_feature_refresh",
     "recsys_publish",
     "recsys_batch_recommendations",
+    "recsys_drift",
 }
 
 
@@ -51,5 +52,19 @@ def test_train_is_scheduled_on_the_features_asset_and_etl_emits_it(dagbag):
     etl = dagbag.dags["recsys_etl"]
     assert FEATURES in etl.get_task("announce_features").outlets
     train = dagbag.dags["recsys_train"]
-    assert FEATURES.name in {a.name for a in train.timetable.asset_condition.objects}
+    assert FEATURES.name in _asset_names(train.timetable.asset_condition)
     assert CHAMPION in train.get_task("announce_champion").outlets
+
+
+def _asset_names(condition) -> set:
+    """Names of the assets in a (possibly nested) schedule condition such as ``FEATURES | DRIFT``."""
+    if hasattr(condition, "objects"):
+        return set().union(*(_asset_names(o) for o in condition.objects))
+    return {condition.name}
+
+
+def test_drift_retrains_through_the_train_dag(dagbag):
+    from recsys.assets import DRIFT
+
+    assert DRIFT in dagbag.dags["recsys_drift"].get_task("announce_drift").outlets
+    assert DRIFT.name in _asset_names(dagbag.dags["recsys_train"].timetable.asset_condition)
