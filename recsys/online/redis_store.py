@@ -35,7 +35,9 @@ served model must read rows of the feature version it was trained on, not whatev
 refresh to a new feature version runs as soon as the ETL wrote it, long before (or without ever) a
 model trained on it serving. The switch script therefore also sets ``{p}:fv:<F>``, and every read
 takes ``feature_version=F`` to resolve that pointer instead of ``current`` (the read scripts take
-the pointer key as KEYS[1], so a pinned read costs the same). Publishing pins the served feature
+the pointer key as KEYS[1], so a pinned read costs the same). A version written before these
+pointers existed gets its pointer from the next refresh of the same snapshot (the "already current"
+path sets a missing pointer; idempotent). Publishing pins the served feature
 versions in ``{p}:pinned``; garbage collection keeps the newest version of every pinned feature
 version whatever its age, and an unpinned one gets the grace period again from the unpin.
 
@@ -280,6 +282,10 @@ class RedisOnlineStore(OnlineStore):
             and base.data_version == snapshot.data_version
         ):
             log.info("online version %s already holds feature version %s: nothing to do", base.version, base.feature_version)
+            # A version written before the per-feature-version pointers existed has none, so pinned
+            # reads of it would fail; set it here (NX: never moves a pointer a switch already set).
+            if self.client.set(self.pointer_key(base.feature_version), base.version, nx=True):
+                log.info("set the missing pointer %s -> %s", self.pointer_key(base.feature_version), base.version)
             return RefreshResult(base.version, snapshot.feature_version, base.mode, skipped=True, reason="already current")
 
         mode, reason = "full", ""

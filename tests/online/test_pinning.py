@@ -62,6 +62,25 @@ def test_a_read_pinned_to_a_feature_version_without_online_version_is_a_clear_er
     assert store.current(feature_version="fvX") is None
 
 
+def test_a_plain_refresh_sets_the_missing_pointer_of_a_version_written_before_pointers_existed(make_store, redis_client):
+    store = make_store()
+    old_t = tables()
+    written = store.refresh(snapshot(old_t, feature_version="fvA"))
+    pointer = store.pointer_key("fvA")
+    redis_client.delete(pointer)  # what an online version written before the pointers looks like
+    with pytest.raises(NoOnlineVersionError):
+        store.read(1000, [5000], feature_version="fvA")
+
+    again = store.refresh(snapshot(old_t, feature_version="fvA"))
+    assert again.skipped and again.reason == "already current" and again.version == written.version
+    assert redis_client.get(pointer).decode() == written.version
+    assert store.read(1000, [5000], feature_version="fvA").version == written.version
+    # idempotent, and never moves a pointer that is already set
+    redis_client.set(pointer, "kept")
+    assert store.refresh(snapshot(old_t, feature_version="fvA")).skipped
+    assert redis_client.get(pointer).decode() == "kept"
+
+
 def test_gc_keeps_a_pinned_version_past_the_grace_period_and_collects_it_once_unpinned(make_store, redis_client):
     store = make_store(grace_seconds=100)
     old = store.refresh(snapshot(tables(), feature_version="fvA"))
