@@ -136,8 +136,23 @@ def missing_table_message(folder: Path, name: str) -> str:
     return f"{name}: missing table: expected {name}.parquet, {name}.csv or a folder {name}/ in {folder}"
 
 
-def feature_columns(df: "pd.DataFrame", id_col: str) -> tuple[list[str], list[str]]:
-    """Split the feature columns of a users/items table into (categorical, continuous).
+@dataclass(frozen=True)
+class FeatureColumns:
+    """Feature columns of a users/items table (or of both), split by kind."""
+
+    categorical: list[str]
+    continuous: list[str]
+
+    @property
+    def all(self) -> list[str]:
+        return self.categorical + self.continuous
+
+    def kind(self, column: str) -> str:
+        return "continuous" if column in self.continuous else "categorical"
+
+
+def feature_columns(df: "pd.DataFrame", id_col: str) -> FeatureColumns:
+    """Split the feature columns of a users/items table by kind.
 
     Floating-point columns are continuous; every other column (text, integer, boolean, ...) is
     categorical. ``id_col`` is left out of both lists.
@@ -145,14 +160,11 @@ def feature_columns(df: "pd.DataFrame", id_col: str) -> tuple[list[str], list[st
     import pandas as pd
 
     categorical, continuous = [], []
-    for column in df.columns:
+    for column, dtype in df.dtypes.items():
         if column == id_col:
             continue
-        if pd.api.types.is_float_dtype(df[column].dtype):
-            continuous.append(column)
-        else:
-            categorical.append(column)
-    return categorical, continuous
+        (continuous if pd.api.types.is_float_dtype(dtype) else categorical).append(str(column))
+    return FeatureColumns(categorical, continuous)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -102,7 +102,8 @@ def build_manifest(tables: InputTables, version: str) -> dict[str, Any]:
     timestamps = tables.interactions["timestamp"]
     features = {}
     for name, id_col in (("users", "user_id"), ("items", "item_id")):
-        categorical, continuous = feature_columns(frames[name], id_col)
+        split = feature_columns(frames[name], id_col)
+        categorical, continuous = split.categorical, split.continuous
         features[name] = {"categorical": categorical, "continuous": continuous}
     input_hashes = {}
     for paths in tables.files.values():

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from merlin.io import Dataset
 
+from recsys.data.contract import FeatureColumns, feature_columns
 from recsys.data.versioning import atomic_directory, content_hash, sha256_file, utc_now_iso, write_json_atomic
 from recsys.errors import RecsysError
 from recsys.features.workflows import (
@@ -41,13 +42,11 @@ from recsys.features.workflows import (
     TIMESTAMP,
     USER_ID,
     WORKFLOW_DEFINITION_VERSION,
-    FeatureColumns,
     build_item_workflow,
     build_user_workflow,
     embedding_cardinalities,
     interaction_schema,
     portable_schema,
-    split_feature_columns,
 )
 
 Progress = Callable[[str], Any]
@@ -248,8 +247,8 @@ def _check_tables(
             raise EtlError(
                 f"{data_dir / (table + '.parquet')}: missing column(s) {missing}; found {list(frame.columns)}"
             )
-    user_features = split_feature_columns(users, USER_ID)
-    item_features = split_feature_columns(items, ITEM_ID)
+    user_features = feature_columns(users, USER_ID)
+    item_features = feature_columns(items, ITEM_ID)
     # Users and items share one row in train/, so their feature names must differ.
     for table, features, other in (
         ("users", user_features, set(item_features.all)),

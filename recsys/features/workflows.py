@@ -15,7 +15,6 @@ missing values are filled with 0, i.e. with the training mean.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,8 @@ import pandas as pd
 from merlin.schema import ColumnSchema, Schema, Tags
 from nvtabular import ops
 
+from recsys.data.contract import FeatureColumns
+
 # Bump when the graphs below change: it is part of the feature version hash.
 WORKFLOW_DEFINITION_VERSION = 1
 
@@ -31,28 +32,6 @@ USER_ID = "user_id"
 ITEM_ID = "item_id"
 TARGET = "click"
 TIMESTAMP = "timestamp"
-
-
-@dataclass(frozen=True)
-class FeatureColumns:
-    """Feature columns of one entity table (users or items), split by kind."""
-
-    categorical: list[str]
-    continuous: list[str]
-
-    @property
-    def all(self) -> list[str]:
-        return self.categorical + self.continuous
-
-
-def split_feature_columns(table: pd.DataFrame, id_column: str) -> FeatureColumns:
-    """Float columns are continuous; every other column except the id is categorical."""
-    categorical, continuous = [], []
-    for name, dtype in table.dtypes.items():
-        if name == id_column:
-            continue
-        (continuous if pd.api.types.is_float_dtype(dtype) else categorical).append(str(name))
-    return FeatureColumns(categorical=categorical, continuous=continuous)
 
 
 def _entity_graph(

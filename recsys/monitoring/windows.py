@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recsys.data.contract import FeatureColumns
 from recsys.errors import RecsysError
 from recsys.settings import Settings
 
@@ -32,21 +33,6 @@ class DriftDataError(RecsysError):
 
 class NoChampionError(RecsysError):
     """There is no champion model yet, so there is no training window to compare with."""
-
-
-@dataclass(frozen=True)
-class FeatureColumns:
-    """The raw feature columns a check compares, by kind (floats are continuous, the rest categorical)."""
-
-    categorical: list[str]
-    continuous: list[str]
-
-    @property
-    def all(self) -> list[str]:
-        return self.categorical + self.continuous
-
-    def kind(self, column: str) -> str:
-        return "continuous" if column in self.continuous else "categorical"
 
 
 @dataclass(frozen=True)
