@@ -110,12 +110,13 @@ def _show_recommendations(settings: Settings, users: Optional[list[int]] = None,
         users = [*active, int(interactions["user_id"].max()) + 1]
     with RecommendClient.from_settings(settings) as client:
         for user in users:
-            history = interactions.loc[interactions["user_id"] == user, "item_id"]
+            rows = interactions[interactions["user_id"] == user]
+            engaged = rows.loc[rows["label"] == 1, "item_id"] if "label" in rows else rows["item_id"]
             label = f"user {user}"
-            if len(history) and "category" in items.columns:
-                top = items.loc[history, "category"].value_counts().index[:3].tolist()
-                label += f" ({len(history)} interactions, mostly categories {', '.join(map(str, top))})"
-            elif not len(history):
+            if len(engaged) and "category" in items.columns:
+                top = items.loc[engaged, "category"].value_counts().index[:3].tolist()
+                label += f" ({len(engaged)} engagements, mostly with categories {', '.join(map(str, top))})"
+            elif not len(rows):
                 label += " (unknown: cold start, popularity filtered the same way)"
             print(f"\n  {label}")
             recs = client.recommend_with_attributes(user, k)
