@@ -100,10 +100,11 @@ class Settings:
     """Triton model repository. Default: ``<home>/triton/repository``."""
     triton_instances: int = 2
     """Instances of the four-stage model (one per core: each runs TensorFlow single-threaded)."""
-    triton_batch_delay_us: Optional[int] = None
-    """Four-stage model: unset, one request per call (clients send ``user_id`` of shape [1]); a number,
-    Triton's dynamic batching hands the model every queued request at once, waiting up to that many
-    microseconds for more (0: no wait), and clients send shape [1, 1]. About 2x the throughput."""
+    triton_batch_delay_us: Optional[int] = 0
+    """Four-stage model, Triton's dynamic batching: >= 0 (default 0: no queue delay), the model gets every
+    queued request at once, waiting up to that many microseconds for more, and clients send ``user_id``
+    of shape [1, 1] (about 2x the throughput at concurrency 16, bench/results/serving.json). Negative
+    (e.g. ``RECSYS_TRITON_BATCH_DELAY_US=-1``) or None: batching off, one request per call, shape [1]."""
     candidates_k: int = 200
     """Retrieval: candidates taken from the FAISS index before filtering and ranking."""
     recommend_default_k: int = 10

@@ -192,25 +192,27 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[start : start + size]
 
 
-def _recommend_many(client, users: list[int], k: int, version: int) -> list[tuple[Any, Any]]:
-    """One ``recsys`` request per user, all in flight through the client's connection pool."""
-    import numpy as np
+def _recommend_many(client, users: list[int], k: int, version: int, batched: bool) -> list[tuple[Any, Any]]:
+    """One ``recsys`` request per user, all in flight through the client's connection pool.
+
+    ``batched``: the served config has dynamic batching (requests of shape [1, 1]; see
+    :func:`recsys.serving.client.recommend_inputs`, shared with every other caller).
+    """
     import tritonclient.http as httpclient
+
+    from recsys.serving.client import recommend_inputs, recommendation_arrays
 
     pending = []
     for user in users:
-        user_input = httpclient.InferInput("user_id", [1], "INT64")
-        user_input.set_data_from_numpy(np.array([user], dtype=np.int64))
-        k_input = httpclient.InferInput("k", [1], "INT32")
-        k_input.set_data_from_numpy(np.array([k], dtype=np.int32))
-        pending.append(client.async_infer(MODEL, [user_input, k_input], model_version=str(version)))
+        inputs = recommend_inputs(httpclient, user, k, batched=batched)
+        pending.append(client.async_infer(MODEL, inputs, model_version=str(version)))
     results = []
     for user, request in zip(users, pending):
         try:
             result = request.get_result()
         except Exception as exc:
             raise BatchError(f"Triton {MODEL!r} v{version} refused user {user}: {exc}") from None
-        results.append((result.as_numpy("item_ids"), result.as_numpy("scores")))
+        results.append(recommendation_arrays(result))
     return results
 
 
@@ -271,9 +273,12 @@ def precompute(
         log.info("precomputing top %d for %d users with %s v%d (%d in flight) into batch %s",
                  top_n, len(users), MODEL, model_version, s.batch_concurrency, batch)
         try:
+            from recsys.serving.client import model_uses_batching
+
+            batched = model_uses_batching(triton, MODEL)
             done = 0
             for chunk in _chunks(users, chunk_size):
-                results = _recommend_many(triton, chunk, top_n, model_version)
+                results = _recommend_many(triton, chunk, top_n, model_version, batched)
                 pipe = r.pipeline(transaction=False)
                 pipe.hset(keys.rows(batch), mapping={u: pack(ids, sc) for u, (ids, sc) in zip(chunk, results)})
                 pipe.execute()

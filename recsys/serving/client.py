@@ -7,12 +7,19 @@
 
 Errors (a bad request, a model that is not loaded, a server that does not answer) raise
 :class:`~recsys.serving.control.ServingError` with Triton's message.
+
+Callers that drive a tritonclient of their own (publishing's smoke test, the offline batch) build
+their requests with the same helpers, so every caller agrees with the served config:
+
+    batched = model_uses_batching(triton, "recsys")           # dynamic batching: tensors are [1, 1]
+    result = triton.infer("recsys", recommend_inputs(tritonclient.http, user_id, k, batched=batched))
+    item_ids, scores = recommendation_arrays(result)
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -21,6 +28,56 @@ from recsys.settings import Settings, get_settings
 
 MODEL = "recsys"
 STAGES = ("retrieval", "filtering", "scoring", "ordering")
+
+
+def config_uses_batching(config: Mapping[str, Any]) -> bool:
+    """True if a Triton model config (its JSON form) has dynamic batching: ``max_batch_size`` > 0."""
+    return int(config.get("max_batch_size", 0) or 0) > 0
+
+
+def model_uses_batching(triton: Any, model: str = MODEL) -> bool:
+    """Ask Triton (a ``tritonclient.grpc`` or ``tritonclient.http`` client) whether ``model`` is batched."""
+    from tritonclient.utils import InferenceServerException
+
+    grpc = type(triton).__module__.startswith("tritonclient.grpc")
+    try:
+        if grpc:
+            config = triton.get_model_config(model, as_json=True).get("config", {})
+        else:
+            config = triton.get_model_config(model)
+    except InferenceServerException as exc:
+        raise ServingError(f"Triton ({'grpc' if grpc else 'http'}) {model!r}: {exc.message()}") from None
+    return config_uses_batching(config)
+
+
+def recommend_inputs(
+    module: Any,
+    user_id: int,
+    k: Optional[int] = None,
+    context: Optional[dict[str, Any]] = None,
+    *,
+    batched: bool,
+) -> list:
+    """The input tensors of one ``recsys`` request; ``module``: ``tritonclient.grpc`` or ``tritonclient.http``.
+
+    ``batched`` (:func:`model_uses_batching`): the served config has dynamic batching, so every
+    tensor carries a leading batch dimension: shape [1, 1] instead of [1].
+    """
+    shape = [1, 1] if batched else [1]
+    inputs = [module.InferInput("user_id", shape, "INT64")]
+    inputs[0].set_data_from_numpy(np.array([user_id], dtype=np.int64).reshape(shape))
+    if k is not None:
+        inputs.append(module.InferInput("k", shape, "INT32"))
+        inputs[-1].set_data_from_numpy(np.array([k], dtype=np.int32).reshape(shape))
+    if context is not None:
+        inputs.append(module.InferInput("context", shape, "BYTES"))
+        inputs[-1].set_data_from_numpy(np.array([json.dumps(context).encode()], dtype=object).reshape(shape))
+    return inputs
+
+
+def recommendation_arrays(result: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(item_ids, scores)`` of one ``recsys`` answer, flat (without the batch dimension, if any)."""
+    return result.as_numpy("item_ids").reshape(-1), result.as_numpy("scores").reshape(-1)
 
 
 class RecommendClient:
@@ -87,24 +144,14 @@ class RecommendClient:
                     self._batched = None
                     continue
                 raise ServingError(f"Triton ({self.protocol}) {self.model!r}: {exc.message()}") from None
-        item_ids = result.as_numpy("item_ids").reshape(-1)
-        scores = result.as_numpy("scores").reshape(-1)
+        item_ids, scores = recommendation_arrays(result)
         if timings:
             self.last_timings_ms = dict(zip(STAGES, result.as_numpy("timings_ms").reshape(-1).tolist()))
         return [(int(i), float(s)) for i, s in zip(item_ids, scores)]
 
     def _infer(self, user_id: int, k: Optional[int], context: Optional[dict[str, Any]], timings: bool):
         m = self._module
-        # With dynamic batching the tensors carry a batch dimension: [1, 1] instead of [1].
-        shape = [1, 1] if self._uses_batching() else [1]
-        inputs = [m.InferInput("user_id", shape, "INT64")]
-        inputs[0].set_data_from_numpy(np.array([user_id], dtype=np.int64).reshape(shape))
-        if k is not None:
-            inputs.append(m.InferInput("k", shape, "INT32"))
-            inputs[-1].set_data_from_numpy(np.array([k], dtype=np.int32).reshape(shape))
-        if context is not None:
-            inputs.append(m.InferInput("context", shape, "BYTES"))
-            inputs[-1].set_data_from_numpy(np.array([json.dumps(context).encode()], dtype=object).reshape(shape))
+        inputs = recommend_inputs(m, user_id, k, context, batched=self._uses_batching())
         names = ["item_ids", "scores"] + (["timings_ms"] if timings else [])
         outputs = [m.InferRequestedOutput(n) for n in names]
         if self.protocol == "grpc":
@@ -114,16 +161,7 @@ class RecommendClient:
     def _uses_batching(self) -> bool:
         """True if the served model has dynamic batching (``max_batch_size`` > 0); asked once."""
         if self._batched is None:
-            from tritonclient.utils import InferenceServerException
-
-            try:
-                if self.protocol == "grpc":
-                    config = self._client.get_model_config(self.model, as_json=True).get("config", {})
-                else:
-                    config = self._client.get_model_config(self.model)
-            except InferenceServerException as exc:
-                raise ServingError(f"Triton ({self.protocol}) {self.model!r}: {exc.message()}") from None
-            self._batched = int(config.get("max_batch_size", 0) or 0) > 0
+            self._batched = model_uses_batching(self._client, self.model)
         return self._batched
 
     def recommend_with_attributes(

@@ -444,13 +444,17 @@ def default_smoke_test(s: Settings, versions: dict[str, int], lineage: dict[str,
         import numpy as np
         import tritonclient.http as httpclient
 
+        from recsys.serving.client import model_uses_batching, recommend_inputs, recommendation_arrays
+
         user_id = int(lineage.get("smoke_user_id", 0))
-        user = httpclient.InferInput("user_id", [1], "INT64")
-        user.set_data_from_numpy(np.array([user_id], dtype=np.int64))
-        k = httpclient.InferInput("k", [1], "INT32")
-        k.set_data_from_numpy(np.array([5], dtype=np.int32))
-        result = triton_client(s).infer("recsys", [user, k], model_version=str(versions["recsys"]))
-        items, scores = result.as_numpy("item_ids"), result.as_numpy("scores")
+        triton = triton_client(s)
+        try:
+            # The request's shape follows the config just loaded (dynamic batching: [1, 1]).
+            inputs = recommend_inputs(httpclient, user_id, 5, batched=model_uses_batching(triton, "recsys"))
+            result = triton.infer("recsys", inputs, model_version=str(versions["recsys"]))
+        finally:
+            triton.close()
+        items, scores = recommendation_arrays(result)
         if items is None or len(items) == 0 or scores is None or not np.isfinite(scores).all():
             raise PublishError(f"smoke request to recsys v{versions['recsys']} (user {user_id}) answered no usable items: {items}, {scores}")
         details["recsys"] = {"user_id": user_id, "item_ids": [int(i) for i in items]}

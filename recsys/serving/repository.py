@@ -59,6 +59,11 @@ MAX_BATCH = 64
 """Largest batch of requests Triton's dynamic batcher hands the four-stage model (when enabled)."""
 
 
+def batching_enabled(batch_delay_us: Optional[int]) -> bool:
+    """Dynamic batching for a ``batch_delay_us`` setting: on for 0 or more, off for None or negative."""
+    return batch_delay_us is not None and int(batch_delay_us) >= 0
+
+
 class RepositoryError(RecsysError):
     """The exports or the repository are not what a model version needs."""
 
@@ -109,7 +114,8 @@ def pipeline_from_settings(settings: Settings, feature_manifest: Mapping[str, An
         "max_k": settings.recommend_max_k,
         "faiss_index": settings.faiss_index,
         "instances": settings.triton_instances,
-        "batch_delay_us": settings.triton_batch_delay_us,
+        # null in pipeline.json: batching off (also what versions written before the setting mean)
+        "batch_delay_us": settings.triton_batch_delay_us if batching_enabled(settings.triton_batch_delay_us) else None,
         "ordering": rules.to_dict(),
     }
 
@@ -148,16 +154,18 @@ def model_config(
 ) -> str:
     """A ``config.pbtxt``. ``backend``: ``python`` or ``tensorflow`` (platform tensorflow_savedmodel).
 
-    ``batch_delay_us`` set: dynamic batching (``max_batch_size`` > 0, so the tensors' dims exclude
-    the batch dimension that clients then prepend), waiting up to that long for more requests.
+    ``batch_delay_us`` 0 or more: dynamic batching (``max_batch_size`` > 0, so the tensors' dims
+    exclude the batch dimension that clients then prepend), waiting up to that many microseconds for
+    more requests. None or negative: no batching (``max_batch_size: 0``).
     """
+    batched = batching_enabled(batch_delay_us)
     lines = [f'name: "{name}"']
     lines.append('platform: "tensorflow_savedmodel"' if backend == "tensorflow" else 'backend: "python"')
-    lines.append(f"max_batch_size: {MAX_BATCH if batch_delay_us is not None else 0}")
+    lines.append(f"max_batch_size: {MAX_BATCH if batched else 0}")
     lines.append("input [\n" + ",\n".join(inputs) + "\n]")
     lines.append("output [\n" + ",\n".join(outputs) + "\n]")
     lines.append(f"instance_group [ {{ count: {int(instances)} kind: KIND_CPU }} ]")
-    if batch_delay_us is not None:
+    if batched:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {int(batch_delay_us)} }}")
     if version is not None:
         lines.append(f"version_policy: {{ specific: {{ versions: [ {int(version)} ] }} }}")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from recsys.serving import control, repository
-from recsys.serving.client import RecommendClient
+from recsys.serving.client import RecommendClient, model_uses_batching
 from recsys.serving.control import ServingError
 from recsys.settings import replace
 
@@ -162,14 +162,17 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, user
     from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
     tensors = {"user_id": np.array([users[0]], np.int64), **inputs}
+    client = grpcclient.InferenceServerClient(served["settings"].triton_grpc)
+    batched = model_uses_batching(client, "recsys")  # on by default: tensors carry the batch dimension
+    assert batched == (served["pipeline"]["batch_delay_us"] is not None)
     request = []
     for name, value in tensors.items():
         if value is None:
             continue
+        value = value.reshape(1, -1) if batched else value
         tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
         tensor.set_data_from_numpy(value)
         request.append(tensor)
-    client = grpcclient.InferenceServerClient(served["settings"].triton_grpc)
     try:
         with pytest.raises(InferenceServerException, match=message):
             client.infer("recsys", request)
@@ -184,9 +187,13 @@ def test_ordering_rules_of_a_new_version_then_rollback(served, client, users, st
     user = users[4]
     v1 = client.recommend(user, 20)
     promoted = v1[-1][0]  # the weakest of the 20 gets a large boost
-    rules = replace(s, max_per_category=2, boosts=f"{promoted}=100")
+    # Version 2 also turns dynamic batching off (a negative delay): the client, which last saw a
+    # batched config, must follow the new request shape ([1] instead of [1, 1]) by itself.
+    rules = replace(s, max_per_category=2, boosts=f"{promoted}=100", triton_batch_delay_us=-1)
     pipeline = repository.pipeline_from_settings(rules, trained_run["manifest"])
+    assert pipeline["batch_delay_us"] is None
     repository.write_model_versions(repository.exports_from_run(trained_run["run_dir"]), s.triton_repo, 2, pipeline)
+    assert "max_batch_size: 0" in (s.triton_repo / "recsys" / "2" / "config.pbtxt").read_text()
     control.load_model(s, "recsys")
     assert control.model_ready(s, "recsys", 2) and not control.model_ready(s, "recsys", 1)
 

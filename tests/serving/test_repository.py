@@ -115,3 +115,19 @@ def test_a_failure_leaves_nothing_half_written(exports, pipeline, tmp_path):
 def test_missing_exports_are_named(tmp_path):
     with pytest.raises(RepositoryError, match="saved_model.pb"):
         repository.exports_from_run(tmp_path)
+
+
+def test_dynamic_batching_is_on_by_default_and_a_negative_delay_turns_it_off():
+    from recsys.settings import load_settings
+
+    assert load_settings({}).triton_batch_delay_us == 0
+    manifest = {"feature_version": "fv", "columns": {}}
+    on = repository.pipeline_from_settings(load_settings({}), manifest)
+    assert on["batch_delay_us"] == 0
+    config = repository.four_stage_config(2, 1, on["batch_delay_us"])
+    assert "max_batch_size: 64" in config and "max_queue_delay_microseconds: 0" in config
+    off = repository.pipeline_from_settings(load_settings({"RECSYS_TRITON_BATCH_DELAY_US": "-1"}), manifest)
+    assert off["batch_delay_us"] is None
+    for delay in (None, -1):
+        config = repository.four_stage_config(2, 1, delay)
+        assert "max_batch_size: 0" in config and "dynamic_batching" not in config
