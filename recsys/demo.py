@@ -146,14 +146,17 @@ def _drift_loop(client, settings: Settings, args: argparse.Namespace, users: lis
     if generator.exists() and "appended_batch" in generator.read_text():
         print("  it already arrived in an earlier run; the drift history is in the Airflow view (below)")
         return
+    # Three weeks: longer than the validation window, so a retrain also *learns* from the new world
+    # (a batch shorter than the validation window would all be held out for validation).
+    days = 3 * settings.validation_days
     rows = append_batch(
         settings.landing,
         SyntheticConfig(
-            n_users=args.users, n_items=args.items, n_interactions=args.interactions // 4, days=7,
-            seed=args.seed + 1, drift=1.0,
+            n_users=args.users, n_items=args.items, n_interactions=args.interactions * days // args.days,
+            days=days, seed=args.seed + 1, drift=1.0,
         ),
     )
-    print(f"  landing folder now holds {rows['interactions']:,} interactions (7 new, drifted days)")
+    print(f"  landing folder now holds {rows['interactions']:,} interactions ({days} new, drifted days)")
 
     _step(
         f"8/{STEPS} {DRIFT_DAG}: Evidently checks of the newest week against the champion's training window "
