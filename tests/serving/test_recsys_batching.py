@@ -131,3 +131,18 @@ def test_a_new_online_version_and_unavailable_items_are_seen(batched, users, tra
         finally:
             store.remove_unavailable(taken)
         assert np.allclose([sc for _, sc in client.recommend(users[2], 10)], [sc for _, sc in before])
+
+
+def test_the_offline_batch_and_the_publish_smoke_test_send_the_batched_shape(batched, users):
+    from recsys.serving.batch import precompute, read_precomputed
+    from recsys.serving.client import RecommendClient
+    from recsys.serving.publish import default_smoke_test
+
+    s, _store = batched
+    smoke = default_smoke_test(s, {"recsys": 1}, {"smoke_user_id": users[0]})
+    result = precompute(top_n=5, force=True, settings=s)
+    assert result.users >= len(users)
+    with RecommendClient(s) as client:
+        assert smoke["recsys"]["item_ids"] == [item for item, _ in client.recommend(users[0], 5)]
+        for user in users[:3]:
+            assert [i for i, _ in read_precomputed(user, settings=s)] == [i for i, _ in client.recommend(user, 5)]
