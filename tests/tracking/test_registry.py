@@ -61,25 +61,34 @@ def test_first_version_becomes_champion_then_only_a_better_one_replaces_it(setti
     assert all(d.promoted for d in d1.values())
     assert d1[settings.retrieval_model_name].reason == "no champion yet"
 
-    # Worse retrieval, better ranking: each model is gated on its own primary metric.
+    # Better ranking but worse retrieval: the run's models are served together, so neither is promoted.
     second = _log_fake_training(settings, tmp_path, 0.10, 0.80, "r/2")
     d2 = {d.model: d for d in registry.champion_gate(second, settings)}
-    assert not d2[settings.retrieval_model_name].promoted
-    assert d2[settings.ranking_model_name].promoted
+    assert not d2[settings.retrieval_model_name].promoted and not d2[settings.ranking_model_name].promoted
     assert d2[settings.retrieval_model_name].champion_value == pytest.approx(0.20)
+    assert "retrieval recall_at_10 0.1000 does not beat" in d2[settings.ranking_model_name].reason
 
+    # Better retrieval, but a ranker clearly worse on the same window: rejected together too.
+    third = _log_fake_training(settings, tmp_path, 0.30, 0.60, "r/3")
+    d3 = {d.model: d for d in registry.champion_gate(third, settings)}
+    assert not any(d.promoted for d in d3.values())
+    assert "the ranker's auc 0.6000 is below" in d3[settings.retrieval_model_name].reason
+
+    # Better retrieval and a ranker that holds: both promoted, from the same run.
+    fourth = _log_fake_training(settings, tmp_path, 0.30, 0.698, "r/4")
+    assert all(d.promoted for d in registry.champion_gate(fourth, settings))
     retrieval = c.get_model_version_by_alias(settings.retrieval_model_name, "champion")
     ranking = c.get_model_version_by_alias(settings.ranking_model_name, "champion")
-    assert retrieval.run_id == first and ranking.run_id == second
+    assert retrieval.run_id == ranking.run_id == fourth
     challenger = c.get_model_version_by_alias(settings.retrieval_model_name, "challenger")
-    assert challenger.run_id == second
-    assert challenger.tags["gate.decision"] == "rejected"
-    assert "does not beat" in challenger.tags["gate.reason"]
+    assert challenger.run_id == fourth
+    rejected = c.search_model_versions(f"name = '{settings.retrieval_model_name}' and run_id = '{second}'")[0]
+    assert rejected.tags["gate.decision"] == "rejected" and "does not beat" in rejected.tags["gate.reason"]
     gate_file = c.download_artifacts(second, f"gate/{settings.retrieval_model_name}.json", str(tmp_path))
     assert json.load(open(gate_file))["promoted"] is False
 
     champions = registry.champions(settings)
-    assert champions[settings.ranking_model_name]["metrics"]["auc"] == pytest.approx(0.80)
+    assert champions[settings.ranking_model_name]["metrics"]["auc"] == pytest.approx(0.698)
 
 
 def test_gating_the_same_run_twice_registers_no_duplicate(settings, tmp_path):
@@ -99,8 +108,9 @@ def test_across_feature_versions_the_lift_over_popularity_decides(settings, tmp_
     registry.champion_gate(first, settings)
     # Lower raw recall on a harder window, but 2.5x popularity instead of 1.5x: the better model.
     second = _log_fake_training(settings, tmp_path, 0.25, 0.72, "r/2", feature_version="fv-new", popularity=0.10)
-    d = {x.model: x for x in registry.champion_gate(second, settings)}[settings.retrieval_model_name]
-    assert d.promoted
+    decisions = {x.model: x for x in registry.champion_gate(second, settings)}
+    d = decisions[settings.retrieval_model_name]
+    assert d.promoted and decisions[settings.ranking_model_name].promoted  # the ranker's AUC (other window) does not veto
     assert "lift" in d.metric and d.value == pytest.approx(2.5) and d.champion_value == pytest.approx(1.5)
     # And the other way round: a higher raw recall that is a smaller lift is rejected.
     third = _log_fake_training(settings, tmp_path, 0.40, 0.73, "r/3", feature_version="fv-newer", popularity=0.20)
