@@ -194,7 +194,7 @@ def _build(
     rows = {"users": len(users_out), "items": len(items_out)}
     for split, events in (("train", train_events), ("valid", valid_events)):
         with _stage(progress, f"write {split}") as note:
-            table = _join_features(events, users, users_out, items, items_out)[schema.column_names]
+            table = _nonempty_partitions(_join_features(events, users, users_out, items, items_out)[schema.column_names])
             Dataset(table, schema=schema, cpu=True).to_parquet(out_dir / split)
             rows[split] = Dataset(out_dir / split, engine="parquet", cpu=True).num_rows
             note(f"{rows[split]} rows")
@@ -318,6 +318,21 @@ def _join_features(
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def _nonempty_partitions(frame: dd.DataFrame) -> dd.DataFrame:
+    """``frame`` without its empty partitions (computed once, kept in memory for the write).
+
+    A time split leaves partitions of a time-ordered table empty on one side, and Merlin's parquet
+    writer sizes row groups from the rows it is given: an empty partition divides by zero
+    (``OverflowError: cannot convert float infinity to integer``, seen at 10M interactions).
+    """
+    frame = frame.persist()
+    lengths = frame.map_partitions(len).compute().tolist()
+    keep = [index for index, length in enumerate(lengths) if length]
+    if len(keep) == frame.npartitions or not keep:
+        return frame
+    return frame.partitions[keep]
 
 
 def _read_data_manifest(data_dir: Path) -> dict[str, Any]:

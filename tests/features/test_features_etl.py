@@ -277,3 +277,19 @@ def test_a_validation_window_covering_everything_is_refused(data_dir, tmp_path):
     with pytest.raises(EtlError, match="validation_days=40 covers every interaction"):
         run_etl(data_dir, tmp_path / "features", validation_days=40, progress=lambda _m: None)
     assert not any((tmp_path / "features").iterdir())
+
+
+def test_empty_partitions_are_dropped_before_merlin_writes_them(tmp_path):
+    """Regression: at 10M rows a time split left empty partitions and Merlin's writer divided by zero."""
+    import dask.dataframe as dd
+    import pandas as pd
+    from merlin.io import Dataset
+
+    from recsys.features.etl import _nonempty_partitions
+
+    frame = dd.from_pandas(pd.DataFrame({"a": range(30), "t": range(30)}), npartitions=3)
+    split = frame[frame["t"] >= 20]  # the first two partitions are now empty
+    kept = _nonempty_partitions(split)
+    assert kept.npartitions == 1 and kept.compute()["a"].tolist() == list(range(20, 30))
+    Dataset(kept, cpu=True).to_parquet(tmp_path / "out")
+    assert Dataset(tmp_path / "out", engine="parquet", cpu=True).num_rows == 10
