@@ -34,7 +34,10 @@ def pyarrow_floor(data_dir: Path, feature_dir: Path, scratch: Path) -> float:
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    outputs = {name: ds.dataset(feature_dir / name, format="parquet").to_table() for name in ("train", "valid", "users", "items")}
+    outputs = {
+        name: ds.dataset(sorted((feature_dir / name).glob("*.parquet")), format="parquet").to_table()
+        for name in ("train", "valid", "users", "items")
+    }
     began = time.perf_counter()
     for name in ("interactions", "users", "items"):
         pq.read_table(data_dir / f"{name}.parquet")
