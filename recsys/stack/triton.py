@@ -7,8 +7,10 @@ local cache) and the python-backend stub for the Merlin interpreter's Python ver
 - ``LD_LIBRARY_PATH``: the wheel's bundled libraries + the folder holding ``libpython3.X.so``;
 - the Merlin runtime's ``bin/`` first on ``PATH``, so the stub's Python imports that environment's
   TensorFlow, FAISS and redis-py (the four-stage model runs there);
-- ``--model-control-mode=explicit``: nothing loads at start; publishing loads model versions
-  through the repository API (``POST /v2/repository/models/<name>/load``);
+- ``--model-control-mode=explicit`` with ``--load-model=*``: at start the server loads what the
+  repository serves (each model's config pins its published version), so a restarted stack keeps
+  serving; publishing loads new versions through the repository API
+  (``POST /v2/repository/models/<name>/load``);
 - HTTP, gRPC and metrics bound to ``settings.host`` on the ports of the settings;
 - the settings as environment variables, so the models find Redis (``recsys.settings``).
 
@@ -122,6 +124,7 @@ class TritonService(Service):
             f"--backend-directory={self.server_copy / 'backends'}",
             f"--cache-directory={self.server_copy / 'caches'}",
             "--model-control-mode=explicit",
+            "--load-model=*",  # what the repository serves comes back after a restart
             f"--http-address={s.host}",
             f"--http-port={s.triton_http_port}",
             f"--grpc-address={s.host}",

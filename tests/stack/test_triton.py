@@ -1,5 +1,5 @@
-"""The embedded Triton: started from the nvidia-pytriton wheel's server, explicit model control,
-loopback only, a model loaded and asked, stopped."""
+"""The embedded Triton: started from the nvidia-pytriton wheel's server, explicit model control with
+the repository's models loaded at start, loopback only, a model asked, stopped."""
 
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ def test_triton_starts_loads_the_floor_model_infers_and_stops(triton_settings):
         # the server copy with the python-backend stub for the Merlin interpreter
         assert (s.services_root / "triton" / "server" / "backends" / "python" / "triton_python_backend_stub").exists()
 
-        # explicit model control: nothing is loaded until asked
-        assert not control.model_ready(s, "recsys_floor")
+        # what the repository serves is loaded at start (a restarted stack keeps serving) ...
+        assert control.model_ready(s, "recsys_floor", 1)
+        # ... and explicit model control loads (here: reloads) through the repository API
         control.load_model(s, "recsys_floor")
         assert control.model_ready(s, "recsys_floor", 1)
 
