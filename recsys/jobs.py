@@ -149,6 +149,7 @@ def train_and_log(
         result = TrainResult.from_run_dir(out_dir)
     else:
         result = train_models(Path(feature_dir), out_dir, TrainParams(**params))
+    _write_checksums(out_dir)  # publishing verifies every file against them before Triton loads it
     tags = {
         runs.TAG_AIRFLOW_RUN: airflow_run,
         runs.TAG_DATA_VERSION: result.data_version,
@@ -177,6 +178,14 @@ def train_and_log(
     # The artifacts now live in MLflow; the local copy was only a staging area.
     shutil.rmtree(out_dir, ignore_errors=True)
     return {"run_id": run_id, "metrics": metrics, "reused": False}
+
+
+def _write_checksums(out_dir: Path) -> None:
+    """``checksums.json``: the sha256 of every file of a training output, by path relative to it."""
+    from recsys.data.versioning import sha256_file, write_json_atomic
+
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != "checksums.json")
+    write_json_atomic(out_dir / "checksums.json", {p.relative_to(out_dir).as_posix(): sha256_file(p) for p in files})
 
 
 def champion_gate(run_id: str) -> dict:

@@ -64,6 +64,14 @@ def test_etl_then_train_then_rerun_is_idempotent(pipeline_settings):
     assert run.data.tags["recsys.feature_version"] == versions[0].name
     assert client.get_model_version_by_alias(s.ranking_model_name, "champion").run_id == champion.run_id
     assert len(client.get_metric_history(champion.run_id, "retrieval.loss")) == 1  # one epoch, one point
+    # Every exported file has its sha256 recorded, for publishing to verify before Triton loads it.
+    import hashlib
+    import json
+
+    checksums = json.load(open(client.download_artifacts(champion.run_id, "checksums.json", str(s.home / "dl"))))
+    assert "ranking/dlrm/saved_model.pb" in checksums
+    pb = client.download_artifacts(champion.run_id, "ranking/dlrm/saved_model.pb", str(s.home / "dl"))
+    assert hashlib.sha256(open(pb, "rb").read()).hexdigest() == checksums["ranking/dlrm/saved_model.pb"]
 
     # The same data again: same versions, no new feature version, no Asset event (announce skipped).
     again = _dag("recsys_etl").test()
