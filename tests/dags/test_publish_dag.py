@@ -9,57 +9,22 @@ tasks in this process, so the test writer is put in place of the default one for
 
 from __future__ import annotations
 
-import os
-import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
 
 from recsys.settings import get_settings
+from shared_helpers import patched_environ, toy_config, toy_source
 
 pytestmark = pytest.mark.slow
-
-TOY_RECSYS = textwrap.dedent(
-    """
-    import numpy as np
-    import triton_python_backend_utils as pb_utils
-
-
-    class TritonPythonModel:
-        def execute(self, requests):
-            out = []
-            for request in requests:
-                user = int(pb_utils.get_input_tensor_by_name(request, "user_id").as_numpy()[0])
-                k_tensor = pb_utils.get_input_tensor_by_name(request, "k")
-                k = int(k_tensor.as_numpy()[0]) if k_tensor is not None else 10
-                items = 5000 + (user + np.arange(k)) % 50
-                scores = (1.0 - np.arange(k) / 100.0).astype(np.float32)
-                out.append(pb_utils.InferenceResponse([
-                    pb_utils.Tensor("item_ids", items.astype(np.int64)), pb_utils.Tensor("scores", scores)]))
-            return out
-    """
-)
-
-CONFIG = textwrap.dedent(
-    """
-    name: "recsys"
-    backend: "python"
-    max_batch_size: 0
-    input [ { name: "user_id" data_type: TYPE_INT64 dims: [ 1 ] },
-            { name: "k" data_type: TYPE_INT32 dims: [ 1 ] optional: true } ]
-    output [ { name: "item_ids" data_type: TYPE_INT64 dims: [ -1 ] },
-             { name: "scores" data_type: TYPE_FP32 dims: [ -1 ] } ]
-    instance_group [ { kind: KIND_CPU count: 1 } ]
-    """
-)
 
 
 def toy_writer(exports: Path, staging: Path, version: int, settings, lineage: dict) -> list[str]:
     assert (exports / "ranking" / "dlrm" / "saved_model.pb").is_file()
     (staging / "recsys" / str(version)).mkdir(parents=True)
-    (staging / "recsys" / str(version) / "model.py").write_text(TOY_RECSYS)
-    (staging / "recsys" / "config.pbtxt").write_text(CONFIG)
+    (staging / "recsys" / str(version) / "model.py").write_text(toy_source())
+    (staging / "recsys" / "config.pbtxt").write_text(toy_config())
     return ["recsys"]
 
 
@@ -106,22 +71,14 @@ def publish_env(stack_settings, airflow_db, tmp_path_factory):
         "RECSYS_RETRIEVAL_MODEL_NAME": f"retrieval-{tag}",
         "RECSYS_RANKING_MODEL_NAME": f"ranking-{tag}",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    s = get_settings()
-    features = write_sample_versions(s.home, n_users=120, n_items=50)
-    stack.up(s, only=["triton"])
-    try:
-        yield s, features
-    finally:
-        stack.down(s, only=["triton"])
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
+    with patched_environ(env):
+        s = get_settings()
+        features = write_sample_versions(s.home, n_users=120, n_items=50)
+        stack.up(s, only=["triton"])
+        try:
+            yield s, features
+        finally:
+            stack.down(s, only=["triton"])
 
 
 def _champion(s, feature_dir: Path, tmp: Path) -> None:

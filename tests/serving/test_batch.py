@@ -7,54 +7,12 @@ precomputed lists can be checked exactly; it refuses one user on demand (a reque
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
 from recsys.settings import replace
 
-TOY_RECSYS = textwrap.dedent(
-    """
-    import numpy as np
-    import triton_python_backend_utils as pb_utils
-
-    REFUSED = {refused}
-
-
-    class TritonPythonModel:
-        def execute(self, requests):
-            out = []
-            for request in requests:
-                user = int(pb_utils.get_input_tensor_by_name(request, "user_id").as_numpy()[0])
-                k_tensor = pb_utils.get_input_tensor_by_name(request, "k")
-                k = int(k_tensor.as_numpy()[0]) if k_tensor is not None else 10
-                if user in REFUSED:
-                    out.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"user {{user}} refused")))
-                    continue
-                items = 5000 + (user + np.arange(k)) % 50
-                scores = (1.0 - np.arange(k) / 100.0).astype(np.float32)
-                out.append(pb_utils.InferenceResponse([
-                    pb_utils.Tensor("item_ids", items.astype(np.int64)), pb_utils.Tensor("scores", scores)]))
-            return out
-    """
-)
-
-CONFIG = textwrap.dedent(
-    """
-    name: "recsys"
-    backend: "python"
-    max_batch_size: 0
-    input [ { name: "user_id" data_type: TYPE_INT64 dims: [ 1 ] },
-            { name: "k" data_type: TYPE_INT32 dims: [ 1 ] optional: true } ]
-    output [ { name: "item_ids" data_type: TYPE_INT64 dims: [ -1 ] },
-             { name: "scores" data_type: TYPE_FP32 dims: [ -1 ] } ]
-    instance_group [ { kind: KIND_CPU count: 2 } ]
-    """
-)
-
-
-def expected(user: int, k: int) -> list[int]:
-    return [5000 + (user + j) % 50 for j in range(k)]
+from shared_helpers import toy_config, toy_source
+from shared_helpers import toy_expected as expected  # noqa: F401  (the tests call it `expected`)
 
 
 def serve_toy(s, version: int, refused: tuple[int, ...] = ()) -> None:
@@ -62,8 +20,8 @@ def serve_toy(s, version: int, refused: tuple[int, ...] = ()) -> None:
 
     folder = s.triton_repo / "recsys"
     (folder / str(version)).mkdir(parents=True)
-    (folder / str(version) / "model.py").write_text(TOY_RECSYS.format(refused=set(refused) or "set()"))
-    (folder / "config.pbtxt").write_text(CONFIG)
+    (folder / str(version) / "model.py").write_text(toy_source(refused))
+    (folder / "config.pbtxt").write_text(toy_config(instances=2))
     load_model(s, "recsys")
 
 

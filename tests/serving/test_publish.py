@@ -9,7 +9,6 @@ Triton service). The models here are tiny python-backend models written by a tes
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 import uuid
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from recsys.settings import Settings, get_settings, replace
+from shared_helpers import patched_environ
 
 GOOD_MODEL = textwrap.dedent(
     """
@@ -136,21 +136,13 @@ def triton_settings(stack_settings, tmp_path_factory):
         "RECSYS_TRITON_METRICS_PORT": str(free_port()),
         "RECSYS_TRITON_REPOSITORY": str(tmp_path_factory.mktemp("publish-repository")),
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    s = get_settings()
-    stack.up(s, only=["triton"])
-    try:
-        yield s
-    finally:
-        stack.down(s, only=["triton"])
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
+    with patched_environ(env):
+        s = get_settings()
+        stack.up(s, only=["triton"])
+        try:
+            yield s
+        finally:
+            stack.down(s, only=["triton"])
 
 
 @pytest.fixture
