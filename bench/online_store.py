@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-FEAST_PYTHON = ROOT / ".envs" / "feast" / "bin" / "python"
+FEAST_PYTHON = ROOT / ".envs" / "peers" / "bin" / "python"
 
 
 def percentiles(seconds: list[float]) -> dict:
