@@ -57,16 +57,13 @@ def build_features(data_dir: str) -> dict:
     _merlin_job_logging()
     from recsys.data.versioning import read_manifest
     from recsys.features.etl import feature_version_id, run_etl
+    from recsys.features.split import ValidationSplit
 
     s = get_settings()
-    expected = s.features_root / feature_version_id(read_manifest(Path(data_dir))["data_version"], s.validation_days)
+    split = ValidationSplit.from_settings(s)
+    expected = s.features_root / feature_version_id(read_manifest(Path(data_dir))["data_version"], split)
     existed = (expected / "manifest.json").exists()
-    fv = run_etl(
-        Path(data_dir),
-        s.features_root,
-        validation_days=s.validation_days,
-        dask_scheduler_address=s.dask_scheduler_address,
-    )
+    fv = run_etl(Path(data_dir), s.features_root, split, dask_scheduler_address=s.dask_scheduler_address)
     return {
         "feature_version": fv.version,
         "data_version": fv.manifest["data_version"],

@@ -58,8 +58,13 @@ class Settings:
     """e.g. ``tcp://10.0.0.5:8786``. Set: NVTabular runs on that Dask cluster."""
 
     # --- data ---------------------------------------------------------------------------
+    validation_split: str = "auto"
+    """``time`` (the last ``validation_days`` days), ``user`` (each user's newest ``validation_fraction``), or
+    ``auto``: time when that window holds enough interactions of known users (recsys.features.split)."""
     validation_days: int = 7
-    """The last N days of interactions are the validation window."""
+    """Time split: the last N days of interactions are the validation window."""
+    validation_fraction: float = 0.2
+    """Per-user split: each user's newest share of interactions is validation."""
 
     # --- training -----------------------------------------------------------------------
     epochs: int = 3

@@ -2,11 +2,13 @@
 
 Stages:
 1. read the data version and check it (tables, columns, ids known to users/items);
-2. split interactions by time: the last ``validation_days`` days (relative to the newest
-   interaction) are validation, everything before is training;
-3. fit the user and item workflows on the training interactions joined with the user/item
-   features (so vocabularies are frequency-ordered and statistics are weighted as the model
-   sees them), on the training window only;
+2. split interactions into training and validation (:mod:`recsys.features.split`: the last days, or
+   each user's newest interactions, whichever the data supports);
+3. fit the user and item workflows on every interaction joined with the user/item features (so
+   vocabularies are frequency-ordered and statistics are weighted as the model sees them). Every
+   interaction, not only the training ones: the published models are refitted on training and
+   validation together, and must have an embedding of their own for the newest users and items.
+   No label is used in fitting; evaluation leaves out users without training interactions;
 4. transform the full users and items tables, then build train/ and valid/ by joining the
    interactions with the transformed rows (the workflows are row-wise after fitting, so a join
    gives exactly what transforming every interaction row would, at the cost of one lookup);
@@ -36,6 +38,7 @@ from merlin.io import Dataset
 from recsys.data.contract import FeatureColumns, feature_columns
 from recsys.data.versioning import atomic_directory, content_hash, sha256_file, utc_now_iso, write_json_atomic
 from recsys.errors import RecsysError
+from recsys.features.split import SplitError, ValidationSplit, plan_split
 from recsys.features.workflows import (
     ITEM_ID,
     TARGET,
@@ -72,19 +75,16 @@ class FeatureVersion:
     manifest: dict[str, Any]
 
 
-def feature_version_id(data_version: str, validation_days: int) -> str:
+def feature_version_id(data_version: str, split: ValidationSplit) -> str:
     """Short content hash of the data version and the ETL configuration."""
-    config = {
-        "validation_days": int(validation_days),
-        "workflow_definition_version": WORKFLOW_DEFINITION_VERSION,
-    }
+    config = {**split.config(), "workflow_definition_version": WORKFLOW_DEFINITION_VERSION}
     return content_hash("feature-version", data_version, config)
 
 
 def run_etl(
     data_dir: Path,
     features_root: Path,
-    validation_days: int,
+    split: ValidationSplit,
     dask_scheduler_address: Optional[str] = None,
     progress: Progress = print,
 ) -> FeatureVersion:
@@ -94,10 +94,8 @@ def run_etl(
     under ``features_root``.
     """
     data_dir, features_root = Path(data_dir), Path(features_root)
-    if int(validation_days) < 1:
-        raise EtlError(f"validation_days must be >= 1, got {validation_days}")
     data_manifest = _read_data_manifest(data_dir)
-    version = feature_version_id(data_manifest["data_version"], validation_days)
+    version = feature_version_id(data_manifest["data_version"], split)
     target = features_root / version
     if (target / "manifest.json").exists():
         progress(f"[etl] feature version {version} already exists at {target}: nothing to do")
@@ -105,11 +103,12 @@ def run_etl(
 
     progress(
         f"[etl] data version {data_manifest['data_version']} -> feature version {version} "
-        f"(validation_days={validation_days}, dask={dask_scheduler_address or 'local threads'})"
+        f"({split.kind} split, validation_days={split.days}, validation_fraction={split.fraction}, "
+        f"dask={dask_scheduler_address or 'local threads'})"
     )
     started = time.perf_counter()
     with atomic_directory(target) as out_dir, _dask_execution(dask_scheduler_address):
-        manifest = _build(data_dir, out_dir, version, data_manifest, int(validation_days), progress)
+        manifest = _build(data_dir, out_dir, version, data_manifest, split, progress)
     rows = manifest["rows"]["train"] + manifest["rows"]["valid"]
     seconds = time.perf_counter() - started
     progress(f"[etl] done: {rows} interactions in {seconds:.1f}s ({rows / seconds:,.0f} rows/s) -> {target}")
@@ -124,7 +123,7 @@ def _build(
     out_dir: Path,
     version: str,
     data_manifest: dict[str, Any],
-    validation_days: int,
+    split: ValidationSplit,
     progress: Progress,
 ) -> dict[str, Any]:
     with _stage(progress, "read") as note:
@@ -147,21 +146,25 @@ def _build(
         _refuse_unknown_ids(data_dir, interactions, items, ITEM_ID, unknown_items)
         note(f"{total} interactions, {len(users)} users, {len(items)} items")
 
-    with _stage(progress, "split by time") as note:
-        cutoff = int(ts_max) - validation_days * 86_400
-        train_events = interactions[interactions[TIMESTAMP] < cutoff]
-        valid_events = interactions[interactions[TIMESTAMP] >= cutoff]
+    with _stage(progress, "split") as note:
+        keys = interactions[[USER_ID, ITEM_ID, TIMESTAMP]].compute()
+        try:
+            plan = plan_split(split, keys[USER_ID].to_numpy(), keys[ITEM_ID].to_numpy(), keys[TIMESTAMP].to_numpy())
+        except SplitError as exc:
+            raise EtlError(f"{data_dir / 'interactions.parquet'}: {exc} (column timestamp, newest {_iso(ts_max)})") from None
+        del keys
+        flagged = interactions.map_partitions(_flag_validation, plan)
+        train_events = flagged[~flagged["_valid"]].drop(columns="_valid")
+        valid_events = flagged[flagged["_valid"]].drop(columns="_valid")
         train_rows = int(train_events.shape[0].compute())
-        if train_rows == 0:
-            raise EtlError(
-                f"{data_dir / 'interactions.parquet'}: validation_days={validation_days} covers every "
-                f"interaction (column timestamp, newest {_iso(ts_max)}): no training window left"
-            )
-        note(f"train {train_rows} rows before {_iso(cutoff)}, valid {total - train_rows} rows")
+        if train_rows == 0 or train_rows == total:
+            raise EtlError(f"{data_dir / 'interactions.parquet'}: the split left {train_rows} of {total} rows for "
+                           f"training ({plan.reason}); nothing to {'train' if train_rows == 0 else 'validate'} on")
+        note(f"{plan.reason}; train {train_rows} rows, valid {total - train_rows} rows")
 
-    with _stage(progress, "fit workflows on the training window") as note:
-        train_joined = (
-            train_events.merge(users, on=USER_ID, how="inner").merge(items, on=ITEM_ID, how="inner")
+    with _stage(progress, "fit workflows on every interaction") as note:
+        all_joined = (
+            interactions.merge(users, on=USER_ID, how="inner").merge(items, on=ITEM_ID, how="inner")
         ).persist()  # read once, fitted twice
         scratch = out_dir / "_fit_categories"
         user_workflow = build_user_workflow(user_features, scratch / "user")
@@ -171,16 +174,16 @@ def _build(
             ("items", item_workflow, [ITEM_ID] + item_features.all),
         ):
             try:
-                workflow.fit(Dataset(train_joined[columns], cpu=True))
+                workflow.fit(Dataset(all_joined[columns], cpu=True))
             except Exception as exc:  # NVTabular names the column; add the file
                 raise EtlError(f"{data_dir / (table + '.parquet')}: fitting the features failed: {exc}") from exc
-        del train_joined
+        del all_joined
         # Saving copies the vocabularies into the workflow folders and points the ops there.
         user_workflow.save(out_dir / "workflows" / "user")
         item_workflow.save(out_dir / "workflows" / "item")
         shutil.rmtree(scratch)
         cardinalities = embedding_cardinalities(user_workflow, item_workflow)
-        note(f"{train_rows} rows; cardinalities {cardinalities}")
+        note(f"{total} rows; cardinalities {cardinalities}")
 
     with _stage(progress, "transform users and items") as note:
         users_out = _transform_entities(user_workflow, users, out_dir / "users")
@@ -192,24 +195,24 @@ def _build(
 
     schema = interaction_schema(user_workflow, item_workflow)
     rows = {"users": len(users_out), "items": len(items_out)}
-    for split, events in (("train", train_events), ("valid", valid_events)):
-        with _stage(progress, f"write {split}") as note:
+    for part, events in (("train", train_events), ("valid", valid_events)):
+        with _stage(progress, f"write {part}") as note:
             table = _nonempty_partitions(_join_features(events, users, users_out, items, items_out)[schema.column_names])
-            Dataset(table, schema=schema, cpu=True).to_parquet(out_dir / split)
-            rows[split] = Dataset(out_dir / split, engine="parquet", cpu=True).num_rows
-            note(f"{rows[split]} rows")
+            Dataset(table, schema=schema, cpu=True).to_parquet(out_dir / part)
+            rows[part] = Dataset(out_dir / part, engine="parquet", cpu=True).num_rows
+            note(f"{rows[part]} rows")
 
     manifest = {
         "feature_version": version,
         "data_version": data_manifest["data_version"],
         "created_at": utc_now_iso(),
-        "validation_days": validation_days,
+        "validation_days": int(split.days),
         "workflow_definition_version": WORKFLOW_DEFINITION_VERSION,
         "split": {
-            "train_start": _iso(ts_min),
-            "train_end": _iso(cutoff),
-            "valid_start": _iso(cutoff),
-            "valid_end": _iso(ts_max),
+            **plan.manifest(),
+            "first": _iso(ts_min),
+            "last": _iso(ts_max),
+            **_split_ranges(train_events, valid_events),
         },
         "rows": rows,
         "columns": {
@@ -232,6 +235,18 @@ def _build(
     }
     write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def _flag_validation(partition: pd.DataFrame, plan) -> pd.DataFrame:
+    mask = plan.is_validation(partition[USER_ID].to_numpy(), partition[ITEM_ID].to_numpy(), partition[TIMESTAMP].to_numpy())
+    return partition.assign(_valid=mask)
+
+
+def _split_ranges(train: dd.DataFrame, valid: dd.DataFrame) -> dict[str, str]:
+    """First and last timestamp of each side (a time split: train ends where validation starts)."""
+    t_min, t_max, v_min, v_max = dask.compute(train[TIMESTAMP].min(), train[TIMESTAMP].max(),
+                                              valid[TIMESTAMP].min(), valid[TIMESTAMP].max())
+    return {"train_start": _iso(t_min), "train_end": _iso(t_max), "valid_start": _iso(v_min), "valid_end": _iso(v_max)}
 
 
 def _check_tables(

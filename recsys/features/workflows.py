@@ -1,11 +1,12 @@
 """NVTabular workflow definitions: one for user features, one for item features.
 
 The two workflows are fitted and saved apart because serving transforms a user (query side) and
-the candidate items separately. Both are fitted on the training window only, so nothing from the
-validation window leaks into vocabularies or normalization statistics.
+the candidate items separately. Both are fitted on every interaction of the data version (the ETL
+explains why): the published models are refitted on training and validation together and need an
+embedding of their own for every user and item. No label is used in fitting.
 
 Encoding of categorical columns (NVTabular 23.08 ``Categorify``): index 0 is reserved (padding),
-1 is null, 2 is out-of-vocabulary (ids and values never seen in the training window), then the
+1 is null, 2 is out-of-vocabulary (ids and values never seen in fitting, e.g. at serving time), then the
 known values from 3 up, most frequent first.
 
 Continuous columns: ``Normalize`` (mean / sample std over the non-missing training values), then
@@ -26,7 +27,7 @@ from nvtabular import ops
 from recsys.data.contract import FeatureColumns
 
 # Bump when the graphs below change: it is part of the feature version hash.
-WORKFLOW_DEFINITION_VERSION = 1
+WORKFLOW_DEFINITION_VERSION = 2  # 2: fitted on every interaction (was: the training window)
 
 USER_ID = "user_id"
 ITEM_ID = "item_id"

@@ -20,9 +20,10 @@ def data_dir(tmp_path: Path) -> Path:
 def built(tmp_path_factory):
     """One ETL run shared by the read-only tests of a module: (data_dir, features_root, FeatureVersion)."""
     from recsys.features.etl import run_etl
+    from recsys.features.split import ValidationSplit
 
     root = tmp_path_factory.mktemp("etl")
     data = write_data_version(root / "data" / "d0d0d0d0d0d0")
     features_root = root / "features"
-    result = run_etl(data, features_root, validation_days=7, progress=lambda _m: None)
+    result = run_etl(data, features_root, split=ValidationSplit("time", 7), progress=lambda _m: None)
     return data, features_root, result

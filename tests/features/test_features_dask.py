@@ -7,6 +7,7 @@ import pytest
 from merlin.io import Dataset
 
 from recsys.features.etl import run_etl
+from recsys.features.split import ValidationSplit
 
 # merlin.io warns on every CPU Dataset; CPU is this project's normal case.
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing an NVTabular Dataset in CPU mode:UserWarning")
@@ -30,7 +31,7 @@ def test_dask_cluster_run_equals_single_process_run(built, tmp_path):
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
     ) as cluster:
         on_cluster = run_etl(
-            data, tmp_path / "features", validation_days=7, dask_scheduler_address=cluster.scheduler_address,
+            data, tmp_path / "features", split=ValidationSplit("time", 7), dask_scheduler_address=cluster.scheduler_address,
             progress=messages.append,
         )
         ran_on_cluster = set(cluster.scheduler.task_prefixes)

@@ -14,6 +14,7 @@ from merlin.schema import Tags
 
 from features_helpers import write_data_version
 from recsys.features.etl import EtlError, run_etl
+from recsys.features.split import ValidationSplit
 
 # merlin.io warns on every CPU Dataset; CPU is this project's normal case.
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing an NVTabular Dataset in CPU mode:UserWarning")
@@ -79,8 +80,8 @@ def test_layout_and_manifest(built):
         table = path / ("users" if column in ("user_id", "country", "is_premium") else "items")
         assert _read(table)[column].max() < size, column
         assert train[column].max() < size, column
-    # vocabulary of user ids = users seen in training + the 3 reserved indices
-    assert manifest["cardinalities"]["user_id"] == _train_window(interactions)["user_id"].nunique() + FIRST_KNOWN
+    # vocabulary of user ids = users with any interaction (validation ones too) + the 3 reserved indices
+    assert manifest["cardinalities"]["user_id"] == interactions["user_id"].nunique() + FIRST_KNOWN
 
 
 def test_train_schema_tags(built):
@@ -106,7 +107,6 @@ def test_train_schema_tags(built):
 def test_encoded_ids_are_contiguous_and_consistent(built):
     data, _, result = built
     interactions, users, items = _raw(data)
-    train_raw = _train_window(interactions)
     for entity, table in (("user", users), ("item", items)):
         id_col = f"{entity}_id"
         id_map = pd.read_parquet(result.path / "id_maps" / f"{entity}s.parquet")
@@ -114,12 +114,12 @@ def test_encoded_ids_are_contiguous_and_consistent(built):
         assert id_map[f"{id_col}_raw"].tolist() == table[id_col].tolist()
         # users/ (items/) rows are in the same order as the id map
         assert _read(result.path / f"{entity}s")[id_col].tolist() == id_map[id_col].tolist()
-        seen = id_map[id_map[f"{id_col}_raw"].isin(train_raw[id_col])]
-        unseen = id_map[~id_map[f"{id_col}_raw"].isin(train_raw[id_col])]
+        seen = id_map[id_map[f"{id_col}_raw"].isin(interactions[id_col])]
+        unseen = id_map[~id_map[f"{id_col}_raw"].isin(interactions[id_col])]
         assert sorted(seen[id_col]) == list(range(FIRST_KNOWN, FIRST_KNOWN + len(seen)))  # contiguous
-        assert (unseen[id_col] == OOV).all()
-        # frequency order: the most frequent id in the training window gets the first index
-        top = train_raw[id_col].value_counts().idxmax()
+        assert (unseen[id_col] == OOV).all()  # never interacted: out of vocabulary
+        # frequency order: the most frequent id gets the first index
+        top = interactions[id_col].value_counts().idxmax()
         assert id_map.set_index(f"{id_col}_raw").loc[top, id_col] == FIRST_KNOWN
 
     # every train/valid row = its raw interaction mapped through the id maps
@@ -148,15 +148,13 @@ def test_encoded_ids_are_contiguous_and_consistent(built):
     np.testing.assert_allclose(joined["age"], joined["age_u"])
 
 
-def test_continuous_features_use_training_statistics_only(built):
+def test_continuous_features_use_interaction_weighted_statistics(built):
     data, _, result = built
     interactions, users, items = _raw(data)
-    train_raw = _train_window(interactions)
-    # statistics over the training interactions (what the model sees), missing values excluded
-    ages = train_raw.merge(users, on="user_id")["age"].dropna()
+    # statistics over every interaction (what the refitted model sees), missing values excluded
+    ages = interactions.merge(users, on="user_id")["age"].dropna()
     mean, std = ages.mean(), ages.std(ddof=1)
-    all_ages = interactions.merge(users, on="user_id")["age"].dropna()
-    assert not np.isclose(mean, all_ages.mean())  # the validation window would change the answer
+    assert not np.isclose(mean, users["age"].mean())  # weighted by interactions, not one per user
 
     user_map = pd.read_parquet(result.path / "id_maps" / "users.parquet")
     users_out = _read(result.path / "users").assign(user_id_raw=user_map["user_id_raw"])
@@ -166,7 +164,7 @@ def test_continuous_features_use_training_statistics_only(built):
     missing = users[users["age"].isna()]["user_id"].iloc[0]
     assert users_out.loc[users_out["user_id_raw"] == missing, "age"].item() == 0.0  # the training mean
 
-    prices = train_raw.merge(items, on="item_id")["price"]
+    prices = interactions.merge(items, on="item_id")["price"]
     item_map = pd.read_parquet(result.path / "id_maps" / "items.parquet")
     items_out = _read(result.path / "items").assign(item_id_raw=item_map["item_id_raw"])
     item = items.iloc[4]
@@ -180,13 +178,47 @@ def test_split_by_time(built):
     newest = interactions["ts"].max()
     cutoff = newest - 7 * DAY
     split = result.manifest["split"]
-    assert split["valid_end"] == pd.Timestamp(newest, unit="s").isoformat()
-    assert split["valid_start"] == split["train_end"] == pd.Timestamp(cutoff, unit="s").isoformat()
-    assert split["train_start"] == pd.Timestamp(interactions["ts"].min(), unit="s").isoformat()
+    assert split["kind"] == "time" and split["cutoff"] == cutoff and "as configured" in split["reason"]
     train, valid = _read(result.path / "train"), _read(result.path / "valid")
+    assert split["valid_end"] == split["last"] == pd.Timestamp(newest, unit="s").isoformat()
+    assert split["valid_start"] == pd.Timestamp(valid["timestamp"].min(), unit="s").isoformat()
+    assert split["train_end"] == pd.Timestamp(train["timestamp"].max(), unit="s").isoformat()
+    assert split["train_start"] == split["first"] == pd.Timestamp(interactions["ts"].min(), unit="s").isoformat()
     assert train["timestamp"].max() < cutoff <= valid["timestamp"].min()
     assert valid["timestamp"].max() == newest
     assert len(valid) == (interactions["ts"] >= cutoff).sum() > 0
+
+
+def test_per_user_split_holds_out_each_users_newest_interactions(tmp_path):
+    data = write_data_version(tmp_path / "data" / "d1d1d1d1d1d1", data_version="d1d1d1d1d1d1")
+    result = run_etl(data, tmp_path / "features", ValidationSplit("user", fraction=0.25), progress=lambda _m: None)
+    assert result.manifest["split"]["kind"] == "user" and result.manifest["split"]["validation_fraction"] == 0.25
+    interactions, _, _ = _raw(data)
+    id_map = pd.read_parquet(result.path / "id_maps" / "users.parquet")
+    user_map = id_map[id_map["user_id"] != OOV].set_index("user_id")["user_id_raw"]  # users without interactions share OOV
+    valid = _read(result.path / "valid").assign(raw=lambda f: f["user_id"].map(user_map))
+    train = _read(result.path / "train").assign(raw=lambda f: f["user_id"].map(user_map))
+    checked = 0
+    for user, rows in interactions.groupby("user_id"):
+        held = valid[valid["raw"] == user]
+        kept = train[train["raw"] == user]
+        if len(rows) < 5:  # too few to lend any to validation
+            assert held.empty and len(kept) == len(rows)
+            continue
+        assert len(held) == max(1, round(0.25 * len(rows))) and len(held) + len(kept) == len(rows)
+        assert held["timestamp"].min() >= kept["timestamp"].max()  # the newest ones
+        checked += 1
+    assert checked >= 5
+
+
+def test_auto_split_falls_back_to_per_user_when_the_last_days_hold_too_little(tmp_path):
+    # 600 interactions over 30 days, but a 1-day window: about 3% of them, below the 5% a window needs
+    data = write_data_version(tmp_path / "data" / "d2d2d2d2d2d2", data_version="d2d2d2d2d2d2")
+    result = run_etl(data, tmp_path / "features", ValidationSplit("auto", days=1), progress=lambda _m: None)
+    split = result.manifest["split"]
+    assert split["kind"] == "user" and "auto: per-user split, because the last 1 days hold" in split["reason"]
+    week = run_etl(data, tmp_path / "features", ValidationSplit("auto", days=7), progress=lambda _m: None)
+    assert week.manifest["split"]["kind"] == "time" and week.version != result.version
 
 
 def test_saved_workflows_transform_raw_rows_like_the_etl(built):
@@ -202,7 +234,7 @@ def test_saved_workflows_transform_raw_rows_like_the_etl(built):
 
 def test_without_labels_every_interaction_is_a_click(tmp_path):
     data = write_data_version(tmp_path / "data", labels=False, n_interactions=200, data_version="nolabel00000")
-    result = run_etl(data, tmp_path / "features", validation_days=5, progress=lambda _m: None)
+    result = run_etl(data, tmp_path / "features", ValidationSplit("time", 5), progress=lambda _m: None)
     assert result.manifest["has_labels"] is False
     train = _read(result.path / "train")
     assert set(train["click"]) == {1} and str(train["click"].dtype) == "int32"
@@ -211,15 +243,15 @@ def test_without_labels_every_interaction_is_a_click(tmp_path):
 def test_rerun_returns_the_same_version_untouched(data_dir, tmp_path):
     root = tmp_path / "features"
     messages: list[str] = []
-    first = run_etl(data_dir, root, validation_days=7, progress=messages.append)
+    first = run_etl(data_dir, root, ValidationSplit("time", 7), progress=messages.append)
     assert any("fit workflows" in m and "rows" in m and "s)" in m for m in messages)  # progress with counts
     stamps = {p: p.stat().st_mtime_ns for p in first.path.rglob("*")}
     messages.clear()
-    second = run_etl(data_dir, root, validation_days=7, progress=messages.append)
+    second = run_etl(data_dir, root, ValidationSplit("time", 7), progress=messages.append)
     assert second.version == first.version and second.manifest == first.manifest
     assert {p: p.stat().st_mtime_ns for p in second.path.rglob("*")} == stamps
     assert len(messages) == 1 and "already exists" in messages[0]
-    other = run_etl(data_dir, root, validation_days=3, progress=lambda _m: None)
+    other = run_etl(data_dir, root, ValidationSplit("time", 3), progress=lambda _m: None)
     assert other.version != first.version  # the config is part of the version
     assert sorted(p.name for p in root.iterdir()) == sorted([first.version, other.version])
 
@@ -228,7 +260,7 @@ def test_missing_table_is_refused_and_nothing_is_written(data_dir, tmp_path):
     (data_dir / "items.parquet").unlink()
     root = tmp_path / "features"
     with pytest.raises(EtlError, match="items.parquet"):
-        run_etl(data_dir, root, validation_days=7, progress=lambda _m: None)
+        run_etl(data_dir, root, ValidationSplit("time", 7), progress=lambda _m: None)
     assert not root.exists() or list(root.iterdir()) == []
 
 
@@ -242,8 +274,8 @@ def test_failure_midway_leaves_no_folder(data_dir, tmp_path):
     root.mkdir()
     messages: list[str] = []
     with pytest.raises(EtlError, match=r"users\.parquet.*meta"):
-        run_etl(data_dir, root, validation_days=7, progress=messages.append)
-    assert "[etl] fit workflows on the training window ..." in messages  # it did get midway
+        run_etl(data_dir, root, ValidationSplit("time", 7), progress=messages.append)
+    assert "[etl] fit workflows on every interaction ..." in messages  # it did get midway
     assert list(root.iterdir()) == []
 
 
@@ -254,7 +286,7 @@ def test_unknown_ids_are_refused_with_an_example(data_dir, tmp_path):
         data_dir / "users.parquet", index=False
     )
     with pytest.raises(EtlError, match=rf"user_id.*e\.g\. {interactions['user_id'].iloc[0]}"):
-        run_etl(data_dir, tmp_path / "features", validation_days=7, progress=lambda _m: None)
+        run_etl(data_dir, tmp_path / "features", ValidationSplit("time", 7), progress=lambda _m: None)
     assert not any((tmp_path / "features").iterdir())
 
 
@@ -266,7 +298,7 @@ def test_runs_on_a_version_written_by_the_data_package(tmp_path):
         tmp_path / "in", synthetic.SyntheticConfig(n_users=150, n_items=40, n_interactions=2_000, days=14)
     )
     version = ingest.ingest(tmp_path / "in", tmp_path / "data")
-    result = run_etl(version.path, tmp_path / "features", validation_days=3, progress=lambda _m: None)
+    result = run_etl(version.path, tmp_path / "features", ValidationSplit("time", 3), progress=lambda _m: None)
     assert result.manifest["data_version"] == version.version
     assert result.manifest["rows"]["train"] + result.manifest["rows"]["valid"] == len(
         pd.read_parquet(version.path / "interactions.parquet")
@@ -275,7 +307,7 @@ def test_runs_on_a_version_written_by_the_data_package(tmp_path):
 
 def test_a_validation_window_covering_everything_is_refused(data_dir, tmp_path):
     with pytest.raises(EtlError, match="validation_days=40 covers every interaction"):
-        run_etl(data_dir, tmp_path / "features", validation_days=40, progress=lambda _m: None)
+        run_etl(data_dir, tmp_path / "features", ValidationSplit("time", 40), progress=lambda _m: None)
     assert not any((tmp_path / "features").iterdir())
 
 

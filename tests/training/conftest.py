@@ -89,6 +89,7 @@ def build_feature_version(root: Path, *, seed: int = 7, with_labels: bool = Fals
     """Run the real pipeline (ingest, then the NVTabular ETL) on the tables above; return the feature version."""
     from recsys.data.ingest import ingest
     from recsys.features.etl import run_etl
+    from recsys.features.split import ValidationSplit
 
     users, items, inter = _raw_tables(seed, with_labels)
     landing = root / ("landing_labels" if with_labels else "landing_implicit")
@@ -101,7 +102,7 @@ def build_feature_version(root: Path, *, seed: int = 7, with_labels: bool = Fals
     items.to_parquet(landing / "items.parquet", index=False)
     inter.to_parquet(landing / "interactions.parquet", index=False)
     data = ingest(landing, root / "data")
-    return run_etl(data.path, root / "features", VALIDATION_DAYS, progress=lambda *_: None).path
+    return run_etl(data.path, root / "features", ValidationSplit("time", VALIDATION_DAYS), progress=lambda *_: None).path
 
 
 @pytest.fixture(scope="session")
