@@ -12,6 +12,7 @@ Which runtime runs which job:
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -93,23 +94,27 @@ def resolve_features(feature_version: Optional[str] = None) -> dict:
     }
 
 
+TRAINING_PARAMS = ("epochs", "patience", "batch_size", "embedding_dim", "learning_rate", "l2_reg", "dropout",
+                   "history_length", "negatives_per_positive", "refit", "seed", "tune_trials", "tune_timeout_seconds")
+"""What a training run takes (an Airflow run's ``conf``, ``recsys train`` flags); defaults from the settings."""
+
+
 def training_params(overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Training parameters: settings' defaults, overridden by e.g. an Airflow run's ``conf``."""
     s = get_settings()
-    params = {
-        "epochs": s.epochs,
-        "batch_size": s.batch_size,
-        "embedding_dim": s.embedding_dim,
-        "learning_rate": s.learning_rate,
-        "negatives_per_positive": s.negatives_per_positive,
-        "seed": s.seed,
-    }
+    params = {name: getattr(s, name) for name in TRAINING_PARAMS}
     unknown = set(overrides or {}) - set(params)
     if unknown:
         from recsys.errors import ConfigError
 
         raise ConfigError(f"unknown training parameter(s) {sorted(unknown)}; known: {sorted(params)}")
-    params.update({k: type(params[k])(v) for k, v in (overrides or {}).items() if v is not None})
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        kind = type(params[key])
+        if kind is bool and isinstance(value, str):
+            value = value.strip().lower() in ("1", "true", "yes", "on")
+        params[key] = kind(value)
     return params
 
 
@@ -124,8 +129,6 @@ def train_and_log(
     ``airflow_run`` ("<dag_id>/<run_id>") makes the job idempotent: a finished MLflow run already logged for
     it is returned instead of training again.
     """
-    import shutil
-
     _merlin_job_logging()
     from recsys.tracking import runs
     from recsys.training.pipeline import TrainParams, TrainResult, train_models
@@ -139,23 +142,44 @@ def train_and_log(
 
     safe_name = airflow_run.replace("/", "__").replace(":", "-").replace("+", "-")
     out_dir = s.runs_root / safe_name
-    if (out_dir / "metrics.json").exists():
-        # An earlier try trained completely (the folder appears only when complete) but failed to log:
-        # log that training instead of training again.
-        log.info("training output %s exists from an earlier try; logging it without retraining", out_dir)
-        result = TrainResult.from_run_dir(out_dir)
-    else:
-        result = train_models(Path(feature_dir), out_dir, TrainParams(**params))
-    _write_checksums(out_dir)  # publishing verifies every file against them before Triton loads it
-    tags = {
-        runs.TAG_AIRFLOW_RUN: airflow_run,
+    tags = {runs.TAG_AIRFLOW_RUN: airflow_run, **(extra_tags or {})}
+    train_params = {k: v for k, v in params.items() if k not in ("tune_trials", "tune_timeout_seconds")}
+    run_id = runs.start_training_run(tags=tags, experiment=s.experiment_name, run_name=f"train-{Path(feature_dir).name}")
+    scratch = s.runs_root / f".{safe_name}.champion"
+    try:
+        champion = _champion_exports(scratch)
+        if (out_dir / "metrics.json").exists():
+            # An earlier try trained completely (the folder appears only when complete) but failed to log:
+            # log that training instead of training again.
+            log.info("training output %s exists from an earlier try; logging it without retraining", out_dir)
+            result = TrainResult.from_run_dir(out_dir)
+        else:
+            result = train_models(
+                Path(feature_dir), out_dir, TrainParams(**train_params),
+                tune_trials=int(params.get("tune_trials") or 0),
+                tune_timeout_seconds=params.get("tune_timeout_seconds"),
+                on_trial=lambda trial: runs.log_trial(run_id, trial),
+                champion=champion, data_root=s.data_root,
+            )
+        _write_checksums(out_dir)  # publishing verifies every file against them before Triton loads it
+    except BaseException:
+        runs.client().set_terminated(run_id, status="FAILED")
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    final_tags = {
         runs.TAG_DATA_VERSION: result.data_version,
         runs.TAG_FEATURE_VERSION: result.feature_version,
         runs.TAG_DEVICE: result.device,
-        **(extra_tags or {}),
+        **{runs.TAG_STOP_REASON.format(model=m): info.get("stop_reason", "") for m, info in result.stopping.items()},
     }
+    if champion is not None:
+        final_tags.update(champion.to_tags())
+    if result.tuning:
+        final_tags["recsys.tuned"] = f"{result.tuning.get('completed', 0)} of {result.tuning.get('trials', 0)} trials completed"
     logged_params = {
-        **params,
+        **result.params,
+        "tune_trials": params.get("tune_trials", 0),
         "feature_version": result.feature_version,
         "data_version": result.data_version,
         "device": result.device,
@@ -163,18 +187,34 @@ def train_and_log(
     metrics = dict(result.metrics)
     for model, rate in result.samples_per_second.items():
         metrics[f"{model}_samples_per_second"] = rate
-    run_id = runs.log_training_run(
-        metrics=metrics,
-        history=result.history,
-        params=logged_params,
-        artifacts_dir=out_dir,
-        tags=tags,
-        experiment=s.experiment_name,
-        run_name=f"train-{result.feature_version}",
-    )
+    for model, info in result.stopping.items():
+        for key in ("best_epoch", "epochs_run", "refit_epochs", "batch_size"):
+            if info.get(key) is not None:
+                metrics[f"{model}.{key}"] = float(info[key])
+    runs.finish_training_run(run_id, metrics=metrics, history=result.history, params=logged_params,
+                             artifacts_dir=out_dir, tags=final_tags)
     # The artifacts now live in MLflow; the local copy was only a staging area.
     shutil.rmtree(out_dir, ignore_errors=True)
     return {"run_id": run_id, "metrics": metrics, "reused": False}
+
+
+def _champion_exports(scratch: Path):
+    """The serving champion's verified exports, downloaded into ``scratch`` (None while there is none)."""
+    from recsys.serving.publish import PublishError, download_champions, resolve_champions
+    from recsys.training.rescoring import ChampionExports
+
+    try:
+        champions = resolve_champions()
+    except PublishError as exc:
+        log.info("no champion to compare with (%s)", exc)
+        return None
+    shutil.rmtree(scratch, ignore_errors=True)
+    download_champions(champions, scratch)
+    first = champions["retrieval"]
+    log.info("the champion (%s) will be scored on this run's new validation rows",
+             ", ".join(f"{c.name} v{c.version}" for c in champions.values()))
+    return ChampionExports(scratch, first.run_id, {c.name: c.version for c in champions.values()},
+                           first.data_version, first.feature_version)
 
 
 def _write_checksums(out_dir: Path) -> None:
@@ -257,6 +297,8 @@ def training_plan(
     *,
     feature_version: Optional[str] = None,
     epochs: Optional[int] = None,
+    tune_trials: Optional[int] = None,
+    tune_timeout_seconds: Optional[float] = None,
     drift_check: Optional[str] = None,
     drift_events: Optional[list[dict]] = None,
     feature_events: Optional[list[dict]] = None,
@@ -272,7 +314,7 @@ def training_plan(
     from recsys.tracking.runs import TAG_TRIGGER
 
     s = get_settings()
-    params = training_params({"epochs": epochs})
+    params = training_params({"epochs": epochs, "tune_trials": tune_trials, "tune_timeout_seconds": tune_timeout_seconds})
     check_ids = [e["check_id"] for e in (drift_events or []) if e.get("check_id")]
     check_id = drift_check or (max(check_ids) if check_ids else None)  # ids sort by time: the newest
     if check_id:

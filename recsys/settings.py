@@ -67,12 +67,29 @@ class Settings:
     """Per-user split: each user's newest share of interactions is validation."""
 
     # --- training -----------------------------------------------------------------------
-    epochs: int = 3
-    batch_size: int = 4096
+    epochs: int = 30
+    """At most this many epochs per model; early stopping on the validation metric usually ends sooner."""
+    patience: int = 3
+    """Early stopping: epochs without a better validation metric before training stops (0: never)."""
+    batch_size: int = 0
+    """0: chosen from the number of training rows (about 200 steps per epoch, between 256 and 8192)."""
     embedding_dim: int = 64
     learning_rate: float = 0.005
+    l2_reg: float = 1e-6
+    """L2 penalty on every embedding table of both models."""
+    dropout: float = 0.1
+    """Dropout in the MLP blocks of both models."""
+    history_length: int = 100
+    """The query tower reads each user's newest N items besides their id and features (0: no history)."""
     negatives_per_positive: int = 4
     """Ranking trains on sampled negatives when the data holds only positives."""
+    refit: bool = True
+    """Publish models refitted on training + validation rows (for the best epoch count) instead of the
+    early-stopped ones, so they learn from the newest interactions. Metrics stay those of the early-stopped fit."""
+    tune_trials: int = 0
+    """Hyperparameter search (Optuna) before training: this many trials (0: none); ``recsys train --tune N``."""
+    tune_timeout_seconds: float = 3600.0
+    """The search stops after this long, whatever the number of trials done."""
     seed: int = 42
     gpu_pool: str = "gpu"
     gpu_pool_slots: int = 1

@@ -1,7 +1,8 @@
 """The two windows a drift check compares, as raw feature rows.
 
-* **reference**: the training window of the current ``champion`` (its MLflow run's tags name the data
-  and feature versions; the feature version's manifest holds the split ``[train_start, train_end)``);
+* **reference**: what the current ``champion`` learned from: every interaction of its data version (its
+  MLflow run's tags name the data and feature versions; published models are refitted on training and
+  validation rows together, so the whole version, ``[first, last]`` in the feature version's manifest);
 * **current**: the last ``drift_window_days`` days of the newest data version.
 
 A row of a window is one interaction joined with its user's and item's raw feature columns (before
@@ -116,7 +117,7 @@ def feature_columns_of(data_dir: Path) -> FeatureColumns:
 
 
 def reference_window(champion: Champion, columns: FeatureColumns, settings: Settings) -> Window:
-    """The champion's training window: interactions in ``[train_start, train_end)`` of its data version."""
+    """What the champion learned from: the interactions of its data version, ``[first, last]``."""
     import pandas as pd
 
     from recsys.data.versioning import VersionNotFoundError, read_manifest
@@ -126,9 +127,11 @@ def reference_window(champion: Champion, columns: FeatureColumns, settings: Sett
         split = read_manifest(feature_dir)["split"]
     except VersionNotFoundError as exc:
         raise DriftDataError(f"champion run {champion.run_id}: {exc}") from None
-    start, end = pd.Timestamp(split["train_start"]), pd.Timestamp(split["train_end"])
+    # Feature versions written before the refit existed name only their training window.
+    start = pd.Timestamp(split.get("first", split["train_start"]))
+    end = pd.Timestamp(split.get("last", split["train_end"]))
     data_dir = settings.data_root / champion.data_version
-    return _window("reference", data_dir, columns, start, end, end_inclusive=False, settings=settings)
+    return _window("reference", data_dir, columns, start, end, end_inclusive="last" in split, settings=settings)
 
 
 def current_window(data_dir: Path, columns: FeatureColumns, settings: Settings) -> Window:

@@ -2,12 +2,27 @@
 
 A new model version always gets the alias ``challenger``. The models of one training run are served
 together (the ranker scores the retrieval model's candidates, both read features encoded by one feature
-version), so the gate promotes them **together**: the run's versions take ``champion`` when there is no
-champion yet, or when the run's retrieval model beats the champion on its primary metric and, on the same
-validation window, the ranker is not worse than the champion ranker by more than a small tolerance.
-Across feature versions (new data, e.g. after drift) AUCs of different windows do not compare, so there
-the retrieval model's lift over each window's popularity baseline decides alone. The decision is written
-where people look: tags on the model versions and on the run, and ``gate/<model>.json`` run artifacts.
+version), so the gate promotes them **together**, in this order of rules:
+
+1. **The popularity floor.** A run whose retrieval model does not beat the popularity baseline on its own
+   validation window (primary metric, ``recall_at_10``) is never promoted, the first one included: serving
+   then keeps answering with the champion, or with the popularity list while there is none.
+2. **No champion yet**: the run is promoted.
+3. **Like with like.** The challenger and the champion are compared on the same rows, the challenger's
+   (newest) validation rows:
+
+   * same feature version (a retrain on the same data): both runs' logged validation metrics were measured
+     on exactly these rows by their early-stopped models: they compare as they are;
+   * another feature version (new data): the training job scored the champion's exported models on the
+     challenger's validation rows that are new to the champion (:mod:`recsys.training.rescoring`), beside
+     the challenger's; those ``gate_*`` metrics compare. A run scored against another champion than the
+     current one (promoted meanwhile), or with no new row to compare on, is not promoted.
+
+   The retrieval metric decides; the ranker may not be worse than the champion's (AUC on the same rows) by
+   more than :data:`RANKING_TOLERANCE`.
+
+The decision is written where people look: tags on the model versions and on the run, and
+``gate/<model>.json`` run artifacts.
 """
 
 from __future__ import annotations
@@ -115,21 +130,17 @@ def champion_gate(run_id: str, settings: Optional[Settings] = None) -> list[Gate
     metrics = run_metrics(c, run_id)
     run_tags = c.get_run(run_id).data.tags
     specs = model_specs(settings)
-    compared = []  # (spec, version, champion, metric, value, champion_value, same_window)
     for spec in specs:
         if spec.primary_metric not in metrics:
             raise KeyError(f"run {run_id} has no metric {spec.primary_metric!r} to gate {spec.name} on")
-        champion = _alias_version(c, spec.name, CHAMPION)
-        champion_metrics = run_metrics(c, champion.run_id) if champion is not None else {}
-        metric, value, champion_value, same_window = _comparable(spec, metrics, champion_metrics, run_tags, champion, c)
-        compared.append((spec, versions[spec.name], champion, metric, value, champion_value, same_window))
-
-    promote, reason = _joint_decision(compared)
+    champions = [_alias_version(c, spec.name, CHAMPION) for spec in specs]
+    comparison = compare_with_champion(specs, metrics, run_tags, champions, c)
     decisions = []
-    for spec, version, champion, metric, value, champion_value, _ in compared:
+    for spec, champion, (metric, value, champion_value) in zip(specs, champions, comparison.values):
+        version = versions[spec.name]
         already_champion = champion is not None and str(champion.version) == version
-        promoted = promote and not already_champion
-        why = "this version is already the champion" if already_champion else reason
+        promoted = comparison.promote and not already_champion
+        why = "this version is already the champion" if already_champion else comparison.reason
         decision = GateDecision(
             model=spec.name,
             version=version,
@@ -153,50 +164,74 @@ def champion_gate(run_id: str, settings: Optional[Settings] = None) -> list[Gate
     return decisions
 
 
-def _joint_decision(compared: list) -> tuple[bool, str]:
-    """Whether the run's models replace the champions, and why (the first entry is the retrieval model)."""
-    (_, _, champion, metric, value, champion_value, _), *rankers = compared
-    if all(entry[2] is None for entry in compared):
-        return True, "no champion yet"
+@dataclass
+class Comparison:
+    """The gate's verdict for a run: promote or not, why, and per model (metric, value, champion's value)."""
+
+    promote: bool
+    reason: str
+    values: list[tuple[str, float, Optional[float]]]
+
+
+def compare_with_champion(specs: list[RegisteredModelSpec], metrics: dict, run_tags: dict, champions: list, c) -> Comparison:
+    """Apply the gate's rules (see the module docstring) to a run's logged metrics and the current champions."""
+    retrieval, ranker = specs[0], specs[1:]
+    primary = retrieval.primary_metric
+    own = [(spec.primary_metric, float(metrics[spec.primary_metric]), None) for spec in specs]
+
+    baseline = metrics.get(retrieval.baseline_metric) if retrieval.baseline_metric else None
+    if baseline is not None and float(metrics[primary]) <= float(baseline):
+        return Comparison(False, f"retrieval {primary} {metrics[primary]:.4f} does not beat the popularity baseline's "
+                                 f"{float(baseline):.4f} on its validation window (the floor: never promoted)", own)
+    floor = f"above popularity ({metrics[primary]:.4f} vs {float(baseline):.4f})" if baseline is not None else "no baseline logged"
+    champion = champions[0]
+    if all(ch is None for ch in champions):
+        return Comparison(True, f"no champion yet; {floor}", own)
+
+    champion_run = c.get_run(champion.run_id)
+    same_window = champion_run.data.tags.get(TAG_FEATURE_VERSION) == run_tags.get(TAG_FEATURE_VERSION)
+    if same_window:
+        theirs = dict(champion_run.data.metrics)
+        where = "same validation rows (same feature version)"
+        pairs = [(spec.primary_metric, float(metrics[spec.primary_metric]),
+                  _float(theirs.get(spec.primary_metric))) for spec in specs]
+    else:
+        scored_against = run_tags.get("gate.champion_run")
+        if scored_against != champion.run_id:
+            why = ("was not scored against the current champion" if scored_against else "has no gate metrics")
+            return Comparison(False, f"this run {why} (champion run {champion.run_id}, trained on other data): "
+                                     "retrain to compare on the same rows", own)
+        users = int(metrics.get("gate_users", 0))
+        if users == 0:
+            return Comparison(False, "no validation row of this run is new to the champion: nothing to compare on, "
+                                     "the champion stays", own)
+        where = f"this run's {int(metrics.get('gate_rows', 0))} validation rows new to the champion ({users} users)"
+        pairs = [(f"gate_{spec.primary_metric}", _float(metrics.get(f"gate_{spec.primary_metric}")),
+                  _float(metrics.get(f"gate_champion_{spec.primary_metric}"))) for spec in specs]
+    (metric, value, champion_value), *ranker_pairs = pairs
+    if value is None:
+        return Comparison(False, f"this run logged no {metric}", own)
     if champion_value is not None and value <= champion_value:
-        return False, f"retrieval {metric} {value:.4f} does not beat the champion's {_fmt(champion_value)}"
-    reason = f"retrieval {metric} {value:.4f} beats the champion's {_fmt(champion_value)}"
-    for _, _, r_champion, r_metric, r_value, r_champion_value, same_window in rankers:
-        if r_champion is None or r_champion_value is None:
-            continue
-        if not same_window:
-            reason += f"; ranker {r_metric} {r_value:.4f} vs {r_champion_value:.4f} not compared (other window)"
-        elif r_value < r_champion_value - RANKING_TOLERANCE:
-            return False, reason + f", but the ranker's {r_metric} {r_value:.4f} is below the champion's {r_champion_value:.4f}"
+        return Comparison(False, f"retrieval {metric} {value:.4f} does not beat the champion's {champion_value:.4f} "
+                                 f"on {where}", pairs)
+    reason = f"retrieval {metric} {value:.4f} beats the champion's {_fmt(champion_value)} on {where}; {floor}"
+    for r_metric, r_value, r_champion in ranker_pairs:
+        if r_value is None or r_champion is None:
+            reason += f"; ranker {r_metric} not compared (not measured on these rows)"
+        elif r_value < r_champion - RANKING_TOLERANCE:
+            return Comparison(False, reason + f", but the ranker's {r_metric} {r_value:.4f} is below the champion's "
+                                              f"{r_champion:.4f}", pairs)
         else:
-            reason += f"; ranker {r_metric} {r_value:.4f} holds (champion {r_champion_value:.4f})"
-    return True, reason
+            reason += f"; ranker {r_metric} {r_value:.4f} holds (champion {r_champion:.4f})"
+    return Comparison(True, reason, pairs)
+
+
+def _float(value) -> Optional[float]:
+    return None if value is None else float(value)
 
 
 def _fmt(value: Optional[float]) -> str:
     return "none" if value is None else f"{value:.4f}"
-
-
-def _comparable(spec: RegisteredModelSpec, metrics: dict, champion_metrics: dict, run_tags: dict, champion, c):
-    """(metric name, challenger value, champion value, same validation window) on a common footing.
-
-    Runs on the same feature version were evaluated on the same validation window: their primary metric
-    compares directly. Across feature versions (new data, e.g. after drift) the windows differ, and the
-    same model scores differently on an easier or harder window; the lift over the popularity baseline
-    of each run's own window is what compares then (for models that have such a baseline).
-    """
-    value = float(metrics[spec.primary_metric])
-    champion_value = champion_metrics.get(spec.primary_metric)
-    if champion is None or champion_value is None:
-        return spec.primary_metric, value, champion_value, True
-    champion_fv = c.get_run(champion.run_id).data.tags.get(TAG_FEATURE_VERSION)
-    same_window = champion_fv == run_tags.get(TAG_FEATURE_VERSION)
-    baseline = spec.baseline_metric
-    if same_window or not baseline or not metrics.get(baseline) or not champion_metrics.get(baseline):
-        return spec.primary_metric, value, float(champion_value), same_window
-    lift = value / float(metrics[baseline])
-    champion_lift = float(champion_value) / float(champion_metrics[baseline])
-    return f"{spec.primary_metric} lift over {baseline} (different validation windows)", lift, champion_lift, False
 
 
 def champions(settings: Optional[Settings] = None) -> dict[str, Optional[dict]]:

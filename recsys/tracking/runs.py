@@ -19,6 +19,7 @@ TAG_FEATURE_VERSION = "recsys.feature_version"
 TAG_AIRFLOW_RUN = "recsys.airflow_run"  # "<dag_id>/<run_id>": makes a re-run find its earlier run
 TAG_DEVICE = "recsys.device"
 TAG_TRIGGER = "recsys.trigger"
+TAG_STOP_REASON = "recsys.{model}.stop_reason"  # why early stopping ended each model's training
 
 
 def client(tracking_uri: Optional[str] = None):
@@ -58,30 +59,72 @@ def find_finished_run(mlflow_client, experiment: str, airflow_run: str) -> Optio
     return runs[0].info.run_id if runs else None
 
 
-def log_training_run(
+def start_training_run(
     *,
-    metrics: Mapping[str, float],
-    history: Mapping[str, Mapping[str, list]],
-    params: Mapping[str, Any],
-    artifacts_dir: Path,
     tags: Mapping[str, str],
     experiment: str,
     run_name: Optional[str] = None,
     tracking_uri: Optional[str] = None,
 ) -> str:
-    """Log one training as an MLflow run and return its id.
+    """Create a RUNNING training run (before training: tuning trials become its children); returns its id.
+
+    A RUNNING run left with the same Airflow run tag by an earlier try that died is marked FAILED first,
+    so the experiment never shows two live runs for one Airflow run.
+    """
+    c = client(tracking_uri)
+    exp = experiment_id(c, experiment)
+    airflow_run = tags.get(TAG_AIRFLOW_RUN)
+    if airflow_run:
+        stale = c.search_runs([exp], filter_string=f"tags.`{TAG_AIRFLOW_RUN}` = '{airflow_run}' and attributes.status = 'RUNNING'")
+        for run in stale:
+            log.warning("marking run %s of an earlier try of %s FAILED", run.info.run_id, airflow_run)
+            c.set_terminated(run.info.run_id, status="FAILED")
+    return c.create_run(exp, run_name=run_name, tags=dict(tags)).info.run_id
+
+
+def log_trial(parent_run_id: str, trial: Mapping[str, Any], tracking_uri: Optional[str] = None) -> str:
+    """One tuning trial as a child run of ``parent_run_id`` (params per model, metrics, state)."""
+    from mlflow.entities import Metric, Param
+
+    c = client(tracking_uri)
+    parent = c.get_run(parent_run_id)
+    run = c.create_run(
+        parent.info.experiment_id,
+        run_name=f"trial-{trial['number']}",
+        tags={"mlflow.parentRunId": parent_run_id, "recsys.trial": str(trial["number"]),
+              "recsys.trial_state": str(trial["state"]), **({"recsys.trial_reason": trial["reason"]} if trial.get("reason") else {})},
+    )
+    params = [Param(f"{model}.{k}", str(v)) for model, values in sorted(trial["params"].items()) for k, v in sorted(values.items())]
+    metrics = [Metric(k, float(v), 0, 0) for k, v in sorted(trial["metrics"].items())]
+    metrics += [Metric(f"{model}.best_epoch", float(v), 0, 0) for model, v in sorted(trial.get("epochs", {}).items())]
+    metrics.append(Metric("seconds", float(trial.get("seconds", 0.0)), 0, 0))
+    c.log_batch(run.info.run_id, params=params, metrics=metrics)
+    c.set_terminated(run.info.run_id, status="FINISHED" if trial["state"] == "complete" else "KILLED")
+    return run.info.run_id
+
+
+def finish_training_run(
+    run_id: str,
+    *,
+    metrics: Mapping[str, float],
+    history: Mapping[str, Mapping[str, list]],
+    params: Mapping[str, Any],
+    artifacts_dir: Path,
+    tags: Optional[Mapping[str, str]] = None,
+    tracking_uri: Optional[str] = None,
+) -> str:
+    """Log a training's parameters, curves, final metrics and exports into run ``run_id`` and finish it.
 
     ``history`` is ``{model: {metric: [value per epoch]}}``; each is logged as ``<model>.<metric>`` with the
     epoch as step, so MLflow draws the training curves. ``artifacts_dir`` (the training output folder) is
     uploaded whole. The run is marked FAILED if anything goes wrong, so it never looks complete.
     """
     c = client(tracking_uri)
-    run = c.create_run(experiment_id(c, experiment), run_name=run_name, tags=dict(tags))
-    run_id = run.info.run_id
     try:
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, Param, RunTag
 
-        c.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
+        c.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())],
+                    tags=[RunTag(k, str(v)) for k, v in sorted((tags or {}).items())])
         epoch_metrics = [
             Metric(f"{model}.{name}", float(value), 0, step)
             for model, series in history.items()
@@ -101,6 +144,23 @@ def log_training_run(
         raise
     c.set_terminated(run_id, status="FINISHED")
     return run_id
+
+
+def log_training_run(
+    *,
+    metrics: Mapping[str, float],
+    history: Mapping[str, Mapping[str, list]],
+    params: Mapping[str, Any],
+    artifacts_dir: Path,
+    tags: Mapping[str, str],
+    experiment: str,
+    run_name: Optional[str] = None,
+    tracking_uri: Optional[str] = None,
+) -> str:
+    """:func:`start_training_run` and :func:`finish_training_run` in one call (a training logged afterwards)."""
+    run_id = start_training_run(tags=tags, experiment=experiment, run_name=run_name, tracking_uri=tracking_uri)
+    return finish_training_run(run_id, metrics=metrics, history=history, params=params, artifacts_dir=artifacts_dir,
+                               tracking_uri=tracking_uri)
 
 
 def run_metrics(mlflow_client, run_id: str) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """The top-k evaluation protocol, built once from a feature version and shared by every model.
 
-The two-tower model and the popularity baseline are scored by the same :class:`TopKProtocol`
-(same catalogue, same users, same excluded items), so their numbers are comparable.
+The two-tower model, the two-stage pipeline (retrieval candidates ordered by the ranker) and the
+popularity baseline are scored by the same :class:`TopKProtocol` (same catalogue, same users, same
+excluded items), so their numbers are comparable.
 """
 
 from __future__ import annotations
@@ -78,3 +79,36 @@ def build_protocol(
         seen=grouped(train),
         relevant=grouped(positives),
     )
+
+
+def two_stage_scores(
+    retrieval_scores: Callable[[np.ndarray], np.ndarray],
+    rank: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    seen: dict[int, np.ndarray],
+    candidates: int,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A score source for :meth:`TopKProtocol.evaluate` that mimics serving's first three stages.
+
+    For each user row: the ``candidates`` best items by ``retrieval_scores(rows)`` (a (rows, items)
+    matrix) among those not ``seen``, then ``rank(user_rows, item_positions)`` (aligned 1-d arrays ->
+    scores) orders them; every other item scores -inf. What the served list would be, before the
+    business rules of the ordering stage.
+    """
+
+    def scores(rows: np.ndarray) -> np.ndarray:
+        first = np.array(retrieval_scores(rows), dtype=np.float64)
+        for i, row in enumerate(rows):
+            excluded = seen.get(int(row))
+            if excluded is not None and len(excluded):
+                first[i, excluded] = -np.inf
+        k = min(candidates, first.shape[1])
+        top = np.argpartition(-first, k - 1, axis=1)[:, :k]
+        finite = np.isfinite(np.take_along_axis(first, top, axis=1))
+        owner = np.repeat(np.arange(len(rows)), k)[finite.ravel()]
+        items = top.ravel()[finite.ravel()]
+        out = np.full(first.shape, -np.inf)
+        if len(owner):
+            out[owner, items] = np.asarray(rank(np.asarray(rows)[owner], items), dtype=np.float64).ravel()
+        return out
+
+    return scores

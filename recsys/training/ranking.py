@@ -2,8 +2,9 @@
 
 With labels (has_labels true) it trains on the rows as they are; with positives only, sampled
 negatives are added to train and valid (:mod:`recsys.training.negatives`). Evaluated with AUC
-and logloss on valid; exported as ``ranking/dlrm/`` (SavedModel) after checking that the reloaded
-model predicts the same numbers as the trained one.
+and logloss on valid, with early stopping on the validation AUC (the best epoch's weights are kept);
+exported as ``ranking/dlrm/`` (SavedModel) after checking that the reloaded model predicts the same
+numbers as the trained one.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
 
 from recsys.errors import RecsysError
+from recsys.features.history import HISTORY
 from recsys.training.feature_version import FeatureVersion, FeatureVersionError
 from recsys.training.metrics import auc, logloss
 from recsys.training.negatives import with_negatives
@@ -33,97 +36,176 @@ def ranking_frames(
     train: pd.DataFrame,
     valid: pd.DataFrame,
     items: pd.DataFrame,
-    *,
-    negatives_per_positive: int,
-    seed: int,
+    params,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and valid rows for the ranker, with sampled negatives when the data has no labels."""
+    """Train and valid rows for the ranker: the user's history on every row (when ``params.history_length``),
+    and sampled negatives when the data has no labels.
+
+    Negatives are drawn by popularity: the items retrieval proposes are popular ones, and a ranker trained
+    against uniformly drawn (mostly obscure) items learns little more than popularity itself. Each copies
+    the history of the positive it was drawn for.
+    """
     columns = fv.user_columns + fv.item_columns + [fv.target]
-    train, valid = train[columns], valid[columns]
+    if params.history_length:
+        train, valid = _with_histories(fv, train, valid, params.history_length)
+        columns = columns + [HISTORY]
+    train, valid = train[columns].reset_index(drop=True), valid[columns].reset_index(drop=True)
     if fv.has_labels:
-        return train.reset_index(drop=True), valid.reset_index(drop=True)
+        return train, valid
     common = dict(
         items=items[fv.item_columns],
         user_col=fv.user_id,
         item_col=fv.item_id,
         target=fv.target,
-        negatives_per_positive=negatives_per_positive,
+        negatives_per_positive=params.negatives_per_positive,
+        strategy="popularity",
     )
-    train_rows = with_negatives(train, seed=seed, **common)
+    train_rows = with_negatives(train, seed=params.seed, **common)
     # Validation negatives also avoid the user's training positives (they are not negatives).
-    valid_rows = with_negatives(valid, seed=seed + 1, known_positives=train, **common)
+    valid_rows = with_negatives(valid, seed=params.seed + 1, known_positives=train, **common)
     return train_rows, valid_rows
 
 
-def train_ranking(
-    fv: FeatureVersion,
-    train_rows: pd.DataFrame,
-    valid_rows: pd.DataFrame,
-    out_dir: Path,
-    *,
-    epochs: int,
-    batch_size: int,
-    embedding_dim: int,
-    learning_rate: float,
-) -> ModelResult:
-    """Train, evaluate (AUC, logloss on ``valid_rows``) and export the DLRM into ``out_dir / 'ranking'``."""
-    import merlin.io
+def _with_histories(fv: FeatureVersion, train: pd.DataFrame, valid: pd.DataFrame, length: int):
+    """Training positives get the user's other training positives (leave one out); every other row, and
+    every validation row, gets all of the user's training positives: what serving will read."""
+    from recsys.features.history import leave_one_out, per_user, truncate
+    from recsys.training.retrieval import add_history
+
+    timestamp = fv.columns.get("timestamp", "timestamp")
+    positive = (train[fv.target] == 1).to_numpy()
+    pos = train[positive]
+    lists = per_user(pos[fv.user_id].to_numpy(), pos[fv.item_id].to_numpy(), pos[timestamp].to_numpy())
+    empty = np.zeros(0, np.int64)
+
+    def full(frame: pd.DataFrame) -> pd.DataFrame:
+        values, offsets = truncate([lists.get(u, empty) for u in frame[fv.user_id].to_numpy()], length)
+        return add_history(frame, values, offsets)
+
+    values, offsets = leave_one_out(pos[fv.user_id].to_numpy(), pos[fv.item_id].to_numpy(), pos[timestamp].to_numpy(), length)
+    out = full(train)
+    out.loc[positive, HISTORY] = pd.Series(np.split(values, offsets[1:-1]) if len(pos) else [], index=out.index[positive], dtype=object)
+    return out, full(valid)
+
+
+PRIMARY_METRIC = "auc"
+"""What early stopping (and tuning) maximises for the ranker: AUC on the validation rows."""
+
+
+def build_dlrm(fv: FeatureVersion, schema, params):
+    """A compiled ``DLRMModel`` over the user and item columns (L2-regularized embeddings, MLP dropout)."""
     import merlin.models.tf as mm
     import tensorflow as tf
+    from merlin.schema import Tags
 
-    from recsys.training.keras_utils import EpochTimer, ProgressLogger, batched_call, clean_history
-
-    feature_cols = fv.user_columns + fv.item_columns
-    schema = fv.dataset("train").schema.select_by_name(feature_cols + [fv.target])
-    for name, frame in (("train", train_rows), ("valid", valid_rows)):
-        classes = set(np.unique(frame[fv.target]).tolist())
-        if classes != {0, 1}:
-            raise FeatureVersionError(
-                f"{fv.path / name}: column {fv.target} must hold both 0 and 1 for ranking; found {sorted(classes)}"
-            )
+    d = int(params.embedding_dim)
     has_continuous = bool(fv.columns.get("user_continuous") or fv.columns.get("item_continuous"))
     model = mm.DLRMModel(
         schema,
-        embedding_dim=embedding_dim,
+        embeddings=mm.Embeddings(
+            schema.select_by_tag(Tags.CATEGORICAL),
+            dim=d,
+            embeddings_regularizer=tf.keras.regularizers.l2(params.l2_reg) if params.l2_reg else None,
+            sequence_combiner="sqrtn",  # the history, pooled as in the query tower
+        ),
         # DLRM maps the continuous features to the embedding size so they can interact with them
-        bottom_block=mm.MLPBlock([embedding_dim]) if has_continuous else None,
-        top_block=mm.MLPBlock([2 * embedding_dim, embedding_dim]),
+        bottom_block=mm.MLPBlock([d]) if has_continuous else None,
+        top_block=mm.MLPBlock([2 * d, d], dropout=params.dropout),
         prediction_tasks=mm.BinaryOutput(fv.target),
     )
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate))
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.learning_rate))
+    return model
 
-    train_loader = mm.Loader(merlin.io.Dataset(train_rows, schema=schema), batch_size=batch_size, shuffle=True)
-    valid_loader = mm.Loader(merlin.io.Dataset(valid_rows, schema=schema), batch_size=batch_size, shuffle=False)
-    timer = EpochTimer()
-    log.info("ranking: training on %d rows (%.1f%% positive), validating on %d",
-             len(train_rows), 100 * train_rows[fv.target].mean(), len(valid_rows))
-    started = time.perf_counter()
-    fit = model.fit(
-        train_loader,
-        validation_data=valid_loader,
-        epochs=epochs,
-        verbose=0,
-        callbacks=[timer, ProgressLogger("ranking", epochs, len(train_rows), timer)],
+
+def fit_dlrm(
+    fv: FeatureVersion,
+    train_rows: pd.DataFrame,
+    params,
+    *,
+    epochs: int,
+    valid_rows: Optional[pd.DataFrame] = None,
+    on_epoch: Optional[Callable[[int, float], None]] = None,
+    name: str = "ranking",
+) -> ModelResult:
+    """Fit a new DLRM on ``train_rows`` for at most ``epochs`` epochs.
+
+    With ``valid_rows``, Keras evaluates them after each epoch, training stops ``params.patience`` epochs
+    after the best validation AUC and keeps that epoch's weights; AUC and logloss of the kept model on the
+    validation rows are the metrics (``train_auc`` and the gap beside them). Without (the refit on training
+    and validation together), exactly ``epochs`` epochs run.
+    """
+    from recsys.training.keras_utils import (
+        BestEpoch, EpochTimer, ProgressLogger, auto_batch_size, batched_call, clean_history, frame_batches,
     )
+
+    from recsys.training.retrieval import with_schema_history
+
+    feature_cols = ranker_columns(fv, params)
+    schema = with_schema_history(fv, fv.dataset("train").schema.select_by_name(fv.user_columns + fv.item_columns + [fv.target]), params)
+    frames = {"train": train_rows} if valid_rows is None else {"train": train_rows, "valid": valid_rows}
+    for split, frame in frames.items():
+        classes = set(np.unique(frame[fv.target]).tolist())
+        if classes != {0, 1}:
+            raise FeatureVersionError(
+                f"{fv.path / split}: column {fv.target} must hold both 0 and 1 for ranking; found {sorted(classes)}"
+            )
+    batch_size = int(params.batch_size) or auto_batch_size(len(train_rows))
+    model = build_dlrm(fv, schema, params)
+    train_loader = frame_batches(train_rows, feature_cols, batch_size, target=fv.target, seed=params.seed)
+    timer = EpochTimer()
+    callbacks: list = [timer]
+    stopping = None
+    fit_kwargs: dict[str, Any] = {}
+    if valid_rows is not None:
+        fit_kwargs["validation_data"] = frame_batches(valid_rows, feature_cols, batch_size, target=fv.target, shuffle=False)
+        stopping = BestEpoch(f"val_{PRIMARY_METRIC}", "max", patience=int(params.patience), on_epoch=on_epoch)
+        callbacks.append(stopping)
+    callbacks.append(ProgressLogger(name, epochs, len(train_rows), timer))
+    log.info("%s: training on %d rows (%.1f%% positive), batch %d, at most %d epochs%s", name, len(train_rows),
+             100 * train_rows[fv.target].mean(), batch_size, epochs,
+             f", validating on {len(valid_rows)}" if valid_rows is not None else "")
+    started = time.perf_counter()
+    fit = model.fit(train_loader, epochs=epochs, verbose=0, callbacks=callbacks, **fit_kwargs)
     train_seconds = time.perf_counter() - started
 
-    probabilities = batched_call(model, valid_rows, feature_cols).ravel()
-    labels = valid_rows[fv.target].to_numpy()
-    metrics = {"auc": auc(labels, probabilities), "logloss": logloss(labels, probabilities)}
-    log.info("ranking: valid auc=%.4f logloss=%.4f", metrics["auc"], metrics["logloss"])
-
-    folder = out_dir / "ranking"
-    folder.mkdir(parents=True, exist_ok=True)
-    dlrm_dir = folder / "dlrm"
-    model.save(str(dlrm_dir))
-    verify_export(dlrm_dir, valid_rows.head(512), feature_cols, probabilities[:512])
+    metrics: dict[str, float] = {}
+    summary: dict[str, Any] = {"epochs_run": len(timer.seconds), "batch_size": batch_size}
+    if stopping is not None:
+        summary.update(stopping.summary())
+        probabilities = batched_call(model, valid_rows, feature_cols).ravel()
+        labels = valid_rows[fv.target].to_numpy()
+        metrics = {"auc": auc(labels, probabilities), "logloss": logloss(labels, probabilities)}
+        train_auc = fit.history.get("auc", [])
+        if len(train_auc) >= stopping.best_epoch > 0:
+            metrics["train_auc"] = float(train_auc[stopping.best_epoch - 1])
+            metrics["gap_auc"] = metrics["train_auc"] - metrics["auc"]
+        log.info("%s: %s; valid auc=%.4f logloss=%.4f", name, stopping.stop_reason, metrics["auc"], metrics["logloss"])
     return ModelResult(
         metrics=metrics,
         history=clean_history(fit.history),
         samples_per_second=timer.samples_per_second(len(train_rows)),
         train_seconds=train_seconds,
-        exports={"dlrm": dlrm_dir},
+        stopping=summary,
+        model=model,
     )
+
+
+def ranker_columns(fv: FeatureVersion, params) -> list[str]:
+    """The ranker's inputs: user columns, item columns, and the history when it is on."""
+    return fv.user_columns + fv.item_columns + ([HISTORY] if params.history_length else [])
+
+
+def export_ranking(model, fv: FeatureVersion, check_rows: pd.DataFrame, folder: Path, params) -> dict[str, Path]:
+    """Save the DLRM as ``folder/dlrm`` and check the reloaded model predicts what the trained one does."""
+    from recsys.training.keras_utils import batched_call
+
+    feature_cols = ranker_columns(fv, params)
+    folder.mkdir(parents=True, exist_ok=True)
+    dlrm_dir = folder / "dlrm"
+    model.save(str(dlrm_dir))
+    rows = check_rows.head(512)
+    verify_export(dlrm_dir, rows, feature_cols, batched_call(model, rows, feature_cols).ravel())
+    return {"dlrm": dlrm_dir}
 
 
 def verify_export(saved_dir: Path, rows: pd.DataFrame, columns: list[str], expected: np.ndarray) -> None:

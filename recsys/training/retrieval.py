@@ -1,9 +1,13 @@
-"""Two-tower retrieval model (merlin-models ``TwoTowerModelV2``), its evaluation and exports.
+"""Two-tower retrieval model (merlin-models ``TwoTowerModelV2``): building, fitting with early stopping, exports.
 
-Query tower: user id + user features. Candidate tower: item id + item features. Trained on the
-positive rows (target == 1) with in-batch negatives (merlin's ContrastiveOutput default).
+Query tower: user id + user features + the user's history (:mod:`recsys.features.history`: the items they
+engaged with, newest first, pooled as sum / sqrt(length)). Candidate tower: item id + item features. Each
+tower embeds its columns (L2-regularized embedding tables), concatenates them and applies
+``MLPBlock([2d, d])`` with dropout. A training row's history never holds the item it predicts. Trained on the positive rows (target == 1) with in-batch negatives and the logQ correction
+(in-batch negatives are drawn by popularity; without the correction popular items are pushed down).
 After every epoch the model is scored over the whole catalogue with the shared
-:class:`~recsys.training.evaluation.TopKProtocol`, so the history shows the real metric.
+:class:`~recsys.training.evaluation.TopKProtocol`; :class:`~recsys.training.keras_utils.BestEpoch` stops
+when that metric stops improving and restores the best epoch's weights.
 
 Exports (docs/layouts.md section 4):
 - ``retrieval/query_tower/``: SavedModel, user features -> query embedding
@@ -16,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -24,6 +29,9 @@ from recsys.training.evaluation import TopKProtocol
 from recsys.training.feature_version import FeatureVersion, FeatureVersionError
 
 log = logging.getLogger(__name__)
+
+PRIMARY_METRIC = "recall_at_10"
+"""What early stopping (and tuning) maximises: whole-catalogue recall@10 on the validation rows."""
 
 
 @dataclass
@@ -35,128 +43,223 @@ class ModelResult:
     samples_per_second: float
     train_seconds: float
     exports: dict[str, Path] = field(default_factory=dict)
+    stopping: dict[str, Any] = field(default_factory=dict)
+    """:meth:`BestEpoch.summary`: best_epoch, epochs_run, stop_reason (and the refit's epochs, if any)."""
+    model: Any = None
+    """The fitted Keras model (in memory only; the pipeline exports it or refits a fresh one)."""
 
 
-def train_retrieval(
-    fv: FeatureVersion,
-    train: pd.DataFrame,
-    users: pd.DataFrame,
-    items: pd.DataFrame,
-    protocol: TopKProtocol,
-    out_dir: Path,
-    *,
-    epochs: int,
-    batch_size: int,
-    embedding_dim: int,
-    learning_rate: float,
-    logq_correction: bool = True,
-) -> ModelResult:
-    """Train, evaluate and export the two-tower model into ``out_dir / 'retrieval'``.
+def query_columns(fv: FeatureVersion, params) -> list[str]:
+    """The query tower's inputs: the user's id and features, and the history when it is on."""
+    from recsys.features.history import HISTORY
 
-    ``train``: training rows (only target == 1 rows are used); ``users``/``items``: the feature
-    version's users/ and items/ tables; ``protocol``: the evaluation shared with the baseline.
+    return fv.user_columns + ([HISTORY] if params.history_length else [])
+
+
+def with_schema_history(fv: FeatureVersion, schema, params):
+    """``schema`` plus the history column (a ragged list of encoded item ids, its own embedding table)."""
+    from merlin.schema import ColumnSchema, Schema, Tags
+
+    from recsys.features.history import HISTORY
+
+    if not params.history_length:
+        return schema
+    item = schema[fv.item_id]
+    column = ColumnSchema(
+        HISTORY, dtype=item.dtype, tags=[Tags.USER, Tags.CATEGORICAL], is_list=True, is_ragged=True,
+        properties={"domain": {"min": 0, "max": int(item.int_domain.max), "name": HISTORY},
+                    "value_count": {"min": 0, "max": int(params.history_length)}},
+    )
+    return schema + Schema([column])
+
+
+def add_history(frame: pd.DataFrame, values: np.ndarray, offsets: np.ndarray) -> pd.DataFrame:
+    """``frame`` with the history column (row r = ``values[offsets[r]:offsets[r+1]]``)."""
+    from recsys.features.history import HISTORY
+
+    return frame.assign(**{HISTORY: np.split(values, offsets[1:-1]) if len(frame) else []})
+
+
+def user_histories(fv: FeatureVersion, interactions: pd.DataFrame, users: pd.DataFrame, params) -> pd.DataFrame:
+    """``users`` with each user's history: every positive of ``interactions``, newest first (serving's rule)."""
+    from recsys.features.history import per_user, truncate
+
+    if not params.history_length:
+        return users
+    positives = interactions[interactions[fv.target] == 1]
+    lists = per_user(positives[fv.user_id].to_numpy(), positives[fv.item_id].to_numpy(),
+                     positives[fv.columns.get("timestamp", "timestamp")].to_numpy())
+    empty = np.zeros(0, np.int64)
+    values, offsets = truncate([lists.get(u, empty) for u in users[fv.user_id].to_numpy()], params.history_length)
+    return add_history(users, values, offsets)
+
+
+def build_two_tower(fv: FeatureVersion, schema, params, item_counts: np.ndarray):
+    """A compiled ``TwoTowerModelV2`` for the feature version's user and item columns.
+
+    ``params``: :class:`recsys.training.pipeline.TrainParams` (embedding_dim, l2_reg, dropout,
+    learning_rate); ``item_counts``: training positives per encoded item id (the logQ correction).
     """
-    import merlin.io
     import merlin.models.tf as mm
     import tensorflow as tf
+    from merlin.models.tf.outputs.base import DotProduct
+    from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
+    from merlin.schema import Tags
 
-    from recsys.training.keras_utils import EpochTimer, ProgressLogger, batched_call, clean_history
+    d = int(params.embedding_dim)
 
-    user_cols, item_cols = fv.user_columns, fv.item_columns
-    schema = fv.dataset("train").schema.select_by_name(user_cols + item_cols)
-    positives = train.loc[train[fv.target] == 1, user_cols + item_cols].reset_index(drop=True)
-    if len(positives) == 0:
-        raise FeatureVersionError(f"{fv.path / 'train'}: no rows with {fv.target} == 1 to train retrieval on")
-    # A batch larger than the data would leave no in-batch negatives to learn from.
-    batch_size = max(2, min(batch_size, len(positives)))
-
-    query_tower = mm.Encoder(
-        schema.select_by_name(user_cols),
-        mm.MLPBlock([2 * embedding_dim, embedding_dim], no_activation_last_layer=True),
-    )
-    candidate_tower = mm.Encoder(
-        schema.select_by_name(item_cols),
-        mm.MLPBlock([2 * embedding_dim, embedding_dim], no_activation_last_layer=True),
-    )
-    outputs = None
-    if logq_correction:
-        # In-batch negatives are drawn by popularity, so popular items get pushed down unless the
-        # logits are corrected by log(item frequency) (sampling-bias correction, Yi et al. 2019).
-        from merlin.models.tf.outputs.base import DotProduct
-        from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
-        from merlin.schema import Tags
-
-        id_schema = schema.select_by_name(item_cols).select_by_tag(Tags.ITEM_ID)
-        cardinality = int(id_schema.first.int_domain.max) + 1
-        counts = np.bincount(positives[fv.item_id].to_numpy(np.int64), minlength=cardinality)[:cardinality]
-        outputs = mm.ContrastiveOutput(
-            to_call=DotProduct(),
-            negative_samplers="in-batch",
-            store_negative_ids=True,  # the correction needs the in-batch negatives' ids
-            schema=id_schema,
-            post=PopularityLogitsCorrection(
-                tf.constant((counts + 1.0) / (counts + 1.0).sum(), dtype=tf.float32),
-                is_prob_distribution=True,
-                schema=id_schema,
+    def tower(columns: list[str]):
+        tower_schema = schema.select_by_name(columns)
+        inputs = mm.InputBlockV2(
+            tower_schema,
+            categorical=mm.Embeddings(
+                tower_schema.select_by_tag(Tags.CATEGORICAL),
+                dim=d,
+                embeddings_regularizer=tf.keras.regularizers.l2(params.l2_reg) if params.l2_reg else None,
+                sequence_combiner="sqrtn",  # a history of n items weighs sqrt(n): long ones do not drown the id
             ),
         )
-    model = mm.TwoTowerModelV2(query_tower, candidate_tower, outputs=outputs)
+        import os
+        if os.environ.get("RESEARCH_LINEAR"):
+            return mm.Encoder(inputs, mm.MLPBlock([d], no_activation_last_layer=True, dropout=params.dropout))
+        return mm.Encoder(inputs, mm.MLPBlock([2 * d, d], no_activation_last_layer=True, dropout=params.dropout))
+
+    id_schema = schema.select_by_name(fv.item_columns).select_by_tag(Tags.ITEM_ID)
+    probabilities = (item_counts + 1.0) / (item_counts + 1.0).sum()
+    outputs = mm.ContrastiveOutput(
+        to_call=DotProduct(),
+        negative_samplers="in-batch",
+        store_negative_ids=True,  # the correction needs the in-batch negatives' ids
+        schema=id_schema,
+        post=PopularityLogitsCorrection(tf.constant(probabilities, dtype=tf.float32), is_prob_distribution=True,
+                                        schema=id_schema),
+    )
+    model = mm.TwoTowerModelV2(tower(query_columns(fv, params)), tower(fv.item_columns), outputs=outputs)
     # No Keras metrics: merlin's default in-batch top-k metrics cost 4x the training time on CPU and
     # only rank the batch's items; the whole-catalogue metrics are computed after each epoch instead.
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate), metrics=[])
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.learning_rate), metrics=[])
+    return model
 
-    eval_users = _users_in_order(users, fv.user_id, protocol.user_ids, fv.path / "users")
-    catalogue = _items_in_order(items, fv.item_id, protocol.item_ids)
 
-    def embed_all() -> tuple[np.ndarray, np.ndarray]:
-        item_vectors = batched_call(model.candidate_encoder, catalogue, item_cols)
-        query_vectors = batched_call(model.query_encoder, eval_users, user_cols)
-        return query_vectors, item_vectors
+def item_counts_of(fv: FeatureVersion, schema, positives: pd.DataFrame) -> np.ndarray:
+    """Positives per encoded item id, sized to the item id's embedding table."""
+    from merlin.schema import Tags
 
-    def evaluate() -> dict[str, float]:
-        query_vectors, item_vectors = embed_all()
-        return protocol.evaluate(lambda rows: query_vectors[rows] @ item_vectors.T)
+    id_schema = schema.select_by_name(fv.item_columns).select_by_tag(Tags.ITEM_ID)
+    cardinality = int(id_schema.first.int_domain.max) + 1
+    return np.bincount(positives[fv.item_id].to_numpy(np.int64), minlength=cardinality)[:cardinality].astype(np.float64)
 
-    class FullCatalogueEvaluation(tf.keras.callbacks.Callback):
-        """Adds val_recall_at_k / val_ndcg_at_10 (whole catalogue, seen items excluded) to the logs."""
 
-        last: dict[str, float] = {}
+def positives_of(fv: FeatureVersion, frame: pd.DataFrame, where: Path) -> pd.DataFrame:
+    """The rows with ``target == 1`` (their user and item columns and timestamp): what retrieval learns from."""
+    columns = fv.user_columns + fv.item_columns + [fv.columns.get("timestamp", "timestamp")]
+    positives = frame.loc[frame[fv.target] == 1, columns].reset_index(drop=True)
+    if len(positives) == 0:
+        raise FeatureVersionError(f"{where}: no rows with {fv.target} == 1 to train retrieval on")
+    return positives
 
-        def on_epoch_end(self, epoch, logs=None):
-            self.last = evaluate()
-            if logs is not None:
-                for key, value in self.last.items():
-                    if key != "users_evaluated":
+
+def fit_two_tower(
+    fv: FeatureVersion,
+    positives: pd.DataFrame,
+    params,
+    *,
+    epochs: int,
+    protocol: Optional[TopKProtocol] = None,
+    users: Optional[pd.DataFrame] = None,
+    items: Optional[pd.DataFrame] = None,
+    probe: Optional[TopKProtocol] = None,
+    on_epoch: Optional[Callable[[int, float], None]] = None,
+    name: str = "retrieval",
+) -> ModelResult:
+    """Fit a new two-tower on ``positives`` for at most ``epochs`` epochs.
+
+    With a ``protocol`` (validation rows), every epoch is scored over the whole catalogue and training
+    stops ``params.patience`` epochs after the best one, whose weights are kept; ``probe`` (the same
+    protocol over training rows) measures the train/validation gap at the end. ``users`` then carries
+    each user's history (:func:`user_histories`). Without a protocol (the refit on training and
+    validation together), exactly ``epochs`` epochs run.
+    """
+    import tensorflow as tf
+
+    from recsys.features.history import leave_one_out
+    from recsys.training.keras_utils import (
+        BestEpoch, EpochTimer, ProgressLogger, auto_batch_size, batched_call, clean_history, frame_batches,
+    )
+
+    schema = with_schema_history(fv, fv.dataset("train").schema.select_by_name(fv.user_columns + fv.item_columns), params)
+    batch_size = int(params.batch_size) or auto_batch_size(len(positives))
+    # A batch larger than the data would leave no in-batch negatives to learn from.
+    batch_size = max(2, min(batch_size, len(positives)))
+    model = build_two_tower(fv, schema, params, item_counts_of(fv, schema, positives))
+    rows = positives[fv.user_columns + fv.item_columns]
+    if params.history_length:
+        timestamp = fv.columns.get("timestamp", "timestamp")
+        values, offsets = leave_one_out(positives[fv.user_id].to_numpy(), positives[fv.item_id].to_numpy(),
+                                        positives[timestamp].to_numpy(), params.history_length)
+        rows = add_history(rows, values, offsets)
+    query_inputs = query_columns(fv, params)
+    loader = frame_batches(rows, list(dict.fromkeys(query_inputs + fv.item_columns)), batch_size, seed=params.seed)
+
+    evaluation = None
+    callbacks: list = [EpochTimer()]
+    timer = callbacks[0]
+    if protocol is not None:
+        eval_users = _users_in_order(users, fv.user_id, protocol.user_ids, fv.path / "users")
+        catalogue = _items_in_order(items, fv.item_id, protocol.item_ids)
+
+        def evaluate(on: TopKProtocol, user_rows: pd.DataFrame) -> dict[str, float]:
+            query_vectors, item_vectors = embed(model, fv, params, user_rows, catalogue)
+            return on.evaluate(lambda rows: query_vectors[rows] @ item_vectors.T)
+
+        class FullCatalogueEvaluation(tf.keras.callbacks.Callback):
+            """Adds val_recall_at_k / val_ndcg_at_10 (whole catalogue, seen items excluded) to the logs."""
+
+            def on_epoch_end(self, epoch, logs=None):
+                for key, value in evaluate(protocol, eval_users).items():
+                    if key != "users_evaluated" and logs is not None:
                         logs[f"val_{key}"] = value
 
-    timer, evaluation = EpochTimer(), FullCatalogueEvaluation()
-    loader = mm.Loader(merlin.io.Dataset(positives, schema=schema), batch_size=batch_size, shuffle=True)
-    log.info(
-        "retrieval: training on %d positives, %d users evaluated over %d items",
-        len(positives), len(protocol.user_ids), len(protocol.item_ids),
-    )
+        evaluation = BestEpoch(f"val_{PRIMARY_METRIC}", "max", patience=int(params.patience), on_epoch=on_epoch)
+        callbacks += [FullCatalogueEvaluation(), evaluation]
+    callbacks.append(ProgressLogger(name, epochs, len(positives), timer))
+    log.info("%s: %d positives, batch %d (%d steps per epoch), at most %d epochs", name, len(positives), batch_size,
+             -(-len(positives) // batch_size), epochs)
     started = time.perf_counter()
-    fit = model.fit(
-        loader,
-        epochs=epochs,
-        verbose=0,
-        callbacks=[timer, evaluation, ProgressLogger("retrieval", epochs, len(positives), timer)],
-    )
+    fit = model.fit(loader, epochs=epochs, verbose=0, callbacks=callbacks)
     train_seconds = time.perf_counter() - started
-    final = evaluation.last or evaluate()  # the last epoch's evaluation is the final one
-    metrics = {key: float(value) for key, value in final.items()}
 
-    exports = export_retrieval(model, fv, items, out_dir / "retrieval", batch_size=8192)
+    metrics: dict[str, float] = {}
+    stopping: dict[str, Any] = {"epochs_run": len(timer.seconds), "batch_size": batch_size}
+    if evaluation is not None:
+        stopping.update(evaluation.summary())
+        final = evaluate(protocol, eval_users)  # the restored best epoch
+        metrics = {key: float(value) for key, value in final.items()}
+        if probe is not None and len(probe.user_ids):
+            probe_users = _users_in_order(users, fv.user_id, probe.user_ids, fv.path / "users")
+            seen_on_train = evaluate(probe, probe_users)
+            metrics[f"train_{PRIMARY_METRIC}"] = float(seen_on_train[PRIMARY_METRIC])
+            metrics[f"gap_{PRIMARY_METRIC}"] = metrics[f"train_{PRIMARY_METRIC}"] - metrics[PRIMARY_METRIC]
+        log.info("%s: %s; %s %.4f at the best epoch", name, evaluation.stop_reason, PRIMARY_METRIC, metrics[PRIMARY_METRIC])
     return ModelResult(
         metrics=metrics,
         history=clean_history(fit.history),
         samples_per_second=timer.samples_per_second(len(positives)),
         train_seconds=train_seconds,
-        exports=exports,
+        stopping=stopping,
+        model=model,
     )
 
 
-def export_retrieval(model, fv: FeatureVersion, items: pd.DataFrame, folder: Path, batch_size: int) -> dict[str, Path]:
+def embed(model, fv: FeatureVersion, params, user_rows: pd.DataFrame, item_rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(query vectors of ``user_rows``, candidate vectors of ``item_rows``) of a two-tower; score = dot product."""
+    from recsys.training.keras_utils import batched_call
+
+    return (batched_call(model.query_encoder, user_rows, query_columns(fv, params)),
+            batched_call(model.candidate_encoder, item_rows, fv.item_columns))
+
+
+def export_retrieval(model, fv: FeatureVersion, items: pd.DataFrame, folder: Path, batch_size: int = 8192) -> dict[str, Path]:
     """Write the query tower SavedModel and the embeddings of every item of ``items``."""
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -22,16 +22,22 @@ def test_time_split_cuts_the_last_days():
     assert _mask(plan, users, np.arange(30), seconds).sum() == 8  # days 22..29, both ends inclusive
 
 
-def test_per_user_split_takes_each_users_newest_share_and_breaks_ties_by_item():
-    # user "a": 10 interactions, two of them at the newest second; user "b": 3 (too few to lend any)
-    users = np.array(["a"] * 10 + ["b"] * 3, dtype=object)
-    items = np.array(["i%02d" % k for k in range(10)] + ["x", "y", "z"], dtype=object)
-    seconds = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 1, 2, 3]) * DAY
+def test_per_user_split_holds_out_a_seeded_random_share_of_each_users_interactions():
+    rng = np.random.default_rng(1)
+    users = np.repeat(np.array([f"u{k}" for k in range(200)], dtype=object), 50)
+    users[:3] = "rare"  # 3 interactions: too few to lend any to validation
+    items = rng.integers(0, 5000, len(users))
+    seconds = rng.integers(0, 30 * DAY, len(users))
     plan = plan_split(ValidationSplit("user", fraction=0.2), users, items, seconds)
     valid = _mask(plan, users, items, seconds)
-    assert plan.kind == "user" and valid.tolist() == [False] * 8 + [True, True] + [False] * 3
-    one = plan_split(ValidationSplit("user", fraction=0.1), users, items, seconds)  # one of the two at second 9
-    assert _mask(one, users, items, seconds).tolist() == [False] * 9 + [True] + [False] * 3
+    assert plan.kind == "user" and not valid[:3].any()
+    assert 0.18 < valid.mean() < 0.22  # about the fraction overall ...
+    shares = [valid[users == u].mean() for u in np.unique(users[3:])]
+    assert 0.1 < np.median(shares) < 0.3 and max(shares) < 0.5  # ... and for each user
+    # A hash of the row, not a draw: the same row is validation in any order and any partition.
+    order = rng.permutation(len(users))
+    assert (_mask(plan, users[order], items[order], seconds[order]) == valid[order]).all()
+    assert (_mask(plan, users[:777], items[:777], seconds[:777]) == valid[:777]).all()
 
 
 def test_auto_takes_the_time_split_only_when_its_window_judges_known_users():

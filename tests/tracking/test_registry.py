@@ -102,17 +102,57 @@ def test_gating_the_same_run_twice_registers_no_duplicate(settings, tmp_path):
     assert len(versions) == 1
 
 
-def test_across_feature_versions_the_lift_over_popularity_decides(settings, tmp_path):
-    """New data (e.g. after drift) means another validation window: raw recall is not comparable, lift is."""
+def test_a_run_below_popularity_is_never_promoted_not_even_the_first(settings, tmp_path):
+    c = runs.client(settings.mlflow_uri)
+    weak = _log_fake_training(settings, tmp_path, 0.05, 0.70, "r/1", popularity=0.065)
+    decisions = registry.champion_gate(weak, settings)
+    assert not any(d.promoted for d in decisions)
+    assert "does not beat the popularity baseline's 0.0650" in decisions[0].reason
+    for spec in registry.model_specs(settings):
+        with pytest.raises(Exception):
+            c.get_model_version_by_alias(spec.name, "champion")
+    assert registry.champions(settings) == {spec.name: None for spec in registry.model_specs(settings)}
+    # The first run above the floor is the first champion.
+    good = _log_fake_training(settings, tmp_path, 0.08, 0.70, "r/2", popularity=0.065)
+    assert all(d.promoted for d in registry.champion_gate(good, settings))
+
+
+def _log_new_data_run(settings, tmp_path, airflow_run, champion_run, *, gate, gate_champion, gate_auc=0.7,
+                      gate_champion_auc=0.7, users=50):
+    """A run on another feature version whose training job scored the champion on its new validation rows."""
+    run_id = _log_fake_training(settings, tmp_path, 0.25, 0.72, airflow_run, feature_version=f"fv-{airflow_run[-1]}")
+    c = runs.client(settings.mlflow_uri)
+    for key, value in {"gate_recall_at_10": gate, "gate_champion_recall_at_10": gate_champion, "gate_auc": gate_auc,
+                       "gate_champion_auc": gate_champion_auc, "gate_users": users, "gate_rows": 4 * users}.items():
+        c.log_metric(run_id, key, value)
+    if champion_run:
+        c.set_tag(run_id, "gate.champion_run", champion_run)
+    return run_id
+
+
+def test_across_feature_versions_the_champion_rescored_on_the_challengers_rows_decides(settings, tmp_path):
+    """New data means another window: the logged metrics are not compared, the gate metrics of the same rows are."""
     first = _log_fake_training(settings, tmp_path, 0.30, 0.70, "r/1", feature_version="fv-old", popularity=0.20)
     registry.champion_gate(first, settings)
-    # Lower raw recall on a harder window, but 2.5x popularity instead of 1.5x: the better model.
-    second = _log_fake_training(settings, tmp_path, 0.25, 0.72, "r/2", feature_version="fv-new", popularity=0.10)
+    # Lower raw recall than the champion logged on its own window, but better on the same (new) rows: promoted.
+    second = _log_new_data_run(settings, tmp_path, "r/2", first, gate=0.21, gate_champion=0.18)
     decisions = {x.model: x for x in registry.champion_gate(second, settings)}
     d = decisions[settings.retrieval_model_name]
-    assert d.promoted and decisions[settings.ranking_model_name].promoted  # the ranker's AUC (other window) does not veto
-    assert "lift" in d.metric and d.value == pytest.approx(2.5) and d.champion_value == pytest.approx(1.5)
-    # And the other way round: a higher raw recall that is a smaller lift is rejected.
-    third = _log_fake_training(settings, tmp_path, 0.40, 0.73, "r/3", feature_version="fv-newer", popularity=0.20)
-    d3 = {x.model: x for x in registry.champion_gate(third, settings)}[settings.retrieval_model_name]
-    assert not d3.promoted and d3.value == pytest.approx(2.0)
+    assert d.promoted and decisions[settings.ranking_model_name].promoted
+    assert d.metric == "gate_recall_at_10" and d.value == pytest.approx(0.21) and d.champion_value == pytest.approx(0.18)
+    assert "new to the champion (50 users)" in d.reason
+    # Worse than the champion on the same rows: rejected, whatever its own window said.
+    third = _log_new_data_run(settings, tmp_path, "r/3", second, gate=0.19, gate_champion=0.20)
+    assert not any(x.promoted for x in registry.champion_gate(third, settings))
+    # Scored against a champion that is no longer the champion: not compared, not promoted.
+    stale = _log_new_data_run(settings, tmp_path, "r/4", first, gate=0.5, gate_champion=0.1)
+    d4 = registry.champion_gate(stale, settings)[0]
+    assert not d4.promoted and "not scored against the current champion" in d4.reason
+    # Better retrieval, but a ranker clearly worse on the same rows: rejected together.
+    fifth = _log_new_data_run(settings, tmp_path, "r/5", second, gate=0.30, gate_champion=0.20, gate_auc=0.6)
+    d5 = registry.champion_gate(fifth, settings)[0]
+    assert not d5.promoted and "the ranker's gate_auc 0.6000 is below" in d5.reason
+    # Nothing new to compare on (a retrain on the champion's own data, under other settings): the champion stays.
+    empty = _log_new_data_run(settings, tmp_path, "r/6", second, gate=0.0, gate_champion=0.0, users=0)
+    d6 = registry.champion_gate(empty, settings)[0]
+    assert not d6.promoted and "nothing to compare on" in d6.reason
