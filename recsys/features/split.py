@@ -43,6 +43,8 @@ MIN_USER_INTERACTIONS = 5
 """A user needs this many interactions to lend some to validation (fewer: all stay in training)."""
 MIN_WINDOW_SHARE = 0.05
 HASH_KEY = "recsys-split-v01"  # 16 characters, as pandas' hash wants; change it and every split changes
+DEFINITION_VERSION = 2
+"""Bump when the rules here change: it is part of the feature version's hash (2: per-user split is random)."""
 MIN_WARM_SHARE = 0.5
 
 
@@ -72,7 +74,8 @@ class ValidationSplit:
 
     def config(self) -> dict[str, Any]:
         """What identifies the split in a feature version's hash."""
-        return {"validation_split": self.kind, "validation_days": int(self.days), "validation_fraction": float(self.fraction)}
+        return {"validation_split": self.kind, "validation_days": int(self.days), "validation_fraction": float(self.fraction),
+                "split_definition_version": DEFINITION_VERSION}
 
 
 @dataclass

@@ -81,34 +81,82 @@ def build_protocol(
     )
 
 
-def two_stage_scores(
+@dataclass
+class TwoStage:
+    """Every evaluated user's candidates (retrieval's best, seen items excluded) and both stages' scores.
+
+    ``candidates[i]``: item positions in retrieval order, ``-1`` where the catalogue ran out;
+    ``ranker[i]``: the ranker's score of each candidate (NaN for ``-1``).
+    """
+
+    candidates: np.ndarray
+    ranker: np.ndarray
+
+    def scores(self, ranker_weight: float) -> Callable[[np.ndarray], np.ndarray]:
+        """A score source for :meth:`TopKProtocol.evaluate`: the candidates ordered as serving's scoring stage
+        orders them (:func:`fused_order_scores`), every other item -inf."""
+
+        def scores(rows: np.ndarray) -> np.ndarray:
+            cand, rank = self.candidates[rows], self.ranker[rows]
+            fused = fused_order_scores(rank, ranker_weight)
+            out = np.full((len(rows), self.n_items), -np.inf)
+            owner, slot = np.nonzero(cand >= 0)
+            out[owner, cand[owner, slot]] = fused[owner, slot]
+            return out
+
+        return scores
+
+    n_items: int = 0
+
+
+def fused_order_scores(ranker: np.ndarray, ranker_weight: float) -> np.ndarray:
+    """Scores that order each row's candidates (columns in retrieval order) by the ranker and retrieval, blended.
+
+    ``ranker_weight`` 1: the ranker's scores as they are; 0: retrieval's order; between: a weighted mean of
+    both orders' normalized ranks (1 for the first of ``n`` candidates, 1/n for the last). Ranks, not raw
+    scores, are blended: a refitted model's scores have another scale than the validated one's, its order
+    does not. NaN ranker scores (no candidate) stay NaN-free: they get the lowest value.
+    """
+    ranker = np.asarray(ranker, dtype=np.float64)
+    if ranker_weight >= 1.0:
+        return np.where(np.isnan(ranker), -np.inf, ranker)
+    n = ranker.shape[1]
+    retrieval_rank = np.broadcast_to(np.arange(n), ranker.shape)
+    order = np.argsort(-np.where(np.isnan(ranker), -np.inf, ranker), axis=1, kind="stable")
+    ranker_rank = np.empty_like(order)
+    np.put_along_axis(ranker_rank, order, np.arange(n)[None, :].repeat(len(ranker), 0), axis=1)
+    fused = ranker_weight * (1.0 - ranker_rank / n) + (1.0 - ranker_weight) * (1.0 - retrieval_rank / n)
+    return np.where(np.isnan(ranker), -np.inf, fused)
+
+
+def two_stage(
     retrieval_scores: Callable[[np.ndarray], np.ndarray],
     rank: Callable[[np.ndarray, np.ndarray], np.ndarray],
     seen: dict[int, np.ndarray],
+    user_rows: np.ndarray,
     candidates: int,
-) -> Callable[[np.ndarray], np.ndarray]:
-    """A score source for :meth:`TopKProtocol.evaluate` that mimics serving's first three stages.
-
-    For each user row: the ``candidates`` best items by ``retrieval_scores(rows)`` (a (rows, items)
-    matrix) among those not ``seen``, then ``rank(user_rows, item_positions)`` (aligned 1-d arrays ->
-    scores) orders them; every other item scores -inf. What the served list would be, before the
-    business rules of the ordering stage.
-    """
-
-    def scores(rows: np.ndarray) -> np.ndarray:
+    chunk_size: int = 256,
+) -> TwoStage:
+    """Serving's first three stages for ``user_rows``: retrieval's ``candidates`` best items among those not
+    ``seen`` (``retrieval_scores(rows)`` -> a (rows, items) matrix), then ``rank(user_rows, item_positions)``
+    (aligned 1-d arrays -> scores) on every candidate."""
+    all_candidates, all_scores, n_items = [], [], 0
+    for start in range(0, len(user_rows), chunk_size):
+        rows = np.asarray(user_rows[start:start + chunk_size])
         first = np.array(retrieval_scores(rows), dtype=np.float64)
+        n_items = first.shape[1]
         for i, row in enumerate(rows):
             excluded = seen.get(int(row))
             if excluded is not None and len(excluded):
                 first[i, excluded] = -np.inf
-        k = min(candidates, first.shape[1])
+        k = min(candidates, n_items)
         top = np.argpartition(-first, k - 1, axis=1)[:, :k]
-        finite = np.isfinite(np.take_along_axis(first, top, axis=1))
-        owner = np.repeat(np.arange(len(rows)), k)[finite.ravel()]
-        items = top.ravel()[finite.ravel()]
-        out = np.full(first.shape, -np.inf)
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(first, top, axis=1), axis=1, kind="stable"), axis=1)
+        top = np.where(np.isfinite(np.take_along_axis(first, top, axis=1)), top, -1)
+        scores = np.full(top.shape, np.nan)
+        owner, slot = np.nonzero(top >= 0)
         if len(owner):
-            out[owner, items] = np.asarray(rank(np.asarray(rows)[owner], items), dtype=np.float64).ravel()
-        return out
-
-    return scores
+            scores[owner, slot] = np.asarray(rank(rows[owner], top[owner, slot]), dtype=np.float64).ravel()
+        all_candidates.append(top)
+        all_scores.append(scores)
+    return TwoStage(np.concatenate(all_candidates), np.concatenate(all_scores), n_items)

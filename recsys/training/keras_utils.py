@@ -102,12 +102,35 @@ def frame_batches(
                 out[f"{name}__values"], out[f"{name}__offsets"] = flat[take], out_offsets
             yield (out, {target: labels[rows]}) if target else out
 
-    spec = {name: tf.TensorSpec([None], tf.float32 if v.dtype == np.float32 else tf.int64) for name, v in dense.items()}
+    # Named specs: Keras names a SavedModel's serving inputs after the first batch's (unnamed: args_0_N).
+    spec = {name: tf.TensorSpec([None], tf.float32 if v.dtype == np.float32 else tf.int64, name=name)
+            for name, v in dense.items()}
     for name in ragged:
-        spec[f"{name}__values"] = tf.TensorSpec([None], tf.int64)
-        spec[f"{name}__offsets"] = tf.TensorSpec([None], tf.int64)
-    signature = (spec, {target: tf.TensorSpec([None], tf.float32)}) if target else spec
+        for part in ("values", "offsets"):
+            spec[f"{name}__{part}"] = tf.TensorSpec([None], tf.int64, name=f"{name}__{part}")
+    signature = (spec, {target: tf.TensorSpec([None], tf.float32, name=target)}) if target else spec
     return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
+
+
+def save_with_named_inputs(model, path, example: dict) -> None:
+    """Save a merlin-models ``Model`` as a SavedModel whose ``serving_default`` takes one named 1-d tensor per
+    input (``example``: input name -> a tensor of the dtype to serve), plus the ``.merlin`` schema files.
+
+    ``Model.save`` names the signature's inputs after the first call Keras traced; a model fitted on a
+    ``tf.data`` pipeline (:func:`frame_batches`) then serves ``args_0``, ``args_0_1``, ... and a ``targets``
+    input. Serving calls inputs by name, so the signature is declared here.
+    """
+    from merlin.models.tf.models.base import get_output_schema
+    from merlin.models.io import save_merlin_metadata
+
+    spec = {name: tf.TensorSpec([None], tensor.dtype, name=name) for name, tensor in example.items()}
+
+    @tf.function(input_signature=[spec])
+    def serve(inputs):
+        return model(inputs, training=False)
+
+    tf.keras.Model.save(model, str(path), save_format="tf", include_optimizer=False, signatures={"serving_default": serve})
+    save_merlin_metadata(str(path), model.schema, get_output_schema(str(path)))
 
 
 def batched_call(

@@ -199,23 +199,25 @@ def export_ranking(model, fv: FeatureVersion, check_rows: pd.DataFrame, folder: 
     """Save the DLRM as ``folder/dlrm`` and check the reloaded model predicts what the trained one does."""
     from recsys.training.keras_utils import batched_call
 
+    from recsys.training.keras_utils import frame_to_inputs, save_with_named_inputs
+
     feature_cols = ranker_columns(fv, params)
     folder.mkdir(parents=True, exist_ok=True)
     dlrm_dir = folder / "dlrm"
-    model.save(str(dlrm_dir))
     rows = check_rows.head(512)
+    save_with_named_inputs(model, dlrm_dir, frame_to_inputs(rows.head(2), feature_cols))
     verify_export(dlrm_dir, rows, feature_cols, batched_call(model, rows, feature_cols).ravel())
     return {"dlrm": dlrm_dir}
 
 
 def verify_export(saved_dir: Path, rows: pd.DataFrame, columns: list[str], expected: np.ndarray) -> None:
-    """Reload the SavedModel and check it reproduces ``expected`` on ``rows``."""
+    """Reload the SavedModel and check its serving signature (what Triton calls) reproduces ``expected``."""
     import tensorflow as tf
 
     from recsys.training.keras_utils import batched_call
 
-    reloaded = tf.keras.models.load_model(str(saved_dir))
-    got = batched_call(reloaded, rows, columns).ravel()
+    serving = tf.saved_model.load(str(saved_dir)).signatures["serving_default"]
+    got = batched_call(lambda inputs: serving(**inputs), rows, columns).ravel()
     worst = float(np.max(np.abs(got - expected))) if len(got) else 0.0
     if got.shape != expected.shape or worst > 1e-5:
         raise ExportMismatchError(

@@ -115,3 +115,30 @@ def feature_dir(tmp_path_factory) -> Path:
 def labelled_feature_dir(tmp_path_factory) -> Path:
     """Feature version with shown-but-ignored rows (has_labels true)."""
     return build_feature_version(tmp_path_factory.mktemp("features"), with_labels=True)
+
+
+@pytest.fixture(scope="session")
+def grown_data(tmp_path_factory):
+    """The same shop twice: an old data version (all but the last 7 days) and the new one (everything).
+
+    Returns (data_root, old DataVersion, new DataVersion, new feature version path): the new version's
+    time-split validation window holds exactly the interactions the old one lacks.
+    """
+    from recsys.data.ingest import ingest
+    from recsys.features.etl import run_etl
+    from recsys.features.split import ValidationSplit
+
+    root = tmp_path_factory.mktemp("grown")
+    users, items, inter = _raw_tables(11, with_labels=False)
+    inter = inter.drop(columns="click")
+    cutoff = inter["timestamp"].max() - pd.Timedelta(days=VALIDATION_DAYS)
+    versions = []
+    for name, rows in (("old", inter[inter["timestamp"] < cutoff]), ("new", inter)):
+        landing = root / f"landing_{name}"
+        landing.mkdir()
+        users.to_parquet(landing / "users.parquet", index=False)
+        items.to_parquet(landing / "items.parquet", index=False)
+        rows.to_parquet(landing / "interactions.parquet", index=False)
+        versions.append(ingest(landing, root / "data"))
+    features = run_etl(versions[1].path, root / "features", ValidationSplit("time", VALIDATION_DAYS), progress=lambda *_: None)
+    return root / "data", versions[0], versions[1], features.path

@@ -16,7 +16,8 @@ from recsys.settings import PROJECT_ROOT
 from recsys.training.feature_version import FeatureVersion, FeatureVersionError
 from recsys.training.pipeline import METRIC_KEYS, TrainParams, train_models
 
-PARAMS = TrainParams(epochs=2, batch_size=256, embedding_dim=16, learning_rate=0.01, negatives_per_positive=4, seed=42)
+PARAMS = TrainParams(epochs=2, batch_size=256, embedding_dim=16, learning_rate=0.01, negatives_per_positive=4, seed=42,
+                     patience=3, l2_reg=1e-6, dropout=0.1, history_length=20, refit=True)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,19 @@ def test_metrics_json_holds_every_metric_and_the_history(run):
     assert len(written["history"]["ranking"]["val_auc"]) == PARAMS.epochs
     assert len(written["history"]["ranking"]["loss"]) == PARAMS.epochs
     assert written["samples_per_second"]["retrieval"] > 0 and written["samples_per_second"]["ranking"] > 0
-    # final retrieval metric is the last epoch's whole-catalogue value
-    assert written["history"]["retrieval"]["val_recall_at_10"][-1] == pytest.approx(result.metrics["recall_at_10"])
+    # the final retrieval metric is the best epoch's whole-catalogue value (its weights were kept)
+    curve = written["history"]["retrieval"]["val_recall_at_10"]
+    best = written["stopping"]["retrieval"]["best_epoch"]
+    assert curve[best - 1] == pytest.approx(max(curve)) == pytest.approx(result.metrics["recall_at_10"])
+    # where and why each model stopped, and the refit on training + validation for that many epochs
+    for model in ("retrieval", "ranking"):
+        info = written["stopping"][model]
+        assert info["epochs_run"] == PARAMS.epochs and info["stop_reason"].startswith("reached the last epoch")
+        assert info["refit_epochs"] == info["best_epoch"] >= 1
+    # the train / validation gap of both models, and the served two-stage figure
+    assert result.metrics["gap_recall_at_10"] == pytest.approx(result.metrics["train_recall_at_10"] - result.metrics["recall_at_10"])
+    assert result.metrics["gap_auc"] == pytest.approx(result.metrics["train_auc"] - result.metrics["auc"])
+    assert 0 < result.metrics["pipeline_recall_at_10"] <= 1
 
 
 def test_two_tower_beats_popularity(run):
@@ -71,13 +83,22 @@ def test_query_tower_reloads_and_embeds_users(run, feature_dir):
 
     from recsys.training.keras_utils import batched_call
 
+    from recsys.training.retrieval import query_columns, user_histories
+
     _result, out = run
     fv = FeatureVersion.open(feature_dir)
-    users = fv.frame("users", fv.user_columns).head(7)
+    train = fv.frame("train", fv.user_columns + fv.item_columns + ["click", "timestamp"])
+    users = user_histories(fv, train, fv.frame("users", fv.user_columns), PARAMS).head(7)
+    assert "history" in query_columns(fv, PARAMS) and max(len(h) for h in users["history"]) > 0
     tower = tf.keras.models.load_model(str(out / "retrieval" / "query_tower"))
-    vectors = batched_call(lambda inputs: tower.signatures["serving_default"](**inputs), users, fv.user_columns)
+    signature = tower.signatures["serving_default"]
+    assert {"history__values", "history__offsets"} <= set(signature.structured_input_signature[1])
+    vectors = batched_call(lambda inputs: signature(**inputs), users, query_columns(fv, PARAMS))
     assert vectors.shape == (7, PARAMS.embedding_dim)
     assert np.isfinite(vectors).all()
+    # the history is an input: another history gives another query
+    other = users.assign(history=[h[:1] for h in users["history"]])
+    assert not np.allclose(batched_call(lambda inputs: signature(**inputs), other, query_columns(fv, PARAMS)), vectors)
 
 
 def test_item_embeddings_cover_every_item_with_raw_ids(run, feature_dir):
@@ -98,10 +119,13 @@ def test_dlrm_reloads_with_the_same_predictions(run, feature_dir):
 
     from recsys.training.keras_utils import batched_call
 
+    from recsys.training.ranking import ranker_columns
+
     _result, out = run
     fv = FeatureVersion.open(feature_dir)
-    columns = fv.user_columns + fv.item_columns
-    batch = fv.frame("valid", columns).head(64)
+    columns = ranker_columns(fv, PARAMS)
+    batch = fv.frame("valid", fv.user_columns + fv.item_columns).head(64)
+    batch["history"] = [np.array([5, 6, 7][: i % 4], dtype=np.int64) for i in range(len(batch))]
     reloaded = tf.keras.models.load_model(str(out / "ranking" / "dlrm"))
     served = batched_call(lambda inputs: reloaded.signatures["serving_default"](**inputs), batch, columns).ravel()
     again = batched_call(reloaded, batch, columns).ravel()
@@ -142,5 +166,6 @@ def test_cli_from_the_control_plane_reexecs_in_merlin_and_trains_on_labels(label
     assert "popularity" in proc.stdout and "recall_at_10" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["params"]["epochs"] == 5
+    assert "train vs validation: DLRM auc" in proc.stdout and "retrieval: " in proc.stdout
     assert metrics["metrics"]["auc"] > 0.6  # real shown-but-ignored labels, no sampled negatives
     assert sys.executable  # the test itself runs in the Merlin runtime
