@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from recsys.data import ids
 from recsys.errors import RecsysError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -66,8 +67,8 @@ ITEMS = TableSpec(name="items", required={"item_id": ID}, unique_key="item_id", 
 
 TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (INTERACTIONS, USERS, ITEMS)}
 
-ID_COLUMNS = tuple(sorted({c for spec in TABLES.values() for c, kind in spec.contract_columns.items() if kind == ID}))
-"""``item_id`` and ``user_id``: the contract columns holding ids."""
+ID_COLUMNS = ids.ID_COLUMNS
+"""``user_id`` and ``item_id``: the contract columns of kind ID (integers or text: recsys.data.ids)."""
 
 # Names the later hops use for their own columns; a feature column may not take them.
 RESERVED_COLUMNS = frozenset({"user_id", "item_id", "timestamp", "event_type", "label", "click"})

@@ -63,8 +63,7 @@ MAX_ID_BYTES = 256
 # CLI; leading/trailing whitespace is invisible (" SKU-1" and "SKU-1" would look the same but be two
 # ids) and tools trim it on the way; the length cap keeps hash fields and requests small.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_SEP = "\x00"
-_SEP_BYTES = b"\x00"
+_SEP = "\x00"  # between packed string ids
 _LONGEST_SAFE_CHARS = MAX_ID_BYTES // 4  # a UTF-8 character is at most 4 bytes: shorter texts fit
 
 # CSV text that is an integer id: the decimal number as a writer renders it. No leading zeros ("001"
@@ -73,8 +72,9 @@ _LONGEST_SAFE_CHARS = MAX_ID_BYTES // 4  # a UTF-8 character is at most 4 bytes:
 # an integer column with blanks (pandas writes 7 as "7.0" once the column holds a NaN).
 _CSV_INT = r"-?(?:0|[1-9][0-9]*)(?:\.0+)?"
 # An integer typed by a person (CLI, JSON context, the boosts setting): ASCII digits, leading zeros
-# allowed ("007" is 7 in an int deployment).
-_TYPED_INT = re.compile(r"[0-9]+")
+# allowed ("007" is 7 in an int deployment), and a sign: a negative id cannot be in the data
+# (validation refuses it) but asking about one is no error, just an unknown id (e.g. -1: cold start).
+_TYPED_INT = re.compile(r"-?[0-9]+")
 
 IdValue = Union[int, str]
 
@@ -123,10 +123,6 @@ def check_kind(kind: str, column: str = "id") -> str:
 
 def _noun(column: str) -> str:
     return column[: -len("_id")] if column.endswith("_id") else column
-
-
-def _kind_words(kind: str) -> str:
-    return "integers" if kind == INT else "text"
 
 
 # --- rules for string ids ------------------------------------------------------------------------
@@ -212,7 +208,7 @@ def csv_numbers(texts: "pd.Series") -> "pd.Series":
 def parse(value: Any, kind: str, column: str = "item_id") -> IdValue:
     """An id given by a person or a client (CLI text, JSON, a setting, Triton bytes) in ``kind``.
 
-    int kind: a Python/numpy integer >= 0 or its digits as text; string kind: text obeying the
+    int kind: a Python/numpy integer or its digits as text (int64); string kind: text obeying the
     string id rules (an integer becomes its decimal text). Raises :class:`IdError` naming the value.
     """
     import numpy as np
@@ -229,20 +225,18 @@ def parse(value: Any, kind: str, column: str = "item_id") -> IdValue:
         elif isinstance(value, str) and _TYPED_INT.fullmatch(value):
             number = int(value)
         else:
-            raise IdError(f"{column} {_show(value)} is not an integer id; this deployment's {_noun(column)} ids are integers")
-        if number < 0:
-            raise IdError(f"{column} {number} is negative; integer ids are >= 0")
-        if number > 2**63 - 1:
+            raise IdError(f"{column} {show(value)} is not an integer id; this deployment's {_noun(column)} ids are integers")
+        if not -(2**63) <= number <= 2**63 - 1:
             raise IdError(f"{column} {number} does not fit in int64")
         return number
     check_kind(kind, column)
     if is_int:
         value = str(int(value))
     if not isinstance(value, str):
-        raise IdError(f"{column} {_show(value)} is not a text id; this deployment's {_noun(column)} ids are text")
+        raise IdError(f"{column} {show(value)} is not a text id; this deployment's {_noun(column)} ids are text")
     problem = string_id_problem(value)
     if problem:
-        raise IdError(f"{column} {_show(value)} {problem}; not a valid text id")
+        raise IdError(f"{column} {show(value)} {problem}; not a valid text id")
     return value
 
 
@@ -251,7 +245,10 @@ def parse_many(values: Iterable[Any], kind: str, column: str = "item_id") -> "np
     return as_array([parse(v, kind, column) for v in values], kind)
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """An id as messages show it: text quoted, numbers plain (numpy scalars as Python values)."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
