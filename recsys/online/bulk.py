@@ -86,7 +86,7 @@ class ItemTable:
                 self._row_of = dict(zip(self.ids.tolist(), range(len(self.ids))))
             get = self._row_of.get
             return np.fromiter((get(i, -1) for i in raw_ids), dtype=np.int64, count=len(raw_ids))
-        raw_ids = np.asarray(raw_ids, dtype=np.int64)
+        raw_ids = ids.as_array(raw_ids, ids.INT)
         if len(self.ids) == 0:
             return np.full(raw_ids.shape, -1, dtype=np.int64)
         pos = np.searchsorted(self.ids, raw_ids)

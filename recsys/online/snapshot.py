@@ -367,7 +367,7 @@ def _int_keys(column: "pd.Series", kind: str) -> tuple["np.ndarray", Optional["n
     import pandas as pd
 
     if kind == ids.INT:
-        return column.to_numpy(np.int64), None
+        return ids.as_array(column, ids.INT), None
     codes, uniques = pd.factorize(column, sort=True)
     return codes.astype(np.int64), ids.as_array(uniques, kind)
 
