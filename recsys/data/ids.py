@@ -242,6 +242,12 @@ def parse(value: Any, kind: str, column: str = "item_id") -> IdValue:
 
 def parse_many(values: Iterable[Any], kind: str, column: str = "item_id") -> "np.ndarray":
     """:func:`parse` of each value, as an array of ``kind`` (:func:`as_array`)."""
+    values = list(values)
+    if kind == INT and all(type(v) is int for v in values):  # JSON numbers, the common case: no per-id parse
+        try:
+            return as_array(values, INT)
+        except OverflowError:
+            pass  # beyond int64: parse() names the value
     return as_array([parse(v, kind, column) for v in values], kind)
 
 
@@ -273,7 +279,9 @@ def as_array(values: Iterable[Any], kind: str) -> "np.ndarray":
 
 def empty(kind: str) -> "np.ndarray":
     """An empty id array of ``kind``."""
-    return as_array([], kind)
+    import numpy as np
+
+    return np.zeros(0, dtype=np.int64 if check_kind(kind) == INT else object)
 
 
 def kind_of(values: Any) -> str:
@@ -416,7 +424,11 @@ def to_triton(values: Any) -> "np.ndarray":
 
     items = values.tolist() if hasattr(values, "tolist") else list(values)
     out = np.empty(len(items), dtype=object)
-    out[:] = [to_text(v).encode("utf-8") for v in items]
+    dtype = getattr(values, "dtype", None)
+    if dtype is not None and dtype.kind in "iu":
+        out[:] = [b"%d" % i for i in items]  # int64 arrays (every answer of an int deployment): 2x faster
+    else:
+        out[:] = [to_text(v).encode("utf-8") for v in items]
     return out
 
 

@@ -353,10 +353,10 @@ class _VersionGone(RecsysError):
     """The online version of a batch was collected before its items were read."""
 
 
-def _first_occurrences(ids: np.ndarray) -> Optional[np.ndarray]:
-    """Positions of the first occurrence of each id, in order; None when ``ids`` has no repeats."""
-    _, first = np.unique(ids, return_index=True)
-    if len(first) == len(ids):
+def _first_occurrences(rows: np.ndarray) -> Optional[np.ndarray]:
+    """Positions of the first occurrence of each id, in order; None when ``rows`` has no repeats."""
+    _, first = np.unique(rows, return_index=True)
+    if len(first) == len(rows):
         return None
     return np.sort(first)
 
