@@ -86,10 +86,12 @@ def _validate(args: argparse.Namespace) -> int:
 
     _setup_logging()
     tables = validate_input(args.folder)
+    kinds = tables.id_kinds
     print(
         f"{args.folder} is valid: {len(tables.interactions)} interactions "
         f"({'with' if tables.has_labels else 'without'} labels), "
-        f"{len(tables.users)} users, {len(tables.items)} items"
+        f"{len(tables.users)} users, {len(tables.items)} items; "
+        f"user ids: {kinds.user_id}, item ids: {kinds.item_id}"
     )
     return 0
 

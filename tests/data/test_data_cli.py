@@ -65,3 +65,6 @@ def test_generate_with_string_ids(tmp_path, capsys):
     assert main(["data", "ingest", str(out), "--data-root", str(root)]) == 0
     (version,) = list_versions(root)
     assert version.manifest["ids"] == {"user_id": "string", "item_id": "string"}
+    capsys.readouterr()
+    assert main(["data", "validate", str(out)]) == 0
+    assert "user ids: string, item ids: string" in capsys.readouterr().out
