@@ -3,7 +3,8 @@
 - ``TOY_RECSYS`` / ``toy_config`` / ``toy_expected``: a tiny python-backend ``recsys`` model with the served
   model's contract (``user_id`` BYTES, ``k`` -> ``item_ids`` BYTES, ``scores``; integer ids as text),
   whose answer is a known function of the user, and which refuses the users in ``{refused}`` (format
-  the source with ``refused=...``).
+  the source with ``refused=...``). ``legacy=True``: the contract of versions published before ids
+  were text (INT64 ``user_id`` and ``item_ids``), which a rollback can bring back.
 - ``patched_environ``: point ``os.environ`` (and ``get_settings()``) at a test's services, then restore.
 - ``merlin_cli``: run a ``recsys`` command in the Merlin runtime with a test's settings (ingest, ETL, training).
 """
@@ -21,6 +22,7 @@ TOY_RECSYS = textwrap.dedent(
     import triton_python_backend_utils as pb_utils
 
     REFUSED = {refused}
+    LEGACY = {legacy}
 
 
     class TritonPythonModel:
@@ -36,32 +38,36 @@ TOY_RECSYS = textwrap.dedent(
                 items = 5000 + (user + np.arange(k)) % 50
                 scores = (1.0 - np.arange(k) / 100.0).astype(np.float32)
                 item_text = np.array([b"%d" % i for i in items.tolist()], dtype=object)
+                item_tensor = items.astype(np.int64) if LEGACY else item_text
                 out.append(pb_utils.InferenceResponse([
-                    pb_utils.Tensor("item_ids", item_text), pb_utils.Tensor("scores", scores)]))
+                    pb_utils.Tensor("item_ids", item_tensor), pb_utils.Tensor("scores", scores)]))
             return out
     """
 )
 
 
-def toy_source(refused: tuple[int, ...] = ()) -> str:
-    return TOY_RECSYS.format(refused=set(refused) or "set()")
+def toy_source(refused: tuple[int, ...] = (), legacy: bool = False) -> str:
+    return TOY_RECSYS.format(refused=set(refused) or "set()", legacy=legacy)
 
 
-def toy_config(instances: int = 1) -> str:
+def toy_config(instances: int = 1, legacy: bool = False) -> str:
+    ids = "TYPE_INT64" if legacy else "TYPE_STRING"
+    parameters = "" if legacy else (
+        'parameters: { key: "user_id_kind" value: { string_value: "int" } }\n'
+        'parameters: { key: "item_id_kind" value: { string_value: "int" } }'
+    )
     return textwrap.dedent(
         f"""
         name: "recsys"
         backend: "python"
         max_batch_size: 0
-        input [ {{ name: "user_id" data_type: TYPE_STRING dims: [ 1 ] }},
+        input [ {{ name: "user_id" data_type: {ids} dims: [ 1 ] }},
                 {{ name: "k" data_type: TYPE_INT32 dims: [ 1 ] optional: true }} ]
-        output [ {{ name: "item_ids" data_type: TYPE_STRING dims: [ -1 ] }},
+        output [ {{ name: "item_ids" data_type: {ids} dims: [ -1 ] }},
                  {{ name: "scores" data_type: TYPE_FP32 dims: [ -1 ] }} ]
         instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
-        parameters: {{ key: "user_id_kind" value: {{ string_value: "int" }} }}
-        parameters: {{ key: "item_id_kind" value: {{ string_value: "int" }} }}
         """
-    )
+    ) + parameters + "\n"
 
 
 def toy_expected(user: int, k: int) -> list[int]:
