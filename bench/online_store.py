@@ -96,7 +96,7 @@ def read_loop(store, user_ids, item_ids, n: int, method: str, stop: threading.Ev
     read = store.read if method == "lua" else store.read_pipelined
     latencies = []
     while len(latencies) < n or (stop is not None and not stop.is_set()):
-        uid = int(user_ids[rng.integers(len(user_ids))])
+        uid = user_ids[rng.integers(len(user_ids))]  # the store takes numpy ints and str alike
         items = rng.choice(item_ids, 100, replace=False).tolist()
         t0 = time.perf_counter()
         rows = read(uid, items)

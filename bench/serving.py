@@ -116,12 +116,18 @@ def perf_analyzer_env(scratch: Path) -> dict:
 
 
 def input_data(path: Path, user_ids, n: int, seed: int) -> Path:
-    """perf_analyzer's --input-data file: random known users, ~5% unknown ones (cold start)."""
+    """perf_analyzer's --input-data file: random known users, ~5% unknown ones (cold start).
+
+    ``user_id`` is a BYTES tensor (the raw id's text, for int and text ids alike: recsys.data.ids),
+    given as JSON strings; ``recsys_floor`` takes the same tensor, so both get the same requests.
+    """
+    from recsys.data import ids
+
     rng = random.Random(seed)
-    known = [int(u) for u in user_ids]
+    known = [ids.to_text(u) for u in ids.as_python(user_ids)]
     rows = []
     for _ in range(n):
-        user = rng.choice(known) if rng.random() >= UNKNOWN_USER_SHARE else -rng.randint(1, 10**9)
+        user = rng.choice(known) if rng.random() >= UNKNOWN_USER_SHARE else str(-rng.randint(1, 10**9))
         rows.append({"user_id": [user]})
     path.write_text(json.dumps({"data": rows}))
     return path

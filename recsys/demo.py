@@ -96,10 +96,11 @@ def _print_metrics(settings: Settings) -> None:
             print(f"    auc {m.get('auc', float('nan')):.4f}   logloss {m.get('logloss', float('nan')):.4f}")
 
 
-def _show_recommendations(settings: Settings, users: Optional[list[int]] = None, k: int = 5) -> list[int]:
+def _show_recommendations(settings: Settings, users: Optional[list] = None, k: int = 5) -> list:
     """Top k for ``users`` (default: the three most active and an unknown one, for cold start); returns them."""
     import pandas as pd
 
+    from recsys.data import ids
     from recsys.data.contract import read_table
     from recsys.serving.client import RecommendClient
 
@@ -107,7 +108,8 @@ def _show_recommendations(settings: Settings, users: Optional[list[int]] = None,
     items = read_table(settings.landing, "items").set_index("item_id")
     if users is None:
         active = interactions["user_id"].value_counts().index[:3].tolist()
-        users = [*active, int(interactions["user_id"].max()) + 1]
+        text_ids = ids.kind_of(interactions["user_id"]) == ids.STRING
+        users = [*active, "u-unknown" if text_ids else int(interactions["user_id"].max()) + 1]
     with RecommendClient.from_settings(settings) as client:
         for user in users:
             rows = interactions[interactions["user_id"] == user]

@@ -25,6 +25,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     gen.add_argument("--start", default="2024-01-01", help="first day, YYYY-MM-DD")
     gen.add_argument("--negatives", type=float, default=1.0, help="ignored impressions per engaged interaction")
     gen.add_argument("--drift", type=float, default=0.0, help="0..1: shift users, tastes and price bands")
+    gen.add_argument(
+        "--string-ids", action="store_true", help="text ids (u-6a7f3c users, SKU-00042Q items) instead of integers"
+    )
     gen.add_argument("--force", action="store_true", help="replace an existing folder")
     gen.set_defaults(func=_generate)
 
@@ -62,6 +65,7 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         negatives_per_positive=args.negatives,
         drift=args.drift,
+        string_ids=args.string_ids,
     )
     rows = write_synthetic(args.out, config, overwrite=args.force)
     print(f"wrote {args.out}: " + ", ".join(f"{name} {n} rows" for name, n in rows.items()))
@@ -82,10 +86,12 @@ def _validate(args: argparse.Namespace) -> int:
 
     _setup_logging()
     tables = validate_input(args.folder)
+    kinds = tables.id_kinds
     print(
         f"{args.folder} is valid: {len(tables.interactions)} interactions "
         f"({'with' if tables.has_labels else 'without'} labels), "
-        f"{len(tables.users)} users, {len(tables.items)} items"
+        f"{len(tables.users)} users, {len(tables.items)} items; "
+        f"user ids: {kinds.user_id}, item ids: {kinds.item_id}"
     )
     return 0
 

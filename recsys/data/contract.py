@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from recsys.data import ids
 from recsys.errors import RecsysError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -31,7 +32,7 @@ class DataValidationError(RecsysError):
 
 
 # Kinds of contract columns; validation knows how to check and normalize each kind.
-ID = "id"  # integer >= 0, stored as int64
+ID = "id"  # integer >= 0 (int64) or text (str): see recsys.data.ids
 TIMESTAMP = "timestamp"  # datetime / unix seconds / ISO-8601 text, stored as datetime64[ns] (UTC, naive)
 TEXT = "text"  # free text, stored as str
 LABEL = "label"  # 0/1, stored as int8
@@ -65,6 +66,9 @@ USERS = TableSpec(name="users", required={"user_id": ID}, unique_key="user_id", 
 ITEMS = TableSpec(name="items", required={"item_id": ID}, unique_key="item_id", allows_features=True)
 
 TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (INTERACTIONS, USERS, ITEMS)}
+
+ID_COLUMNS = ids.ID_COLUMNS
+"""``user_id`` and ``item_id``: the contract columns of kind ID (integers or text: recsys.data.ids)."""
 
 # Names the later hops use for their own columns; a feature column may not take them.
 RESERVED_COLUMNS = frozenset({"user_id", "item_id", "timestamp", "event_type", "label", "click"})
@@ -105,8 +109,9 @@ def read_file(path: Path) -> "pd.DataFrame":
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pandas()
-    # CSV: let pandas infer numbers; validation decides what is a valid id / timestamp.
-    return pd.read_csv(path, low_memory=False)
+    # CSV: id columns as text (so "001" stays "001": recsys.data.ids decides whether a column is
+    # integers); pandas infers the other columns. Validation decides what is a valid id / timestamp.
+    return pd.read_csv(path, low_memory=False, dtype={column: str for column in ID_COLUMNS})
 
 
 def read_table(folder: Path, name: str) -> "pd.DataFrame":

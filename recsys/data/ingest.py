@@ -117,6 +117,7 @@ def build_manifest(tables: InputTables, version: str) -> dict[str, Any]:
         "columns": {name: {c: str(frames[name][c].dtype) for c in frames[name].columns} for name in TABLE_ORDER},
         "features": features,
         "has_labels": tables.has_labels,
+        "ids": tables.id_kinds.to_dict(),
         "input_hashes": input_hashes,
         "time_range": {"min": timestamps.min().isoformat(), "max": timestamps.max().isoformat()},
         "warnings": tables.warnings,

@@ -19,6 +19,10 @@ AUC 0.5 on it). Here the behaviour follows from the features:
 Sampling is vectorized: category and item draws are each one ``searchsorted`` into a stacked CDF,
 so millions of interactions take seconds. The same seed gives identical output.
 
+``string_ids`` writes text ids instead of integers (``u-6a7f3c``-style user ids, ``SKU-00042Q``-style
+item ids, one per integer id, so the data is otherwise the same): what a shop whose ids are SKUs
+and UUIDs brings (recsys.data.ids). The default stays integers.
+
 ``drift`` (0..1) produces a shifted batch of the same catalogue (same item ids and item features,
 same user ids): the user population gets older and moves to the web, tastes rotate toward other
 categories, and preferred price bands move down. A drift detector comparing it with a ``drift=0``
@@ -78,6 +82,8 @@ class SyntheticConfig:
     n_style_clusters: int = 6
     temperature: float = 1.0
     """Lower = users follow their tastes more strictly."""
+    string_ids: bool = False
+    """Text ids (``u-6a7f3c``, ``SKU-00042Q``) instead of integers; everything else is the same."""
 
     def check(self) -> None:
         problems = []
@@ -129,6 +135,11 @@ def generate_tables(config: SyntheticConfig = SyntheticConfig()) -> dict[str, "p
     users, user_arrays = _make_users(config, user_rng, effects, item_arrays["category_price"])
     log.info("synthetic: %d users, %d items; sampling %d interactions", len(users), len(items), config.n_interactions)
     interactions = _make_interactions(config, event_rng, item_arrays, user_arrays)
+    if config.string_ids:
+        users["user_id"] = string_user_ids(users["user_id"].to_numpy())
+        items["item_id"] = string_item_ids(items["item_id"].to_numpy())
+        interactions["user_id"] = string_user_ids(interactions["user_id"].to_numpy())
+        interactions["item_id"] = string_item_ids(interactions["item_id"].to_numpy())
     log.info(
         "synthetic: %d interactions (%d engaged) in %.1f s",
         len(interactions),
@@ -136,6 +147,23 @@ def generate_tables(config: SyntheticConfig = SyntheticConfig()) -> dict[str, "p
         time.monotonic() - started,
     )
     return {"interactions": interactions, "users": users, "items": items}
+
+
+def string_user_ids(numbers: "np.ndarray") -> "np.ndarray":
+    """The text user id of each integer user id: ``u-`` + 6 hex digits, scattered (a bijection of
+    0..2**24-1, so lexical order is not numeric order)."""
+    import numpy as np
+
+    scattered = (np.asarray(numbers, dtype=np.uint64) * np.uint64(2654435761)) % np.uint64(1 << 24)
+    return np.array([f"u-{n:06x}" for n in scattered.tolist()], dtype=object)
+
+
+def string_item_ids(numbers: "np.ndarray") -> "np.ndarray":
+    """The text item id of each integer item id, SKU-like: ``SKU-`` + 5 digits + a letter."""
+    letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+    import numpy as np
+
+    return np.array([f"SKU-{n:05d}{letters[(7 * n) % len(letters)]}" for n in np.asarray(numbers).tolist()], dtype=object)
 
 
 def write_synthetic(out_dir: Path, config: SyntheticConfig = SyntheticConfig(), overwrite: bool = False) -> dict[str, int]:

@@ -1,13 +1,21 @@
 """Check an input folder against the contract and return normalized tables.
 
 :func:`validate_input` reads the three tables, runs every check, and either returns
-:class:`InputTables` (int64 ids, ``datetime64[ns]`` UTC-naive timestamps, ``label`` as int8 when
-present) or raises :class:`~recsys.data.contract.DataValidationError` listing EVERY problem found,
+:class:`InputTables` (ids as int64 or str, see below; ``datetime64[ns]`` UTC-naive timestamps,
+``label`` as int8 when present) or raises :class:`~recsys.data.contract.DataValidationError` listing EVERY problem found,
 each naming the file, the column and an example row, e.g.
 ``interactions.csv: column 'user_id' has 3 negative values, e.g. line 19: user_id=-4``.
 
 Rows are located as ``row N`` (0-based) in parquet files and ``line N`` (1-based, header = line 1)
 in CSV files. Every check is vectorized (pandas/numpy), so millions of rows take seconds.
+
+Id kinds (:mod:`recsys.data.ids`). ``user_id`` and ``item_id`` are each integers or text, the same
+kind in every table that holds them. Typed (parquet) values decide: integer dtypes (and integral
+floats, a column with blanks) are int ids, str values string ids; an object column mixing Python
+ints and strs is refused, naming a row of each, and so are two tables whose typed values disagree,
+naming both files. CSV id columns are read as text and adapt to the typed kind; when every table
+holding the column is CSV, the texts decide together (int when every one is an integer as written,
+:func:`recsys.data.ids.csv_int_mask`; else text, so ``"001"`` stays ``"001"``).
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from recsys.data import ids
 from recsys.data.contract import (
     ID,
+    ID_COLUMNS,
     LABEL,
     MIN_TIMESTAMP,
     RESERVED_COLUMNS,
@@ -53,6 +63,8 @@ class InputTables:
     """table name -> the files it was read from."""
     warnings: list[str] = field(default_factory=list)
     """Things that did not stop validation (e.g. dropped extra interaction columns)."""
+    id_kinds: ids.IdKinds = field(default_factory=ids.IdKinds)
+    """The kinds of ``user_id`` and ``item_id`` (recorded as the data version manifest's ``"ids"``)."""
 
     @property
     def has_labels(self) -> bool:
@@ -77,9 +89,10 @@ def validate_input(folder: Path) -> InputTables:
             log.info("read %s: %d rows from %d file(s)", name, len(table.frame), len(table.files))
             raw[name] = table
 
+    kinds = _resolve_id_kinds(raw, problems)
     normalized: dict[str, Any] = {}
     for name, table in raw.items():
-        frame = _normalize_table(table, problems, warnings)
+        frame = _normalize_table(table, problems, warnings, kinds)
         if frame is not None:
             normalized[name] = frame
 
@@ -103,6 +116,7 @@ def validate_input(folder: Path) -> InputTables:
         folder=folder,
         files={name: table.files for name, table in raw.items()},
         warnings=warnings,
+        id_kinds=ids.IdKinds(**{column: kinds[column].kind for column in ID_COLUMNS}),
     )
 
 
@@ -129,6 +143,18 @@ class _RawTable:
             return str(path.relative_to(self.folder))
         except ValueError:
             return str(path)
+
+    @property
+    def text_rows(self) -> "np.ndarray":
+        """True for each row read from a CSV file (its id columns are text, see read_file)."""
+        import numpy as np
+
+        csv_parts = [i for i, path in enumerate(self.files) if path.suffix == ".csv"]
+        return np.isin(self.part, csv_parts)
+
+    def where(self, row: int) -> str:
+        """'<file> row N' / '<file> line N' of a row of the concatenated frame."""
+        return " ".join(self.locate(row))
 
     @property
     def label(self) -> str:
@@ -197,7 +223,9 @@ def _read(folder: Path, spec: TableSpec, problems: list[str]) -> Optional[_RawTa
 # Per-table checks and normalization
 
 
-def _normalize_table(table: _RawTable, problems: list[str], warnings: list[str]) -> Optional["pd.DataFrame"]:
+def _normalize_table(
+    table: _RawTable, problems: list[str], warnings: list[str], id_kinds: dict[str, "_IdKind"]
+) -> Optional["pd.DataFrame"]:
     import pandas as pd
 
     spec = table.spec
@@ -206,8 +234,10 @@ def _normalize_table(table: _RawTable, problems: list[str], warnings: list[str])
     for column, kind in spec.contract_columns.items():
         if column not in table.frame.columns:
             continue
-        checker = _CHECKS[kind]
-        values = checker(table, column, problems)
+        if kind == ID:
+            values = _check_id(table, column, problems, id_kinds[column])
+        else:
+            values = _CHECKS[kind](table, column, problems)
         if values is None:
             ok = False
         else:
@@ -242,7 +272,104 @@ def _normalize_table(table: _RawTable, problems: list[str], warnings: list[str])
     return pd.DataFrame(out)
 
 
-def _check_id(table: _RawTable, column: str, problems: list[str]) -> Optional["pd.Series"]:
+@dataclass(frozen=True)
+class _IdKind:
+    """The kind an id column has in every table (None: undecidable, a problem says why)."""
+
+    kind: Optional[str]
+    decided_by: str = ""
+    """The typed file that decided it ("" when CSV text decided, or nothing had to)."""
+
+
+def _resolve_id_kinds(raw: dict[str, _RawTable], problems: list[str]) -> dict[str, _IdKind]:
+    """The kind of each id column, agreed over every table holding it (see the module docstring)."""
+    kinds: dict[str, _IdKind] = {}
+    for column in ID_COLUMNS:
+        holders = [table for table in raw.values() if column in table.frame.columns]
+        typed: dict[str, tuple[_RawTable, int]] = {}  # kind -> (first table, example row)
+        refused = False
+        for table in holders:
+            found = _typed_kind(table, column, problems)
+            if found is False:
+                refused = True
+            elif found is not None:
+                typed.setdefault(found[0], (table, found[1]))
+        if refused:
+            kinds[column] = _IdKind(None)
+        elif len(typed) > 1:
+            (int_table, int_row), (str_table, str_row) = typed[ids.INT], typed[ids.STRING]
+            problems.append(
+                f"{str_table.locate(str_row)[0]}: column '{column}' holds text ids "
+                f"(e.g. {str_table.locate(str_row)[1]}: {column}={_show(str_table.frame[column].iloc[str_row])}) but "
+                f"{int_table.locate(int_row)[0]} holds integer ids "
+                f"(e.g. {int_table.locate(int_row)[1]}: {column}={_show(int_table.frame[column].iloc[int_row])}); "
+                f"{column} must be of one kind in every table: store it as integers everywhere or as text everywhere"
+            )
+            kinds[column] = _IdKind(None)
+        elif typed:
+            kind, (table, row) = next(iter(typed.items()))
+            kinds[column] = _IdKind(kind, table.locate(row)[0])
+        else:
+            kinds[column] = _IdKind(ids.csv_kind(table.frame[column][table.text_rows] for table in holders))
+    return kinds
+
+
+def _typed_kind(table: _RawTable, column: str, problems: list[str]) -> Any:
+    """The kind the typed (non-CSV) rows of an id column have: ``(kind, example row)``, None when
+    the table has no typed rows (or only nulls), False when refused (a problem is appended)."""
+    import numpy as np
+    import pandas as pd
+
+    typed = ~table.text_rows
+    if not typed.any():
+        return None
+    series = table.frame[column]
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
+        # booleans and fractions are int-kind mistakes, refused by the integer checks with their rows
+        return ids.INT, int(np.argmax(typed))
+    values = series.astype(object).where(typed, None)
+    inferred = pd.api.types.infer_dtype(values, skipna=True)
+    simple = {"string": ids.STRING, "integer": ids.INT, "floating": ids.INT, "mixed-integer-float": ids.INT, "boolean": ids.INT}
+    if inferred == "empty":
+        return None
+    if inferred in simple:
+        return simple[inferred], int(np.argmax(values.notna().to_numpy()))
+    present = values.notna().to_numpy()
+    is_int = np.fromiter(
+        (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values), bool, len(values)
+    )
+    is_str = np.fromiter((isinstance(v, str) for v in values), bool, len(values))
+    if is_int.any() and is_str.any():
+        int_row, str_row = int(np.argmax(is_int)), int(np.argmax(is_str))
+        problems.append(
+            f"{table.label}: column '{column}' mixes integer and text ids ({int(is_int.sum())} integers, "
+            f"{int(is_str.sum())} texts), e.g. {table.where(int_row)}: {column}={_show(values.iloc[int_row])} and "
+            f"{table.where(str_row)}: {column}={_show(values.iloc[str_row])}; store every id as an integer or every id as text"
+        )
+        return False
+    other = present & ~is_int & ~is_str
+    if other.any():
+        row = int(np.argmax(other))
+        problems.append(
+            f"{table.label}: column '{column}' has {int(other.sum())} values that are neither integers nor text "
+            f"({type(values.iloc[row]).__name__}), e.g. {table.where(row)}: {column}={_show(values.iloc[row])}"
+        )
+        return False
+    kind = ids.STRING if is_str.any() else ids.INT
+    return kind, int(np.argmax(is_str if is_str.any() else is_int))
+
+
+def _check_id(table: _RawTable, column: str, problems: list[str], kind: _IdKind) -> Optional["pd.Series"]:
+    """An id column in the kind agreed over the tables: int64 (>= 0) or str (recsys.data.ids rules)."""
+    if kind.kind is None:
+        return None  # the kind itself was refused (the problem is listed)
+    if kind.kind == ids.STRING:
+        return _check_string_id(table, column, problems)
+    return _check_int_id(table, column, problems, kind.decided_by)
+
+
+def _check_int_id(table: _RawTable, column: str, problems: list[str], decided_by: str) -> Optional["pd.Series"]:
     """Integer >= 0, no nulls -> int64."""
     import numpy as np
     import pandas as pd
@@ -258,19 +385,38 @@ def _check_id(table: _RawTable, column: str, problems: list[str]) -> Optional["p
     if pd.api.types.is_integer_dtype(series.dtype):
         numbers = series.astype("float64") if null.any() else series
     else:
-        # floats (a CSV column with blanks) or text: accept integral numbers, refuse the rest
-        numbers = pd.to_numeric(series, errors="coerce") if not pd.api.types.is_float_dtype(series.dtype) else series
+        if pd.api.types.is_float_dtype(series.dtype):  # a typed column with blanks
+            numbers = series
+        else:  # CSV text (integers as written, recsys.data.ids.csv_int_mask) and/or typed values
+            text = table.text_rows
+            numbers = pd.to_numeric(series.where(~text, None), errors="coerce").astype("float64")
+            if text.any():
+                numbers = numbers.where(~text, ids.csv_numbers(series.where(text, None)))
         numbers = numbers.astype("float64")
         as_float = numbers.to_numpy()
         with np.errstate(invalid="ignore"):
             not_integer = ~null & (np.isnan(as_float) | ~np.isfinite(as_float) | (np.mod(as_float, 1) != 0))
-        found.append(table.problem(not_integer, column, "non-integer values"))
+        hint = f" (ids of this column are integers, as in {decided_by})" if decided_by and table.text_rows.any() else ""
+        found.append(table.problem(not_integer, column, "non-integer values" + hint))
     with np.errstate(invalid="ignore"):
         negative = ~null & (numbers.to_numpy() < 0)
     found.append(table.problem(negative, column, "negative values", numbers))
     if _extend(problems, found):
         return None
     return numbers.astype("int64").reset_index(drop=True)
+
+
+def _check_string_id(table: _RawTable, column: str, problems: list[str]) -> Optional["pd.Series"]:
+    """Text obeying the string id rules (recsys.data.ids), no nulls -> str, kept exactly as written."""
+    series = table.frame[column].astype(object)
+    null = series.isna().to_numpy()
+    found: list[Optional[str]] = [table.problem(null, column, "null values")]
+    # every value is a str here: typed text, or CSV text (numbers of a typed int table never get here)
+    for what, mask in ids.string_id_problems(series):
+        found.append(table.problem(mask, column, what))
+    if _extend(problems, found):
+        return None
+    return series.reset_index(drop=True)
 
 
 def _check_timestamp(table: _RawTable, column: str, problems: list[str]) -> Optional["pd.Series"]:
@@ -391,7 +537,7 @@ def _check_label(table: _RawTable, column: str, problems: list[str]) -> Optional
     return numbers.astype("int8").reset_index(drop=True)
 
 
-_CHECKS = {ID: _check_id, TIMESTAMP: _check_timestamp, TEXT: _check_text, LABEL: _check_label}
+_CHECKS = {TIMESTAMP: _check_timestamp, TEXT: _check_text, LABEL: _check_label}  # ids: _check_id
 
 
 def _check_unique(table: _RawTable, column: str, values: "pd.Series", problems: list[str]) -> bool:
@@ -513,7 +659,7 @@ def _show(value: Any) -> str:
     except (TypeError, ValueError):
         pass
     if isinstance(value, str):
-        return repr(value)
+        return repr(value) if len(value) <= 60 else repr(value[:57]) + "..."
     if hasattr(value, "isoformat"):
         return str(value)
     if hasattr(value, "item"):

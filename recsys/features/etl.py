@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from merlin.io import Dataset
 
+from recsys.data import ids
 from recsys.data.contract import FeatureColumns, feature_columns
 from recsys.data.versioning import atomic_directory, content_hash, sha256_file, utc_now_iso, write_json_atomic
 from recsys.errors import RecsysError
@@ -132,7 +133,8 @@ def _build(
         items = pd.read_parquet(data_dir / "items.parquet").reset_index(drop=True)
         user_features, item_features = _check_tables(data_dir, interactions, users, items)
         has_labels = "label" in interactions.columns
-        interactions = _events(interactions, has_labels)
+        id_kinds = ids.IdKinds.from_dict(data_manifest.get("ids"), str(data_dir / "manifest.json"))
+        interactions = _events(interactions, has_labels, id_kinds)
         ts_min, ts_max, total, unknown_users, unknown_items = dask.compute(
             interactions[TIMESTAMP].min(),
             interactions[TIMESTAMP].max(),
@@ -227,6 +229,7 @@ def _build(
         },
         "cardinalities": cardinalities,
         "has_labels": has_labels,
+        "ids": id_kinds.to_dict(),  # raw id kinds, from the data version (id_maps/ hold them raw)
         "schema": {
             column.name: {"dtype": str(column.dtype.to_numpy), "tags": sorted(t.value for t in column.tags)}
             for column in schema
@@ -278,14 +281,17 @@ def _check_tables(
     return user_features, item_features
 
 
-def _events(interactions: dd.DataFrame, has_labels: bool) -> dd.DataFrame:
-    """user_id, item_id, click (int32 0/1), timestamp (int64 unix seconds)."""
+def _events(interactions: dd.DataFrame, has_labels: bool, id_kinds: ids.IdKinds) -> dd.DataFrame:
+    """user_id, item_id (raw: int64, or str for string ids), click (int32 0/1), timestamp (int64 unix seconds)."""
     timestamp = interactions[TIMESTAMP]
     if pd.api.types.is_datetime64_any_dtype(timestamp.dtype):
         timestamp = timestamp.astype("datetime64[ns]").astype("int64") // 1_000_000_000
     else:  # integer unix seconds
         timestamp = timestamp.astype("int64")
-    events = interactions[[USER_ID, ITEM_ID]].astype("int64")
+    events = interactions[[USER_ID, ITEM_ID]]
+    int_ids = [c for c in (USER_ID, ITEM_ID) if id_kinds.of(c) == ids.INT]
+    if int_ids:
+        events = events.astype({c: "int64" for c in int_ids})
     events[TARGET] = interactions["label"].astype("int32") if has_labels else np.int32(1)
     events[TIMESTAMP] = timestamp
     return events

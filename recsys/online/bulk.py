@@ -3,7 +3,7 @@
 The four-stage model (:mod:`recsys.serving.engine`) answers a *batch* of requests at once and keeps
 the item features of the current online version in memory (they never change within a version):
 
-    users = read_users(store, [1042, 77, 5], with_seen=True)   # ONE round trip, ONE version
+    users = read_users(store, [1042, 77, 5], with_seen=True)   # ONE round trip, ONE version (or ["u-7f3a", ...])
     table = read_item_table(store, users.version)              # every item row of that version
     rows = table.rows_of(raw_item_ids)                         # positions into table.columns (-1: absent)
     flags = unavailable_flags(store, raw_item_ids)             # the live (unversioned) unavailable set
@@ -11,16 +11,18 @@ the item features of the current online version in memory (they never change wit
 ``read_users`` resolves ``current`` (or, pinned, the newest version of a feature version) and reads
 every user of the batch inside one Lua script, so a batch never mixes versions; ``read_item_table`` reads a *named* version (immutable), so pairing it
 with ``users.version`` keeps a whole request on one version. Uses :class:`RedisOnlineStore`'s key
-layout and row packing (see :mod:`recsys.online.redis_store`).
+layout and row packing (see :mod:`recsys.online.redis_store`). Ids are raw ids of the version's
+kinds (:mod:`recsys.data.ids`): int64 arrays for int ids, object arrays of str for text ids.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Optional
 
+from recsys.data import ids
 from recsys.online.redis_store import OnlineStoreError, VersionGoneError, _text
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -31,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 log = logging.getLogger(__name__)
 
 # KEYS: version pointer (current, or a feature version's newest), unavailable. ARGV: version key prefix, "1" to read seen items, the largest unavailable
-# set to return whole ("0": never), user ids...
+# set to return whole ("0": never), user ids (text)...
 _READ_USERS = """
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
@@ -64,9 +66,11 @@ class ItemTable:
     """Every item row of one online version: ``columns[name][row]``, rows sorted by raw item id."""
 
     version: str
-    ids: "np.ndarray"  # raw item ids, int64, sorted
+    ids: "np.ndarray"  # raw item ids, sorted: int64, or an object array of str
     columns: dict[str, "np.ndarray"]
     popularity: "np.ndarray"  # raw item ids, most popular first
+    kind: str = ids.INT  # of the raw item ids
+    _row_of: Optional[dict] = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -75,7 +79,14 @@ class ItemTable:
         """Row of each raw item id in this table (int64), -1 for ids the version does not hold."""
         import numpy as np
 
-        raw_ids = np.asarray(raw_ids, dtype=np.int64)
+        if self.kind != ids.INT:
+            # text ids: one dict lookup each (measured faster than a binary search over str objects
+            # or fixed-width unicode for the few hundred ids a request asks about)
+            if self._row_of is None:
+                self._row_of = dict(zip(self.ids.tolist(), range(len(self.ids))))
+            get = self._row_of.get
+            return np.fromiter((get(i, -1) for i in raw_ids), dtype=np.int64, count=len(raw_ids))
+        raw_ids = ids.as_array(raw_ids, ids.INT)
         if len(self.ids) == 0:
             return np.full(raw_ids.shape, -1, dtype=np.int64)
         pos = np.searchsorted(self.ids, raw_ids)
@@ -85,7 +96,7 @@ class ItemTable:
 
 def read_users(
     store: "RedisOnlineStore",
-    user_ids: Iterable[int],
+    user_ids: Iterable[ids.IdValue],
     *,
     with_seen: bool = False,
     unavailable_up_to: int = 0,
@@ -101,14 +112,14 @@ def read_users(
     """
     import numpy as np
 
-    ids = [int(u) for u in user_ids]
-    if not ids:
+    fields = ids.as_python(user_ids)
+    if not fields:
         raise OnlineStoreError("read_users needs at least one user id")
-    if len(ids) > MAX_USERS_PER_READ:
-        raise OnlineStoreError(f"at most {MAX_USERS_PER_READ} users per read, got {len(ids)}")
+    if len(fields) > MAX_USERS_PER_READ:
+        raise OnlineStoreError(f"at most {MAX_USERS_PER_READ} users per read, got {len(fields)}")
     script = _script(store)
     for attempt in range(3):
-        args = [store.version_prefix, "1" if with_seen else "0", int(unavailable_up_to), *ids]
+        args = [store.version_prefix, "1" if with_seen else "0", int(unavailable_up_to), *fields]
         reply = script(keys=[store.pointer_key(feature_version), store.key_unavailable], args=args)
         if not reply:
             raise store.no_version_error(feature_version)
@@ -120,12 +131,13 @@ def read_users(
             if attempt == 2:
                 raise
     columns, found = user_layout.decode(list(rows))
-    seen_ids = [np.frombuffer(s or b"", dtype="<i8").astype(np.int64) for s in seen] if with_seen else None
+    item_kind = store.id_kinds(version).item_id
+    seen_ids = [ids.unpack(s, item_kind) for s in seen] if with_seen else None
     unavailable = None
-    if reply[3]:
-        unavailable = np.array([int(i) for i in reply[3]], dtype=np.int64)
+    if reply[3]:  # members that are not ids of this kind can match no item: skipped
+        unavailable = ids.from_fields(reply[3], item_kind, strict=False)
     elif reply[3] is not None and unavailable_up_to > 0:  # an empty list: the set is empty
-        unavailable = np.zeros(0, dtype=np.int64)
+        unavailable = ids.empty(item_kind)
     return UserRows(version, found, columns, seen_ids, unavailable)
 
 
@@ -155,27 +167,29 @@ def read_item_table(store: "RedisOnlineStore", version: str, *, batch: int = 500
     if not meta_exists or len(rows) != int(expected):
         raise VersionGoneError(f"online version {version} changed or was collected while its items were read")
     keys = list(rows)
-    ids = np.fromiter((int(k) for k in keys), dtype=np.int64, count=len(keys))
-    order = np.argsort(ids, kind="stable")
+    kind = store.id_kinds(version).item_id
+    raw_ids = ids.from_fields(keys, kind)
+    order = np.argsort(raw_ids, kind="stable")
     columns, _found = item_layout.decode([rows[keys[i]] for i in order])
     table = ItemTable(
         version=version,
-        ids=ids[order],
+        ids=raw_ids[order],
         columns=columns,
-        popularity=np.frombuffer(popularity or b"", dtype="<i8").astype(np.int64),
+        popularity=ids.unpack(popularity, kind),
+        kind=kind,
     )
     log.info("online version %s: %d item rows read in %.0f ms", version, len(table), 1000 * (time.perf_counter() - began))
     return table
 
 
-def unavailable_flags(store: "RedisOnlineStore", item_ids: Iterable[int]) -> "np.ndarray":
+def unavailable_flags(store: "RedisOnlineStore", item_ids: Iterable[ids.IdValue]) -> "np.ndarray":
     """True for each raw item id that is in the unavailable set now (one round trip)."""
     import numpy as np
 
-    ids = [int(i) for i in item_ids]
-    if not ids:
+    members = ids.as_python(item_ids)
+    if not members:
         return np.zeros(0, dtype=bool)
-    return np.asarray(store.client.smismember(store.key_unavailable, ids), dtype=bool)
+    return np.asarray(store.client.smismember(store.key_unavailable, members), dtype=bool)
 
 
 def _script(store: "RedisOnlineStore"):

@@ -36,10 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     unavailable = sub.add_parser(
         "unavailable",
         help="items taken off (or back on) sale; applies at once, no refresh",
-        description="The unavailable-items set is not versioned: serving filters these raw item ids from the next request on.",
+        description="The unavailable-items set is not versioned: serving filters these raw item ids from the next "
+        "request on. Ids are as your data has them (e.g. 4235 or SKU-85123A); they must be of the current online "
+        "version's item id kind.",
     )
     unavailable.add_argument("action", choices=["add", "remove", "list"])
-    unavailable.add_argument("items", nargs="*", type=int, metavar="ITEM", help="raw item ids")
+    unavailable.add_argument("items", nargs="*", metavar="ITEM", help="raw item ids (integers or text)")
     unavailable.set_defaults(func=_unavailable)
 
 

@@ -8,14 +8,22 @@ Keys (``{p}`` is ``{<settings.online_key_prefix>}``, a Redis Cluster hash tag)::
     {p}:seq                 STRING  counter that makes version ids unique
     {p}:writing             ZSET    versions being written -> start time (stale ones are collected)
     {p}:retired             ZSET    versions that stopped being current -> when
-    {p}:unavailable         SET     raw item ids operations took off sale (not versioned)
-    {p}:v:<V>:meta          HASH    feature/data version, column layouts, counts, times
+    {p}:unavailable         SET     raw item ids (their text) operations took off sale (not versioned)
+    {p}:v:<V>:meta          HASH    feature/data version, column layouts, id kinds, counts, times
     {p}:v:<V>:u             HASH    raw user id -> packed user features
-    {p}:v:<V>:s             HASH    raw user id -> packed seen RAW item ids (int64)
+    {p}:v:<V>:s             HASH    raw user id -> packed list of the RAW item ids the user has seen
     {p}:v:<V>:i             HASH    raw item id -> packed item features
     {p}:v:<V>:d             HASH    raw item id -> display attributes (JSON)
-    {p}:v:<V>:pop           STRING  popularity list, raw item ids (int64)
-    {p}:v:<V>:hu / :hi      STRING  per-entity content hashes: sorted raw ids (int64) + hashes (uint64)
+    {p}:v:<V>:pop           STRING  popularity list: packed raw item ids, most popular first
+    {p}:v:<V>:hu / :hi      STRING  per-entity content hashes: sorted raw ids + their hashes (uint64)
+
+Ids (:mod:`recsys.data.ids`). Raw ids are integers or text, as the version's ``meta`` field ``ids``
+records (``{"user_id": "int"|"string", "item_id": ...}``; a version written before kinds existed
+has none: int). Hash fields and set members are an id's text (``"5003"``, ``"SKU-85123A"``).
+Packed lists (``:s`` values, ``:pop``) use the item kind's codec (``ids.pack``: int64 little-endian
+for int ids, as always; NUL-separated UTF-8 for text ids); ``:hu``/``:hi`` are ``ids.pack_with``
+of the sorted ids and their hashes (int: ids then hashes, as always; text: count, hashes, ids).
+Readers return ids in their kind: int64 arrays, or object arrays of str.
 
 One hash per entity kind per version (not one key per entity): a version is a handful of keys, so
 retiring one is a few ``UNLINK`` calls (freed off the main thread) instead of a scan over 100k keys,
@@ -67,6 +75,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
+from recsys.data import ids
 from recsys.errors import RecsysError
 from recsys.online.snapshot import EntityRows, RowLayout, Snapshot
 from recsys.online.store import BatchHook, FeatureRows, OnlineStore, RefreshResult, VersionInfo
@@ -100,7 +109,7 @@ class ConcurrentRefreshError(OnlineStoreError):
     """Another refresh switched ``current`` while this one was writing."""
 
 
-# KEYS: version pointer (current or a feature version's), unavailable. ARGV: version key prefix, user id ("" for none), "1" to read seen items, item ids...
+# KEYS: version pointer (current or a feature version's), unavailable. ARGV: version key prefix, user id ("" for none), "1" to read seen items, item ids (text)...
 _READ = """
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
@@ -231,7 +240,9 @@ class RedisOnlineStore(OnlineStore):
         self._switch = client.register_script(_SWITCH)
         self._collect = client.register_script(_COLLECT)
         self._unpin = client.register_script(_UNPIN)
-        self._layouts: dict[str, tuple[RowLayout, RowLayout]] = {}  # versions never change: safe to cache
+        # versions never change: their layouts and id kinds are safe to cache
+        self._layouts: dict[str, tuple[RowLayout, RowLayout]] = {}
+        self._kinds: dict[str, ids.IdKinds] = {}
 
     @classmethod
     def from_settings(cls, settings: Optional["Settings"] = None, *, cluster: bool = False) -> "RedisOnlineStore":
@@ -337,6 +348,8 @@ class RedisOnlineStore(OnlineStore):
         user_layout, item_layout = self._layout(base.version)
         if user_layout != snapshot.user_layout or item_layout != snapshot.item_layout:
             return f"column layout differs from {base.version}"
+        if self.id_kinds(base.version) != snapshot.id_kinds:
+            return f"id kinds differ from {base.version}"
         return ""
 
     def _write_meta(self, version: str, snapshot: Snapshot, mode: str, base: Optional[str], started: float) -> None:
@@ -351,6 +364,7 @@ class RedisOnlineStore(OnlineStore):
                 "user_layout": json.dumps(snapshot.user_layout.to_dict()),
                 "item_layout": json.dumps(snapshot.item_layout.to_dict()),
                 "display_columns": json.dumps(list(snapshot.display_columns)),
+                "ids": json.dumps(snapshot.id_kinds.to_dict()),
                 "users": len(snapshot.users),
                 "items": len(snapshot.items),
                 "popularity": len(snapshot.popularity),
@@ -382,7 +396,8 @@ class RedisOnlineStore(OnlineStore):
                     )
                 setattr(result, f"{kind}_copied", copied)
                 setattr(result, f"{kind}_deleted", deleted)
-            written = self._write_rows(version, kind, rows, write, (features_key, extra_key), on_batch)
+            id_kind = snapshot.id_kinds.of("user_id" if kind == "users" else "item_id")
+            written = self._write_rows(version, kind, rows, id_kind, write, (features_key, extra_key), on_batch)
             setattr(result, f"{kind}_written", written)
 
     def _write_rows(
@@ -390,12 +405,13 @@ class RedisOnlineStore(OnlineStore):
         version: str,
         kind: str,
         rows: EntityRows,
+        id_kind: str,
         positions: list[int],
         suffixes: tuple[str, str],
         on_batch: Optional[BatchHook],
     ) -> int:
         features_key, extra_key = (self.key(version, s).encode() for s in suffixes)
-        ids = [b"%d" % i for i in rows.ids.tolist()]
+        fields = ids.field_bytes(rows.ids, id_kind)
         written = 0
         every = max(1, len(positions) // self.batch_size // 10)  # ~10 progress lines
         for n, start in enumerate(range(0, len(positions), self.batch_size)):
@@ -406,8 +422,8 @@ class RedisOnlineStore(OnlineStore):
             for chunk in range(0, len(batch), FIELDS_PER_COMMAND):
                 features, extra = [b"HSET", features_key], [b"HSET", extra_key]
                 for i in batch[chunk : chunk + FIELDS_PER_COMMAND]:
-                    features += (ids[i], rows.features[i])
-                    extra += (ids[i], rows.extra[i])
+                    features += (fields[i], rows.features[i])
+                    extra += (fields[i], rows.extra[i])
                 commands += (features, extra)
             self._send_pipelined(commands)
             written += len(batch)
@@ -452,11 +468,11 @@ class RedisOnlineStore(OnlineStore):
             if isinstance(reply, redis.ResponseError):
                 raise reply
 
-    def _copy_unchanged(self, base: str, version: str, suffixes: tuple[str, str], ids: list[int]) -> int:
+    def _copy_unchanged(self, base: str, version: str, suffixes: tuple[str, str], raw_ids: list[ids.IdValue]) -> int:
         keys = [self.key(base, suffixes[0]), self.key(version, suffixes[0]), self.key(base, suffixes[1]), self.key(version, suffixes[1])]
         copied = 0
         step = min(self.batch_size, 2000)  # each script call stays short (readers wait behind it)
-        batches = [ids[i : i + step] for i in range(0, len(ids), step)]
+        batches = [raw_ids[i : i + step] for i in range(0, len(raw_ids), step)]
         for start in range(0, len(batches), 16):
             pipe = self.client.pipeline(transaction=False)
             for batch in batches[start : start + 16]:
@@ -467,20 +483,19 @@ class RedisOnlineStore(OnlineStore):
     def _write_blobs(self, version: str, snapshot: Snapshot) -> None:
         import numpy as np
 
+        kinds = snapshot.id_kinds
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.key(version, "pop"), snapshot.popularity.astype("<i8").tobytes())
-        for suffix, rows in (("hu", snapshot.users), ("hi", snapshot.items)):
+        pipe.set(self.key(version, "pop"), ids.pack(snapshot.popularity, kinds.item_id))
+        for suffix, rows, kind in (("hu", snapshot.users, kinds.user_id), ("hi", snapshot.items, kinds.item_id)):
             order = np.argsort(rows.ids, kind="stable")
-            blob = rows.ids[order].astype("<i8").tobytes() + rows.hashes[order].astype("<u8").tobytes()
-            pipe.set(self.key(version, suffix), blob)
+            pipe.set(self.key(version, suffix), ids.pack_with(rows.ids[order], rows.hashes[order].astype("<u8"), kind))
         pipe.execute()
 
     def _hashes(self, version: str, suffix: str) -> tuple["np.ndarray", "np.ndarray"]:
-        import numpy as np
-
-        blob = self.client.get(self.key(version, suffix)) or b""
-        n = len(blob) // 16
-        return np.frombuffer(blob[: 8 * n], dtype="<i8"), np.frombuffer(blob[8 * n :], dtype="<u8")
+        """(sorted raw ids, their content hashes) of a version's users (``hu``) or items (``hi``)."""
+        kinds = self.id_kinds(version)
+        blob = self.client.get(self.key(version, suffix))
+        return ids.unpack_with(blob, kinds.user_id if suffix == "hu" else kinds.item_id, "<u8")
 
     def _delete_version(self, version: str) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -488,7 +503,11 @@ class RedisOnlineStore(OnlineStore):
         pipe.zrem(self.key_writing, version)
         pipe.zrem(self.key_retired, version)
         pipe.execute()
+        self._forget(version)
+
+    def _forget(self, version: str) -> None:
         self._layouts.pop(version, None)
+        self._kinds.pop(version, None)
 
     def collect_garbage(self, now: Optional[float] = None) -> list[str]:
         """Delete versions retired longer than the grace period and stale partial writes.
@@ -507,7 +526,7 @@ class RedisOnlineStore(OnlineStore):
                 keys = [self.key_current, self.key_pinned, self.key_writing, self.key_retired,
                         self.pointer_key(feature_version), *self.version_keys(version)]
                 if int(self._collect(keys=keys, args=[version, feature_version])):
-                    self._layouts.pop(version, None)
+                    self._forget(version)
                     removed.append(version)
                 elif zset == self.key_retired and self.client.zscore(self.key_retired, version) is not None:
                     kept.append(version)
@@ -557,24 +576,29 @@ class RedisOnlineStore(OnlineStore):
             users=int(meta["users"]),
             items=int(meta["items"]),
             age_seconds=(time.time() - switched) if switched else None,
+            ids=ids.IdKinds.from_dict(json.loads(meta.get("ids") or "{}")).to_dict(),
         )
 
     def read(
         self,
-        user_id: Optional[int],
-        item_ids: Iterable[int] = (),
+        user_id: Optional[ids.IdValue],
+        item_ids: Iterable[ids.IdValue] = (),
         *,
         with_seen: bool = False,
         feature_version: Optional[str] = None,
     ) -> FeatureRows:
         """User features + the items' features (+ seen items) in one round trip, from the current
-        version or (``feature_version``) the newest version of that feature version."""
+        version or (``feature_version``) the newest version of that feature version.
+
+        Ids are raw ids (ints or strs, looked up by their text); seen items come back in the item
+        id kind."""
         import numpy as np
 
-        ids = [int(i) for i in item_ids]
-        if len(ids) > MAX_ITEMS_PER_READ:
-            raise OnlineStoreError(f"at most {MAX_ITEMS_PER_READ} items per read, got {len(ids)}")
-        args = [self.version_prefix, "" if user_id is None else int(user_id), "1" if with_seen else "0", *ids]
+        item_fields = ids.as_python(item_ids)
+        if len(item_fields) > MAX_ITEMS_PER_READ:
+            raise OnlineStoreError(f"at most {MAX_ITEMS_PER_READ} items per read, got {len(item_fields)}")
+        user_field = "" if user_id is None else ids.to_text(user_id)
+        args = [self.version_prefix, user_field, "1" if with_seen else "0", *item_fields]
         for attempt in range(3):
             reply = self._read(keys=[self.pointer_key(feature_version), self.key_unavailable], args=args)
             if not reply:
@@ -598,25 +622,27 @@ class RedisOnlineStore(OnlineStore):
             user=user,
             items=items,
             item_found=item_found,
-            unavailable=np.asarray(unavailable, dtype=bool) if ids else np.zeros(0, dtype=bool),
-            seen=np.frombuffer(seen or b"", dtype="<i8").astype(np.int64) if with_seen else None,
+            unavailable=np.asarray(unavailable, dtype=bool) if item_fields else np.zeros(0, dtype=bool),
+            seen=ids.unpack(seen, self.id_kinds(version).item_id) if with_seen else None,
         )
 
-    def read_pipelined(self, user_id: int, item_ids: Iterable[int], *, feature_version: Optional[str] = None) -> FeatureRows:
+    def read_pipelined(
+        self, user_id: ids.IdValue, item_ids: Iterable[ids.IdValue], *, feature_version: Optional[str] = None
+    ) -> FeatureRows:
         """The same read as :meth:`read` without a script: ``current`` once, then one pipeline.
 
         Two round trips; kept for the benchmark that compares it with the scripted read.
         """
         import numpy as np
 
-        ids = [int(i) for i in item_ids]
+        item_fields = ids.as_python(item_ids)
         version = _text(self.client.get(self.pointer_key(feature_version)))
         if not version:
             raise self.no_version_error(feature_version)
         pipe = self.client.pipeline(transaction=False)
-        pipe.hget(self.key(version, "u"), int(user_id))
-        pipe.hmget(self.key(version, "i"), ids)
-        pipe.smismember(self.key_unavailable, ids)
+        pipe.hget(self.key(version, "u"), ids.to_text(user_id))
+        pipe.hmget(self.key(version, "i"), item_fields)
+        pipe.smismember(self.key_unavailable, item_fields)
         user_row, item_rows, unavailable = pipe.execute()
         user_layout, item_layout = self._layout(version)
         user, found = user_layout.decode([user_row])
@@ -630,45 +656,62 @@ class RedisOnlineStore(OnlineStore):
             raise self.no_version_error(feature_version)
         return _text(reply[0]), reply[1]
 
-    def seen_items(self, user_id: int, *, feature_version: Optional[str] = None) -> "np.ndarray":
-        import numpy as np
-
-        _, value = self._read_versioned(feature_version, "HGET", "s", int(user_id))
-        return np.frombuffer(value or b"", dtype="<i8").astype(np.int64)
+    def seen_items(self, user_id: ids.IdValue, *, feature_version: Optional[str] = None) -> "np.ndarray":
+        version, value = self._read_versioned(feature_version, "HGET", "s", ids.to_text(user_id))
+        return ids.unpack(value, self.id_kinds(version).item_id)
 
     def popularity(self, k: Optional[int] = None, *, feature_version: Optional[str] = None) -> "np.ndarray":
-        import numpy as np
+        version, value = self._read_versioned(feature_version, "GET", "pop")
+        popular = ids.unpack(value, self.id_kinds(version).item_id)
+        return popular if k is None else popular[:k]
 
-        _, value = self._read_versioned(feature_version, "GET", "pop")
-        ids = np.frombuffer(value or b"", dtype="<i8").astype(np.int64)
-        return ids if k is None else ids[:k]
-
-    def display(self, item_ids: Iterable[int], *, feature_version: Optional[str] = None) -> list[Optional[dict[str, Any]]]:
-        ids = [int(i) for i in item_ids]
-        if not ids:
+    def display(
+        self, item_ids: Iterable[ids.IdValue], *, feature_version: Optional[str] = None
+    ) -> list[Optional[dict[str, Any]]]:
+        fields = ids.as_python(item_ids)
+        if not fields:
             return []
-        _, values = self._read_versioned(feature_version, "HMGET", "d", *ids)
+        _, values = self._read_versioned(feature_version, "HMGET", "d", *fields)
         return [json.loads(v) if v is not None else None for v in values]
 
     def _layout(self, version: str) -> tuple[RowLayout, RowLayout]:
         if version not in self._layouts:
-            raw = self.client.hmget(self.key(version, "meta"), ["user_layout", "item_layout"])
+            raw = self.client.hmget(self.key(version, "meta"), ["user_layout", "item_layout", "ids"])
             if raw[0] is None or raw[1] is None:
                 raise VersionGoneError(f"online version {version} has no metadata (collected while in use?)")
             self._layouts[version] = (RowLayout.from_dict(json.loads(raw[0])), RowLayout.from_dict(json.loads(raw[1])))
+            self._kinds[version] = ids.IdKinds.from_dict(json.loads(raw[2] or "{}"), f"online version {version}")
         return self._layouts[version]
 
+    def id_kinds(self, version: str) -> ids.IdKinds:
+        """The kinds of a version's raw ids (int/int for a version written before kinds were recorded)."""
+        if version not in self._kinds:
+            self._layout(version)
+        return self._kinds[version]
+
     # --- unavailable items ----------------------------------------------------------------------
-    def add_unavailable(self, item_ids: Iterable[int]) -> int:
-        ids = [int(i) for i in item_ids]
-        return int(self.client.sadd(self.key_unavailable, *ids)) if ids else 0
+    def _unavailable_members(self, item_ids: Iterable[Any]) -> list[str]:
+        """The set members (id texts) of ``item_ids``, parsed into the current version's item id
+        kind (:class:`recsys.data.ids.IdError` names a bad one). Without a current version any valid
+        id text is taken: the kind is not known yet."""
+        version = _text(self.client.get(self.key_current))
+        kind = self.id_kinds(version).item_id if version else ids.STRING
+        return [ids.to_text(ids.parse(item, kind, "item_id")) for item in item_ids]
 
-    def remove_unavailable(self, item_ids: Iterable[int]) -> int:
-        ids = [int(i) for i in item_ids]
-        return int(self.client.srem(self.key_unavailable, *ids)) if ids else 0
+    def add_unavailable(self, item_ids: Iterable[ids.IdValue]) -> int:
+        members = self._unavailable_members(item_ids)
+        return int(self.client.sadd(self.key_unavailable, *members)) if members else 0
 
-    def unavailable(self) -> list[int]:
-        return sorted(int(v) for v in self.client.smembers(self.key_unavailable))
+    def remove_unavailable(self, item_ids: Iterable[ids.IdValue]) -> int:
+        members = self._unavailable_members(item_ids)
+        return int(self.client.srem(self.key_unavailable, *members)) if members else 0
+
+    def unavailable(self) -> list[ids.IdValue]:
+        """Every unavailable raw item id, sorted, in the current version's item id kind (members that
+        are not ids of that kind, left from another deployment, are skipped)."""
+        version = _text(self.client.get(self.key_current))
+        kind = self.id_kinds(version).item_id if version else ids.STRING
+        return sorted(ids.from_fields(self.client.smembers(self.key_unavailable), kind, strict=False).tolist())
 
     # --- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -690,8 +733,10 @@ class RedisOnlineStore(OnlineStore):
         }
 
 
-def _diff(rows: EntityRows, old: tuple["np.ndarray", "np.ndarray"]) -> tuple[list[int], list[int], int]:
-    """Positions of ``rows`` to write (changed or new), raw ids to copy (unchanged), count deleted."""
+def _diff(rows: EntityRows, old: tuple["np.ndarray", "np.ndarray"]) -> tuple[list[int], list[ids.IdValue], int]:
+    """Positions of ``rows`` to write (changed or new), raw ids to copy (unchanged), count deleted.
+
+    ``old`` holds sorted ids (either kind: numpy's searchsorted compares str objects too)."""
     import numpy as np
 
     old_ids, old_hashes = old

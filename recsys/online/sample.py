@@ -25,19 +25,27 @@ def write_sample_versions(
     n_items: int = 50,
     n_interactions: int = 2_000,
     seed: int = 0,
+    string_ids: bool = False,
 ) -> Path:
     """Write ``<home>/data/<dv>/`` and ``<home>/features/<fv>/``; return the feature version folder.
 
-    Raw user ids start at 1000, raw item ids at 5000. The same arguments give the same versions
-    (an existing version is left as it is).
+    Raw user ids start at 1000, raw item ids at 5000; with ``string_ids`` they are text
+    (``u-3e8``..., ``SKU-5000``...). The same arguments give the same versions (an existing version
+    is left as it is).
     """
     import numpy as np
     import pandas as pd
+
+    from recsys.data import ids
 
     home = Path(home)
     rng = np.random.default_rng(seed)
     user_raw = np.arange(1000, 1000 + n_users, dtype=np.int64)
     item_raw = np.arange(5000, 5000 + n_items, dtype=np.int64)
+    if string_ids:
+        user_raw = ids.as_array([f"u-{n:x}" for n in user_raw.tolist()], ids.STRING)
+        item_raw = ids.as_array([f"SKU-{n}" for n in item_raw.tolist()], ids.STRING)
+    kinds = ids.IdKinds(*([ids.STRING] * 2 if string_ids else [ids.INT] * 2))
     categories = rng.integers(0, 12, n_items)
     raw_items = pd.DataFrame(
         {
@@ -68,7 +76,7 @@ def write_sample_versions(
         }
     ).drop_duplicates(["user_id", "item_id", "timestamp"], ignore_index=True)
 
-    data_version = content_hash("online-sample", n_users, n_items, n_interactions, seed)
+    data_version = content_hash("online-sample", n_users, n_items, n_interactions, seed, *(["string"] if string_ids else []))
     data_dir = home / "data" / data_version
     if not data_dir.exists():
         with atomic_directory(data_dir) as tmp:
@@ -83,6 +91,7 @@ def write_sample_versions(
                     "source": "recsys.online.sample",
                     "rows": {"interactions": len(interactions), "users": n_users, "items": n_items},
                     "has_labels": True,
+                    "ids": kinds.to_dict(),
                 },
             )
 
@@ -137,6 +146,7 @@ def write_sample_versions(
                     "item_continuous": list(ITEM_CONTINUOUS),
                 },
                 "has_labels": True,
+                "ids": kinds.to_dict(),
             },
         )
     return features_dir

@@ -2,6 +2,9 @@
 
 A :class:`Snapshot` is the content of the online store for one feature version, already packed:
 
+Raw ids are of the feature version's id kinds (:mod:`recsys.data.ids`: int64 arrays, or object
+arrays of str), recorded in the snapshot (``id_kinds``) and so in the online version's metadata.
+
 * per user (by RAW user id): the transformed user features (the feature version's ``users/`` row,
   ``user_id`` encoded first, same column order), and the RAW ids of the items the user has seen
   (every interaction row of the data version, shown-and-ignored impressions included: the same rule
@@ -24,10 +27,11 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from recsys.data import ids
 from recsys.errors import RecsysError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -101,9 +105,9 @@ class RowLayout:
 class EntityRows:
     """One entity kind (users or items) of a snapshot; arrays are aligned by position."""
 
-    ids: "np.ndarray"  # raw ids, int64, unique
+    ids: "np.ndarray"  # raw ids, unique: int64, or an object array of str (recsys.data.ids)
     features: list[bytes]  # packed feature rows
-    extra: list[bytes]  # users: packed seen item ids (int64); items: display attributes (JSON)
+    extra: list[bytes]  # users: packed seen item ids (recsys.data.ids.pack); items: display attributes (JSON)
     hashes: "np.ndarray"  # uint64 content hash of features + extra
 
     def __len__(self) -> int:
@@ -121,7 +125,8 @@ class Snapshot:
     display_columns: tuple[str, ...]
     users: EntityRows
     items: EntityRows
-    popularity: "np.ndarray"  # raw item ids, int64, most popular first
+    popularity: "np.ndarray"  # raw item ids, most popular first
+    id_kinds: ids.IdKinds = field(default_factory=ids.IdKinds)
 
     @property
     def rows(self) -> int:
@@ -160,8 +165,10 @@ def build_snapshot(
     items_frame = _read_parts(features_dir / "items")
     user_map = pd.read_parquet(features_dir / "id_maps" / "users.parquet")
     item_map = pd.read_parquet(features_dir / "id_maps" / "items.parquet")
-    user_ids = _raw_ids(features_dir / "id_maps" / "users.parquet", user_map, "user_id", users_frame)
-    item_ids = _raw_ids(features_dir / "id_maps" / "items.parquet", item_map, "item_id", items_frame)
+    # the manifest's kinds (feature versions written before kinds were recorded hold int ids)
+    kinds = ids.IdKinds.from_dict(manifest.get("ids"), str(features_dir / "manifest.json"))
+    user_ids = _raw_ids(features_dir / "id_maps" / "users.parquet", user_map, "user_id", users_frame, kinds.user_id)
+    item_ids = _raw_ids(features_dir / "id_maps" / "items.parquet", item_map, "item_id", items_frame, kinds.item_id)
     interactions = pd.read_parquet(data_dir / "interactions.parquet", columns=None)
     raw_items = pd.read_parquet(data_dir / "items.parquet")
     snapshot = snapshot_from_frames(
@@ -174,6 +181,7 @@ def build_snapshot(
         interactions,
         raw_items,
         popularity_size=popularity_size,
+        id_kinds=kinds,
         sources={
             "users": features_dir / "users",
             "items": features_dir / "items",
@@ -199,20 +207,22 @@ def snapshot_from_frames(
     raw_items: "pd.DataFrame",
     *,
     popularity_size: int = 1000,
+    id_kinds: Optional[ids.IdKinds] = None,
     sources: Optional[dict[str, Path]] = None,
 ) -> Snapshot:
     """A :class:`Snapshot` from in-memory tables.
 
     ``users``/``items``: transformed rows (the feature version's ``users/``/``items/`` columns) whose
     raw ids are ``user_ids``/``item_ids`` (same order); ``interactions`` and ``raw_items``: the data
-    version's tables. ``sources`` names the files in error messages.
+    version's tables. ``id_kinds``: the raw ids' kinds (default: what the id arrays hold).
+    ``sources`` names the files in error messages.
     """
-    import numpy as np
-
     where = {"users": Path("users"), "items": Path("items"), "interactions": Path("interactions"), "raw_items": Path("items.parquet")}
     where.update(sources or {})
-    user_ids = np.asarray(user_ids, dtype=np.int64)
-    item_ids = np.asarray(item_ids, dtype=np.int64)
+    if id_kinds is None:
+        id_kinds = ids.IdKinds(ids.kind_of(user_ids), ids.kind_of(item_ids))
+    user_ids = ids.as_array(user_ids, id_kinds.user_id)
+    item_ids = ids.as_array(item_ids, id_kinds.item_id)
     user_layout = _layout(where["users"], users)
     item_layout = _layout(where["items"], items)
     user_rows = _pack(where["users"], users, user_layout)
@@ -222,7 +232,7 @@ def snapshot_from_frames(
             raise SnapshotError(f"{where['interactions']}: column {column!r} missing (found {list(interactions.columns)})")
     if "item_id" not in raw_items.columns:
         raise SnapshotError(f"{where['raw_items']}: column 'item_id' missing (found {list(raw_items.columns)})")
-    seen = _seen_items(interactions, user_ids)
+    seen = _seen_items(interactions, user_ids, id_kinds)
     display = _display_json(where["raw_items"], raw_items, item_ids)
     return Snapshot(
         feature_version=feature_version,
@@ -232,7 +242,8 @@ def snapshot_from_frames(
         display_columns=tuple(str(c) for c in raw_items.columns if c != "item_id"),
         users=EntityRows(user_ids, user_rows, seen, content_hashes(user_rows, seen)),
         items=EntityRows(item_ids, item_rows, display, content_hashes(item_rows, display)),
-        popularity=_popularity(interactions, item_ids, popularity_size),
+        popularity=_popularity(interactions, item_ids, popularity_size, id_kinds.item_id),
+        id_kinds=id_kinds,
     )
 
 
@@ -262,7 +273,7 @@ def _read_parts(folder: Path) -> "pd.DataFrame":
     return pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
 
 
-def _raw_ids(path: Path, id_map: "pd.DataFrame", name: str, transformed: "pd.DataFrame") -> "np.ndarray":
+def _raw_ids(path: Path, id_map: "pd.DataFrame", name: str, transformed: "pd.DataFrame", kind: str) -> "np.ndarray":
     import numpy as np
 
     raw = f"{name}_raw"
@@ -273,14 +284,17 @@ def _raw_ids(path: Path, id_map: "pd.DataFrame", name: str, transformed: "pd.Dat
             f"{path}: {len(id_map)} rows but the transformed table has {len(transformed)} "
             "(both must follow the input table's row order)"
         )
-    ids = id_map[raw].to_numpy()
     if id_map[raw].isna().any():
         raise SnapshotError(f"{path}: column {raw!r} has nulls, e.g. row {int(np.flatnonzero(id_map[raw].isna())[0])}")
-    ids = ids.astype(np.int64)
-    unique, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        raise SnapshotError(f"{path}: column {raw!r} has duplicate ids, e.g. {raw}={unique[counts > 1][0]}")
-    return ids
+    if ids.kind_of(id_map[raw]) != kind:
+        raise SnapshotError(
+            f"{path}: column {raw!r} holds {id_map[raw].dtype} values but the manifest's ids say {name} is {kind!r}"
+        )
+    values = ids.as_array(id_map[raw], kind)
+    duplicated = id_map[raw].duplicated().to_numpy()
+    if duplicated.any():
+        raise SnapshotError(f"{path}: column {raw!r} has duplicate ids, e.g. {raw}={ids.show(values[duplicated][0])}")
+    return values
 
 
 def _layout(folder: Path, frame: "pd.DataFrame") -> RowLayout:
@@ -321,31 +335,52 @@ def _pack(folder: Path, frame: "pd.DataFrame", layout: RowLayout) -> list[bytes]
     return [blob[i : i + size] for i in range(0, len(blob), size)]
 
 
-def _seen_items(interactions: "pd.DataFrame", user_ids: "np.ndarray") -> list[bytes]:
-    """Per user (in ``user_ids`` order): the sorted unique raw item ids of their interactions, packed int64."""
+def _seen_items(interactions: "pd.DataFrame", user_ids: "np.ndarray", kinds: ids.IdKinds) -> list[bytes]:
+    """Per user (in ``user_ids`` order): the sorted unique raw item ids of their interactions, packed
+    (:func:`recsys.data.ids.pack`)."""
     import numpy as np
 
-    users = interactions["user_id"].to_numpy(np.int64)
-    items = interactions["item_id"].to_numpy(np.int64)
+    # Sorting and grouping run on int64 keys: int ids are their own keys, text ids their rank
+    # among the distinct values (pandas.factorize, sorted), so both kinds take the same path.
+    users, user_values = _int_keys(interactions["user_id"], kinds.user_id)
+    items, item_values = _int_keys(interactions["item_id"], kinds.item_id)
     order = np.lexsort((items, users))
     users, items = users[order], items[order]
     keep = np.ones(len(users), dtype=bool)
     keep[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
     users, items = users[keep], items[keep]
-    starts = np.searchsorted(users, user_ids, side="left")
-    ends = np.searchsorted(users, user_ids, side="right")
-    blob = items.astype("<i8").tobytes()
-    return [blob[8 * s : 8 * e] for s, e in zip(starts.tolist(), ends.tolist())]
+    if user_values is None:
+        wanted = user_ids
+    else:  # the key of each wanted user among the interactions' users (-1: none, so no rows)
+        import pandas as pd
+
+        wanted = pd.Index(user_values).get_indexer(user_ids)
+    starts = np.searchsorted(users, wanted, side="left")
+    ends = np.searchsorted(users, wanted, side="right")
+    values = items if item_values is None else item_values[items]
+    return ids.pack_groups(values, starts.tolist(), ends.tolist(), kinds.item_id)
+
+
+def _int_keys(column: "pd.Series", kind: str) -> tuple["np.ndarray", Optional["np.ndarray"]]:
+    """(int64 keys ordered like the ids, the id of each key or None when the keys are the ids)."""
+    import numpy as np
+    import pandas as pd
+
+    if kind == ids.INT:
+        return ids.as_array(column, ids.INT), None
+    codes, uniques = pd.factorize(column, sort=True)
+    return codes.astype(np.int64), ids.as_array(uniques, kind)
+
 
 
 def _display_json(path: Path, raw_items: "pd.DataFrame", item_ids: "np.ndarray") -> list[bytes]:
     """Per item (in ``item_ids`` order): its raw attributes as one compact JSON object."""
-    import numpy as np
+    import pandas as pd
 
     by_id = raw_items.set_index("item_id")
-    missing = ~np.isin(item_ids, by_id.index.to_numpy())
+    missing = ~pd.Index(item_ids).isin(by_id.index)
     if missing.any():
-        raise SnapshotError(f"{path}: item_id={int(item_ids[missing][0])} of the feature version is missing")
+        raise SnapshotError(f"{path}: item_id={ids.show(item_ids[missing][0])} of the feature version is missing")
     ordered = by_id.loc[item_ids]
     if not len(ordered.columns):
         return [b"{}"] * len(item_ids)
@@ -356,7 +391,7 @@ def _display_json(path: Path, raw_items: "pd.DataFrame", item_ids: "np.ndarray")
     return encoded
 
 
-def _popularity(interactions: "pd.DataFrame", item_ids: "np.ndarray", size: int) -> "np.ndarray":
+def _popularity(interactions: "pd.DataFrame", item_ids: "np.ndarray", size: int, kind: str) -> "np.ndarray":
     """Raw item ids by engaged interactions (label 1 when there are labels), most first; ties by id."""
     import numpy as np
 
@@ -365,6 +400,6 @@ def _popularity(interactions: "pd.DataFrame", item_ids: "np.ndarray", size: int)
         frame = frame[frame["label"] == 1]
     counts = frame["item_id"].value_counts()
     counts = counts[counts.index.isin(item_ids)]
-    ids = counts.index.to_numpy(np.int64)
-    order = np.lexsort((ids, -counts.to_numpy()))
-    return ids[order][:size]
+    popular = ids.as_array(counts.index, kind)
+    order = np.lexsort((popular, -counts.to_numpy()))
+    return popular[order][:size]

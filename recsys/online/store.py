@@ -11,7 +11,9 @@ One backend per module: :mod:`recsys.online.redis_store` is the Redis one. The c
   instead of the current one: a served model reads rows encoded for the feature version it was
   trained on, whatever a newer refresh made current. Serving pins the feature versions it reads
   (:meth:`OnlineStore.pin`); garbage collection keeps their newest versions;
-* the unavailable-items set is not versioned: operations change it live.
+* the unavailable-items set is not versioned: operations change it live;
+* ids are raw ids of the version's kinds (:mod:`recsys.data.ids`): arguments are ints or strs,
+  looked up by their text; results are int64 arrays (int ids) or object arrays of str (text ids).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
 
+    from recsys.data.ids import IdValue
     from recsys.online.snapshot import Snapshot
 
 BatchHook = Callable[[str, int], None]
@@ -42,6 +45,8 @@ class VersionInfo:
     users: int
     items: int
     age_seconds: Optional[float] = None  # since it became current
+    ids: dict[str, str] = field(default_factory=lambda: {"user_id": "int", "item_id": "int"})
+    """The kinds of its raw ids (recsys.data.ids.IdKinds.to_dict)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,7 +97,7 @@ class FeatureRows:
     items: dict[str, "np.ndarray"]
     item_found: "np.ndarray"
     unavailable: "np.ndarray"  # bool per item: in the unavailable set now
-    seen: Optional["np.ndarray"] = None  # raw item ids the user has seen (when asked for)
+    seen: Optional["np.ndarray"] = None  # raw item ids the user has seen (when asked for), in their kind
 
 
 class OnlineStore(abc.ABC):
@@ -136,8 +141,8 @@ class OnlineStore(abc.ABC):
     @abc.abstractmethod
     def read(
         self,
-        user_id: Optional[int],
-        item_ids: Iterable[int] = (),
+        user_id: Optional["IdValue"],
+        item_ids: Iterable["IdValue"] = (),
         *,
         with_seen: bool = False,
         feature_version: Optional[str] = None,
@@ -145,7 +150,7 @@ class OnlineStore(abc.ABC):
         """User features + the items' features (+ seen items), in one round trip."""
 
     @abc.abstractmethod
-    def seen_items(self, user_id: int, *, feature_version: Optional[str] = None) -> "np.ndarray":
+    def seen_items(self, user_id: "IdValue", *, feature_version: Optional[str] = None) -> "np.ndarray":
         """Raw ids of the items the user has seen (empty for an unknown user)."""
 
     @abc.abstractmethod
@@ -153,18 +158,18 @@ class OnlineStore(abc.ABC):
         """Raw item ids, most popular first (the first ``k``)."""
 
     @abc.abstractmethod
-    def display(self, item_ids: Iterable[int], *, feature_version: Optional[str] = None) -> list[Optional[dict[str, Any]]]:
+    def display(self, item_ids: Iterable["IdValue"], *, feature_version: Optional[str] = None) -> list[Optional[dict[str, Any]]]:
         """Raw display attributes of the items (None for an unknown item)."""
 
     # --- unavailable items (not versioned) ----------------------------------------------------
     @abc.abstractmethod
-    def add_unavailable(self, item_ids: Iterable[int]) -> int:
-        """Mark items unavailable; returns how many were not already."""
+    def add_unavailable(self, item_ids: Iterable["IdValue"]) -> int:
+        """Mark items unavailable (ids parsed into the item id kind); returns how many were not already."""
 
     @abc.abstractmethod
-    def remove_unavailable(self, item_ids: Iterable[int]) -> int:
+    def remove_unavailable(self, item_ids: Iterable["IdValue"]) -> int:
         """Make items available again; returns how many were unavailable."""
 
     @abc.abstractmethod
-    def unavailable(self) -> list[int]:
-        """All unavailable raw item ids, sorted."""
+    def unavailable(self) -> list["IdValue"]:
+        """All unavailable raw item ids, sorted, in the item id kind."""

@@ -15,9 +15,13 @@ Keys (``{p}`` is ``{<settings.online_key_prefix>}``, the online store's hash tag
 
     {p}:batch:current       STRING  the current batch id
     {p}:batch:seq           STRING  counter that makes batch ids unique
-    {p}:batch:<B>:r         HASH    raw user id -> packed list: n int64 item ids, then n float32 scores
+    {p}:batch:<B>:r         HASH    raw user id (its text) -> packed list of item ids and float32 scores
     {p}:batch:<B>:meta      HASH    Triton model version, online version, feature version, top_n, users,
-                                    created_at, airflow_run
+                                    created_at, airflow_run, ids (the id kinds, JSON)
+
+The packed list is :func:`recsys.data.ids.pack_with` of the item ids (in the served model's item id
+kind, ``meta.ids``) and their scores: for int ids n int64 ids then n float32 scores (as batches
+always held; a batch without ``meta.ids`` is int), for text ids the count, the scores, the ids.
 
 A batch writes ``<B>`` completely, then one ``SET`` of ``current`` switches readers to it; a batch that
 fails deletes its keys and leaves ``current`` alone. Readers resolve ``current`` and read the user's
@@ -28,15 +32,18 @@ filtered out at read time.
     from recsys.serving.batch import precompute, read_precomputed
     precompute(airflow_run="recsys_batch_recommendations/manual__...")   # {"batch", "users", ...}
     read_precomputed(1042, k=10)     # [(item_id, score), ...] best first, or None (unknown user / no batch)
+    read_precomputed("u-7f3a")       # text ids: [("SKU-85123A", 0.93), ...]
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
+from recsys.data import ids
 from recsys.errors import RecsysError
 from recsys.settings import Settings, get_settings
 
@@ -47,13 +54,13 @@ log = logging.getLogger(__name__)
 
 MODEL = "recsys"
 
-# Resolve ``current`` and read one user's list (+ the unavailable set) in one atomic step.
-# KEYS[1] = current, KEYS[2] = unavailable; ARGV[1] = "<tag>:batch:", ARGV[2] = user id.
+# Resolve ``current`` and read one user's list (+ the unavailable set, + the batch's id kinds) in one atomic step.
+# KEYS[1] = current, KEYS[2] = unavailable; ARGV[1] = "<tag>:batch:", ARGV[2] = user id (text).
 _READ = """
 local batch = redis.call('GET', KEYS[1])
 if not batch then return false end
 local row = redis.call('HGET', ARGV[1] .. batch .. ':r', ARGV[2])
-return {batch, row, redis.call('SMEMBERS', KEYS[2])}
+return {batch, row, redis.call('SMEMBERS', KEYS[2]), redis.call('HGET', ARGV[1] .. batch .. ':meta', 'ids')}
 """
 
 
@@ -94,20 +101,16 @@ class BatchKeys:
         return f"{self.batch_prefix}{batch}:meta"
 
 
-def pack(item_ids, scores) -> bytes:
-    """n int64 item ids followed by n float32 scores (little-endian)."""
+def pack(item_ids, scores, kind: str = ids.INT) -> bytes:
+    """One user's list: item ids of ``kind`` and their float32 scores (:func:`recsys.data.ids.pack_with`)."""
     import numpy as np
 
-    ids = np.asarray(item_ids, dtype="<i8")
-    return ids.tobytes() + np.asarray(scores, dtype="<f4").tobytes()
+    return ids.pack_with(item_ids, np.asarray(scores, dtype="<f4"), kind)
 
 
-def unpack(value: bytes) -> tuple["Any", "Any"]:
-    """The inverse of :func:`pack`: (int64 item ids, float32 scores)."""
-    import numpy as np
-
-    n = len(value) // 12
-    return np.frombuffer(value[: 8 * n], dtype="<i8"), np.frombuffer(value[8 * n :], dtype="<f4")
+def unpack(value: bytes, kind: str = ids.INT) -> tuple["Any", "Any"]:
+    """The inverse of :func:`pack`: (item ids of ``kind``, float32 scores)."""
+    return ids.unpack_with(value, kind, "<f4")
 
 
 def _redis(settings: Settings) -> "redis.Redis":
@@ -122,27 +125,40 @@ def _text(value: Any) -> str:
 
 # --- reading ------------------------------------------------------------------------------------
 def read_precomputed(
-    user_id: int, k: Optional[int] = None, *, settings: Optional[Settings] = None, client: Optional["redis.Redis"] = None
-) -> Optional[list[tuple[int, float]]]:
+    user_id: ids.IdValue, k: Optional[int] = None, *, settings: Optional[Settings] = None,
+    client: Optional["redis.Redis"] = None,
+) -> Optional[list[tuple[ids.IdValue, float]]]:
     """The precomputed ``(item_id, score)`` list of a user, best first, without unavailable items.
 
-    ``None`` when there is no batch or the user is not in it (a new user): ask the online path then.
-    ``k``: at most that many (default: all that were precomputed). Pass ``client`` to reuse a connection.
+    ``user_id``: the raw id (int or str; typed text such as ``"0042"`` is parsed into the batch's user
+    id kind, and refused with :class:`recsys.data.ids.IdError` when it is not one). Item ids come back
+    in their kind. ``None`` when there is no batch or the user is not in it (a new user): ask the
+    online path then. ``k``: at most that many (default: all that were precomputed). Pass ``client``
+    to reuse a connection.
     """
     s = settings or get_settings()
     keys = BatchKeys(s.online_key_prefix)
     own = client is None
     r = client or _redis(s)
     try:
-        reply = r.eval(_READ, 2, keys.current, keys.unavailable, keys.batch_prefix, int(user_id))
+        field = ids.to_text(user_id)
+        reply = r.eval(_READ, 2, keys.current, keys.unavailable, keys.batch_prefix, field)
+        if reply:
+            # One trip normally: the id's text is its field. Typed text not in the kind's own form
+            # ("0042" for an int batch) is parsed (or refused) and looked up once more.
+            kinds = ids.IdKinds.from_dict(json.loads(_text(reply[3]) or "{}"))
+            canonical = ids.to_text(ids.parse(user_id, kinds.user_id, "user_id"))
+            if reply[1] is None and canonical != field:
+                reply = r.eval(_READ, 2, keys.current, keys.unavailable, keys.batch_prefix, canonical)
     finally:
         if own:
             r.close()
     if not reply or reply[1] is None:
         return None
-    ids, scores = unpack(reply[1])
-    off_sale = {int(_text(i)) for i in reply[2]}
-    pairs = [(int(i), float(v)) for i, v in zip(ids, scores) if int(i) not in off_sale]
+    kinds = ids.IdKinds.from_dict(json.loads(_text(reply[3]) or "{}"))
+    item_ids, scores = unpack(reply[1], kinds.item_id)
+    off_sale = {_text(i) for i in reply[2]}  # members are the ids' text
+    pairs = [(i, float(v)) for i, v in zip(item_ids.tolist(), scores.tolist()) if ids.to_text(i) not in off_sale]
     return pairs if k is None else pairs[:k]
 
 
@@ -175,28 +191,29 @@ def _served_version(settings: Settings) -> int:
     return max(int(v) for v in versions)
 
 
-def _known_users(r: "redis.Redis", prefix: str) -> tuple[str, str, list[int]]:
-    """(online version, its feature version, raw user ids) of the online store's current version."""
+def _known_users(r: "redis.Redis", prefix: str) -> tuple[str, str, list[ids.IdValue]]:
+    """(online version, its feature version, raw user ids in their kind) of the online store's current version."""
     from recsys.online.redis_store import RedisOnlineStore
 
     store = RedisOnlineStore(r, prefix=prefix)
     current = store.current()
     if current is None:
         raise BatchError("the online store has no current version: run `recsys online refresh` first")
-    users = sorted(int(_text(u)) for u, _ in r.hscan_iter(store.key(current.version, "u"), count=5000))
+    fields = [u for u, _ in r.hscan_iter(store.key(current.version, "u"), count=5000)]
+    users = sorted(ids.from_fields(fields, store.id_kinds(current.version).user_id).tolist())
     return current.version, current.feature_version, users
 
 
-def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-def _recommend_many(client, users: list[int], k: int, version: int, batched: bool) -> list[tuple[Any, Any]]:
+def _recommend_many(client, users: list[ids.IdValue], k: int, version: int, contract) -> list[tuple[Any, Any]]:
     """One ``recsys`` request per user, all in flight through the client's connection pool.
 
-    ``batched``: the served config has dynamic batching (requests of shape [1, 1]; see
-    :func:`recsys.serving.client.recommend_inputs`, shared with every other caller).
+    ``contract``: the served config's (:func:`recsys.serving.client.served_contract`: batching, id
+    kinds), shared with every other caller through :func:`recsys.serving.client.recommend_inputs`.
     """
     import tritonclient.http as httpclient
 
@@ -204,15 +221,15 @@ def _recommend_many(client, users: list[int], k: int, version: int, batched: boo
 
     pending = []
     for user in users:
-        inputs = recommend_inputs(httpclient, user, k, batched=batched)
+        inputs = recommend_inputs(httpclient, user, k, contract=contract)
         pending.append(client.async_infer(MODEL, inputs, model_version=str(version)))
     results = []
     for user, request in zip(users, pending):
         try:
             result = request.get_result()
         except Exception as exc:
-            raise BatchError(f"Triton {MODEL!r} v{version} refused user {user}: {exc}") from None
-        results.append(recommendation_arrays(result))
+            raise BatchError(f"Triton {MODEL!r} v{version} refused user {user!r}: {exc}") from None
+        results.append(recommendation_arrays(result, contract))
     return results
 
 
@@ -273,14 +290,16 @@ def precompute(
         log.info("precomputing top %d for %d users with %s v%d (%d in flight) into batch %s",
                  top_n, len(users), MODEL, model_version, s.batch_concurrency, batch)
         try:
-            from recsys.serving.client import model_uses_batching
+            from recsys.serving.client import served_contract
 
-            batched = model_uses_batching(triton, MODEL)
+            contract = served_contract(triton, MODEL)
+            item_kind = contract.id_kinds.item_id
             done = 0
             for chunk in _chunks(users, chunk_size):
-                results = _recommend_many(triton, chunk, top_n, model_version, batched)
+                results = _recommend_many(triton, chunk, top_n, model_version, contract)
+                rows = {ids.to_text(u): pack(items, sc, item_kind) for u, (items, sc) in zip(chunk, results)}
                 pipe = r.pipeline(transaction=False)
-                pipe.hset(keys.rows(batch), mapping={u: pack(ids, sc) for u, (ids, sc) in zip(chunk, results)})
+                pipe.hset(keys.rows(batch), mapping=rows)
                 pipe.execute()
                 done += len(chunk)
                 rate = done / max(time.perf_counter() - started, 1e-9)
@@ -289,7 +308,7 @@ def precompute(
             r.hset(keys.meta(batch), mapping={
                 "model_version": model_version, "online_version": online_version, "feature_version": feature_version,
                 "top_n": top_n, "users": len(users), "created_at": time.time(), "seconds": round(seconds, 3),
-                "airflow_run": airflow_run,
+                "airflow_run": airflow_run, "ids": json.dumps(contract.id_kinds.to_dict()),
             })
         except BaseException:
             r.unlink(keys.rows(batch), keys.meta(batch))
@@ -325,21 +344,17 @@ def register_cli(serving_subparsers) -> None:
     p.add_argument("--force", action="store_true", help="even if the current batch is up to date")
     p.set_defaults(func=_cli_precompute)
     q = serving_subparsers.add_parser("precomputed", help="a user's precomputed recommendations")
-    q.add_argument("--user", type=int, required=True)
+    q.add_argument("--user", required=True, help="raw user id (as your data has it: 1042, u-7f3a, ...)")
     q.add_argument("-k", type=int, default=None)
     q.set_defaults(func=_cli_read)
 
 
 def _cli_precompute(args) -> int:
-    import json
-
     print(json.dumps(precompute(top_n=args.top_n, force=args.force).to_dict(), indent=2))
     return 0
 
 
 def _cli_read(args) -> int:
-    import json
-
     pairs = read_precomputed(args.user, args.k)
     if pairs is None:
         print(f"no precomputed recommendations for user {args.user}")

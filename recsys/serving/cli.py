@@ -14,9 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Ask the `recsys` model on Triton (four stages) for a user's top k items and show each "
         "item's display attributes from the online store.",
     )
-    parser.add_argument("--user", type=int, required=True, help="raw user id")
+    parser.add_argument("--user", required=True, help="raw user id, as your data has it (1042, u-7f3a, ...)")
     parser.add_argument("-k", type=int, default=None, help="how many items (default: the model's default)")
-    parser.add_argument("--context", default=None, help='JSON object, e.g. \'{"exclude_items": [12, 40]}\'')
+    parser.add_argument(
+        "--context", default=None, help='JSON object, e.g. \'{"exclude_items": [12, 40]}\' or \'{"exclude_items": ["SKU-1"]}\''
+    )
     parser.add_argument("--http", action="store_true", help="use HTTP instead of gRPC")
     parser.add_argument("--timings", action="store_true", help="also show milliseconds per stage")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -35,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _recommend(args: argparse.Namespace) -> int:
+    from recsys.data import ids
     from recsys.errors import RecsysError
     from recsys.serving.client import RecommendClient
     from recsys.settings import get_settings
@@ -51,14 +54,16 @@ def _recommend(args: argparse.Namespace) -> int:
         if items is None:
             print(f"(no precomputed recommendations for user {args.user}: asking Triton)")
     timings = {}
+    user = args.user  # as typed: the served model (or the batch) parses it into the deployment's id kind
     if items is None:
         with RecommendClient.from_settings(get_settings(), "http" if args.http else "grpc") as client:
-            items = client.recommend_with_attributes(args.user, args.k, context)
+            items = client.recommend_with_attributes(user, args.k, context)
             if args.timings:
-                client.recommend(args.user, args.k, context, timings=True)
+                client.recommend(user, args.k, context, timings=True)
                 timings = client.last_timings_ms
+            user = ids.parse(user, client.id_kinds.user_id, "user_id")
     if args.json:
-        out = {"user_id": args.user, "items": items}
+        out = {"user_id": user, "items": items}
         if timings:
             out["timings_ms"] = timings
         print(json.dumps(out, indent=2, default=str))
@@ -77,7 +82,7 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _precomputed_with_attributes(user_id: int, k) -> "list[dict] | None":
+def _precomputed_with_attributes(user_id: str, k) -> "list[dict] | None":
     """The offline top-N of a user with display attributes, or None when the batch has no list for them."""
     from recsys.online.redis_store import RedisOnlineStore
     from recsys.serving.batch import read_precomputed

@@ -3,7 +3,12 @@
     from recsys.serving.client import RecommendClient
     with RecommendClient.from_settings() as client:
         client.recommend(1042, k=10)                       # [(item_id, score), ...] best first
+        client.recommend("u-7f3a", k=10)                   # text ids: [("SKU-85123A", 0.93), ...]
         client.recommend_with_attributes(1042, k=10)       # [{"item_id", "score", **display attributes}, ...]
+
+Ids travel as text (BYTES tensors) for both kinds; the served config's ``parameters`` name the
+deployment's id kinds, so item ids come back as ints for an integer deployment and as str for a
+text one (:mod:`recsys.data.ids`). A user id may be given as an int or a str.
 
 Errors (a bad request, a model that is not loaded, a server that does not answer) raise
 :class:`~recsys.serving.control.ServingError` with Triton's message.
@@ -11,18 +16,20 @@ Errors (a bad request, a model that is not loaded, a server that does not answer
 Callers that drive a tritonclient of their own (publishing's smoke test, the offline batch) build
 their requests with the same helpers, so every caller agrees with the served config:
 
-    batched = model_uses_batching(triton, "recsys")           # dynamic batching: tensors are [1, 1]
-    result = triton.infer("recsys", recommend_inputs(tritonclient.http, user_id, k, batched=batched))
-    item_ids, scores = recommendation_arrays(result)
+    contract = served_contract(triton, "recsys")             # batching ([1, 1] tensors), id kinds
+    result = triton.infer("recsys", recommend_inputs(tritonclient.http, user_id, k, contract=contract))
+    item_ids, scores = recommendation_arrays(result, contract)
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from recsys.data import ids
 from recsys.serving.control import ServingError
 from recsys.settings import Settings, get_settings
 
@@ -35,37 +42,81 @@ def config_uses_batching(config: Mapping[str, Any]) -> bool:
     return int(config.get("max_batch_size", 0) or 0) > 0
 
 
-def model_uses_batching(triton: Any, model: str = MODEL) -> bool:
-    """Ask Triton (a ``tritonclient.grpc`` or ``tritonclient.http`` client) whether ``model`` is batched."""
+@dataclass(frozen=True)
+class ServedContract:
+    """What a caller must know of the served ``recsys`` config to build requests and read answers."""
+
+    batched: bool
+    """Dynamic batching: every tensor carries a leading batch dimension ([1, 1] instead of [1])."""
+    id_kinds: ids.IdKinds = ids.IdKinds()
+    """The deployment's id kinds (the config's ``user_id_kind`` / ``item_id_kind`` parameters)."""
+    user_id_type: str = "BYTES"
+    """The ``user_id`` tensor's type: BYTES, or INT64 for a version published before ids were text
+    (a rollback may serve one): requests follow the served config."""
+
+
+def contract_of_config(config: Mapping[str, Any]) -> ServedContract:
+    """:class:`ServedContract` of a Triton model config in its JSON form (gRPC or HTTP)."""
+    parameters = config.get("parameters") or {}
+
+    def parameter(name: str) -> Optional[str]:
+        value = parameters.get(name) or {}
+        return value.get("string_value", value.get("stringValue"))
+
+    inputs = {t.get("name"): t for t in config.get("input", [])}
+    data_type = str(inputs.get("user_id", {}).get("data_type", inputs.get("user_id", {}).get("dataType", "TYPE_STRING")))
+    kinds = ids.IdKinds.from_dict({"user_id": parameter("user_id_kind"), "item_id": parameter("item_id_kind")})
+    return ServedContract(config_uses_batching(config), kinds, "INT64" if data_type == "TYPE_INT64" else "BYTES")
+
+
+def _model_config(triton: Any, model: str) -> dict:
     from tritonclient.utils import InferenceServerException
 
     grpc = type(triton).__module__.startswith("tritonclient.grpc")
     try:
         if grpc:
-            config = triton.get_model_config(model, as_json=True).get("config", {})
-        else:
-            config = triton.get_model_config(model)
+            return triton.get_model_config(model, as_json=True).get("config", {})
+        return triton.get_model_config(model)
     except InferenceServerException as exc:
         raise ServingError(f"Triton ({'grpc' if grpc else 'http'}) {model!r}: {exc.message()}") from None
-    return config_uses_batching(config)
+
+
+def served_contract(triton: Any, model: str = MODEL) -> ServedContract:
+    """Ask Triton (a ``tritonclient.grpc`` or ``tritonclient.http`` client) for ``model``'s contract."""
+    return contract_of_config(_model_config(triton, model))
+
+
+def model_uses_batching(triton: Any, model: str = MODEL) -> bool:
+    """Ask Triton (a ``tritonclient.grpc`` or ``tritonclient.http`` client) whether ``model`` is batched."""
+    return config_uses_batching(_model_config(triton, model))
 
 
 def recommend_inputs(
     module: Any,
-    user_id: int,
+    user_id: Any,
     k: Optional[int] = None,
     context: Optional[dict[str, Any]] = None,
     *,
-    batched: bool,
+    batched: Optional[bool] = None,
+    contract: Optional[ServedContract] = None,
 ) -> list:
     """The input tensors of one ``recsys`` request; ``module``: ``tritonclient.grpc`` or ``tritonclient.http``.
 
-    ``batched`` (:func:`model_uses_batching`): the served config has dynamic batching, so every
-    tensor carries a leading batch dimension: shape [1, 1] instead of [1].
+    ``contract`` (:func:`served_contract`), or just ``batched`` (:func:`model_uses_batching`) for a
+    text-id config: with dynamic batching every tensor carries a leading batch dimension, shape
+    [1, 1] instead of [1]. ``user_id`` (int or str) travels as its text (BYTES).
     """
-    shape = [1, 1] if batched else [1]
-    inputs = [module.InferInput("user_id", shape, "INT64")]
-    inputs[0].set_data_from_numpy(np.array([user_id], dtype=np.int64).reshape(shape))
+    if contract is None:
+        if batched is None:
+            raise ValueError("recommend_inputs needs the served contract (or batched=)")
+        contract = ServedContract(bool(batched))
+    shape = [1, 1] if contract.batched else [1]
+    inputs = [module.InferInput("user_id", shape, contract.user_id_type)]
+    if contract.user_id_type == "INT64":  # a version published before ids were text
+        user = ids.as_array([ids.parse(user_id, ids.INT, "user_id")], ids.INT)
+    else:
+        user = ids.to_triton([user_id])
+    inputs[0].set_data_from_numpy(user.reshape(shape))
     if k is not None:
         inputs.append(module.InferInput("k", shape, "INT32"))
         inputs[-1].set_data_from_numpy(np.array([k], dtype=np.int32).reshape(shape))
@@ -75,9 +126,11 @@ def recommend_inputs(
     return inputs
 
 
-def recommendation_arrays(result: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(item_ids, scores)`` of one ``recsys`` answer, flat (without the batch dimension, if any)."""
-    return result.as_numpy("item_ids").reshape(-1), result.as_numpy("scores").reshape(-1)
+def recommendation_arrays(result: Any, contract: ServedContract) -> tuple[np.ndarray, np.ndarray]:
+    """``(item_ids, scores)`` of one ``recsys`` answer, flat (without the batch dimension, if any);
+    item ids in the deployment's kind (int64, or an object array of str)."""
+    item_ids = ids.from_triton(result.as_numpy("item_ids"), contract.id_kinds.item_id)
+    return item_ids, result.as_numpy("scores").reshape(-1)
 
 
 class RecommendClient:
@@ -103,7 +156,7 @@ class RecommendClient:
             )
         self._module = module
         self._store = None
-        self._batched: Optional[bool] = None  # the model's dynamic batching, asked at the first request
+        self._contract: Optional[ServedContract] = None  # the served config's, asked at the first request
         self.last_timings_ms: dict[str, float] = {}
 
     @classmethod
@@ -123,12 +176,13 @@ class RecommendClient:
 
     def recommend(
         self,
-        user_id: int,
+        user_id: ids.IdValue,
         k: Optional[int] = None,
         context: Optional[dict[str, Any]] = None,
         timings: bool = False,
-    ) -> list[tuple[int, float]]:
-        """``(item_id, score)`` pairs, best first. ``k`` None: the model's default.
+    ) -> list[tuple[ids.IdValue, float]]:
+        """``(item_id, score)`` pairs, best first; item ids are ints for an integer deployment and
+        str for a text one. ``user_id``: the raw id (int or str). ``k`` None: the model's default.
 
         ``timings``: also fetch the per-stage milliseconds into :attr:`last_timings_ms`.
         """
@@ -139,33 +193,40 @@ class RecommendClient:
                 result = self._infer(user_id, k, context, timings)
                 break
             except InferenceServerException as exc:
-                # The model was reloaded with(out) dynamic batching since we looked: ask again, once.
-                if attempt == 0 and "unexpected shape" in exc.message():
-                    self._batched = None
+                # The model was reloaded with another contract (batching, id tensors) since we
+                # looked: ask again, once.
+                message = exc.message() or ""
+                if attempt == 0 and ("unexpected shape" in message or "data-type is" in message):
+                    self._contract = None
                     continue
                 raise ServingError(f"Triton ({self.protocol}) {self.model!r}: {exc.message()}") from None
-        item_ids, scores = recommendation_arrays(result)
+        item_ids, scores = recommendation_arrays(result, self._served())
         if timings:
             self.last_timings_ms = dict(zip(STAGES, result.as_numpy("timings_ms").reshape(-1).tolist()))
-        return [(int(i), float(s)) for i, s in zip(item_ids, scores)]
+        return list(zip(item_ids.tolist(), scores.tolist()))
 
-    def _infer(self, user_id: int, k: Optional[int], context: Optional[dict[str, Any]], timings: bool):
+    @property
+    def id_kinds(self) -> ids.IdKinds:
+        """The served deployment's id kinds."""
+        return self._served().id_kinds
+
+    def _infer(self, user_id: ids.IdValue, k: Optional[int], context: Optional[dict[str, Any]], timings: bool):
         m = self._module
-        inputs = recommend_inputs(m, user_id, k, context, batched=self._uses_batching())
+        inputs = recommend_inputs(m, user_id, k, context, contract=self._served())
         names = ["item_ids", "scores"] + (["timings_ms"] if timings else [])
         outputs = [m.InferRequestedOutput(n) for n in names]
         if self.protocol == "grpc":
             return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout)
         return self._client.infer(self.model, inputs, outputs=outputs)
 
-    def _uses_batching(self) -> bool:
-        """True if the served model has dynamic batching (``max_batch_size`` > 0); asked once."""
-        if self._batched is None:
-            self._batched = model_uses_batching(self._client, self.model)
-        return self._batched
+    def _served(self) -> ServedContract:
+        """The served model's contract (batching, id kinds); asked once."""
+        if self._contract is None:
+            self._contract = served_contract(self._client, self.model)
+        return self._contract
 
     def recommend_with_attributes(
-        self, user_id: int, k: Optional[int] = None, context: Optional[dict[str, Any]] = None
+        self, user_id: ids.IdValue, k: Optional[int] = None, context: Optional[dict[str, Any]] = None
     ) -> list[dict[str, Any]]:
         """:meth:`recommend` plus each item's display attributes from the online store."""
         pairs = self.recommend(user_id, k, context)
@@ -178,8 +239,9 @@ class RecommendClient:
 
 
 def recommend(
-    user_id: int, k: Optional[int] = None, context: Optional[dict[str, Any]] = None, settings: Optional[Settings] = None
-) -> list[tuple[int, float]]:
+    user_id: ids.IdValue, k: Optional[int] = None, context: Optional[dict[str, Any]] = None,
+    settings: Optional[Settings] = None,
+) -> list[tuple[ids.IdValue, float]]:
     """One-off :meth:`RecommendClient.recommend` over gRPC (opens and closes a connection)."""
     with RecommendClient.from_settings(settings) as client:
         return client.recommend(user_id, k, context)

@@ -4,6 +4,12 @@
     result = engine.recommend(user_id=1042, k=10)            # Recommendation(item_ids, scores, timings_ms, ...)
     results = engine.recommend_many([Query(1042, 10), Query(7, 5)])   # a batch: one pass of every stage
 
+Ids are raw ids of the deployment's kinds (``pipeline.json``'s ``ids``, :mod:`recsys.data.ids`): a
+query's user id (and ``context.exclude_items``) may come as an int, a str or bytes and is parsed
+into its kind (a bad one is that request's :class:`BadRequest`); answers hold item ids in their kind
+(int64, or an object array of str). Inside the stages items are table rows (int64) either way, so
+text ids cost only the lookups at the edges (:meth:`recsys.online.bulk.ItemTable.rows_of`).
+
 1. **retrieval**: the users' features (online store) -> query tower -> FAISS top ``candidates_k``;
    an unknown user gets the popularity list instead (cold start);
 2. **filtering**: drop duplicates, items the user has seen, items excluded by the request's context,
@@ -46,6 +52,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from recsys.data import ids
 from recsys.errors import RecsysError
 from recsys.serving.ordering import OrderingRules, order
 
@@ -65,16 +72,16 @@ class BadRequest(RecsysError):
 
 @dataclass
 class Query:
-    """One request of a batch: raw user id, k (None: the default), optional context."""
+    """One request of a batch: raw user id (int, str or bytes), k (None: the default), optional context."""
 
-    user_id: int
+    user_id: Any
     k: Optional[int] = None
     context: Optional[dict[str, Any]] = None
 
 
 @dataclass
 class Recommendation:
-    """One answer: raw item ids and scores, best first; per-stage milliseconds (of its batch)."""
+    """One answer: raw item ids (in their kind) and scores, best first; per-stage milliseconds (of its batch)."""
 
     item_ids: np.ndarray
     scores: np.ndarray
@@ -134,10 +141,16 @@ class FourStageRecommender:
         self.version_dir = Path(version_dir)
         self.reader = reader
         self.pipeline = pipeline
+        self.id_kinds = ids.IdKinds.from_dict(pipeline.get("ids"), str(self.version_dir / PIPELINE_FILE))
         self.query_tower = SavedModelFunction(self.version_dir / QUERY_TOWER_DIR)
         self.ranker = SavedModelFunction(self.version_dir / RANKER_DIR)
         self.index = ItemIndex.load(self.version_dir / INDEX_DIR, threads=1)
-        self.rules = OrderingRules.from_dict(pipeline.get("ordering", {}))
+        if self.index.id_kind != self.id_kinds.item_id:
+            raise RecsysError(
+                f"{self.version_dir / INDEX_DIR}: the index holds {self.index.id_kind} item ids but "
+                f"{PIPELINE_FILE} says {self.id_kinds.item_id}"
+            )
+        self.rules = OrderingRules.from_dict(pipeline.get("ordering", {}), self.id_kinds.item_id)
         self.candidates_k = int(pipeline.get("candidates_k", 200))
         self.default_k = int(pipeline.get("default_k", 10))
         self.max_k = int(pipeline.get("max_k", 100))
@@ -185,6 +198,13 @@ class FourStageRecommender:
             log.warning("online items not preloaded (%s: %s); the first request will load them", type(exc).__name__, exc)
 
     # --- request ------------------------------------------------------------------------------
+    def parse_user(self, user_id: Any) -> ids.IdValue:
+        """A request's user id in the deployment's user id kind (:class:`BadRequest` if it is not one)."""
+        try:
+            return ids.parse(user_id, self.id_kinds.user_id, "user_id")
+        except ids.IdError as exc:
+            raise BadRequest(str(exc)) from None
+
     def check_k(self, k: Optional[int]) -> int:
         if k is None:
             return self.default_k
@@ -193,9 +213,9 @@ class FourStageRecommender:
             raise BadRequest(f"k must be between 1 and {self.max_k}, got {k}")
         return k
 
-    def recommend(self, user_id: int, k: Optional[int] = None, context: Optional[dict[str, Any]] = None) -> Recommendation:
+    def recommend(self, user_id: Any, k: Optional[int] = None, context: Optional[dict[str, Any]] = None) -> Recommendation:
         """The top ``k`` items for ``user_id`` (raw id). ``context``: optional ``{"exclude_items": [raw ids]}``."""
-        result = self.recommend_many([Query(int(user_id), k, context)])[0]
+        result = self.recommend_many([Query(user_id, k, context)])[0]
         if isinstance(result, Exception):
             raise result
         return result
@@ -206,21 +226,27 @@ class FourStageRecommender:
         raise."""
         answers: list[Union[Recommendation, Exception, None]] = [None] * len(queries)
         valid: list[int] = []
+        users: list[ids.IdValue] = []
         ks: list[int] = []
         excludes: list[np.ndarray] = []
         for i, query in enumerate(queries):
             try:
-                ks.append(self.check_k(query.k))
-                excludes.append(_exclusions(query.context))
-                valid.append(i)
+                user = self.parse_user(query.user_id)
+                k = self.check_k(query.k)
+                exclude = _exclusions(query.context, self.id_kinds.item_id)
             except BadRequest as exc:
                 answers[i] = exc
+                continue
+            users.append(user)
+            ks.append(k)
+            excludes.append(exclude)
+            valid.append(i)
         if valid:
             try:
-                results = self._recommend_batch([int(queries[i].user_id) for i in valid], ks, excludes)
+                results = self._recommend_batch(users, ks, excludes)
             except _VersionGone:
                 # the version was collected between the users' read and its items' read: once more
-                results = self._recommend_batch([int(queries[i].user_id) for i in valid], ks, excludes)
+                results = self._recommend_batch(users, ks, excludes)
             for i, result in zip(valid, results):
                 answers[i] = result
         return answers  # type: ignore[return-value]
@@ -248,7 +274,7 @@ class FourStageRecommender:
             self._catalogues.popitem(last=False)
         return catalogue
 
-    def _recommend_batch(self, user_ids: list[int], ks: list[int], excludes: list[np.ndarray]) -> list[Recommendation]:
+    def _recommend_batch(self, user_ids: list[ids.IdValue], ks: list[int], excludes: list[np.ndarray]) -> list[Recommendation]:
         from recsys.online.bulk import read_users, unavailable_flags
 
         clock = time.perf_counter
@@ -327,24 +353,27 @@ class _VersionGone(RecsysError):
     """The online version of a batch was collected before its items were read."""
 
 
-def _first_occurrences(ids: np.ndarray) -> Optional[np.ndarray]:
-    """Positions of the first occurrence of each id, in order; None when ``ids`` has no repeats."""
-    _, first = np.unique(ids, return_index=True)
-    if len(first) == len(ids):
+def _first_occurrences(rows: np.ndarray) -> Optional[np.ndarray]:
+    """Positions of the first occurrence of each id, in order; None when ``rows`` has no repeats."""
+    _, first = np.unique(rows, return_index=True)
+    if len(first) == len(rows):
         return None
     return np.sort(first)
 
 
-def _exclusions(context: Optional[dict[str, Any]]) -> np.ndarray:
+def _exclusions(context: Optional[dict[str, Any]], item_kind: str) -> np.ndarray:
+    """The raw item ids a request's context excludes, in the item id kind."""
     if not context:
-        return np.zeros(0, dtype=np.int64)
+        return ids.empty(item_kind)
     if not isinstance(context, dict):
         raise BadRequest(f"context must be a JSON object, got {type(context).__name__}")
     unknown = sorted(set(context) - {"exclude_items"})
     if unknown:
         raise BadRequest(f"context: unknown key {unknown[0]!r} (known: 'exclude_items')")
     raw = context.get("exclude_items") or []
+    if not isinstance(raw, list):
+        raise BadRequest(f"context.exclude_items must be a list of item ids, got {raw!r}")
     try:
-        return np.asarray([int(i) for i in raw], dtype=np.int64)
-    except (TypeError, ValueError):
-        raise BadRequest(f"context.exclude_items must be a list of item ids, got {raw!r}") from None
+        return ids.parse_many(raw, item_kind, "item_id")
+    except ids.IdError as exc:
+        raise BadRequest(f"context.exclude_items: {exc}") from None

@@ -4,9 +4,10 @@ Files written into a folder (a model version directory):
 
 - ``items.faiss``: inner-product index over the item embeddings; **flat** (exact) for small
   catalogues, **IVF** (approximate: ``nlist`` clusters, ``nprobe`` of them searched) for large ones;
-- ``item_ids.npy``: the RAW item id of each index position (int64);
+- ``item_ids.npy``: the RAW item id of each index position: int64, or fixed-width unicode (``<U``n)
+  for text ids (:mod:`recsys.data.ids`), so the file loads without pickle;
 - ``item_codes.npy``: the encoded item id of each index position (int64; the ranker's input);
-- ``index.json``: kind, items, dim, nlist, nprobe.
+- ``index.json``: kind, items, dim, nlist, nprobe, id_kind (of the raw item ids; absent: int).
 
 Building needs faiss (Merlin runtime). From the control plane, :func:`build_index` runs itself in the
 Merlin interpreter (``python -m recsys.serving.index``).
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from recsys.data import ids
 from recsys.errors import ConfigError, RecsysError
 
 log = logging.getLogger(__name__)
@@ -76,11 +78,15 @@ def _build_here(embeddings_path: Path, out_dir: Path, kind: str) -> dict:
             raise ItemIndexError(f"{embeddings_path}: column {column!r} missing (found {table.column_names})")
     if table.num_rows == 0:
         raise ItemIndexError(f"{embeddings_path}: no rows")
-    raw_ids = table.column("item_id_raw").to_numpy().astype(np.int64)
+    raw_column = table.column("item_id_raw").to_pandas()
+    id_kind = ids.kind_of(raw_column)
+    raw_ids = ids.as_array(raw_column, id_kind)
     codes = table.column("item_id").to_numpy().astype(np.int64)
-    unique, counts = np.unique(raw_ids, return_counts=True)
-    if (counts > 1).any():
-        raise ItemIndexError(f"{embeddings_path}: column 'item_id_raw' has duplicates, e.g. item_id_raw={unique[counts > 1][0]}")
+    duplicated = raw_column.duplicated().to_numpy()
+    if duplicated.any():
+        raise ItemIndexError(
+            f"{embeddings_path}: column 'item_id_raw' has duplicates, e.g. item_id_raw={ids.show(raw_ids[duplicated][0])}"
+        )
     lists = table.column("embedding").combine_chunks()
     dims = set(np.diff(lists.offsets.to_numpy()).tolist())
     if len(dims) != 1:
@@ -89,10 +95,12 @@ def _build_here(embeddings_path: Path, out_dir: Path, kind: str) -> dict:
     vectors = np.ascontiguousarray(lists.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim))
     if not np.isfinite(vectors).all():
         row = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
-        raise ItemIndexError(f"{embeddings_path}: column 'embedding' has a non-finite value, e.g. row {row} (item_id_raw={raw_ids[row]})")
+        raise ItemIndexError(
+            f"{embeddings_path}: column 'embedding' has a non-finite value, e.g. row {row} (item_id_raw={ids.show(raw_ids[row])})"
+        )
 
     chosen = choose_kind(kind, len(vectors))
-    meta = {"kind": chosen, "items": int(len(vectors)), "dim": int(dim), "metric": "inner_product"}
+    meta = {"kind": chosen, "items": int(len(vectors)), "dim": int(dim), "metric": "inner_product", "id_kind": id_kind}
     if chosen == "flat":
         index = faiss.IndexFlatIP(dim)
     else:
@@ -105,7 +113,8 @@ def _build_here(embeddings_path: Path, out_dir: Path, kind: str) -> dict:
         meta.update(nlist=nlist, nprobe=int(index.nprobe))
     index.add(vectors)
     faiss.write_index(index, str(out_dir / INDEX_FILE))
-    np.save(out_dir / IDS_FILE, raw_ids)
+    # text ids as fixed-width unicode: a plain array numpy loads without pickle (object arrays need it)
+    np.save(out_dir / IDS_FILE, raw_ids if id_kind == ids.INT else raw_ids.astype(str))
     np.save(out_dir / CODES_FILE, codes)
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
     log.info("FAISS %s index of %d items (dim %d) written to %s", chosen, len(vectors), dim, out_dir)
@@ -114,12 +123,18 @@ def _build_here(embeddings_path: Path, out_dir: Path, kind: str) -> dict:
 
 @dataclass
 class ItemIndex:
-    """A loaded index: ``search(query, n)`` -> (raw ids, encoded ids, scores), best first."""
+    """A loaded index: ``search(query, n)`` -> (raw ids, encoded ids, scores), best first.
+
+    ``raw_ids``: int64, or an object array of str for text ids (as every reader returns them)."""
 
     index: object
     raw_ids: "object"
     codes: "object"
     meta: dict
+
+    @property
+    def id_kind(self) -> str:
+        return str(self.meta.get("id_kind", ids.INT))
 
     @classmethod
     def load(cls, folder: Path, threads: Optional[int] = None) -> "ItemIndex":
@@ -135,7 +150,9 @@ class ItemIndex:
         meta = json.loads((folder / META_FILE).read_text())
         if "nprobe" in meta:
             index.nprobe = int(meta["nprobe"])
-        return cls(index, np.load(folder / IDS_FILE), np.load(folder / CODES_FILE), meta)
+        raw_ids = np.load(folder / IDS_FILE, allow_pickle=False)
+        raw_ids = ids.as_array(raw_ids, ids.kind_of(raw_ids))
+        return cls(index, raw_ids, np.load(folder / CODES_FILE), meta)
 
     def search_positions(self, queries, n: int):
         """``queries``: float32 [m, dim]. Index positions [m, n] of the best items, best first (-1: none).

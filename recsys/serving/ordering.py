@@ -4,7 +4,9 @@ Pure numpy, no I/O, so the rules are unit-tested on their own and cost microseco
 
 Rules (from the settings, frozen into the model version's ``pipeline.json`` at publish time):
 
-- **boosts**: score multipliers by raw item id (promotions > 1, demotions < 1);
+- **boosts**: score multipliers by raw item id (promotions > 1, demotions < 1); the ids are parsed
+  into the deployment's item id kind when the rules are made (:mod:`recsys.data.ids`), so
+  ``RECSYS_BOOSTS='SKU-1=1.5'`` is refused with a clear error by an integer-id deployment;
 - **exploration**: with a temperature T > 0 the order is *sampled* instead of sorted: item i comes
   before j with the odds of ``score_i ** (1/T)`` against ``score_j ** (1/T)`` (Gumbel top-k: add
   Gumbel noise to ``log(score) / T`` and sort). Low T stays close to the ranker's order, high T
@@ -20,6 +22,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from recsys.data import ids
 from recsys.errors import ConfigError
 
 # log(0) guard for exploration: a zero score still gets a (tiny) chance.
@@ -32,8 +35,8 @@ class OrderingRules:
 
     max_per_category: int = 0
     """0: no limit."""
-    boosts: Mapping[int, float] = field(default_factory=dict)
-    """raw item id -> score multiplier."""
+    boosts: Mapping[ids.IdValue, float] = field(default_factory=dict)
+    """raw item id (of the item id kind: int or str) -> score multiplier."""
     exploration_temperature: float = 0.0
     exploration_seed: Optional[int] = None
     """Set: the sampled order is reproducible per (seed, user); unset: fresh randomness per request."""
@@ -49,14 +52,15 @@ class OrderingRules:
             raise ConfigError(f"boost for item {item} must be a finite number >= 0, got {weight}")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "OrderingRules":
-        """From the ``ordering`` section of ``pipeline.json`` (see :meth:`to_dict`)."""
+    def from_dict(cls, data: Mapping[str, Any], item_kind: str = ids.INT) -> "OrderingRules":
+        """From the ``ordering`` section of ``pipeline.json`` (see :meth:`to_dict`); boost keys are
+        parsed into ``item_kind`` (pipeline.json's ``ids.item_id``)."""
         boosts = data.get("boosts") or {}
         if isinstance(boosts, str):
-            boosts = parse_boosts(boosts)
+            boosts = parse_boosts(boosts, item_kind)
         return cls(
             max_per_category=int(data.get("max_per_category", 0)),
-            boosts={int(k): float(v) for k, v in boosts.items()},
+            boosts={_boost_key(k, item_kind): float(v) for k, v in boosts.items()},
             exploration_temperature=float(data.get("exploration_temperature", 0.0)),
             exploration_seed=None if data.get("exploration_seed") is None else int(data["exploration_seed"]),
         )
@@ -64,7 +68,7 @@ class OrderingRules:
     def to_dict(self) -> dict[str, Any]:
         return {
             "max_per_category": self.max_per_category,
-            "boosts": {str(k): v for k, v in self.boosts.items()},
+            "boosts": {ids.to_text(k): v for k, v in self.boosts.items()},
             "exploration_temperature": self.exploration_temperature,
             "exploration_seed": self.exploration_seed,
         }
@@ -74,27 +78,37 @@ class OrderingRules:
         return self.exploration_temperature == 0 or self.exploration_seed is not None
 
 
-def parse_boosts(text: str) -> dict[int, float]:
-    """``"5003=1.5, 5010=0.5"`` -> ``{5003: 1.5, 5010: 0.5}`` (the ``RECSYS_BOOSTS`` format)."""
-    boosts: dict[int, float] = {}
+def parse_boosts(text: str, item_kind: str = ids.INT) -> dict[ids.IdValue, float]:
+    """``"5003=1.5, 5010=0.5"`` -> ``{5003: 1.5, 5010: 0.5}`` (the ``RECSYS_BOOSTS`` format); item ids
+    are parsed into ``item_kind`` (``"SKU-1=1.5"`` -> ``{"SKU-1": 1.5}`` for text ids). The last ``=``
+    splits id and multiplier, so a text id may hold ``=`` (not ``,``, which separates entries)."""
+    boosts: dict[ids.IdValue, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        item, sep, weight = part.partition("=")
+        item, sep, weight = part.rpartition("=")
         try:
             if not sep:
                 raise ValueError
-            boosts[int(item)] = float(weight)
+            multiplier = float(weight)
         except ValueError:
             raise ConfigError(
                 f"boosts: {part!r} is not 'ITEM_ID=MULTIPLIER' (e.g. RECSYS_BOOSTS='5003=1.5,5010=0.5')"
             ) from None
+        boosts[_boost_key(item.strip(), item_kind)] = multiplier
     return boosts
 
 
-def apply_boosts(item_ids: np.ndarray, scores: np.ndarray, boosts: Mapping[int, float]) -> np.ndarray:
+def _boost_key(item: Any, item_kind: str) -> ids.IdValue:
+    try:
+        return ids.parse(item, item_kind, "item_id")
+    except ids.IdError as exc:
+        raise ConfigError(f"boosts (RECSYS_BOOSTS): {exc}") from None
+
+
+def apply_boosts(item_ids: np.ndarray, scores: np.ndarray, boosts: Mapping[ids.IdValue, float]) -> np.ndarray:
     """Scores multiplied by the boost of each item (1 for items without one)."""
     if not boosts:
         return scores
-    weights = np.fromiter((boosts.get(int(i), 1.0) for i in item_ids), dtype=np.float32, count=len(item_ids))
+    weights = np.fromiter((boosts.get(i, 1.0) for i in ids.as_python(item_ids)), dtype=np.float32, count=len(item_ids))
     return scores * weights
 
 
@@ -104,7 +118,7 @@ def order(
     k: int,
     rules: OrderingRules,
     categories: Optional[np.ndarray] = None,
-    user_id: int = 0,
+    user_id: ids.IdValue = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into the inputs) of the at most ``k`` items to return, in order, and their scores.
 
@@ -121,7 +135,7 @@ def order(
         if rules.exploration_seed is None:
             rng = np.random.default_rng()
         else:
-            rng = np.random.default_rng([rules.exploration_seed, int(user_id) & 0xFFFFFFFFFFFFFFFF])
+            rng = np.random.default_rng([rules.exploration_seed, ids.as_seed(user_id)])
         keys = np.log(np.maximum(scores, _EPS)) / rules.exploration_temperature + rng.gumbel(size=len(scores))
     else:
         keys = scores

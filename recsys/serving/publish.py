@@ -444,20 +444,21 @@ def default_smoke_test(s: Settings, versions: dict[str, int], lineage: dict[str,
         import numpy as np
         import tritonclient.http as httpclient
 
-        from recsys.serving.client import model_uses_batching, recommend_inputs, recommendation_arrays
+        from recsys.serving.client import recommend_inputs, recommendation_arrays, served_contract
 
-        user_id = int(lineage.get("smoke_user_id", 0))
+        user_id = lineage.get("smoke_user_id", 0)  # a raw id: int or str
         triton = triton_client(s)
         try:
-            # The request's shape follows the config just loaded (dynamic batching: [1, 1]).
-            inputs = recommend_inputs(httpclient, user_id, 5, batched=model_uses_batching(triton, "recsys"))
+            # The request follows the config just loaded (dynamic batching: [1, 1]; its id kinds).
+            contract = served_contract(triton, "recsys")
+            inputs = recommend_inputs(httpclient, user_id, 5, contract=contract)
             result = triton.infer("recsys", inputs, model_version=str(versions["recsys"]))
         finally:
             triton.close()
-        items, scores = recommendation_arrays(result)
+        items, scores = recommendation_arrays(result, contract)
         if items is None or len(items) == 0 or scores is None or not np.isfinite(scores).all():
-            raise PublishError(f"smoke request to recsys v{versions['recsys']} (user {user_id}) answered no usable items: {items}, {scores}")
-        details["recsys"] = {"user_id": user_id, "item_ids": [int(i) for i in items]}
+            raise PublishError(f"smoke request to recsys v{versions['recsys']} (user {user_id!r}) answered no usable items: {items}, {scores}")
+        details["recsys"] = {"user_id": user_id, "item_ids": items.tolist()}
     return details
 
 
@@ -489,7 +490,7 @@ def publish(
     writer: Optional[RepositoryWriter] = None,
     smoke_test: Optional[SmokeTest] = None,
     settings: Optional[Settings] = None,
-    smoke_user_id: Optional[int] = None,
+    smoke_user_id: "Optional[int | str]" = None,
 ) -> PublishResult:
     """Publish the MLflow champions as Triton version N+1 (see the module docstring for the steps).
 
@@ -531,14 +532,14 @@ def publish(
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _smoke_user(s: Settings, feature_version: str) -> int:
-    """A real user of the feature version (its first raw user id), else 0."""
+def _smoke_user(s: Settings, feature_version: str) -> "int | str":
+    """A real user of the feature version (its first raw user id, int or str), else 0."""
     path = s.features_root / feature_version / "id_maps" / "users.parquet"
     try:
         import pyarrow.parquet as pq
 
         column = pq.read_table(path, columns=["user_id_raw"]).column(0)
-        return int(column[0].as_py()) if len(column) else 0
+        return column[0].as_py() if len(column) else 0
     except Exception:  # the features folder is on another machine: popularity path
         return 0
 

@@ -85,15 +85,18 @@ def pipeline_from_settings(settings: Settings, feature_manifest: Mapping[str, An
     """The four-stage model's ``pipeline.json``: settings frozen at publish time + the feature version's columns.
 
     No Redis URL here (it may carry a password): the model reads it from the server's environment.
+    ``ids``: the raw id kinds of the feature version (boost ids are parsed into the item id kind).
     """
+    from recsys.data import ids
     from recsys.serving.ordering import OrderingRules, parse_boosts
 
+    id_kinds = ids.IdKinds.from_dict(feature_manifest.get("ids"), "the feature version's manifest")
     columns = feature_manifest.get("columns", {})
     user_columns = [columns.get("user_id", "user_id"), *columns.get("user_categorical", []), *columns.get("user_continuous", [])]
     item_columns = [columns.get("item_id", "item_id"), *columns.get("item_categorical", []), *columns.get("item_continuous", [])]
     rules = OrderingRules(
         max_per_category=settings.max_per_category,
-        boosts=parse_boosts(settings.boosts),
+        boosts=parse_boosts(settings.boosts, id_kinds.item_id),
         exploration_temperature=settings.exploration_temperature,
         exploration_seed=settings.exploration_seed,
     )
@@ -106,6 +109,7 @@ def pipeline_from_settings(settings: Settings, feature_manifest: Mapping[str, An
     return {
         "feature_version": feature_manifest.get("feature_version"),
         "data_version": feature_manifest.get("data_version"),
+        "ids": id_kinds.to_dict(),
         "user_columns": user_columns,
         "item_columns": item_columns,
         "category_column": category,
@@ -199,24 +203,42 @@ def _embedding_dim(saved_model: Path) -> int:
         raise RepositoryError(f"{path}: no embedding width (valueCount.max) in the query tower's output schema") from None
 
 
-def four_stage_config(instances: int, version: Optional[int], batch_delay_us: Optional[int] = None) -> str:
-    """The ``recsys`` model's contract (docs/serving.md); ``batch_delay_us``: see :func:`model_config`."""
+def four_stage_config(
+    instances: int,
+    version: Optional[int],
+    batch_delay_us: Optional[int] = None,
+    id_kinds: Optional[Mapping[str, str]] = None,
+) -> str:
+    """The ``recsys`` model's contract (docs/serving.md); ``batch_delay_us``: see :func:`model_config`.
+
+    Ids travel as text (BYTES) whatever their kind: one wire format. ``id_kinds`` (pipeline.json's
+    ``ids``) become the ``user_id_kind`` / ``item_id_kind`` parameters, so a client of an integer
+    deployment gives integers back (:func:`recsys.serving.client.served_contract`).
+    """
+    from recsys.data import ids
+
+    kinds = ids.IdKinds.from_dict(id_kinds)
     inputs = [
-        _tensor("user_id", "TYPE_INT64", [1]),
+        _tensor("user_id", "TYPE_STRING", [1]),
         _tensor("k", "TYPE_INT32", [1], optional=True),
         _tensor("context", "TYPE_STRING", [1], optional=True),
     ]
     outputs = [
-        _tensor("item_ids", "TYPE_INT64", [-1]),
+        _tensor("item_ids", "TYPE_STRING", [-1]),
         _tensor("scores", "TYPE_FP32", [-1]),
         _tensor("timings_ms", "TYPE_FP32", [4]),
     ]
-    return model_config(FOUR_STAGE, inputs, outputs, instances=instances, version=version, batch_delay_us=batch_delay_us)
+    parameters = {"user_id_kind": kinds.user_id, "item_id_kind": kinds.item_id}
+    return model_config(
+        FOUR_STAGE, inputs, outputs, instances=instances, version=version, parameters=parameters,
+        batch_delay_us=batch_delay_us,
+    )
 
 
 def floor_config(instances: int = 1) -> str:
+    """``recsys_floor``: the same id tensors as ``recsys`` (BYTES), so benchmark requests match."""
     return model_config(
-        FLOOR, [_tensor("user_id", "TYPE_INT64", [1])], [_tensor("item_ids", "TYPE_INT64", [1])], instances=instances
+        FLOOR, [_tensor("user_id", "TYPE_STRING", [1])], [_tensor("item_ids", "TYPE_STRING", [1])], instances=instances
     )
 
 
@@ -274,7 +296,7 @@ def write_model_versions(
             model_config(
                 ITEM_INDEX,
                 [_tensor("query", "TYPE_FP32", [1, dim]), _tensor("k", "TYPE_INT32", [1], optional=True)],
-                [_tensor("item_ids", "TYPE_INT64", [-1]), _tensor("scores", "TYPE_FP32", [-1])],
+                [_tensor("item_ids", "TYPE_STRING", [-1]), _tensor("scores", "TYPE_FP32", [-1])],
                 version=version,
             ),
         )
@@ -302,7 +324,7 @@ def write_model_versions(
         shutil.copytree(index_tmp / "index", tmp / INDEX_DIR)
         (tmp / PIPELINE_FILE).write_text(json.dumps(dict(pipeline), indent=2, sort_keys=True))
         _copy_model_source(FOUR_STAGE, tmp)
-        _write_version_config(tmp, four_stage_config(instances, version, pipeline.get("batch_delay_us")))
+        _write_version_config(tmp, four_stage_config(instances, version, pipeline.get("batch_delay_us"), pipeline.get("ids")))
 
         for tmp, _final in staged:
             (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True, default=str))
@@ -361,10 +383,14 @@ def model_versions(repo_dir: Path, model: str) -> list[int]:
 def write_floor_model(repo_dir: Path, instances: int = 1) -> Path:
     """Write ``recsys_floor`` version 1 (the benchmark floor); idempotent. Returns the model folder."""
     folder = Path(repo_dir) / FLOOR
+    source = MODELS_DIR / FLOOR / "model.py"
     if not (folder / "1" / "model.py").exists():
         tmp = _staging(folder, 1)
         _copy_model_source(FLOOR, tmp)
         tmp.rename(folder / "1")
+    elif (folder / "1" / "model.py").read_bytes() != source.read_bytes():
+        # a floor written by an older release (e.g. INT64 ids) must match the config written below
+        _atomic_write(folder / "1" / "model.py", source.read_text())
     _atomic_write(folder / "config.pbtxt", floor_config(instances))
     return folder
 

@@ -264,6 +264,7 @@ def export_retrieval(model, fv: FeatureVersion, items: pd.DataFrame, folder: Pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from recsys.data import ids
     from recsys.training.keras_utils import batched_call
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -280,7 +281,8 @@ def export_retrieval(model, fv: FeatureVersion, items: pd.DataFrame, folder: Pat
     table = pa.table(
         {
             "item_id": pa.array(encoded, pa.int64()),
-            "item_id_raw": pa.array(raw_ids, pa.int64()),
+            # the raw id in its kind (recsys.data.ids): int64, or text for string ids
+            "item_id_raw": pa.array(raw_ids, pa.int64() if ids.kind_of(raw_ids) == ids.INT else pa.string()),
             "embedding": embedding,
         }
     )
@@ -295,12 +297,16 @@ def _raw_item_ids(fv: FeatureVersion, encoded: np.ndarray) -> np.ndarray:
 
     Items absent from the training window share the out-of-vocabulary code, so the encoded id
     alone cannot name them; id_maps/items.parquet written in the row order of items/ (as the ETL
-    does) does. Otherwise each encoded id must be unique to be mapped back.
+    does) does. Otherwise each encoded id must be unique to be mapped back. Raw ids keep their kind
+    (int64, or an object array of str: recsys.data.ids).
     """
+    from recsys.data import ids
+
     id_map = fv.item_id_map()
     where = fv.path / "id_maps" / "items.parquet"
+    kind = ids.kind_of(id_map["item_id_raw"])
     if len(id_map) == len(encoded) and (id_map["item_id"].to_numpy(np.int64) == encoded).all():
-        return id_map["item_id_raw"].to_numpy(np.int64)
+        return ids.as_array(id_map["item_id_raw"], kind)
     unique_map = id_map.drop_duplicates("item_id", keep=False).set_index("item_id")["item_id_raw"]
     unmapped = ~pd.Index(encoded).isin(unique_map.index)
     if unmapped.any():
@@ -308,7 +314,7 @@ def _raw_item_ids(fv: FeatureVersion, encoded: np.ndarray) -> np.ndarray:
             f"{where}: encoded item_id {int(encoded[unmapped][0])} from items/ has no unique raw id "
             "(and the file is not in the row order of items/)"
         )
-    return unique_map.loc[encoded].to_numpy(np.int64)
+    return ids.as_array(unique_map.loc[encoded], kind)
 
 
 def _users_in_order(users: pd.DataFrame, user_col: str, user_ids: np.ndarray, where: Path) -> pd.DataFrame:

@@ -24,6 +24,7 @@ TRIGGERABLE_DAGS: dict[str, str] = {
 
 MODEL_VERSIONS_SHOWN = 5  # newest registered versions per model
 PUBLISH_HISTORY_SHOWN = 8
+UNAVAILABLE_SHOWN = 20  # raw item ids of the unavailable set listed on the page
 
 
 def models_section(settings: Settings) -> list[dict[str, Any]]:
@@ -81,14 +82,18 @@ def serving_section(settings: Settings) -> dict[str, Any]:
 
 
 def online_section(settings: Settings) -> dict[str, Any]:
-    """The Redis online store: current version, its feature version and age, pinned feature versions."""
+    """The Redis online store: current version, its feature version, id kinds and age, pinned feature
+    versions, and the first unavailable items by their raw ids (as the shop knows them)."""
+    from recsys.data import ids
     from recsys.online.redis_store import RedisOnlineStore
 
     store = RedisOnlineStore.from_settings(settings)
     try:
         status = store.status()
+        unavailable = store.unavailable()[:UNAVAILABLE_SHOWN] if status["unavailable_items"] else []
     finally:
         store.client.close()
+    status["unavailable_shown"] = [ids.to_text(item) for item in unavailable]
     current = status.get("current")
     if current and current.get("age_seconds") is not None:
         current["age"] = human_age(current["age_seconds"])

@@ -56,3 +56,15 @@ def test_invalid_input_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error:" in err and "interactions.csv: column 'user_id' has 1 negative values, e.g. line 3: user_id=-3" in err
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_generate_with_string_ids(tmp_path, capsys):
+    out, root = tmp_path / "gen", tmp_path / "data"
+    args = ["--users", "60", "--items", "40", "--interactions", "2000", "--days", "10", "--string-ids"]
+    assert main(["data", "generate", "--out", str(out), *args]) == 0
+    assert main(["data", "ingest", str(out), "--data-root", str(root)]) == 0
+    (version,) = list_versions(root)
+    assert version.manifest["ids"] == {"user_id": "string", "item_id": "string"}
+    capsys.readouterr()
+    assert main(["data", "validate", str(out)]) == 0
+    assert "user ids: string, item ids: string" in capsys.readouterr().out

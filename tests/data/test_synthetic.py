@@ -157,3 +157,30 @@ def test_an_appended_drifted_batch_follows_the_data_and_passes_validation(tmp_pa
     assert len(new) == rows["interactions"] - before["interactions"]
     assert new["timestamp"].min() >= old["timestamp"].max().normalize() + pd.Timedelta(days=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["landing"]  # no staging folder left
+
+
+def test_string_ids_give_the_same_data_with_text_ids(reference):
+    from dataclasses import replace
+
+    from recsys.data.synthetic import string_item_ids, string_user_ids
+
+    text = generate_tables(replace(SMALL, string_ids=True))
+    for name, column in (("users", "user_id"), ("items", "item_id"), ("interactions", "user_id"), ("interactions", "item_id")):
+        mapping = string_user_ids if column == "user_id" else string_item_ids
+        assert text[name][column].tolist() == mapping(reference[name][column].to_numpy()).tolist(), (name, column)
+        assert all(isinstance(v, str) for v in text[name][column].head())
+        others = [c for c in text[name].columns if c not in ("user_id", "item_id")]
+        pd.testing.assert_frame_equal(text[name][others], reference[name][others])
+    assert text["users"]["user_id"].is_unique and text["items"]["item_id"].is_unique
+    assert text["users"]["user_id"].str.fullmatch(r"u-[0-9a-f]{6}").all()
+    assert text["items"]["item_id"].str.fullmatch(r"SKU-[0-9]{5}[A-Z]").all()
+    assert not text["users"]["user_id"].is_monotonic_increasing  # lexical order is not the numeric one
+
+
+def test_string_ids_validate_as_text(tmp_path):
+    from dataclasses import replace
+
+    write_synthetic(tmp_path / "s", replace(SMALL, n_interactions=3000, string_ids=True))
+    tables = validate_input(tmp_path / "s")
+    assert tables.id_kinds.to_dict() == {"user_id": "string", "item_id": "string"}
+    assert tables.interactions["item_id"].iloc[0].startswith("SKU-")

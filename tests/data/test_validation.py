@@ -75,13 +75,131 @@ def test_missing_required_column(make_input, fmt):
     only_problem(make_input(mutate), f"interactions.{fmt}", "missing required column 'timestamp'")
 
 
-def test_text_in_id_column(make_input, fmt):
+def test_text_ids_in_one_table_and_integers_in_another(make_input, fmt):
     def mutate(t):
         t["interactions"]["user_id"] = ["0", "1", "abc", "0"]
 
+    if fmt == "parquet":  # both tables are typed: they disagree, and both files are named
+        message = only_problem(make_input(mutate), "interactions.parquet: column 'user_id' holds text ids")
+        assert "row 0: user_id='0'" in message and "users.parquet holds integer ids (e.g. row 0: user_id=0)" in message
+    else:  # CSV text adapts: both columns are text, so 'abc' is an unknown user
+        only_problem(make_input(mutate), "interactions.csv", f"missing from users.csv, e.g. {where(fmt, 2)}: user_id='abc'")
+
+
+def test_string_ids_are_valid_and_kept_as_written(make_input, fmt):
+    def mutate(t):
+        t["users"]["user_id"] = ["u-001", "001", "1"]
+        t["interactions"]["user_id"] = ["u-001", "001", "1", "u-001"]
+        t["items"]["item_id"] = ["85123A", "SKU-é", "0"]
+        t["interactions"]["item_id"] = ["85123A", "SKU-é", "0", "SKU-é"]
+
+    tables = validate_input(make_input(mutate))
+    assert tables.id_kinds.to_dict() == {"user_id": "string", "item_id": "string"}
+    assert tables.interactions["user_id"].tolist() == ["u-001", "001", "1", "u-001"]  # "001" is not 1
+    assert tables.users["user_id"].tolist() == ["u-001", "001", "1"]
+    assert all(isinstance(v, str) for v in tables.items["item_id"])
+    assert tables.items["item_id"].dtype == object
+
+
+def test_leading_zeros_make_a_csv_id_column_text(tmp_path):
+    from data_helpers import valid_tables, write_folder
+
+    folder = write_folder(tmp_path / "in", valid_tables(), "csv")
+    (folder / "items.csv").write_text("item_id,category,price\n000,a,1.5\n001,b,2.0\n002,c,9.99\n")
+    frame = valid_tables()["interactions"]
+    frame["item_id"] = ["000", "001", "002", "001"]
+    frame.to_csv(folder / "interactions.csv", index=False)
+    tables = validate_input(folder)
+    assert tables.id_kinds.item_id == "string" and tables.id_kinds.user_id == "int"
+    assert tables.interactions["item_id"].tolist() == ["000", "001", "002", "001"]
+    assert tables.items["item_id"].tolist() == ["000", "001", "002"]
+
+
+def test_a_csv_column_adapts_to_the_typed_tables_kind(tmp_path):
+    from data_helpers import valid_tables, write_table
+
+    folder = tmp_path / "in"
+    tables = valid_tables()
+    # users.parquet holds text ids that look like numbers; interactions.csv adapts: "1" is the text id "1"
+    write_table(folder, "users", tables["users"].assign(user_id=["0", "1", "2"]), "parquet")
+    write_table(folder, "items", tables["items"], "parquet")
+    write_table(folder, "interactions", tables["interactions"], "csv")
+    out = validate_input(folder)
+    assert out.id_kinds.to_dict() == {"user_id": "string", "item_id": "int"}
+    assert out.interactions["user_id"].tolist() == ["0", "1", "2", "0"]
+    assert out.interactions["item_id"].tolist() == [0, 1, 2, 1]
+
+    # integer ids in the typed table: CSV text that is not an integer is refused, naming the typed file
+    write_table(folder, "users", tables["users"], "parquet")
+    write_table(folder, "interactions", tables["interactions"].assign(user_id=["0", "01", "2", "0"]), "csv")
+    only_problem(folder, "interactions.csv: column 'user_id' has 1 non-integer values", "as in users.parquet", "line 3: user_id='01'")
+
+
+def test_disagreeing_typed_tables_are_refused_naming_both_files(tmp_path):
+    from data_helpers import valid_tables, write_folder
+
+    tables = valid_tables()
+    tables["items"]["item_id"] = ["0", "1", "2"]
+    message = only_problem(write_folder(tmp_path / "in", tables, "parquet"), "column 'item_id'")
+    assert message.startswith("items.parquet: column 'item_id' holds text ids (e.g. row 0: item_id='0')")
+    assert "interactions.parquet holds integer ids (e.g. row 0: item_id=0)" in message
+
+
+def test_a_column_mixing_integer_and_text_ids_is_refused_naming_a_row_of_each(tmp_path):
+    from data_helpers import valid_tables, write_folder, write_table
+
+    tables = valid_tables()
+    inter = tables.pop("interactions")
+    folder = write_folder(tmp_path / "in", tables, "parquet")
+    write_table(folder / "interactions", "part-0", inter.iloc[:2], "parquet")
+    write_table(folder / "interactions", "part-1", inter.iloc[2:].assign(user_id=["u2", "u0"]), "parquet")
+    message = only_problem(folder, "interactions/: column 'user_id' mixes integer and text ids (2 integers, 2 texts)")
+    assert "interactions/part-0.parquet row 0: user_id=0" in message
+    assert "interactions/part-1.parquet row 0: user_id='u2'" in message
+
+    # a CSV part next to a typed integer part adapts to integers: its text is refused with its line
+    write_table(folder / "interactions", "part-1", inter.iloc[2:].assign(user_id=["2", "abc"]), "csv")
+    (folder / "interactions" / "part-1.parquet").unlink()
     only_problem(
-        make_input(mutate), f"interactions.{fmt}", "column 'user_id'", "1 non-integer", f"{where(fmt, 2)}: user_id='abc'"
+        folder, "interactions/part-1.csv: column 'user_id' has 1 non-integer values", "as in interactions/part-0.parquet",
+        "line 3: user_id='abc'",
     )
+
+
+@pytest.mark.parametrize(
+    "bad, what",
+    [
+        ("", "empty ids"),
+        (" u1", "ids with leading or trailing whitespace"),
+        ("u1\u3000", "ids with leading or trailing whitespace"),  # an ideographic space
+        ("u1\t", "ids with control characters"),
+        ("u\x01", "ids with control characters"),
+        ("u\x00x", "ids with control characters"),
+        ("x" * 200 + "é" * 30, "ids longer than 256 UTF-8 bytes"),
+    ],
+    ids=["empty", "leading_space", "trailing_wide_space", "trailing_tab", "control", "nul", "too_long"],
+)
+def test_bad_string_ids_are_refused_with_an_example_row(tmp_path, bad, what):
+    from data_helpers import valid_tables, write_folder
+
+    tables = valid_tables()
+    tables["users"]["user_id"] = ["u0", bad, "u2"]
+    tables["interactions"]["user_id"] = ["u0", bad, "u2", "u0"]
+    problems = problems_of(write_folder(tmp_path / "in", tables, "parquet"))
+    assert len(problems) == 2, problems  # one per table
+    for problem, table in zip(sorted(problems), ("interactions", "users")):
+        assert problem.startswith(f"{table}.parquet: column 'user_id' has 1 {what}"), problem
+        assert "e.g. row 1: user_id=" in problem
+
+
+def test_a_256_byte_string_id_is_fine(tmp_path):
+    from data_helpers import valid_tables, write_folder
+
+    longest = "é" * 128  # 256 UTF-8 bytes
+    tables = valid_tables()
+    tables["users"]["user_id"] = ["u0", longest, "u2"]
+    tables["interactions"]["user_id"] = ["u0", longest, "u2", "u0"]
+    assert validate_input(write_folder(tmp_path / "in", tables, "parquet")).users["user_id"].iloc[1] == longest
 
 
 def test_null_ids(make_input, fmt):

@@ -319,3 +319,40 @@ def test_empty_partitions_are_dropped_before_merlin_writes_them(tmp_path):
     assert kept.npartitions == 1 and kept.compute()["a"].tolist() == list(range(20, 30))
     Dataset(kept, cpu=True).to_parquet(tmp_path / "out")
     assert Dataset(tmp_path / "out", engine="parquet", cpu=True).num_rows == 10
+
+
+def test_string_ids_are_categorified_and_the_id_maps_keep_them_raw(tmp_path):
+    """Text ids (SKUs, UUIDs) from the real ingest: encoded like integer ids, raw in id_maps/."""
+    from recsys.data.ingest import ingest
+    from recsys.data.synthetic import SyntheticConfig, write_synthetic
+
+    config = SyntheticConfig(n_users=150, n_items=40, n_interactions=2_000, days=14, string_ids=True)
+    write_synthetic(tmp_path / "in", config)
+    version = ingest(tmp_path / "in", tmp_path / "data")
+    result = run_etl(version.path, tmp_path / "features", validation_days=3, progress=lambda _m: None)
+    assert result.manifest["ids"] == {"user_id": "string", "item_id": "string"}
+
+    interactions = pd.read_parquet(version.path / "interactions.parquet")
+    interactions["ts"] = interactions["timestamp"].astype("int64") // 10**9
+    train_raw = _train_window(interactions, days=3)
+    maps = {}
+    for entity in ("user", "item"):
+        id_col = f"{entity}_id"
+        table = pd.read_parquet(version.path / f"{entity}s.parquet")
+        id_map = pd.read_parquet(result.path / "id_maps" / f"{entity}s.parquet")
+        assert id_map[f"{id_col}_raw"].tolist() == table[id_col].tolist()  # raw, as text, in table order
+        assert all(isinstance(v, str) for v in id_map[f"{id_col}_raw"])
+        assert str(id_map[id_col].dtype) == "int64"
+        seen = id_map[id_map[f"{id_col}_raw"].isin(train_raw[id_col])]
+        assert sorted(seen[id_col]) == list(range(FIRST_KNOWN, FIRST_KNOWN + len(seen)))
+        assert (id_map.loc[~id_map[f"{id_col}_raw"].isin(train_raw[id_col]), id_col] == OOV).all()
+        maps[id_col] = id_map.set_index(f"{id_col}_raw")[id_col]
+    actual = pd.concat([_read(result.path / "train"), _read(result.path / "valid")])
+    expected = pd.DataFrame(
+        {"user_id": interactions["user_id"].map(maps["user_id"]), "item_id": interactions["item_id"].map(maps["item_id"])}
+    )
+    key = ["user_id", "item_id"]
+    pd.testing.assert_frame_equal(
+        actual[key].sort_values(key).reset_index(drop=True), expected[key].sort_values(key).reset_index(drop=True),
+        check_dtype=False,
+    )

@@ -1,6 +1,13 @@
-"""Tables and snapshots for the online store tests (small, in memory, deterministic)."""
+"""Tables and snapshots for the online store tests (small, in memory, deterministic), and a MONITOR
+recorder of what clients send.
+
+``as_string_ids(t)`` turns any of these tables into the same data with text ids (``user_text`` /
+``item_text`` name each integer id's text), so every test can run on both id kinds.
+"""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pandas as pd
@@ -60,3 +67,101 @@ def snapshot(t: dict, feature_version: str = "fv1", data_version: str = "dv1", p
         t["raw_items"],
         popularity_size=popularity_size,
     )
+
+
+def user_text(n) -> str:
+    return f"u-{int(n):x}"
+
+
+def item_text(n) -> str:
+    # a non-ASCII character and a leading-zero form: text ids are kept exactly as written
+    return f"SKU-0{int(n)}é" if int(n) % 7 == 0 else f"SKU-{int(n)}"
+
+
+def as_string_ids(t: dict) -> dict:
+    """The same tables with text ids (user 1003 -> "u-3eb", item 5003 -> "SKU-5003")."""
+    out = {k: v.copy() for k, v in t.items()}
+    to_users, to_items = np.vectorize(user_text, otypes=[object]), np.vectorize(item_text, otypes=[object])
+    out["user_ids"] = to_users(t["user_ids"]) if len(t["user_ids"]) else np.zeros(0, object)
+    out["item_ids"] = to_items(t["item_ids"]) if len(t["item_ids"]) else np.zeros(0, object)
+    out["interactions"]["user_id"] = to_users(t["interactions"]["user_id"].to_numpy())
+    out["interactions"]["item_id"] = to_items(t["interactions"]["item_id"].to_numpy())
+    out["raw_items"]["item_id"] = to_items(t["raw_items"]["item_id"].to_numpy())
+    return out
+
+
+def changed_tables():
+    """The base tables, and a copy with a few changes of every kind."""
+    t = tables()
+    t2 = {k: v.copy() for k, v in t.items()}
+    t2["users"].loc[[1, 2, 3], "segment"] += 1  # users 1001-1003: new features
+    t2["raw_items"].loc[[4, 5], "title"] = ["new title 4", "new title 5"]  # items 5004, 5005: new display
+    # item 5024 is gone (with its interactions), and user 1010 saw one more item
+    interactions = t2["interactions"]
+    t2["interactions"] = interactions[interactions.item_id != 5024].reset_index(drop=True)
+    unseen = sorted(set(range(5000, 5024)) - set(interactions.item_id[interactions.user_id == 1010]))
+    t2["interactions"].loc[len(t2["interactions"])] = [1010, unseen[0], 1]
+    t2["items"] = t2["items"].iloc[:-1].reset_index(drop=True)
+    t2["item_ids"] = t2["item_ids"][:-1]
+    t2["raw_items"] = t2["raw_items"].iloc[:-1].reset_index(drop=True)
+    # a new user
+    t2["users"].loc[len(t2["users"])] = [200, 4, 0.0]
+    t2["users"] = t2["users"].astype({"user_id": np.int64, "segment": np.int64, "activity": np.float32})
+    t2["user_ids"] = np.append(t2["user_ids"], 77777)
+    return t, t2
+
+
+def seen_of(t, user_id):
+    return set(t["interactions"].item_id[t["interactions"].user_id == user_id])
+
+
+def client_hset_fields(client, action, key_part: str) -> dict:
+    """Run ``action`` while MONITOR records the commands; count HSET fields sent by clients (not by
+    scripts running inside Redis) per key containing ``key_part``."""
+    done = threading.Event()
+    counts: dict[str, int] = {}
+    with client.monitor() as monitor:
+        def run():
+            try:
+                action()
+            finally:
+                done.set()
+                client.echo("monitor-sentinel")
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        while True:
+            line = monitor.connection.read_response()
+            line = line.decode("latin-1") if isinstance(line, bytes) else line
+            if "monitor-sentinel" in line and done.is_set():
+                break
+            source, _, rest = line.split(" ", 1)[1].partition("] ")
+            args = monitor_args(rest)
+            if source.endswith("lua") or not args or args[0].upper() != "HSET" or key_part not in args[1]:
+                continue
+            counts[args[1]] = counts.get(args[1], 0) + (len(args) - 2) // 2
+        thread.join()
+    return counts
+
+
+def monitor_args(text: str) -> list[str]:
+    """Split MONITOR's quoted, backslash-escaped arguments."""
+    args, i = [], 0
+    while i < len(text):
+        if text[i] != '"':
+            i += 1
+            continue
+        i += 1
+        out = []
+        while text[i] != '"':
+            if text[i] == "\\":
+                out.append(text[i : i + (4 if text[i + 1] == "x" else 2)])
+                i += 4 if text[i + 1] == "x" else 2
+            else:
+                out.append(text[i])
+                i += 1
+        args.append("".join(out))
+        i += 1
+    return args
+
+

@@ -45,6 +45,27 @@ def test_cli_refresh_status_and_unavailable(online_env, capsys):
     assert capsys.readouterr().out.split()[-1] == "5001"
     assert main(["online", "unavailable", "add"]) == 2  # a clear error, no traceback
     assert "at least one raw item id" in capsys.readouterr().err
+    assert main(["online", "unavailable", "add", "SKU-1"]) == 2  # not an id of this deployment's kind
+    assert "item_id 'SKU-1' is not an integer id; this deployment's item ids are integers" in capsys.readouterr().err
+    store.client.close()
+
+
+def test_cli_unavailable_with_text_ids(online_env, capsys):
+    from recsys.cli import main
+    from recsys.online.redis_store import RedisOnlineStore
+    from recsys.online.sample import write_sample_versions
+
+    write_sample_versions(online_env.home, n_users=30, n_items=12, n_interactions=200, string_ids=True)
+    assert main(["online", "refresh"]) == 0
+    capsys.readouterr()
+    assert main(["online", "unavailable", "add", "SKU-5001", "SKU-5003"]) == 0
+    assert "2 item(s) marked unavailable" in capsys.readouterr().out
+    store = RedisOnlineStore.from_settings(online_env)
+    assert store.read(None, ["SKU-5001", "SKU-5002"]).unavailable.tolist() == [True, False]
+    assert main(["online", "unavailable", "list"]) == 0
+    assert capsys.readouterr().out.split() == ["SKU-5001", "SKU-5003"]
+    assert main(["online", "status"]) == 0
+    assert '"item_id": "string"' in capsys.readouterr().out
     store.client.close()
 
 
@@ -62,7 +83,8 @@ def test_missing_data_version_is_a_clear_error(online_env, capsys):
 
 
 @pytest.mark.slow
-def test_refresh_from_the_real_etl_output(online_env):
+@pytest.mark.parametrize("string_ids", [False, True], ids=["int_ids", "string_ids"])
+def test_refresh_from_the_real_etl_output(online_env, string_ids):
     """Generate tiny data, run the real ETL in the Merlin runtime, refresh, read back."""
     from recsys.online.redis_store import RedisOnlineStore
     from recsys.online.refresh import refresh_online_store
@@ -70,7 +92,8 @@ def test_refresh_from_the_real_etl_output(online_env):
     s = online_env
     run = [sys.executable, "-m", "recsys.cli"]
     subprocess.run(run + ["data", "generate", "--out", str(s.home / "land"), "--users", "120", "--items", "40",
-                          "--interactions", "1500", "--days", "14"], check=True, capture_output=True)
+                          "--interactions", "1500", "--days", "14", *(["--string-ids"] if string_ids else [])],
+                   check=True, capture_output=True)
     subprocess.run(run + ["data", "ingest", str(s.home / "land")], check=True, capture_output=True)
     data_dir = next(p for p in s.data_root.iterdir() if not p.name.startswith("."))
     etl = subprocess.run(run + ["etl", "--data", str(data_dir)], capture_output=True, text=True, cwd=PROJECT_ROOT)
@@ -84,7 +107,9 @@ def test_refresh_from_the_real_etl_output(online_env):
     user_map = pd.read_parquet(features / "id_maps" / "users.parquet")
     item_map = pd.read_parquet(features / "id_maps" / "items.parquet")
     store = RedisOnlineStore.from_settings(s)
-    rows = store.read(int(user_map.user_id_raw[5]), item_map.item_id_raw.tolist(), with_seen=True)
+    kind = "string" if string_ids else "int"
+    assert store.current().ids == {"user_id": kind, "item_id": kind}
+    rows = store.read(user_map.user_id_raw[5], item_map.item_id_raw.tolist(), with_seen=True)
     assert list(rows.user) == list(users.columns) and list(rows.items) == list(items.columns)
     for column in users.columns:
         assert rows.user[column][0] == pytest.approx(users[column][5]), column
@@ -93,6 +118,7 @@ def test_refresh_from_the_real_etl_output(online_env):
     interactions = pd.read_parquet(data_dir / "interactions.parquet")
     expected_seen = np.unique(interactions.item_id[interactions.user_id == user_map.user_id_raw[5]])
     np.testing.assert_array_equal(rows.seen, expected_seen)
+    assert rows.seen.dtype == (object if string_ids else np.int64)
     raw_items = pd.read_parquet(data_dir / "items.parquet")
-    assert store.display([int(raw_items.item_id[0])])[0]["brand"] == raw_items.brand[0]
+    assert store.display([raw_items.item_id[0]])[0]["brand"] == raw_items.brand[0]
     store.client.close()

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from online_helpers import snapshot, tables
+from online_helpers import changed_tables, client_hset_fields, seen_of, snapshot, tables
 
 from recsys.online.redis_store import ConcurrentRefreshError, OnlineStoreError
 
@@ -70,95 +70,20 @@ def test_refreshing_the_current_feature_version_is_a_no_op_unless_forced(make_st
     assert store.current().version == forced.version
 
 
-def _changed_tables():
-    """The base tables, and a copy with a few changes of every kind."""
-    t = tables()
-    t2 = {k: v.copy() for k, v in t.items()}
-    t2["users"].loc[[1, 2, 3], "segment"] += 1  # users 1001-1003: new features
-    t2["raw_items"].loc[[4, 5], "title"] = ["new title 4", "new title 5"]  # items 5004, 5005: new display
-    # item 5024 is gone (with its interactions), and user 1010 saw one more item
-    interactions = t2["interactions"]
-    t2["interactions"] = interactions[interactions.item_id != 5024].reset_index(drop=True)
-    unseen = sorted(set(range(5000, 5024)) - set(interactions.item_id[interactions.user_id == 1010]))
-    t2["interactions"].loc[len(t2["interactions"])] = [1010, unseen[0], 1]
-    t2["items"] = t2["items"].iloc[:-1].reset_index(drop=True)
-    t2["item_ids"] = t2["item_ids"][:-1]
-    t2["raw_items"] = t2["raw_items"].iloc[:-1].reset_index(drop=True)
-    # a new user
-    t2["users"].loc[len(t2["users"])] = [200, 4, 0.0]
-    t2["users"] = t2["users"].astype({"user_id": np.int64, "segment": np.int64, "activity": np.float32})
-    t2["user_ids"] = np.append(t2["user_ids"], 77777)
-    return t, t2
-
-
-def _seen(t, user_id):
-    return set(t["interactions"].item_id[t["interactions"].user_id == user_id])
-
-
-def _client_hset_fields(client, action, key_part: str) -> dict:
-    """Run ``action`` while MONITOR records the commands; count HSET fields sent by clients (not by
-    scripts running inside Redis) per key containing ``key_part``."""
-    done = threading.Event()
-    counts: dict[str, int] = {}
-    with client.monitor() as monitor:
-        def run():
-            try:
-                action()
-            finally:
-                done.set()
-                client.echo("monitor-sentinel")
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        while True:
-            line = monitor.connection.read_response()
-            line = line.decode("latin-1") if isinstance(line, bytes) else line
-            if "monitor-sentinel" in line and done.is_set():
-                break
-            source, _, rest = line.split(" ", 1)[1].partition("] ")
-            args = _monitor_args(rest)
-            if source.endswith("lua") or not args or args[0].upper() != "HSET" or key_part not in args[1]:
-                continue
-            counts[args[1]] = counts.get(args[1], 0) + (len(args) - 2) // 2
-        thread.join()
-    return counts
-
-
-def _monitor_args(text: str) -> list[str]:
-    """Split MONITOR's quoted, backslash-escaped arguments."""
-    args, i = [], 0
-    while i < len(text):
-        if text[i] != '"':
-            i += 1
-            continue
-        i += 1
-        out = []
-        while text[i] != '"':
-            if text[i] == "\\":
-                out.append(text[i : i + (4 if text[i + 1] == "x" else 2)])
-                i += 4 if text[i + 1] == "x" else 2
-            else:
-                out.append(text[i])
-                i += 1
-        args.append("".join(out))
-        i += 1
-    return args
-
-
 def test_incremental_refresh_writes_only_changed_entities_and_equals_a_full_refresh(make_store, redis_client):
-    t, t2 = _changed_tables()
+    t, t2 = changed_tables()
     store = make_store(batch_size=8)
     base_version = store.refresh(snapshot(t)).version
 
     results = []
-    written = _client_hset_fields(
+    written = client_hset_fields(
         redis_client,
         lambda: results.append(store.refresh(snapshot(t2, feature_version="fv2"), incremental=True)),
         f"{store.version_prefix}fv2-",
     )
     result = results[0]
     assert result.mode == "incremental" and result.base_version == base_version
-    changed_users = {1001, 1002, 1003, 77777} | {u for u in t["user_ids"] if _seen(t, u) != _seen(t2, u)}
+    changed_users = {1001, 1002, 1003, 77777} | {u for u in t["user_ids"] if seen_of(t, u) != seen_of(t2, u)}
     assert 1010 in changed_users and len(changed_users) < 30
     assert result.users_written == len(changed_users)
     assert result.items_written == 2  # two new titles; the deleted item is simply not copied

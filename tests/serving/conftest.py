@@ -11,20 +11,17 @@ not changed.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from shared_helpers import merlin_cli
+
 N_USERS, N_ITEMS, N_INTERACTIONS = 300, 200, 6000
 
 
-def _merlin(settings, *argv: str) -> None:
-    env = {**os.environ, **settings.as_env()}
-    done = subprocess.run([str(settings.merlin_python), "-m", "recsys.cli", *argv], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"recsys {' '.join(argv)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+_merlin = merlin_cli
 
 
 @pytest.fixture(scope="session")

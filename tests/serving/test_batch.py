@@ -15,13 +15,13 @@ from shared_helpers import toy_config, toy_source
 from shared_helpers import toy_expected as expected  # noqa: F401  (the tests call it `expected`)
 
 
-def serve_toy(s, version: int, refused: tuple[int, ...] = ()) -> None:
+def serve_toy(s, version: int, refused: tuple[int, ...] = (), legacy: bool = False) -> None:
     from recsys.serving.control import load_model
 
     folder = s.triton_repo / "recsys"
     (folder / str(version)).mkdir(parents=True)
-    (folder / str(version) / "model.py").write_text(toy_source(refused))
-    (folder / "config.pbtxt").write_text(toy_config(instances=2))
+    (folder / str(version) / "model.py").write_text(toy_source(refused, legacy))
+    (folder / "config.pbtxt").write_text(toy_config(instances=2, legacy=legacy))
     load_model(s, "recsys")
 
 
@@ -89,3 +89,21 @@ def test_precompute_read_noop_force_and_refused_request(batch_settings):
     assert sorted(k.decode() for k in r.scan_iter(match=keys.batch_prefix + "*:r")) == [keys.rows(forced.batch)]
     assert [i for i, _ in read_precomputed(1000, settings=s)] == expected(1000, 5)
     r.close()
+
+
+def test_a_version_published_before_ids_were_text_is_still_served(batch_settings):
+    """A rollback can serve a version whose config has INT64 ids: callers follow the served config."""
+    from recsys.serving.batch import precompute, read_precomputed
+    from recsys.serving.client import RecommendClient
+
+    s = batch_settings
+    serve_toy(s, 4)
+    with RecommendClient(s, "http") as client:
+        assert client.recommend(1000, 5) == [(i, pytest.approx(1.0 - j / 100.0)) for j, i in enumerate(expected(1000, 5))]
+        serve_toy(s, 5, legacy=True)  # the model reloads with the old contract under the client's feet
+        pairs = client.recommend("1001", 5)
+        assert [i for i, _ in pairs] == expected(1001, 5) and all(type(i) is int for i, _ in pairs)
+    result = precompute(settings=s, force=True)
+    assert result.model_version == 5 and read_precomputed(1002, k=3, settings=s) == [
+        (i, pytest.approx(1.0 - j / 100.0)) for j, i in enumerate(expected(1002, 3))
+    ]

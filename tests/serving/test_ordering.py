@@ -92,3 +92,34 @@ def test_empty_candidates():
     chosen, scores = order(np.zeros(0, np.int64), np.zeros(0, np.float32), 5,
                            OrderingRules(max_per_category=1, exploration_temperature=1.0), categories=np.zeros(0))
     assert len(chosen) == 0 and len(scores) == 0
+
+
+def test_boosts_with_text_item_ids():
+    boosts = parse_boosts("SKU-1=1.5, a=b=0.5", "string")  # the last "=" splits: ids may hold "="
+    assert boosts == {"SKU-1": 1.5, "a=b": 0.5}
+    assert parse_boosts("5003=1.5", "string") == {"5003": 1.5}  # a numeric-looking text id stays text
+    assert parse_boosts("5003=1.5, 007=2") == {5003: 1.5, 7: 2.0}  # int kind: numbers
+    with pytest.raises(ConfigError, match="item_id 'SKU-1' is not an integer id; this deployment's item ids are integers"):
+        parse_boosts("SKU-1=1.5")
+    with pytest.raises(ConfigError, match="item_id '' is empty"):
+        parse_boosts("=1.5", "string")
+
+    rules = OrderingRules(boosts=boosts)
+    assert OrderingRules.from_dict(rules.to_dict(), "string") == rules
+    assert OrderingRules.from_dict({"boosts": {"5": 2.0}}).boosts == {5: 2.0}  # pipeline.json keys are text
+
+    items = np.array(["SKU-3", "SKU-1", "a=b"], dtype=object)
+    chosen, scores = order(items, np.array([0.9, 0.8, 1.0], np.float32), 3, rules)
+    assert items[chosen].tolist() == ["SKU-1", "SKU-3", "a=b"]
+    assert scores.tolist() == pytest.approx([1.2, 0.9, 0.5])
+
+
+def test_exploration_seed_of_a_text_user_is_reproducible_and_varies():
+    rules = OrderingRules(exploration_temperature=1.0, exploration_seed=7)
+    items = np.array([f"SKU-{i}" for i in range(50)], dtype=object)
+    scores = np.linspace(1.0, 0.5, 50).astype(np.float32)
+    first, _ = order(items, scores, 10, rules, user_id="u-7f3a")
+    assert order(items, scores, 10, rules, user_id="u-7f3a")[0].tolist() == first.tolist()
+    assert order(items, scores, 10, rules, user_id="u-7f3b")[0].tolist() != first.tolist()
+    # an int user keeps the stream it always had (its own number is the seed)
+    assert order(items, scores, 10, rules, user_id=1)[0].tolist() == order(items, scores, 10, rules, user_id=np.int64(1))[0].tolist()

@@ -65,6 +65,9 @@ def test_every_model_is_ready_and_answers(served):
 def test_recommend_end_to_end_over_grpc_and_http(served, client, users, store):
     pairs = client.recommend(users[0], 10, timings=True)
     assert len(pairs) == 10
+    # an integer deployment: ids travel as text but the client gives ints back
+    assert client.id_kinds.to_dict() == {"user_id": "int", "item_id": "int"}
+    assert all(type(item) is int for item, _ in pairs) and client.recommend(str(users[0]), 10) == pairs
     scores = [score for _, score in pairs]
     assert scores == sorted(scores, reverse=True)
     assert all(0.0 <= score <= 1.0 for score in scores)  # DLRM click probabilities
@@ -152,16 +155,21 @@ def test_deterministic_with_exploration_off(client, users):
         ({"k": np.array([101], np.int32)}, "k must be between 1 and"),
         ({"context": np.array([b"{not json"], dtype=object)}, "context is not valid JSON"),
         ({"context": np.array([b'{"exclude_items": "abc"}'], dtype=object)}, "exclude_items must be a list"),
-        ({"user_id": np.array([1.5], np.float32)}, "INT64"),  # wrong dtype: Triton refuses it
+        ({"context": np.array([b'{"exclude_items": ["SKU-1"]}'], dtype=object)}, "exclude_items: item_id 'SKU-1' is not an integer id"),
+        ({"user_id": np.array([1.5], np.float32)}, "expects 'BYTES'"),  # wrong dtype: Triton refuses it
+        ({"user_id": np.array([7], np.int64)}, "expects 'BYTES'"),  # ids are text on the wire, integers too
         ({"user_id": None}, "user_id"),  # missing
-        ({"user_id": np.zeros(0, np.int64)}, "shape"),  # empty
+        ({"user_id": np.zeros(0, object)}, "shape"),  # empty
+        # a text id sent to an integer deployment: the model's own error, the instance keeps serving
+        ({"user_id": np.array([b"abc"], dtype=object)}, "user_id 'abc' is not an integer id; this deployment's user ids are integers"),
+        ({"user_id": np.array([b"\xff"], dtype=object)}, "not valid UTF-8"),
     ],
 )
 def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, users, inputs, message):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-    tensors = {"user_id": np.array([users[0]], np.int64), **inputs}
+    tensors = {"user_id": np.array([str(users[0]).encode()], dtype=object), **inputs}
     client = grpcclient.InferenceServerClient(served["settings"].triton_grpc)
     batched = model_uses_batching(client, "recsys")  # on by default: tensors carry the batch dimension
     assert batched == (served["pipeline"]["batch_delay_us"] is not None)
@@ -216,9 +224,9 @@ def test_floor_model_echoes(served):
 
     s = served["settings"]
     client = httpclient.InferenceServerClient(s.triton_http.split("://")[1])
-    tensor = httpclient.InferInput("user_id", [1], "INT64")
-    tensor.set_data_from_numpy(np.array([42], np.int64))
-    assert client.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [42]
+    tensor = httpclient.InferInput("user_id", [1], "BYTES")  # the recsys model's tensor: like-for-like
+    tensor.set_data_from_numpy(np.array([b"u-42"], dtype=object))
+    assert client.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [b"u-42"]
     client.close()
 
 

@@ -40,7 +40,9 @@ def test_python_flavour_layout_configs_and_index(exports, pipeline, tmp_path):
     for column in pipeline["user_columns"] + pipeline["item_columns"]:
         assert f'name: "{column}"' in ranker
     stages = (tmp_path / "recsys" / "config.pbtxt").read_text()
-    assert 'name: "user_id" data_type: TYPE_INT64 dims: [ 1 ]' in stages
+    assert 'name: "user_id" data_type: TYPE_STRING dims: [ 1 ]' in stages  # ids are text on the wire
+    assert 'name: "item_ids" data_type: TYPE_STRING dims: [ -1 ]' in stages
+    assert 'parameters: { key: "item_id_kind" value: { string_value: "int" } }' in stages
     assert 'name: "k" data_type: TYPE_INT32 dims: [ 1 ] optional: true' in stages
     assert f"count: {pipeline['instances']} kind: KIND_CPU" in stages
     assert json.loads((tmp_path / "recsys" / "3" / "pipeline.json").read_text()) == json.loads(json.dumps(pipeline))
@@ -131,3 +133,36 @@ def test_dynamic_batching_is_on_by_default_and_a_negative_delay_turns_it_off():
     for delay in (None, -1):
         config = repository.four_stage_config(2, 1, delay)
         assert "max_batch_size: 0" in config and "dynamic_batching" not in config
+
+
+def test_pipeline_records_the_id_kinds_and_parses_boosts_into_the_item_kind():
+    from recsys.errors import ConfigError
+    from recsys.settings import load_settings
+
+    text = {"feature_version": "fv", "columns": {}, "ids": {"user_id": "string", "item_id": "string"}}
+    boosted = load_settings({"RECSYS_BOOSTS": "SKU-85123A=1.5"})
+    pipeline = repository.pipeline_from_settings(boosted, text)
+    assert pipeline["ids"] == text["ids"] and pipeline["ordering"]["boosts"] == {"SKU-85123A": 1.5}
+    config = repository.four_stage_config(1, 1, 0, pipeline["ids"])
+    assert 'parameters: { key: "user_id_kind" value: { string_value: "string" } }' in config
+    assert 'parameters: { key: "item_id_kind" value: { string_value: "string" } }' in config
+    ints = {"feature_version": "fv", "columns": {}}  # a manifest written before kinds were recorded: int
+    assert repository.pipeline_from_settings(load_settings({}), ints)["ids"] == {"user_id": "int", "item_id": "int"}
+    with pytest.raises(ConfigError, match="RECSYS_BOOSTS.*item_id 'SKU-85123A' is not an integer id"):
+        repository.pipeline_from_settings(boosted, ints)
+
+
+def test_clients_read_the_served_contract_from_either_config_form():
+    from recsys.serving.client import contract_of_config
+
+    grpc_json = {
+        "max_batch_size": 64,
+        "input": [{"name": "user_id", "data_type": "TYPE_STRING", "dims": ["1"]}],
+        "parameters": {"user_id_kind": {"string_value": "string"}, "item_id_kind": {"string_value": "int"}},
+    }
+    contract = contract_of_config(grpc_json)
+    assert contract.batched and contract.user_id_type == "BYTES"
+    assert contract.id_kinds.to_dict() == {"user_id": "string", "item_id": "int"}
+    # a version published before ids were text (a rollback may serve it): INT64 requests, int ids
+    legacy = contract_of_config({"max_batch_size": 0, "input": [{"name": "user_id", "data_type": "TYPE_INT64"}]})
+    assert not legacy.batched and legacy.user_id_type == "INT64" and legacy.id_kinds.to_dict()["item_id"] == "int"

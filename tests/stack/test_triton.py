@@ -51,14 +51,14 @@ def test_triton_starts_loads_the_floor_model_infers_and_stops(triton_settings):
         assert control.model_ready(s, "recsys_floor", 1)
 
         http = httpclient.InferenceServerClient(f"127.0.0.1:{s.triton_http_port}")
-        tensor = httpclient.InferInput("user_id", [1], "INT64")
-        tensor.set_data_from_numpy(np.array([7], np.int64))
-        assert http.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [7]
+        tensor = httpclient.InferInput("user_id", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([b"7"], dtype=object))
+        assert http.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [b"7"]
         http.close()
         grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{s.triton_grpc_port}")
-        tensor = grpcclient.InferInput("user_id", [1], "INT64")
-        tensor.set_data_from_numpy(np.array([9], np.int64))
-        assert grpc.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [9]
+        tensor = grpcclient.InferInput("user_id", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([b"u-9"], dtype=object))
+        assert grpc.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [b"u-9"]
         grpc.close()
 
         # bound to loopback only: every listening socket of the server is on 127.0.0.1

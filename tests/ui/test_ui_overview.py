@@ -113,6 +113,46 @@ def test_online_section_shows_the_current_version_and_its_age(own):
         store.client.close()
 
 
+def test_the_page_shows_raw_text_ids_as_the_shop_knows_them(own):
+    from recsys.online.redis_store import RedisOnlineStore
+    from recsys.online.snapshot import snapshot_from_frames
+    from recsys.ui.app import templates
+    from recsys.ui.overview import TRIGGERABLE_DAGS, gather, online_section
+
+    encoded = np.arange(3, 6, dtype=np.int64)
+    items = np.array(["85123A", "SKU-<b>", "SKU-9"], dtype=object)
+    snapshot = snapshot_from_frames(
+        "fv-ui-text", "dv-ui-text",
+        pd.DataFrame({"user_id": encoded, "segment": encoded}), np.array(["u-7f3a", "u-0001a2", "u-9"], dtype=object),
+        pd.DataFrame({"item_id": encoded, "price": np.ones(3, np.float32)}), items,
+        pd.DataFrame({"user_id": ["u-7f3a", "u-9"], "item_id": ["85123A", "SKU-9"], "label": np.ones(2, np.int8)}),
+        pd.DataFrame({"item_id": items, "title": ["a", "b", "c"]}),
+    )
+    repository = own.triton_repo
+    repository.mkdir(parents=True)
+    entry = {"action": "publish", "version": 1, "status": "serving", "models": ["recsys"], "champions": {"r": "1"},
+             "feature_version": "fv-ui-text", "at": "2026-01-01T00:00:00Z",
+             "smoke": {"recsys": {"user_id": "u-7f3a", "item_ids": ["85123A", "SKU-9"]}}}
+    (repository / "publish_history.jsonl").write_text(json.dumps(entry) + "\n")
+    store = RedisOnlineStore.from_settings(own)
+    try:
+        store.refresh(snapshot)
+        store.add_unavailable(["SKU-<b>", "85123A"])
+        section = online_section(own)
+        assert section["current"]["ids"] == {"user_id": "string", "item_id": "string"}
+        assert section["unavailable_shown"] == ["85123A", "SKU-<b>"]
+        html = templates.get_template("overview.html").render(
+            user="u", sections=gather(own), dags=TRIGGERABLE_DAGS, triggered=None, run_id=None, error=None
+        )
+    finally:
+        for key in store.client.scan_iter(match=f"{{{own.online_key_prefix}}}:*"):
+            store.client.delete(key)
+        store.client.close()
+    assert "user ids: string, item ids: string" in html
+    assert "2 items marked unavailable:" in html and "<code>85123A</code>, <code>SKU-&lt;b&gt;</code>" in html
+    assert "user <code>u-7f3a</code> got" in html and "<code>85123A</code>, <code>SKU-9</code>" in html
+
+
 def test_drift_rows_plot_and_report_come_from_the_monitoring_store(own):
     from recsys.ui import drift
 

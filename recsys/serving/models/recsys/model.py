@@ -1,10 +1,14 @@
 """``recsys``: the four-stage recommender as a Triton python-backend model.
 
-Request: ``user_id`` INT64 [1]; optional ``k`` INT32 [1] (default and maximum from pipeline.json);
-optional ``context`` BYTES [1], a JSON object (``{"exclude_items": [raw ids]}``). With dynamic
-batching (``max_batch_size`` > 0) the same tensors carry the batch dimension: [1, 1].
-Response: ``item_ids`` INT64 [<=k], ``scores`` FP32 [<=k]; ``timings_ms`` FP32 [4] (retrieval,
-filtering, scoring, ordering, of the batch the request was part of) only when the client asks.
+Request: ``user_id`` BYTES [1], the raw id's UTF-8 text (``b"1042"``, ``b"u-7f3a"``), parsed into
+the deployment's user id kind (pipeline.json ``ids``; a text id sent to an integer deployment is a
+bad request); optional ``k`` INT32 [1] (default and maximum from pipeline.json); optional
+``context`` BYTES [1], a JSON object (``{"exclude_items": [raw ids]}``). With dynamic batching
+(``max_batch_size`` > 0) the same tensors carry the batch dimension: [1, 1].
+Response: ``item_ids`` BYTES [<=k] (raw ids as text, for both kinds: the config's ``parameters``
+``user_id_kind`` / ``item_id_kind`` tell clients to read integers back), ``scores`` FP32 [<=k];
+``timings_ms`` FP32 [4] (retrieval, filtering, scoring, ordering, of the batch the request was part
+of) only when the client asks.
 
 The work is :class:`recsys.serving.engine.FourStageRecommender`, loaded once per instance from this
 version folder (query tower, ranker, FAISS index, pipeline.json). Every request Triton hands to one
@@ -24,6 +28,7 @@ STAGES = ("retrieval", "filtering", "scoring", "ordering")
 
 class TritonPythonModel:
     def initialize(self, args):
+        from recsys.data import ids
         from recsys.serving.engine import BadRequest, FourStageRecommender, Query, configure_tensorflow_threads
 
         # One instance per core; TensorFlow single-threaded inside each (see docs/serving.md).
@@ -33,6 +38,7 @@ class TritonPythonModel:
         self.engine.warm_up()
         self.bad_request = BadRequest
         self.query = Query
+        self.to_triton = ids.to_triton
         self.logger = pb_utils.Logger
         self.logger.log_info(
             f"recsys: version {args['model_version']} loaded from {version_dir} "
@@ -63,8 +69,8 @@ class TritonPythonModel:
     def _parse(self, request):
         user = pb_utils.get_input_tensor_by_name(request, "user_id")
         if user is None:
-            raise self.bad_request("input 'user_id' (INT64, shape [1]) is missing")
-        user_array = user.as_numpy()
+            raise self.bad_request("input 'user_id' (BYTES: the raw id's text, shape [1]) is missing")
+        user_array = user.as_numpy()  # BYTES: an object array of bytes
         user_ids = user_array.reshape(-1)
         if user_ids.size != 1:
             raise self.bad_request(f"user_id must hold exactly one id, got {user_ids.size}")
@@ -86,8 +92,9 @@ class TritonPythonModel:
                         context = json.loads(text)
                     except json.JSONDecodeError as exc:
                         raise self.bad_request(f"context is not valid JSON ({exc.msg} at character {exc.pos}): {text[:80]!r}")
-        # [1, 1]: the request came through the dynamic batcher; its outputs get the batch dimension too
-        return self.query(int(user_ids[0]), k, context), user_array.ndim == 2
+        # [1, 1]: the request came through the dynamic batcher; its outputs get the batch dimension too.
+        # The engine parses the id into the deployment's kind (a bad one is this request's error).
+        return self.query(user_ids[0], k, context), user_array.ndim == 2
 
     def _respond(self, request, result, with_batch_dim):
         if isinstance(result, self.bad_request):
@@ -96,7 +103,7 @@ class TritonPythonModel:
             return _error(f"recommendation failed: {type(result).__name__}: {result}")
         shape = (1, -1) if with_batch_dim else (-1,)
         outputs = [
-            pb_utils.Tensor("item_ids", result.item_ids.astype(np.int64).reshape(shape)),
+            pb_utils.Tensor("item_ids", self.to_triton(result.item_ids).reshape(shape)),
             pb_utils.Tensor("scores", result.scores.astype(np.float32).reshape(shape)),
         ]
         if "timings_ms" in request.requested_output_names():

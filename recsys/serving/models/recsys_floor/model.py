@@ -2,7 +2,8 @@
 
 It measures the floor of a request through Triton's python backend on this machine (the gRPC/HTTP
 front end, the shared-memory hop to the stub, one numpy copy): what the four-stage model's cost is
-compared with. It imports nothing but numpy.
+compared with. Its tensors are those of ``recsys`` (``user_id`` BYTES [1] in, ``item_ids`` BYTES
+out), so a benchmark's request is the same for both. It imports nothing but numpy.
 """
 
 import numpy as np
@@ -17,6 +18,6 @@ class TritonPythonModel:
             if user_id is None:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("input 'user_id' is missing")))
                 continue
-            out = pb_utils.Tensor("item_ids", np.ascontiguousarray(user_id.as_numpy(), dtype=np.int64))
+            out = pb_utils.Tensor("item_ids", np.ascontiguousarray(user_id.as_numpy(), dtype=object))
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
         return responses

@@ -1,8 +1,8 @@
 """``recsys_item_index``: the FAISS item index of retrieval (query embedding -> top items).
 
 Request: ``query`` FP32 [1, dim]; optional ``k`` INT32 [1] (default 200). Response: ``item_ids``
-INT64 (raw ids) and ``scores`` FP32 (inner products), best first. Files in ``index/``
-(:mod:`recsys.serving.index`).
+BYTES (raw ids as text, whatever their kind: the same wire format as ``recsys``) and ``scores``
+FP32 (inner products), best first. Files in ``index/`` (:mod:`recsys.serving.index`).
 """
 
 from pathlib import Path
@@ -15,8 +15,10 @@ DEFAULT_K = 200
 
 class TritonPythonModel:
     def initialize(self, args):
+        from recsys.data import ids
         from recsys.serving.index import ItemIndex
 
+        self.to_triton = ids.to_triton
         self.index = ItemIndex.load(Path(args["model_repository"]) / args["model_version"] / "index")
 
     def execute(self, requests):
@@ -32,7 +34,7 @@ class TritonPythonModel:
                 responses.append(
                     pb_utils.InferenceResponse(
                         output_tensors=[
-                            pb_utils.Tensor("item_ids", raw_ids.astype(np.int64)),
+                            pb_utils.Tensor("item_ids", self.to_triton(raw_ids)),
                             pb_utils.Tensor("scores", scores.astype(np.float32)),
                         ]
                     )
