@@ -69,7 +69,7 @@ K = 10
 GRIDS = {
     "full": {
         "ease_lambda": [50.0, 100.0, 200.0, 400.0, 800.0, 1600.0],
-        "als": {"factors": [64, 128], "regularization": [0.01, 0.1], "iterations": [15], "alpha": [1.0, 10.0, 40.0]},
+        "als": {"factors": [32, 64], "regularization": [0.1, 1.0], "iterations": [15, 30], "alpha": [0.5, 2.0]},
     },
     "quick": {
         "ease_lambda": [100.0, 400.0],
@@ -362,7 +362,7 @@ def preflight(overrides: dict[str, str], env: dict) -> dict:
                 f"knows {', '.join(sorted(checked['defaults']))}); run without --tune, or on a branch that has it"
             )
         checked = merlin(_MERLIN_PREFLIGHT, json.dumps(overrides), env=env)
-    return checked
+    return {**checked, "overrides": overrides}
 
 
 def stack_settings(home: Path, validation_days: Optional[int] = None):
@@ -418,16 +418,17 @@ def served_top_k(settings, user_ids: list[int], k: int, concurrency: int) -> tup
     return answers, seconds, server_version
 
 
-def run_product(args, train_dir: Path, home: Path, overrides: dict, timings: dict) -> dict:
-    """The product from the MovieLens folder to served recommendations; returns its figures and lineage."""
+def run_product(args, train_dir: Path, home: Path, checked: dict, timings: dict) -> dict:
+    """The product from the MovieLens folder to served recommendations; returns its figures and lineage.
+
+    ``checked``: :func:`preflight`'s answer (the training parameters, as the product resolved them).
+    """
     from recsys import jobs, stack
     from recsys.tracking import runs
 
     settings = stack_settings(home, args.validation_days)
     env = {**os.environ, **settings.as_env()}
-    log(f"checking the training parameters in the Merlin runtime ({overrides or 'the product defaults'})")
-    with timed("preflight", timings):
-        checked = preflight(overrides, env)
+    overrides = checked["overrides"]
     log(f"stack in {home}: Redis :{settings.redis_port}, MLflow :{settings.mlflow_port}, Triton gRPC :{settings.triton_grpc_port}")
     product: dict[str, Any] = {"train_params": checked["params"], "train_param_overrides": overrides,
                                "validation_days": settings.validation_days, "merlin_versions": checked["versions"]}
@@ -544,6 +545,10 @@ def main() -> None:
     grid = GRIDS["quick" if args.quick else "full"]
     if not (args.data / "ratings.csv").is_file():
         raise SystemExit(f"error: {args.data} holds no ratings.csv (pass --data PATH to ml-latest-small)")
+    # the training parameters first: a typo or an unsupported --tune fails now, before anything is written
+    began = time.perf_counter()
+    checked = preflight(overrides, dict(os.environ))
+    preflight_seconds = round(time.perf_counter() - began, 2)
     scratch = (args.work or Path(tempfile.mkdtemp(prefix="recsys-bench-quality-"))).resolve()
     if scratch == ROOT or ROOT in scratch.parents:
         raise SystemExit(f"error: --work {scratch} is inside the repository; the data must stay outside it")
@@ -562,6 +567,8 @@ def main() -> None:
     }
     timings: dict[str, float] = {}
     log(f"quality benchmark ({result['mode']}), load {result['load_average_at_start']}, scratch {scratch}")
+    timings["preflight"] = preflight_seconds
+    log(f"product training parameters: {_params(checked['params'])}")
 
     # -- the split
     with timed("split", timings):
@@ -607,7 +614,7 @@ def main() -> None:
     # -- the product
     log("the product, end to end")
     args.test_user_ids = [int(users[u]) for u in sorted(full.relevant)]
-    product = run_product(args, scratch / "movielens-train", scratch / "home", overrides, timings)
+    product = run_product(args, scratch / "movielens-train", scratch / "home", checked, timings)
     answers = product.pop("answers")
     position = pd.Series(np.arange(len(catalogue)), index=catalogue)
     lists = {int(np.searchsorted(users, user)): [int(position.get(i, -1)) for i in items] for user, items in answers.items()}
