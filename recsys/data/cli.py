@@ -92,7 +92,7 @@ def _report_import(result) -> int:
     print(result.summary())
     meta = result.metadata
     if meta.get("layout"):
-        print(f"layout: {meta['layout']}")
+        print(f"found the {meta.get('layout_name', meta['layout'])} layout ({', '.join(meta.get('files', []))})")
     for key, value in sorted((meta.get("detected") or {}).items()):
         print(f"detected {key}: {value}")
     for reason, count in sorted((meta.get("dropped") or {}).items()):

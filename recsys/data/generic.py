@@ -54,7 +54,6 @@ from recsys.data.importing import (
     check_output_folder,
     read_header,
     read_source,
-    show,
     write_input_folder,
 )
 
@@ -609,4 +608,4 @@ def _as_int64(ids: "pd.Series") -> "pd.Series":
     return pd.Series(np.asarray(categories)[codes], dtype=np.int64)
 
 
-__all__ = ["ImportSpec", "import_tables", "read_tables", "TIME_UNITS", "show"]
+__all__ = ["ImportSpec", "import_tables", "read_tables", "TIME_UNITS"]

@@ -105,6 +105,12 @@ def detect_layout(src_dir: Path) -> str:
     )
 
 
+def _files_read(src_dir: Path, layout: str) -> list[str]:
+    """The files a layout reads that are present (links.csv, README.txt and the rest are not read)."""
+    optional = ("tags.csv",) if layout == LAYOUT_LATEST else ()
+    return [f for f in (*_LAYOUT_FILES[layout], *optional) if (src_dir / f).is_file()]
+
+
 def import_movielens(
     src_dir: Path, out_dir: Path, min_rating: Optional[float] = None, force: bool = False
 ) -> ImportResult:
@@ -122,8 +128,9 @@ def import_movielens(
     metadata = {
         "importer": "movielens",
         "layout": layout,
+        "layout_name": _LAYOUT_NAMES[layout],
         "source": str(src_dir.resolve()),
-        "files": sorted(p.name for p in src_dir.iterdir() if p.is_file()),
+        "files": _files_read(src_dir, layout),
         "min_rating": min_rating,
         "read_seconds": seconds,
     }
@@ -137,8 +144,7 @@ def read_movielens(src_dir: Path, min_rating: Optional[float] = None) -> dict[st
     """Parse the MovieLens files in ``src_dir`` (layout detected) into contract DataFrames (no writing)."""
     src_dir = Path(src_dir)
     layout = detect_layout(src_dir)
-    log.info("%s: found the %s layout (%s)", src_dir, _LAYOUT_NAMES[layout],
-             ", ".join(f for f in (*_LAYOUT_FILES[layout], "tags.csv") if (src_dir / f).is_file()))
+    log.info("%s: found the %s layout (%s)", src_dir, _LAYOUT_NAMES[layout], ", ".join(_files_read(src_dir, layout)))
     reader = _read_100k if layout == LAYOUT_100K else _read_latest
     try:
         tables = reader(src_dir, min_rating)
