@@ -148,6 +148,7 @@ def import_tables(spec: ImportSpec, out_dir: Path, force: bool = False) -> Impor
 
 def read_tables(spec: ImportSpec) -> tuple[dict[str, "pd.DataFrame"], dict[str, Any]]:
     """The three contract tables of ``spec`` (no writing) and the import's metadata."""
+    import numpy as np
     import pandas as pd
 
     if spec.time_unit not in TIME_UNITS:
@@ -189,8 +190,11 @@ def read_tables(spec: ImportSpec) -> tuple[dict[str, "pd.DataFrame"], dict[str, 
     for role, name in (("user_id", "users"), ("item_id", "items")):
         table = entity_tables[name]
         if table is not None:
-            known = set(table.ids.dropna().astype(str))
-            missing = columns[role].notna().to_numpy() & ~columns[role].astype(object).isin(known).to_numpy()
+            # compared per distinct id (the categories), not per row: a large log has few distinct ids
+            ids = columns[role]
+            known = ids.cat.categories.isin(table.ids.cat.remove_unused_categories().cat.categories)
+            codes = ids.cat.codes.to_numpy()
+            missing = (codes >= 0) & ~np.append(known, True)[codes]  # code -1 (null): counted as null above
             invalid[f"a {roles[role]!r} missing from {table.source.name}"] = missing
 
     keep = _apply_invalid(interactions, invalid, list(roles.values()), spec.drop_invalid, report)
