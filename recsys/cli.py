@@ -14,7 +14,7 @@ import sys
 _GROUPS = [
     ("recsys.settings_cli", "every setting and its environment variable"),
     ("recsys.stack.cli", "local services: up, down, status"),
-    ("recsys.data.cli", "input data: generate, import-movielens, validate, ingest"),
+    ("recsys.data.cli", "input data: generate, import-movielens, import, validate, ingest"),
     ("recsys.features.cli", "NVTabular ETL"),
     ("recsys.training.cli", "train and evaluate models"),
     ("recsys.online.cli", "Redis online feature store: refresh, status, unavailable items"),

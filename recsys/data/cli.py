@@ -1,6 +1,9 @@
-"""``recsys data ...``: generate, import-movielens, validate, ingest.
+"""``recsys data ...``: generate, import-movielens, import, validate, ingest.
 
-Heavy imports (pandas, numpy, pyarrow) happen inside the command functions.
+Heavy imports (pandas, numpy, pyarrow) happen inside the command functions. Every command that
+writes an input folder takes the same ``--out`` / ``--force`` (:func:`_add_output_arguments`) and
+reports what it wrote the same way (:func:`_report_import`); the writing itself is
+:func:`recsys.data.importing.write_input_folder`'s.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ from pathlib import Path
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
     """Add the ``data`` command group to the ``recsys`` parser."""
-    data = subparsers.add_parser("data", help="input data: generate, import-movielens, validate, ingest")
+    data = subparsers.add_parser("data", help="input data: generate, import-movielens, import, validate, ingest")
     sub = data.add_subparsers(dest="data_command", required=True)
 
     gen = sub.add_parser("generate", help="write a synthetic dataset with real structure (parquet)")
-    gen.add_argument("--out", type=Path, required=True, help="folder to write (must not exist or be empty)")
+    _add_output_arguments(gen)
     gen.add_argument("--users", type=int, default=2_000)
     gen.add_argument("--items", type=int, default=500)
     gen.add_argument("--interactions", type=int, default=50_000, help="rows, engaged and ignored together")
@@ -28,14 +31,48 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     gen.add_argument(
         "--string-ids", action="store_true", help="text ids (u-6a7f3c users, SKU-00042Q items) instead of integers"
     )
-    gen.add_argument("--force", action="store_true", help="replace an existing folder")
     gen.set_defaults(func=_generate)
 
-    ml = sub.add_parser("import-movielens", help="convert MovieLens-100K (u.data, u.user, u.item)")
-    ml.add_argument("src", type=Path, help="folder holding u.data, u.user, u.item")
-    ml.add_argument("--out", type=Path, required=True)
-    ml.add_argument("--min-rating", type=int, default=None, help="keep only ratings >= this")
+    ml = sub.add_parser(
+        "import-movielens",
+        help="convert MovieLens: 100K (u.data, u.user, u.item) or ml-latest(-small) (ratings.csv, movies.csv, tags.csv)",
+        description="Convert a MovieLens download into the input contract. The layout is detected from the "
+        "files in SRC: MovieLens-100K (u.data, u.user, u.item) or ml-latest / ml-latest-small (ratings.csv, "
+        "movies.csv, optionally tags.csv; links.csv is ignored). Every rating is an implicit interaction.",
+    )
+    ml.add_argument("src", type=Path, help="folder holding the MovieLens files")
+    _add_output_arguments(ml)
+    ml.add_argument("--min-rating", type=float, default=None,
+                    help="keep only ratings >= this (e.g. 4, or 3.5: ml-latest has half stars)")
     ml.set_defaults(func=_import_movielens)
+
+    imp = sub.add_parser(
+        "import",
+        help="import your own event log (CSV/parquet) naming its columns",
+        description="Import an event log whose columns you name, plus optional users/items tables, into the "
+        "input contract. CSV ids are kept as text exactly as written (001 stays 001) unless every id is a "
+        "canonical integer. Timestamps: ISO-8601 text, datetimes, or unix epochs (unit detected by magnitude, "
+        "or --time-unit).",
+    )
+    imp.add_argument("--interactions", type=Path, required=True, help="events: a CSV/parquet file or a folder of parts")
+    imp.add_argument("--user-col", required=True, help="column of the user id")
+    imp.add_argument("--item-col", required=True, help="column of the item id")
+    imp.add_argument("--time-col", required=True, help="column of the event time")
+    imp.add_argument("--event-col", default=None, help="column of the event type (e.g. click, purchase)")
+    imp.add_argument("--label-col", default=None, help="column of the 0/1 label (1 = engaged, 0 = shown, ignored)")
+    imp.add_argument("--users", type=Path, default=None, help="users table (id + feature columns)")
+    imp.add_argument("--users-id-col", default=None, help="its id column (default: --user-col)")
+    imp.add_argument("--items", type=Path, default=None, help="items table (id + feature columns)")
+    imp.add_argument("--items-id-col", default=None, help="its id column (default: --item-col)")
+    imp.add_argument("--time-unit", choices=["auto", "s", "ms", "us", "ns"], default="auto",
+                     help="unit of numeric timestamps (default: detected from their magnitude)")
+    imp.add_argument("--drop-duplicates", action="store_true",
+                     help="keep one of each exact duplicate event (default: refuse them)")
+    imp.add_argument("--drop-invalid", action="store_true",
+                     help="drop rows with a null id, an unusable timestamp or label, or an unknown user/item "
+                     "(default: refuse them)")
+    _add_output_arguments(imp)
+    imp.set_defaults(func=_import)
 
     val = sub.add_parser("validate", help="check an input folder against the contract")
     val.add_argument("folder", type=Path)
@@ -45,6 +82,28 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     ing.add_argument("folder", type=Path)
     ing.add_argument("--data-root", type=Path, default=None, help="default: <home>/data from the settings")
     ing.set_defaults(func=_ingest)
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--out`` and ``--force``, the same for every command that writes an input folder."""
+    parser.add_argument("--out", type=Path, required=True, help="input folder to write (must not exist or be empty)")
+    parser.add_argument("--force", action="store_true", help="replace an existing, non-empty --out")
+
+
+def _report_import(result) -> int:
+    """Print what an import wrote (rows, then what was detected, dropped or warned) and how to go on."""
+    print(result.summary())
+    meta = result.metadata
+    if meta.get("layout"):
+        print(f"found the {meta.get('layout_name', meta['layout'])} layout ({', '.join(meta.get('files', []))})")
+    for key, value in sorted((meta.get("detected") or {}).items()):
+        print(f"detected {key}: {value}")
+    for reason, count in sorted((meta.get("dropped") or {}).items()):
+        print(f"dropped {count} {reason}")
+    for warning in meta.get("warnings") or []:
+        print(f"warning: {warning}")
+    print(f"next: recsys data validate {result.out_dir}")
+    return 0
 
 
 def _setup_logging() -> None:
@@ -76,9 +135,29 @@ def _import_movielens(args: argparse.Namespace) -> int:
     from recsys.data.movielens import import_movielens
 
     _setup_logging()
-    rows = import_movielens(args.src, args.out, min_rating=args.min_rating)
-    print(f"wrote {args.out}: " + ", ".join(f"{name} {n} rows" for name, n in rows.items()))
-    return 0
+    return _report_import(import_movielens(args.src, args.out, min_rating=args.min_rating, force=args.force))
+
+
+def _import(args: argparse.Namespace) -> int:
+    from recsys.data.generic import ImportSpec, import_tables
+
+    _setup_logging()
+    spec = ImportSpec(
+        interactions=args.interactions,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        time_col=args.time_col,
+        event_col=args.event_col,
+        label_col=args.label_col,
+        users=args.users,
+        users_id_col=args.users_id_col,
+        items=args.items,
+        items_id_col=args.items_id_col,
+        time_unit=args.time_unit,
+        drop_duplicates=args.drop_duplicates,
+        drop_invalid=args.drop_invalid,
+    )
+    return _report_import(import_tables(spec, args.out, force=args.force))
 
 
 def _validate(args: argparse.Namespace) -> int:

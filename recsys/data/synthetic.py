@@ -60,6 +60,10 @@ _DEVICE_MIX_DRIFTED = [0.10, 0.15, 0.75]
 _HOURLY = [1, 0.6, 0.4, 0.3, 0.3, 0.5, 1, 2, 3, 3.5, 3.5, 4, 5, 4.5, 4, 4, 4.5, 5, 6, 7, 7.5, 6.5, 4, 2]
 
 
+GENERATOR_FILE = "generator.json"
+"""Written beside the tables: the configuration that generated them."""
+
+
 class SyntheticConfigError(RecsysError):
     """A generator parameter is out of range."""
 
@@ -172,15 +176,12 @@ def write_synthetic(out_dir: Path, config: SyntheticConfig = SyntheticConfig(), 
     The folder appears complete or not at all (written under a temporary name, then renamed). An
     existing non-empty ``out_dir`` is refused unless ``overwrite``. Returns rows per table.
     """
+    from recsys.data.importing import check_output_folder, write_input_folder
+
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise RecsysError(f"{out_dir} already exists and is not empty (use overwrite / --force)")
+    check_output_folder(out_dir, force=overwrite)  # before generating: a wrong --out fails at once
     tables = generate_tables(config)
-    _write_tables(out_dir, tables, asdict(config))
-    rows = {name: int(len(frame)) for name, frame in tables.items()}
-    log.info("wrote %s: %s", out_dir, rows)
-    return rows
+    return write_input_folder(out_dir, tables, force=overwrite, metadata=asdict(config), metadata_file=GENERATOR_FILE)
 
 
 def append_batch(folder: Path, config: SyntheticConfig) -> dict[str, int]:
@@ -188,7 +189,7 @@ def append_batch(folder: Path, config: SyntheticConfig) -> dict[str, int]:
 
     The batch's interactions start on the day after the newest one already there and are appended;
     ``users`` and ``items`` take the batch's values (the same ids: a drifted batch changes users'
-    features, as a real population shifts). The folder is swapped atomically, like ``write_synthetic``.
+    features, as a real population shifts). The folder is swapped atomically by the shared writer, like ``write_synthetic``.
     Returns the rows of each table after the append.
     """
     import dataclasses
@@ -196,6 +197,7 @@ def append_batch(folder: Path, config: SyntheticConfig) -> dict[str, int]:
     import pandas as pd
 
     from recsys.data.contract import read_table
+    from recsys.data.importing import write_input_folder
 
     folder = Path(folder)
     existing = read_table(folder, "interactions")
@@ -205,35 +207,8 @@ def append_batch(folder: Path, config: SyntheticConfig) -> dict[str, int]:
         [existing, batch["interactions"].astype({"event_type": str})], ignore_index=True
     )
     tables = {"interactions": interactions, "users": batch["users"], "items": batch["items"]}
-    _write_tables(folder, tables, {"appended_batch": asdict(dataclasses.replace(config, start=start))})
-    return {name: int(len(frame)) for name, frame in tables.items()}
-
-
-def _write_tables(out_dir: Path, tables: dict, generator: dict) -> None:
-    """Write the tables as parquet into ``out_dir``, swapped in only once complete."""
-    import json
-    import shutil
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from recsys.data.versioning import atomic_directory
-
-    staging = out_dir.parent / f".{out_dir.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    with atomic_directory(staging) as tmp:
-        for name, frame in tables.items():
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            # store text as plain strings (not parquet dictionaries) so readers get str columns
-            for index, field in enumerate(table.schema):
-                if pa.types.is_dictionary(field.type):
-                    table = table.set_column(index, field.name, table.column(index).cast(pa.string()))
-            pq.write_table(table, tmp / f"{name}.parquet")
-        (tmp / "generator.json").write_text(json.dumps(generator, indent=2, sort_keys=True) + "\n")
-    # swap into place: the old folder (if any) is removed only once the new one is complete
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
+    metadata = {"appended_batch": asdict(dataclasses.replace(config, start=start))}
+    return write_input_folder(folder, tables, force=True, metadata=metadata, metadata_file=GENERATOR_FILE)
 
 
 # ------------------------------------------------------------------------------------------

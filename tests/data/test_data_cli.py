@@ -41,7 +41,8 @@ def test_drifted_batch_differs(tmp_path, capsys):
 def test_import_movielens_then_validate(tmp_path, capsys):
     out = tmp_path / "ml"
     assert main(["data", "import-movielens", str(FIXTURE), "--out", str(out)]) == 0
-    assert "interactions 200 rows" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "interactions 200 rows" in printed and "found the MovieLens-100K layout (u.data, u.user, u.item)" in printed
     assert main(["data", "validate", str(out)]) == 0
     assert "without labels" in capsys.readouterr().out
 
