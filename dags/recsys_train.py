@@ -84,6 +84,10 @@ def recsys_train():
     def announce_champion(gate: dict, *, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
+        if gate.get("popularity_serving"):
+            # No model beats popularity yet: publishing serves the popularity list of the newest data.
+            outlet_events[CHAMPION].extra = {"run_id": gate["run_id"], "popularity": True}
+            return gate
         if not gate["new_champion"]:
             # Skipped: no Asset event, so nothing downstream republishes an unchanged champion.
             raise AirflowSkipException("no model beat its champion; nothing new to publish")

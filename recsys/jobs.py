@@ -229,23 +229,33 @@ def champion_gate(run_id: str) -> dict:
     """Register the run's models and apply the champion gate (control plane)."""
     from recsys.tracking.registry import champion_gate as gate
 
+    from recsys.tracking.registry import champions
+
     decisions = gate(run_id)
     return {
         "run_id": run_id,
         "decisions": [d.to_dict() for d in decisions],
         "new_champion": any(d.promoted for d in decisions),
+        # none yet: serving answers with the popularity list of the newest data (published like a champion)
+        "popularity_serving": all(c is None for c in champions().values()),
     }
 
 
 # --- serving: publishing and offline recommendations (control plane) ---------------------------------
 def publish_plan() -> dict:
-    """The MLflow champions to publish and the feature version they were trained on."""
-    from recsys.serving.publish import resolve_champions
+    """The MLflow champions to publish and the feature version they were trained on; while there is no
+    champion (no model beats popularity yet), the popularity list of the newest feature version."""
+    from recsys.serving.publish import NoChampionError, popularity_plan, resolve_champions
 
-    champions = resolve_champions()
+    try:
+        champions = resolve_champions()
+    except NoChampionError:
+        feature_version, data_version = popularity_plan(get_settings())
+        return {"champions": {}, "mode": "popularity", "feature_version": feature_version, "data_version": data_version}
     first = next(iter(champions.values()))
     return {
         "champions": {role: champion.to_dict() for role, champion in champions.items()},
+        "mode": "models",
         "feature_version": first.feature_version,
         "data_version": first.data_version,
     }

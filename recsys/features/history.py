@@ -1,4 +1,4 @@
-"""A user's interaction history as a model input: the items they engaged with, newest first.
+"""A user's interaction history as a model input: the items they interacted with, newest first.
 
 The query tower reads ``history`` (encoded item ids, at most ``max_length``) beside the user's id and
 features, and pools their embeddings. Why: a user id embedding learns only from that user's few
@@ -6,7 +6,10 @@ interactions and is frozen until the next training, while the items in a history
 user who had them; the query is then as fresh as the history the online store holds (an interaction
 that arrives while serving changes the next answer without a retrain).
 
-Training and serving build it with the same rules, here:
+The items are the user's interactions of every kind, which is what the online store's seen list holds
+(shown-and-ignored impressions included when the data has labels): one list serves filtering and the
+model, so what a model learned from is what it reads when serving. Training and serving build it with
+the same rules, here:
 
 * training rows (:func:`leave_one_out`): for an interaction (user u, item i), the user's *other* items,
   newest first; the item predicted is never part of its own input;

@@ -11,7 +11,7 @@ Keys (``{p}`` is ``{<settings.online_key_prefix>}``, a Redis Cluster hash tag)::
     {p}:unavailable         SET     raw item ids (their text) operations took off sale (not versioned)
     {p}:v:<V>:meta          HASH    feature/data version, column layouts, id kinds, counts, times
     {p}:v:<V>:u             HASH    raw user id -> packed user features
-    {p}:v:<V>:s             HASH    raw user id -> packed list of the RAW item ids the user has seen
+    {p}:v:<V>:s             HASH    raw user id -> packed list of the RAW item ids the user has seen, newest first
     {p}:v:<V>:i             HASH    raw item id -> packed item features
     {p}:v:<V>:d             HASH    raw item id -> display attributes (JSON)
     {p}:v:<V>:pop           STRING  popularity list: packed raw item ids, most popular first

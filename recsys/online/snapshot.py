@@ -336,19 +336,29 @@ def _pack(folder: Path, frame: "pd.DataFrame", layout: RowLayout) -> list[bytes]
 
 
 def _seen_items(interactions: "pd.DataFrame", user_ids: "np.ndarray", kinds: ids.IdKinds) -> list[bytes]:
-    """Per user (in ``user_ids`` order): the sorted unique raw item ids of their interactions, packed
-    (:func:`recsys.data.ids.pack`)."""
+    """Per user (in ``user_ids`` order): the unique raw item ids of their interactions, newest first (by
+    each item's latest interaction; ties by id), packed (:func:`recsys.data.ids.pack`).
+
+    Newest first because the list is also the query tower's history input (recsys.features.history),
+    which reads its first ``history_length`` items.
+    """
     import numpy as np
 
     # Sorting and grouping run on int64 keys: int ids are their own keys, text ids their rank
     # among the distinct values (pandas.factorize, sorted), so both kinds take the same path.
     users, user_values = _int_keys(interactions["user_id"], kinds.user_id)
     items, item_values = _int_keys(interactions["item_id"], kinds.item_id)
-    order = np.lexsort((items, users))
-    users, items = users[order], items[order]
+    if "timestamp" in interactions.columns:
+        times = interactions["timestamp"].to_numpy().astype("datetime64[ns]").astype(np.int64)
+    else:
+        times = np.zeros(len(users), dtype=np.int64)
+    order = np.lexsort((-times, items, users))  # by user, item, newest first: the first of a pair is its latest
+    users, items, times = users[order], items[order], times[order]
     keep = np.ones(len(users), dtype=bool)
     keep[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
-    users, items = users[keep], items[keep]
+    users, items, times = users[keep], items[keep], times[keep]
+    order = np.lexsort((items, -times, users))  # each user's items newest first
+    users, items = users[order], items[order]
     if user_values is None:
         wanted = user_ids
     else:  # the key of each wanted user among the interactions' users (-1: none, so no rows)

@@ -54,12 +54,18 @@ import numpy as np
 
 from recsys.data import ids
 from recsys.errors import RecsysError
+from recsys.features.history import truncate
 from recsys.serving.ordering import OrderingRules, order
+from recsys.serving.scoring import fuse
 
 log = logging.getLogger(__name__)
 
 STAGES = ("retrieval", "filtering", "scoring", "ordering")
 QUERY_TOWER_DIR, RANKER_DIR, INDEX_DIR, PIPELINE_FILE = "query_tower", "ranker", "index", "pipeline.json"
+MODELS, POPULARITY = "models", "popularity"
+"""pipeline.json ``mode``: the four stages with models, or the popularity list alone (no model beats it yet)."""
+HISTORY_INPUT = "history__"
+"""Prefix of the SavedModels' history inputs (``history__values``, ``history__offsets``)."""
 KEPT_VERSIONS = 2
 """Item tables kept in memory: the current online version and the one before (a request in flight)."""
 UNAVAILABLE_READ_WHOLE = 10_000
@@ -142,14 +148,14 @@ class FourStageRecommender:
         self.reader = reader
         self.pipeline = pipeline
         self.id_kinds = ids.IdKinds.from_dict(pipeline.get("ids"), str(self.version_dir / PIPELINE_FILE))
-        self.query_tower = SavedModelFunction(self.version_dir / QUERY_TOWER_DIR)
-        self.ranker = SavedModelFunction(self.version_dir / RANKER_DIR)
-        self.index = ItemIndex.load(self.version_dir / INDEX_DIR, threads=1)
-        if self.index.id_kind != self.id_kinds.item_id:
-            raise RecsysError(
-                f"{self.version_dir / INDEX_DIR}: the index holds {self.index.id_kind} item ids but "
-                f"{PIPELINE_FILE} says {self.id_kinds.item_id}"
-            )
+        # "popularity": no model beats the popularity baseline yet; every user gets the popularity list,
+        # filtered the same way (their seen items, exclusions, unavailable items).
+        self.mode = pipeline.get("mode", MODELS)
+        if self.mode not in (MODELS, POPULARITY):
+            raise RecsysError(f"{self.version_dir / PIPELINE_FILE}: mode must be {MODELS!r} or {POPULARITY!r}, got {self.mode!r}")
+        self.history_length = int(pipeline.get("history_length") or 0)
+        self.ranker_weight = float(pipeline.get("scoring", {}).get("ranker_weight", 1.0))
+        self.item_id_column = (pipeline.get("item_columns") or ["item_id"])[0]
         self.rules = OrderingRules.from_dict(pipeline.get("ordering", {}), self.id_kinds.item_id)
         self.candidates_k = int(pipeline.get("candidates_k", 200))
         self.default_k = int(pipeline.get("default_k", 10))
@@ -159,7 +165,20 @@ class FourStageRecommender:
         # Reads are pinned to the feature version the models were trained on: a newer feature version
         # refreshed into the online store (current) before its models are published is not read.
         self.feature_version: Optional[str] = pipeline.get("feature_version") or None
-        missing = [c for c in self.ranker.inputs if c not in self.user_columns | set(pipeline.get("item_columns", []))]
+        self._catalogues: "OrderedDict[str, _Catalogue]" = OrderedDict()
+        self.query_tower = self.ranker = self.index = None
+        if self.mode == POPULARITY:
+            return
+        self.query_tower = SavedModelFunction(self.version_dir / QUERY_TOWER_DIR)
+        self.ranker = SavedModelFunction(self.version_dir / RANKER_DIR)
+        self.index = ItemIndex.load(self.version_dir / INDEX_DIR, threads=1)
+        if self.index.id_kind != self.id_kinds.item_id:
+            raise RecsysError(
+                f"{self.version_dir / INDEX_DIR}: the index holds {self.index.id_kind} item ids but "
+                f"{PIPELINE_FILE} says {self.id_kinds.item_id}"
+            )
+        missing = [c for c in self.ranker.inputs
+                   if c not in self.user_columns | set(pipeline.get("item_columns", [])) and not c.startswith(HISTORY_INPUT)]
         if missing:
             raise RecsysError(f"{self.version_dir / PIPELINE_FILE}: ranker inputs {missing} are neither user nor item columns")
         if self.rules.max_per_category and self.category_column not in pipeline.get("item_columns", []):
@@ -167,7 +186,6 @@ class FourStageRecommender:
                 f"{self.version_dir / PIPELINE_FILE}: max_per_category is set but category column "
                 f"{self.category_column!r} is not an item feature"
             )
-        self._catalogues: "OrderedDict[str, _Catalogue]" = OrderedDict()
 
     @classmethod
     def load(cls, version_dir: Path, reader: Optional[Any] = None) -> "FourStageRecommender":
@@ -187,9 +205,13 @@ class FourStageRecommender:
     def warm_up(self) -> None:
         """Run both TensorFlow functions once (their first call traces and allocates: ~100 ms) and
         load the current online version's items, so the first requests do not pay for either."""
-        for n in (1, 16):
-            self.query_tower({name: np.full(n, 2, dtype=dtype) for name, dtype in self.query_tower.inputs.items()})
-            self.ranker({name: np.full(n * self.candidates_k, 2, dtype=dtype) for name, dtype in self.ranker.inputs.items()})
+        for n in (1, 16) if self.mode == MODELS else ():
+            for fn, rows in ((self.query_tower, n), (self.ranker, n * self.candidates_k)):
+                feed = {name: np.full(rows, 2, dtype=dtype) for name, dtype in fn.inputs.items()}
+                if f"{HISTORY_INPUT}values" in feed:  # one item of history per row
+                    feed[f"{HISTORY_INPUT}values"] = np.full(rows, 3, np.int64)
+                    feed[f"{HISTORY_INPUT}offsets"] = np.arange(rows + 1, dtype=np.int64)
+                fn(feed)
         try:
             current = self.reader.current(feature_version=self.feature_version)
             if current is not None:
@@ -268,7 +290,8 @@ class FourStageRecommender:
         first = _first_occurrences(popularity_rows)
         if first is not None:
             popularity_rows = popularity_rows[first]
-        catalogue = _Catalogue(table, table.rows_of(self.index.raw_ids), popularity_rows)
+        positions = table.rows_of(self.index.raw_ids) if self.index is not None else np.zeros(0, np.int64)
+        catalogue = _Catalogue(table, positions, popularity_rows)
         self._catalogues[version] = catalogue
         while len(self._catalogues) > KEPT_VERSIONS:
             self._catalogues.popitem(last=False)
@@ -290,9 +313,11 @@ class FourStageRecommender:
         table = catalogue.table
         # candidates as table rows, one line per request (-1: no candidate in that slot)
         candidates = np.full((n_req, n_cand), -1, dtype=np.int64)
-        warm = users.found
+        # popularity mode: no model; every user is answered like a cold one (seen items are still filtered)
+        warm = users.found if self.mode == MODELS else np.zeros(n_req, dtype=bool)
+        history = self._histories(users, table, warm) if self.history_length else None
         if warm.any():
-            query = self.query_tower({c: users.columns[c][warm] for c in self.query_tower.inputs})
+            query = self.query_tower(_feed(self.query_tower, lambda c: users.columns[c][warm], history))
             positions = self.index.search_positions(query, n_cand)
             candidates[warm, : positions.shape[1]] = np.where(positions >= 0, catalogue.row_of_position[positions], -1)
         if not warm.all():
@@ -318,16 +343,20 @@ class FourStageRecommender:
             is_off_sale[off_sale] = True
             keep &= ~is_off_sale[candidates]
         t2 = clock()
-        # --- 3. scoring: one ranker call over every warm request's candidates
-        scores = np.zeros(candidates.shape, dtype=np.float32)
+        # --- 3. scoring: one ranker call over every warm request's candidates, fused with retrieval's order
+        scores = np.full(candidates.shape, np.nan, dtype=np.float64)
         owner, slot = np.nonzero(keep & warm[:, None])
         if len(owner):
             rows = candidates[owner, slot]
-            columns = {
-                name: users.columns[name][owner] if name in self.user_columns else table.columns[name][rows]
-                for name in self.ranker.inputs
-            }
+            # the history of the row's request: warm requests are numbered 0.. in the history arrays
+            row_history = _repeat_rows(history, (np.cumsum(warm) - 1)[owner]) if history is not None else None
+            columns = _feed(
+                self.ranker,
+                lambda name: users.columns[name][owner] if name in self.user_columns else table.columns[name][rows],
+                row_history,
+            )
             scores[owner, slot] = self.ranker(columns).reshape(-1)
+            scores[warm] = fuse(scores[warm], self.ranker_weight)
         t3 = clock()
         # --- 4. ordering
         categories = table.columns.get(self.category_column) if self.category_column else None
@@ -336,7 +365,7 @@ class FourStageRecommender:
         for i in range(n_req):
             rows = candidates[i, keep[i]]
             if warm[i]:
-                request_scores = scores[i, keep[i]]
+                request_scores = scores[i, keep[i]].astype(np.float32)
             else:  # cold start: popularity order, as a score in (0, 1], 1 for the most popular
                 request_scores = (1.0 - np.arange(len(rows), dtype=np.float32) / max(len(rows), 1)).astype(np.float32)
             raw = table.ids[rows]
@@ -347,6 +376,37 @@ class FourStageRecommender:
             answers.append(Recommendation(raw[chosen], final_scores, timings, not warm[i], users.version))
         timings["ordering"] = 1000 * (clock() - t3)
         return answers
+
+
+    def _histories(self, users, table, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values, offsets) of the warm users' histories: their seen items (newest first in the online store)
+        as encoded item ids of this version, at most ``history_length`` (recsys.features.history)."""
+        codes = table.columns[self.item_id_column]
+        lists = []
+        for i in np.flatnonzero(warm):
+            rows = table.rows_of(users.seen[i])
+            lists.append(codes[rows[rows >= 0]])
+        return truncate(lists, self.history_length)
+
+
+def _feed(fn: "SavedModelFunction", column: Any, history: Optional[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """A SavedModel's inputs: every named column from ``column(name)``, and the history's values/offsets."""
+    feed = {name: column(name) for name in fn.inputs if not name.startswith(HISTORY_INPUT)}
+    if f"{HISTORY_INPUT}values" in fn.inputs:
+        if history is None:
+            raise RecsysError("the model takes the user's history, but pipeline.json sets no history_length")
+        feed[f"{HISTORY_INPUT}values"], feed[f"{HISTORY_INPUT}offsets"] = history
+    return feed
+
+
+def _repeat_rows(ragged: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ragged rows ``rows`` of (values, offsets), in that order (a row may repeat)."""
+    values, offsets = ragged
+    begin, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+    out = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=out[1:])
+    take = np.repeat(begin - out[:-1], lengths) + np.arange(out[-1])
+    return values[take], out
 
 
 class _VersionGone(RecsysError):

@@ -85,6 +85,10 @@ class PublishError(RecsysError):
     """Publishing or rolling back failed; the message says what failed and what serves now."""
 
 
+class NoChampionError(PublishError):
+    """No registered model has a champion yet (none has beaten the popularity baseline)."""
+
+
 class ArtifactError(PublishError):
     """A champion's artifacts are missing files or do not match their recorded size / checksum."""
 
@@ -115,8 +119,13 @@ def resolve_champions(settings: Optional[Settings] = None, mlflow_client=None) -
     s = settings or get_settings()
     c = mlflow_client or client(s.mlflow_uri)
     found: dict[str, Champion] = {}
-    for spec in model_specs(s):
-        mv = _alias_version(c, spec.name, CHAMPION)
+    specs = model_specs(s)
+    aliases = {spec.name: _alias_version(c, spec.name, CHAMPION) for spec in specs}
+    if all(mv is None for mv in aliases.values()):
+        raise NoChampionError(f"no model has a '{CHAMPION}' version in MLflow ({s.mlflow_uri}): none has beaten the "
+                              "popularity baseline yet (train one; until then serving answers with the popularity list)")
+    for spec in specs:
+        mv = aliases[spec.name]
         if mv is None:
             raise PublishError(f"model {spec.name!r} has no '{CHAMPION}' version in MLflow ({s.mlflow_uri}): train first")
         tags = dict(mv.tags or {})
@@ -341,10 +350,39 @@ def four_stage_writer(exports: Path, staging: Path, version: int, settings: Sett
     from recsys.data.versioning import read_manifest
     from recsys.serving.repository import PUBLISHED_MODELS, exports_from_run, pipeline_from_settings, write_model_versions
 
+    from recsys.serving.repository import history_length_of
+
     manifest = read_manifest(settings.features_root / lineage["feature_version"])
-    pipeline = pipeline_from_settings(settings, manifest)
-    write_model_versions(exports_from_run(exports), staging, version, pipeline, lineage=lineage)
+    run_exports = exports_from_run(exports)
+    pipeline = pipeline_from_settings(settings, manifest, history_length=history_length_of(run_exports["query_tower"]),
+                                      ranker_weight=float(lineage.get("ranker_weight", 1.0)))
+    write_model_versions(run_exports, staging, version, pipeline, lineage=lineage)
     return list(PUBLISHED_MODELS)
+
+
+def popularity_writer(exports: Path, staging: Path, version: int, settings: Settings, lineage: dict[str, Any]) -> list[str]:
+    """While no model beats the popularity baseline: the ``recsys`` model alone, answering with the popularity
+    list of the online version of ``lineage["feature_version"]``, filtered as always."""
+    from recsys.data.versioning import read_manifest
+    from recsys.serving.engine import POPULARITY
+    from recsys.serving.repository import FOUR_STAGE, pipeline_from_settings, write_popularity_version
+
+    manifest = read_manifest(settings.features_root / lineage["feature_version"])
+    write_popularity_version(staging, version, pipeline_from_settings(settings, manifest, mode=POPULARITY), lineage)
+    return [FOUR_STAGE]
+
+
+POPULARITY_REASON = "no model beats the popularity baseline yet: serving the popularity list"
+
+
+def popularity_plan(s: Settings) -> tuple[str, str]:
+    """(feature version, data version) the popularity list is served from: the newest feature version."""
+    from recsys.data.versioning import latest_version
+
+    newest = latest_version(s.features_root)
+    if newest is None:
+        raise PublishError(f"nothing to serve: no champion in MLflow and no feature version under {s.features_root}")
+    return newest.version, str(newest.manifest.get("data_version", ""))
 
 
 SmokeTest = Callable[[Settings, dict[str, int], dict[str, Any]], dict[str, Any]]
@@ -474,6 +512,8 @@ class PublishResult:
     feature_version: str = ""
     reason: str = ""
     smoke: dict[str, Any] = field(default_factory=dict)
+    mode: str = "models"
+    """``models``, or ``popularity`` while no model beats the popularity baseline."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -503,13 +543,24 @@ def publish(
     s = settings or get_settings()
     repository = s.triton_repo
     repository.mkdir(parents=True, exist_ok=True)
-    champions = resolve_champions(s)
+    try:
+        champions = resolve_champions(s)
+        feature_version, data_version = champions["retrieval"].feature_version, champions["retrieval"].data_version
+        mode = "models"
+    except NoChampionError as exc:
+        log.info("%s", exc)
+        champions, mode = {}, "popularity"
+        feature_version, data_version = popularity_plan(s)
+        writer = writer or popularity_writer
     key = champions_key(champions)
     smoke_test = smoke_test or default_smoke_test
 
     with _publish_lock(repository):
         current = served(repository)
-        if current and not force and current.get("champions") == key:
+        same = current and current.get("champions") == key and current.get("mode", "models") == mode
+        if mode == "popularity" and same:  # the popularity list of another feature version is another version
+            same = current.get("feature_version") == feature_version
+        if same and not force:
             versions = {m: int(current["version"]) for m in current["models"]}
             if all(_ready(s, m, v) for m, v in versions.items()):
                 log.info("Triton version %s already serves champions %s: nothing to publish", current["version"], key)
@@ -517,7 +568,8 @@ def publish(
                     pin_feature_version(s, current["feature_version"], f"{PIN_PREFIX}v{current['version']} serving")
                 return PublishResult(
                     published=False, version=int(current["version"]), models=list(current["models"]), champions=key,
-                    feature_version=current.get("feature_version", ""), reason="already serving these champions",
+                    feature_version=current.get("feature_version", ""), mode=mode,
+                    reason=POPULARITY_REASON + " (already)" if mode == "popularity" else "already serving these champions",
                 )
             log.info("version %s holds these champions but is not READY on Triton: publishing anew", current["version"])
 
@@ -526,7 +578,8 @@ def publish(
         staging.mkdir(parents=True)
         try:
             return _publish_staged(
-                s, repository, staging, champions, writer, smoke_test, airflow_run, force, smoke_user_id
+                s, repository, staging, champions, writer, smoke_test, airflow_run, force, smoke_user_id,
+                mode=mode, feature_version=feature_version, data_version=data_version,
             )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -544,14 +597,18 @@ def _smoke_user(s: Settings, feature_version: str) -> "int | str":
         return 0
 
 
-def _publish_staged(s, repository, staging, champions, writer, smoke_test, airflow_run, force, smoke_user_id) -> PublishResult:
+def _publish_staged(s, repository, staging, champions, writer, smoke_test, airflow_run, force, smoke_user_id, *,
+                    mode: str, feature_version: str, data_version: str) -> PublishResult:
     from recsys.serving.control import load_model
+    from recsys.tracking.runs import client
 
     started = time.monotonic()
     exports = staging / "exports"
-    digests = download_champions(champions, exports, s)
-    feature_version = next(iter(champions.values())).feature_version
+    digests = download_champions(champions, exports, s) if champions else {}
     key = champions_key(champions)
+    ranker_weight = 1.0
+    if "ranking" in champions:  # the scoring stage's blend, as the champions' training run chose it
+        ranker_weight = float(client(s.mlflow_uri).get_run(champions["ranking"].run_id).data.metrics.get("pipeline_ranker_weight", 1.0))
 
     written = staging / "repository"
     written.mkdir()
@@ -559,9 +616,11 @@ def _publish_staged(s, repository, staging, champions, writer, smoke_test, airfl
     version = _next_version(repository, [p.name for p in repository.iterdir() if p.is_dir()])
     lineage = {
         "version": version,
+        "mode": mode,
         "champions": {ch.role: ch.to_dict() for ch in champions.values()},
         "feature_version": feature_version,
-        "data_version": next(iter(champions.values())).data_version,
+        "data_version": data_version,
+        "ranker_weight": ranker_weight,
         "airflow_run": airflow_run,
         "created_at": _now(),
         "artifacts_sha256": digests,
@@ -579,8 +638,10 @@ def _publish_staged(s, repository, staging, champions, writer, smoke_test, airfl
         shutil.copy2(config, version_dir / CONFIG_FILE)  # the version's own copy, restored by rollback
         (version_dir / LINEAGE_FILE).write_text(json.dumps({**lineage, "model": model}, indent=2, sort_keys=True) + "\n")
 
-    entry = {"action": "publish", "version": version, "models": models, "champions": key,
+    entry = {"action": "publish", "version": version, "models": models, "champions": key, "mode": mode,
              "feature_version": feature_version, "airflow_run": airflow_run, "at": lineage["created_at"], "forced": force}
+    if mode == "popularity":
+        entry["reason"] = POPULARITY_REASON
     # Before anything loads: the new models read this feature version's online rows. The old pin
     # stays until the new version serves (the old models keep reading theirs until then).
     pinned_before = pin_feature_version(s, feature_version, f"{PIN_PREFIX}v{version} publishing")
@@ -614,8 +675,9 @@ def _publish_staged(s, repository, staging, champions, writer, smoke_test, airfl
     prune(repository, models, keep=s.triton_keep_versions)
     log.info("Triton version %d serves champions %s (feature version %s), published in %.1f s",
              version, key, feature_version, time.monotonic() - started)
+    reason = POPULARITY_REASON if mode == "popularity" else ("forced" if force else "new champions")
     return PublishResult(published=True, version=version, models=models, champions=key,
-                         feature_version=feature_version, reason="forced" if force else "new champions", smoke=smoke)
+                         feature_version=feature_version, reason=reason, smoke=smoke, mode=mode)
 
 
 def _move_into_place(written: Path, repository: Path, model: str, version: int) -> None:
@@ -800,5 +862,7 @@ def _cli_rollback(args) -> int:
 
 def _cli_history(args) -> int:
     for entry in read_history(get_settings().triton_repo)[-args.last:]:
+        if entry.get("mode") == "popularity" and entry.get("status") == "serving":
+            print(f"# version {entry['version']}: {entry.get('reason', POPULARITY_REASON)}")
         print(json.dumps(entry, sort_keys=True))
     return 0

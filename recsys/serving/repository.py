@@ -81,11 +81,22 @@ def exports_from_run(run_dir: Path) -> dict[str, Path]:
     return exports
 
 
-def pipeline_from_settings(settings: Settings, feature_manifest: Mapping[str, Any]) -> dict[str, Any]:
+def pipeline_from_settings(
+    settings: Settings,
+    feature_manifest: Mapping[str, Any],
+    *,
+    mode: str = "models",
+    history_length: int = 0,
+    ranker_weight: float = 1.0,
+) -> dict[str, Any]:
     """The four-stage model's ``pipeline.json``: settings frozen at publish time + the feature version's columns.
 
     No Redis URL here (it may carry a password): the model reads it from the server's environment.
     ``ids``: the raw id kinds of the feature version (boost ids are parsed into the item id kind).
+    ``mode``: ``models``, or ``popularity`` (no model beats the baseline yet: the popularity list for all).
+    ``history_length``: the query tower's history input (:func:`history_length_of`); ``ranker_weight``: the
+    scoring stage's blend of the ranker with retrieval's order (:mod:`recsys.serving.scoring`), as the
+    champion's training run chose it.
     """
     from recsys.data import ids
     from recsys.serving.ordering import OrderingRules, parse_boosts
@@ -107,9 +118,12 @@ def pipeline_from_settings(settings: Settings, feature_manifest: Mapping[str, An
             f"{settings.category_column!r} among the item features {item_columns} (RECSYS_CATEGORY_COLUMN)"
         )
     return {
+        "mode": mode,
         "feature_version": feature_manifest.get("feature_version"),
         "data_version": feature_manifest.get("data_version"),
         "ids": id_kinds.to_dict(),
+        "history_length": int(history_length),
+        "scoring": {"ranker_weight": float(ranker_weight)},
         "user_columns": user_columns,
         "item_columns": item_columns,
         "category_column": category,
@@ -178,14 +192,37 @@ def model_config(
     return "\n".join(lines) + "\n"
 
 
+def history_length_of(saved_model: Path) -> int:
+    """The history length a merlin-models SavedModel takes (its ``history`` input's value count; 0: none)."""
+    from recsys.features.history import HISTORY
+
+    path = saved_model / ".merlin" / "input_schema.json"
+    for feature in json.loads(path.read_text()).get("feature", []):
+        if feature.get("name") == HISTORY:
+            return int(feature.get("valueCount", {}).get("max") or 0)
+    return 0
+
+
+def _is_ragged(feature: Mapping[str, Any]) -> bool:
+    extra = (feature.get("annotation", {}).get("extraMetadata") or [{}])[0]
+    return bool(extra.get("is_ragged"))
+
+
 def _schema_tensors(saved_model: Path, which: str) -> list[str]:
-    """Triton tensors of a merlin-models SavedModel's input or output schema (one row: dims [-1] or [-1, d])."""
+    """Triton tensors of a merlin-models SavedModel's input or output schema (one row: dims [-1] or [-1, d]).
+
+    A ragged list input (the history) is two tensors, as the SavedModel takes it: ``<name>__values`` and
+    ``<name>__offsets`` (INT64, [-1]).
+    """
     path = saved_model / ".merlin" / f"{which}_schema.json"
     tensors = []
     for feature in json.loads(path.read_text()).get("feature", []):
         kind = feature.get("type", "")
         if kind not in _PB_TYPES:
             raise RepositoryError(f"{path}: feature {feature.get('name')!r} has type {kind!r}; expected INT or FLOAT")
+        if which == "input" and _is_ragged(feature):
+            tensors += [_tensor(f"{feature['name']}__{part}", "TYPE_INT64", [-1]) for part in ("values", "offsets")]
+            continue
         width = feature.get("valueCount", {}).get("max")
         dims = [-1, int(width)] if width else ([-1, 1] if which == "output" else [-1])
         tensors.append(_tensor(feature["name"], _PB_TYPES[kind], dims))
@@ -345,6 +382,34 @@ def write_model_versions(
         version, ", ".join(PUBLISHED_MODELS), flavour, meta["kind"], meta["items"], time.perf_counter() - started,
     )
     return written
+
+
+def write_popularity_version(repo_dir: Path, version: int, pipeline: Mapping[str, Any],
+                             lineage: Optional[Mapping[str, Any]] = None, activate: bool = True) -> Path:
+    """Write version ``version`` of the ``recsys`` model alone, in popularity mode: no query tower, ranker or
+    index (no model beats the popularity baseline yet), the same request/response contract and filtering."""
+    from recsys.serving.engine import PIPELINE_FILE, POPULARITY
+
+    if pipeline.get("mode") != POPULARITY:
+        raise RepositoryError(f"a popularity version needs pipeline mode {POPULARITY!r}, got {pipeline.get('mode')!r}")
+    final = Path(repo_dir) / FOUR_STAGE / str(version)
+    if final.exists():
+        raise RepositoryError(f"{final} already exists; versions are never overwritten")
+    tmp = _staging(Path(repo_dir) / FOUR_STAGE, version)
+    try:
+        (tmp / PIPELINE_FILE).write_text(json.dumps(dict(pipeline), indent=2, sort_keys=True))
+        _copy_model_source(FOUR_STAGE, tmp)
+        _write_version_config(tmp, four_stage_config(int(pipeline.get("instances", 1)), version,
+                                                     pipeline.get("batch_delay_us"), pipeline.get("ids")))
+        stamp = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(lineage or {})}
+        (tmp / "lineage.json").write_text(json.dumps(stamp, indent=2, sort_keys=True, default=str))
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if activate:
+        activate_version(repo_dir, FOUR_STAGE, version)
+    return final
 
 
 def activate_version(repo_dir: Path, model: str, version: int) -> Path:

@@ -94,11 +94,12 @@ class TwoStage:
 
     def scores(self, ranker_weight: float) -> Callable[[np.ndarray], np.ndarray]:
         """A score source for :meth:`TopKProtocol.evaluate`: the candidates ordered as serving's scoring stage
-        orders them (:func:`fused_order_scores`), every other item -inf."""
+        orders them (:func:`recsys.serving.scoring.fuse`), every other item -inf."""
+        from recsys.serving.scoring import fuse
 
         def scores(rows: np.ndarray) -> np.ndarray:
             cand, rank = self.candidates[rows], self.ranker[rows]
-            fused = fused_order_scores(rank, ranker_weight)
+            fused = fuse(rank, ranker_weight)
             out = np.full((len(rows), self.n_items), -np.inf)
             owner, slot = np.nonzero(cand >= 0)
             out[owner, cand[owner, slot]] = fused[owner, slot]
@@ -107,26 +108,6 @@ class TwoStage:
         return scores
 
     n_items: int = 0
-
-
-def fused_order_scores(ranker: np.ndarray, ranker_weight: float) -> np.ndarray:
-    """Scores that order each row's candidates (columns in retrieval order) by the ranker and retrieval, blended.
-
-    ``ranker_weight`` 1: the ranker's scores as they are; 0: retrieval's order; between: a weighted mean of
-    both orders' normalized ranks (1 for the first of ``n`` candidates, 1/n for the last). Ranks, not raw
-    scores, are blended: a refitted model's scores have another scale than the validated one's, its order
-    does not. NaN ranker scores (no candidate) stay NaN-free: they get the lowest value.
-    """
-    ranker = np.asarray(ranker, dtype=np.float64)
-    if ranker_weight >= 1.0:
-        return np.where(np.isnan(ranker), -np.inf, ranker)
-    n = ranker.shape[1]
-    retrieval_rank = np.broadcast_to(np.arange(n), ranker.shape)
-    order = np.argsort(-np.where(np.isnan(ranker), -np.inf, ranker), axis=1, kind="stable")
-    ranker_rank = np.empty_like(order)
-    np.put_along_axis(ranker_rank, order, np.arange(n)[None, :].repeat(len(ranker), 0), axis=1)
-    fused = ranker_weight * (1.0 - ranker_rank / n) + (1.0 - ranker_weight) * (1.0 - retrieval_rank / n)
-    return np.where(np.isnan(ranker), -np.inf, fused)
 
 
 def two_stage(

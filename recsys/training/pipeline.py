@@ -235,7 +235,7 @@ def train_models(
     log.info("training on feature version %s (data %s) with %s", fv.feature_version, fv.data_version, params.flat())
 
     retrieval_params, ranking_params = params.for_model("retrieval"), params.for_model("ranking")
-    train_positives = positives_of(fv, data.train, fv.path / "train")
+    train_positives = positives_of(fv, data.train, fv.path / "train", retrieval_params)
     retrieval = fit_two_tower(
         fv, train_positives, retrieval_params, epochs=params.epochs, protocol=data.protocol,
         users=user_histories(fv, data.train, data.users, retrieval_params), items=data.items, probe=data.probe,
@@ -261,7 +261,7 @@ def train_models(
         configure_tensorflow(params.seed)
         everything = pd.concat([data.train, data.valid], ignore_index=True)
         same_batch = {"retrieval": retrieval.stopping["batch_size"], "ranking": ranking.stopping["batch_size"]}
-        refit = fit_two_tower(fv, positives_of(fv, everything, fv.path / "valid"),
+        refit = fit_two_tower(fv, positives_of(fv, everything, fv.path / "valid", retrieval_params),
                               dataclasses.replace(retrieval_params, batch_size=same_batch["retrieval"]),
                               epochs=max(1, retrieval.stopping["best_epoch"]), name="retrieval refit")
         final_retrieval = refit.model

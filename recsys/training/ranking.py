@@ -67,25 +67,17 @@ def ranking_frames(
 
 
 def _with_histories(fv: FeatureVersion, train: pd.DataFrame, valid: pd.DataFrame, length: int):
-    """Training positives get the user's other training positives (leave one out); every other row, and
-    every validation row, gets all of the user's training positives: what serving will read."""
+    """Each training row gets the user's other training interactions (leave one out); each validation row
+    gets all of the user's training interactions: what serving will read (recsys.features.history)."""
     from recsys.features.history import leave_one_out, per_user, truncate
     from recsys.training.retrieval import add_history
 
     timestamp = fv.columns.get("timestamp", "timestamp")
-    positive = (train[fv.target] == 1).to_numpy()
-    pos = train[positive]
-    lists = per_user(pos[fv.user_id].to_numpy(), pos[fv.item_id].to_numpy(), pos[timestamp].to_numpy())
+    users, items, times = train[fv.user_id].to_numpy(), train[fv.item_id].to_numpy(), train[timestamp].to_numpy()
+    lists = per_user(users, items, times)
     empty = np.zeros(0, np.int64)
-
-    def full(frame: pd.DataFrame) -> pd.DataFrame:
-        values, offsets = truncate([lists.get(u, empty) for u in frame[fv.user_id].to_numpy()], length)
-        return add_history(frame, values, offsets)
-
-    values, offsets = leave_one_out(pos[fv.user_id].to_numpy(), pos[fv.item_id].to_numpy(), pos[timestamp].to_numpy(), length)
-    out = full(train)
-    out.loc[positive, HISTORY] = pd.Series(np.split(values, offsets[1:-1]) if len(pos) else [], index=out.index[positive], dtype=object)
-    return out, full(valid)
+    values, offsets = truncate([lists.get(u, empty) for u in valid[fv.user_id].to_numpy()], length)
+    return add_history(train, *leave_one_out(users, items, times, length)), add_history(valid, values, offsets)
 
 
 PRIMARY_METRIC = "auc"

@@ -176,11 +176,11 @@ def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking
 
     raw_users, raw_items = raw_ids(fv, "user"), raw_ids(fv, "item")
     timestamp = fv.columns.get("timestamp", "timestamp")
-    positives = data.train[data.train[fv.target] == 1]
     from recsys.features.history import per_user
 
-    raw_history = per_user(positives[fv.user_id].to_numpy(), raw_items.reindex(positives[fv.item_id].to_numpy()).to_numpy(),
-                           positives[timestamp].to_numpy())
+    train = data.train  # histories: every training interaction, newest first (what the online store holds)
+    raw_history = per_user(train[fv.user_id].to_numpy(), raw_items.reindex(train[fv.item_id].to_numpy()).to_numpy(),
+                           train[timestamp].to_numpy())
     empty = np.zeros(0, dtype=object)
 
     # --- retrieval: this run's model, the champion, popularity, on one protocol ------------------------

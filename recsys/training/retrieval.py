@@ -81,14 +81,13 @@ def add_history(frame: pd.DataFrame, values: np.ndarray, offsets: np.ndarray) ->
 
 
 def user_histories(fv: FeatureVersion, interactions: pd.DataFrame, users: pd.DataFrame, params) -> pd.DataFrame:
-    """``users`` with each user's history: every positive of ``interactions``, newest first (serving's rule)."""
+    """``users`` with each user's history: every item of ``interactions``, newest first (serving's rule)."""
     from recsys.features.history import per_user, truncate
 
     if not params.history_length:
         return users
-    positives = interactions[interactions[fv.target] == 1]
-    lists = per_user(positives[fv.user_id].to_numpy(), positives[fv.item_id].to_numpy(),
-                     positives[fv.columns.get("timestamp", "timestamp")].to_numpy())
+    lists = per_user(interactions[fv.user_id].to_numpy(), interactions[fv.item_id].to_numpy(),
+                     interactions[fv.columns.get("timestamp", "timestamp")].to_numpy())
     empty = np.zeros(0, np.int64)
     values, offsets = truncate([lists.get(u, empty) for u in users[fv.user_id].to_numpy()], params.history_length)
     return add_history(users, values, offsets)
@@ -150,13 +149,24 @@ def item_counts_of(fv: FeatureVersion, schema, positives: pd.DataFrame) -> np.nd
     return np.bincount(positives[fv.item_id].to_numpy(np.int64), minlength=cardinality)[:cardinality].astype(np.float64)
 
 
-def positives_of(fv: FeatureVersion, frame: pd.DataFrame, where: Path) -> pd.DataFrame:
-    """The rows with ``target == 1`` (their user and item columns and timestamp): what retrieval learns from."""
-    columns = fv.user_columns + fv.item_columns + [fv.columns.get("timestamp", "timestamp")]
-    positives = frame.loc[frame[fv.target] == 1, columns].reset_index(drop=True)
-    if len(positives) == 0:
+def positives_of(fv: FeatureVersion, frame: pd.DataFrame, where: Path, params=None) -> pd.DataFrame:
+    """The rows with ``target == 1`` (their user and item columns): what retrieval learns from.
+
+    With a history (``params.history_length``), each row also holds the user's other interactions of
+    ``frame`` (every kind: the online store's seen list), newest first, the row's own item left out.
+    """
+    from recsys.features.history import leave_one_out
+
+    positive = (frame[fv.target] == 1).to_numpy()
+    if not positive.any():
         raise FeatureVersionError(f"{where}: no rows with {fv.target} == 1 to train retrieval on")
-    return positives
+    rows = frame[fv.user_columns + fv.item_columns]
+    if params is not None and params.history_length:
+        timestamp = fv.columns.get("timestamp", "timestamp")
+        values, offsets = leave_one_out(frame[fv.user_id].to_numpy(), frame[fv.item_id].to_numpy(),
+                                        frame[timestamp].to_numpy(), params.history_length)
+        rows = add_history(rows, values, offsets)
+    return rows[positive].reset_index(drop=True)
 
 
 def fit_two_tower(
@@ -172,7 +182,7 @@ def fit_two_tower(
     on_epoch: Optional[Callable[[int, float], None]] = None,
     name: str = "retrieval",
 ) -> ModelResult:
-    """Fit a new two-tower on ``positives`` for at most ``epochs`` epochs.
+    """Fit a new two-tower on ``positives`` (:func:`positives_of`, with histories) for at most ``epochs`` epochs.
 
     With a ``protocol`` (validation rows), every epoch is scored over the whole catalogue and training
     stops ``params.patience`` epochs after the best one, whose weights are kept; ``probe`` (the same
@@ -182,7 +192,6 @@ def fit_two_tower(
     """
     import tensorflow as tf
 
-    from recsys.features.history import leave_one_out
     from recsys.training.keras_utils import (
         BestEpoch, EpochTimer, ProgressLogger, auto_batch_size, batched_call, clean_history, frame_batches,
     )
@@ -192,14 +201,8 @@ def fit_two_tower(
     # A batch larger than the data would leave no in-batch negatives to learn from.
     batch_size = max(2, min(batch_size, len(positives)))
     model = build_two_tower(fv, schema, params, item_counts_of(fv, schema, positives))
-    rows = positives[fv.user_columns + fv.item_columns]
-    if params.history_length:
-        timestamp = fv.columns.get("timestamp", "timestamp")
-        values, offsets = leave_one_out(positives[fv.user_id].to_numpy(), positives[fv.item_id].to_numpy(),
-                                        positives[timestamp].to_numpy(), params.history_length)
-        rows = add_history(rows, values, offsets)
     query_inputs = query_columns(fv, params)
-    loader = frame_batches(rows, list(dict.fromkeys(query_inputs + fv.item_columns)), batch_size, seed=params.seed)
+    loader = frame_batches(positives, list(dict.fromkeys(query_inputs + fv.item_columns)), batch_size, seed=params.seed)
 
     evaluation = None
     callbacks: list = [EpochTimer()]

@@ -53,7 +53,7 @@ def tune(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     fv = data.fv
-    positives = positives_of(fv, data.train, fv.path / "train")
+    positives = positives_of(fv, data.train, fv.path / "train", base)
     train_rows, valid_rows = ranking_frames(fv, data.train, data.valid, data.items, base)
     auto = {"retrieval": auto_batch_size(len(positives)), "ranking": auto_batch_size(len(train_rows))}
     users = user_histories(fv, data.train, data.users, base)

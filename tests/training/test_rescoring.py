@@ -25,7 +25,7 @@ def fitted(grown_data, tmp_path_factory):
     data_root, _old, _new, features = grown_data
     data = load_training_data(features, PARAMS.seed)
     fv = data.fv
-    retrieval = fit_two_tower(fv, positives_of(fv, data.train, fv.path), PARAMS, epochs=PARAMS.epochs,
+    retrieval = fit_two_tower(fv, positives_of(fv, data.train, fv.path, PARAMS), PARAMS, epochs=PARAMS.epochs,
                               protocol=data.protocol, users=user_histories(fv, data.train, data.users, PARAMS), items=data.items)
     train_rows, valid_rows = ranking_frames(fv, data.train, data.valid, data.items, PARAMS)
     ranking = fit_dlrm(fv, train_rows, PARAMS, epochs=PARAMS.epochs, valid_rows=valid_rows)

@@ -42,7 +42,8 @@ class TritonPythonModel:
         self.logger = pb_utils.Logger
         self.logger.log_info(
             f"recsys: version {args['model_version']} loaded from {version_dir} "
-            f"({self.engine.index.meta['kind']} index of {self.engine.index.meta['items']} items)"
+            + (f"({self.engine.index.meta['kind']} index of {self.engine.index.meta['items']} items)"
+               if self.engine.index is not None else "(popularity mode: no model beats the popularity baseline yet)")
         )
 
     def execute(self, requests):
