@@ -350,13 +350,9 @@ def four_stage_writer(exports: Path, staging: Path, version: int, settings: Sett
     from recsys.data.versioning import read_manifest
     from recsys.serving.repository import PUBLISHED_MODELS, exports_from_run, pipeline_from_settings, write_model_versions
 
-    from recsys.serving.repository import history_length_of
-
     manifest = read_manifest(settings.features_root / lineage["feature_version"])
-    run_exports = exports_from_run(exports)
-    pipeline = pipeline_from_settings(settings, manifest, history_length=history_length_of(run_exports["query_tower"]),
-                                      ranker_weight=float(lineage.get("ranker_weight", 1.0)))
-    write_model_versions(run_exports, staging, version, pipeline, lineage=lineage)
+    pipeline = pipeline_from_settings(settings, manifest, ranker_weight=float(lineage.get("ranker_weight", 1.0)))
+    write_model_versions(exports_from_run(exports), staging, version, pipeline, lineage=lineage)
     return list(PUBLISHED_MODELS)
 
 

@@ -86,7 +86,6 @@ def pipeline_from_settings(
     feature_manifest: Mapping[str, Any],
     *,
     mode: str = "models",
-    history_length: int = 0,
     ranker_weight: float = 1.0,
 ) -> dict[str, Any]:
     """The four-stage model's ``pipeline.json``: settings frozen at publish time + the feature version's columns.
@@ -94,9 +93,9 @@ def pipeline_from_settings(
     No Redis URL here (it may carry a password): the model reads it from the server's environment.
     ``ids``: the raw id kinds of the feature version (boost ids are parsed into the item id kind).
     ``mode``: ``models``, or ``popularity`` (no model beats the baseline yet: the popularity list for all).
-    ``history_length``: the query tower's history input (:func:`history_length_of`); ``ranker_weight``: the
-    scoring stage's blend of the ranker with retrieval's order (:mod:`recsys.serving.scoring`), as the
-    champion's training run chose it.
+    ``ranker_weight``: the scoring stage's blend of the ranker with retrieval's order
+    (:mod:`recsys.serving.scoring`), as the champion's training run chose it. The history length is not a
+    setting: :func:`write_model_versions` reads it from the query tower it publishes.
     """
     from recsys.data import ids
     from recsys.serving.ordering import OrderingRules, parse_boosts
@@ -122,7 +121,6 @@ def pipeline_from_settings(
         "feature_version": feature_manifest.get("feature_version"),
         "data_version": feature_manifest.get("data_version"),
         "ids": id_kinds.to_dict(),
-        "history_length": int(history_length),
         "scoring": {"ranker_weight": float(ranker_weight)},
         "user_columns": user_columns,
         "item_columns": item_columns,
@@ -310,6 +308,8 @@ def write_model_versions(
     lineage = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(lineage or {})}
     instances = int(pipeline.get("instances", 1))
     query_tower, dlrm = Path(exports["query_tower"]), Path(exports["dlrm"])
+    # what the served models read as history is what they were trained with (their own schema)
+    pipeline = {**pipeline, "history_length": max(history_length_of(query_tower), history_length_of(dlrm))}
     tf_native = flavour == "tensorflow"
     backend = "tensorflow" if tf_native else "python"
 

@@ -4,11 +4,13 @@
 best of a few blends) and frozen in ``pipeline.json`` at publish time; the training run's two-stage metric
 and the served model order candidates with this one function, so what was measured is what serves.
 
-* 1 (the default when a run has no measurement): the ranker's scores, as they are;
-* 0: retrieval's order (the ranker is not used);
-* in between: a weighted mean of both orders' normalized ranks (1 for the first of ``n`` candidates,
-  1/n for the last). Ranks rather than raw scores: a refitted model's scores are on another scale than the
-  validated one's, its order is not.
+    score = w * ranker probability + (1 - w) * (1 - retrieval rank / candidates)
+
+* ``w`` = 1 (the default when a run has no measurement): the ranker's probability, as it is;
+* ``w`` = 0: retrieval's order (the ranker is not used);
+* in between, a blend of two numbers in [0, 1]. Each candidate's score depends on itself only (its own
+  probability, its own place in retrieval's list), so filtering a candidate out (seen, excluded,
+  unavailable) never reorders the others.
 
 Pure numpy: training (both runtimes' numpy) and the Triton model import it.
 """
@@ -19,16 +21,12 @@ import numpy as np
 
 
 def fuse(ranker: np.ndarray, ranker_weight: float) -> np.ndarray:
-    """Scores ordering each row's candidates; ``ranker``: (requests, candidates) in retrieval order, NaN where
-    there is no candidate (those get -inf)."""
+    """Scores ordering each row's candidates; ``ranker``: (requests, candidates) probabilities, columns in
+    retrieval order, NaN where there is no candidate (those get -inf)."""
     ranker = np.asarray(ranker, dtype=np.float64)
     missing = np.isnan(ranker)
     if ranker_weight >= 1.0:
         return np.where(missing, -np.inf, ranker)
-    n = ranker.shape[1]
-    order = np.argsort(np.where(missing, np.inf, -ranker), axis=1, kind="stable")
-    ranker_rank = np.empty_like(order)
-    np.put_along_axis(ranker_rank, order, np.broadcast_to(np.arange(n), ranker.shape).copy(), axis=1)
-    retrieval_rank = np.arange(n)[None, :]
-    fused = ranker_weight * (1.0 - ranker_rank / n) + (1.0 - ranker_weight) * (1.0 - retrieval_rank / n)
+    retrieval = 1.0 - np.arange(ranker.shape[1]) / ranker.shape[1]
+    fused = ranker_weight * ranker + (1.0 - ranker_weight) * retrieval[None, :]
     return np.where(missing, -np.inf, fused)

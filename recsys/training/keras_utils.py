@@ -112,13 +112,14 @@ def frame_batches(
     return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
 
 
-def save_with_named_inputs(model, path, example: dict) -> None:
+def save_with_named_inputs(model, path, example: dict, output_name: str) -> None:
     """Save a merlin-models ``Model`` as a SavedModel whose ``serving_default`` takes one named 1-d tensor per
     input (``example``: input name -> a tensor of the dtype to serve), plus the ``.merlin`` schema files.
 
     ``Model.save`` names the signature's inputs after the first call Keras traced; a model fitted on a
     ``tf.data`` pipeline (:func:`frame_batches`) then serves ``args_0``, ``args_0_1``, ... and a ``targets``
-    input. Serving calls inputs by name, so the signature is declared here.
+    input. Serving calls inputs by name, so the signature is declared here, with its one output named
+    ``output_name`` (what merlin-models names a task's output, e.g. ``click/binary_output``).
     """
     from merlin.models.tf.models.base import get_output_schema
     from merlin.models.io import save_merlin_metadata
@@ -127,7 +128,7 @@ def save_with_named_inputs(model, path, example: dict) -> None:
 
     @tf.function(input_signature=[spec])
     def serve(inputs):
-        return model(inputs, training=False)
+        return {output_name: model(inputs, training=False)}
 
     tf.keras.Model.save(model, str(path), save_format="tf", include_optimizer=False, signatures={"serving_default": serve})
     save_merlin_metadata(str(path), model.schema, get_output_schema(str(path)))

@@ -347,9 +347,9 @@ def evaluate_two_stage(data: TrainingData, retrieval_model, retrieval_params: Tr
                        ranking_params: TrainParams) -> dict[str, float]:
     """``pipeline_*`` metrics: the validation protocol scored the way serving answers (before business rules).
 
-    Retrieval's ``candidates_k`` best items (seen ones excluded), ordered by the ranker blended with
-    retrieval's order; the blend (``pipeline_ranker_weight``, one of :data:`RANKER_WEIGHTS`) is the one with
-    the best recall@10 here, and serving uses it. A ranker trained on sampled negatives can order the
+    Retrieval's ``candidates_k`` best items (seen ones excluded), ordered by the ranker's probability blended
+    with retrieval's order (:func:`recsys.serving.scoring.fuse`); the blend (``pipeline_ranker_weight``, one
+    of :data:`RANKER_WEIGHTS`) is the one with the best recall@10 here, and serving uses it. A ranker trained on sampled negatives can order the
     candidates worse than retrieval did (it never saw real impressions); the blend keeps it from making the
     served list worse than retrieval's own, and says so in a number.
     """

@@ -197,7 +197,7 @@ def export_ranking(model, fv: FeatureVersion, check_rows: pd.DataFrame, folder: 
     folder.mkdir(parents=True, exist_ok=True)
     dlrm_dir = folder / "dlrm"
     rows = check_rows.head(512)
-    save_with_named_inputs(model, dlrm_dir, frame_to_inputs(rows.head(2), feature_cols))
+    save_with_named_inputs(model, dlrm_dir, frame_to_inputs(rows.head(2), feature_cols), f"{fv.target}/binary_output")
     verify_export(dlrm_dir, rows, feature_cols, batched_call(model, rows, feature_cols).ravel())
     return {"dlrm": dlrm_dir}
 

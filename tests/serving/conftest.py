@@ -44,7 +44,8 @@ def serving_base(stack_settings, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_run(serving_base) -> dict:
-    """Synthetic data -> data version -> feature version -> one-epoch training run (real pipeline)."""
+    """Synthetic data -> data version -> feature version -> a short training run (real pipeline) whose
+    two-tower beats the popularity baseline, so the champion gate promotes it."""
     s = serving_base
     source = s.home / "input"
     _merlin(s, "data", "generate", "--out", str(source), "--users", str(N_USERS), "--items", str(N_ITEMS),
@@ -55,7 +56,7 @@ def trained_run(serving_base) -> dict:
     features_dir = next(p for p in s.features_root.iterdir() if not p.name.startswith("."))
     run_dir = s.runs_root / "run-1"
     _merlin(s, "train", "--features", str(features_dir), "--out", str(run_dir),
-            "--epochs", "1", "--embedding-dim", "16", "--batch-size", "512")
+            "--epochs", "8", "--embedding-dim", "16", "--batch-size", "512")  # enough to beat popularity
     return {
         "data_dir": data_dir,
         "features_dir": features_dir,

@@ -101,7 +101,7 @@ def smoke(models: list[str]):
 
 def log_champion_run(s: Settings, feature_version: str, quality: float, checksums: dict | None = None, tmp: Path | None = None) -> str:
     """A training run with the exports' files (tiny fake bytes) logged to MLflow, then the champion gate."""
-    from recsys.tracking.registry import champion_gate
+    from recsys.tracking import registry
     from recsys.tracking.runs import TAG_DATA_VERSION, TAG_FEATURE_VERSION, log_training_run
 
     out = tmp / uuid.uuid4().hex[:8]
@@ -111,16 +111,23 @@ def log_champion_run(s: Settings, feature_version: str, quality: float, checksum
         (out / rel).write_bytes(f"{rel} {quality}".encode())
     if checksums is not None:
         (out / "checksums.json").write_text(json.dumps(checksums))
+    metrics = {"recall_at_10": quality, "auc": quality, "popularity_recall_at_10": 0.01}
+    tags = {TAG_FEATURE_VERSION: feature_version, TAG_DATA_VERSION: "d" + feature_version}
+    champion = registry.champions(s)[s.retrieval_model_name]
+    if champion is not None:  # as the training job does: the champion scored on this run's new rows
+        metrics.update(gate_recall_at_10=quality, gate_champion_recall_at_10=champion["metrics"]["recall_at_10"],
+                       gate_auc=quality, gate_champion_auc=champion["metrics"]["auc"], gate_users=10, gate_rows=40)
+        tags["gate.champion_run"] = champion["run_id"]
     run_id = log_training_run(
-        metrics={"recall_at_10": quality, "auc": quality},
+        metrics=metrics,
         history={},
         params={},
         artifacts_dir=out,
-        tags={TAG_FEATURE_VERSION: feature_version, TAG_DATA_VERSION: "d" + feature_version},
+        tags=tags,
         experiment=s.experiment_name,
         tracking_uri=s.mlflow_uri,
     )
-    champion_gate(run_id, s)
+    registry.champion_gate(run_id, s)
     return run_id
 
 

@@ -45,7 +45,9 @@ def test_python_flavour_layout_configs_and_index(exports, pipeline, tmp_path):
     assert 'parameters: { key: "item_id_kind" value: { string_value: "int" } }' in stages
     assert 'name: "k" data_type: TYPE_INT32 dims: [ 1 ] optional: true' in stages
     assert f"count: {pipeline['instances']} kind: KIND_CPU" in stages
-    assert json.loads((tmp_path / "recsys" / "3" / "pipeline.json").read_text()) == json.loads(json.dumps(pipeline))
+    # the settings frozen at publish, and the history length the exported query tower was trained with
+    written = json.loads((tmp_path / "recsys" / "3" / "pipeline.json").read_text())
+    assert written == json.loads(json.dumps({**pipeline, "history_length": 100})) and written["mode"] == "models"
     # no temporary folders left behind
     assert not [p for p in tmp_path.rglob(".*tmp*")]
     assert repository.model_versions(tmp_path, "recsys") == [3]

@@ -1,7 +1,7 @@
 """Text ids end to end: a shop whose users are ``u-6a7f3c`` and whose items are ``SKU-00042Q``.
 
 Synthetic data with text ids (``recsys data generate --string-ids``, small) goes through the real
-ingest, ETL and one-epoch training (the project's CLI in the Merlin runtime), one MLflow run and the
+ingest, ETL and a short training (the project's CLI in the Merlin runtime), one MLflow run and the
 champion gate, then ``publish`` onto a real Triton of this module's own; recommendations are asked
 by text user id (client, ``recsys recommend``), exclusions and the unavailable set work by text id,
 a bad id gets a clear error while the server keeps answering, and the offline top-N round-trips text
@@ -65,7 +65,7 @@ def deployment(stack_settings, tmp_path_factory):
     features_dir = next(p for p in s.features_root.iterdir() if not p.name.startswith("."))
     run_dir = s.runs_root / "run-text"
     merlin_cli(s, "train", "--features", str(features_dir), "--out", str(run_dir),
-               "--epochs", "1", "--embedding-dim", "16", "--batch-size", "512")
+               "--epochs", "8", "--embedding-dim", "16", "--batch-size", "512")  # enough to beat popularity
     _log_run(s, run_dir)
     refresh_online_store(str(features_dir), str(data_dir), settings=s)
     stack.up(s, only=["triton"])

@@ -59,7 +59,7 @@ def test_first_version_becomes_champion_then_only_a_better_one_replaces_it(setti
     first = _log_fake_training(settings, tmp_path, 0.20, 0.70, "r/1")
     d1 = {d.model: d for d in registry.champion_gate(first, settings)}
     assert all(d.promoted for d in d1.values())
-    assert d1[settings.retrieval_model_name].reason == "no champion yet"
+    assert d1[settings.retrieval_model_name].reason == "no champion yet; above popularity (0.2000 vs 0.0100)"
 
     # Better ranking but worse retrieval: the run's models are served together, so neither is promoted.
     second = _log_fake_training(settings, tmp_path, 0.10, 0.80, "r/2")
