@@ -147,7 +147,7 @@ def train_and_log(
     run_id = runs.start_training_run(tags=tags, experiment=s.experiment_name, run_name=f"train-{Path(feature_dir).name}")
     scratch = s.runs_root / f".{safe_name}.champion"
     try:
-        champion = _champion_exports(scratch)
+        champion, champion_tags = _champion_exports(scratch)
         if (out_dir / "metrics.json").exists():
             # An earlier try trained completely (the folder appears only when complete) but failed to log:
             # log that training instead of training again.
@@ -173,8 +173,7 @@ def train_and_log(
         runs.TAG_DEVICE: result.device,
         **{runs.TAG_STOP_REASON.format(model=m): info.get("stop_reason", "") for m, info in result.stopping.items()},
     }
-    if champion is not None:
-        final_tags.update(champion.to_tags())
+    final_tags.update(champion_tags)
     if result.tuning:
         final_tags["recsys.tuned"] = f"{result.tuning.get('completed', 0)} of {result.tuning.get('trials', 0)} trials completed"
     logged_params = {
@@ -199,22 +198,38 @@ def train_and_log(
 
 
 def _champion_exports(scratch: Path):
-    """The serving champion's verified exports, downloaded into ``scratch`` (None while there is none)."""
-    from recsys.serving.publish import PublishError, download_champions, resolve_champions
+    """(the serving champion's verified exports downloaded into ``scratch``, tags for the run).
+
+    None while there is no champion. A champion whose exports cannot be downloaded or verified cannot be
+    scored (nor served again): the run says so in ``gate.champion_unscorable`` and the gate then applies
+    the popularity floor alone, so a broken champion never blocks its replacement.
+    """
+    from recsys.serving.publish import NoChampionError, PublishError, download_champions, resolve_champions
     from recsys.training.rescoring import ChampionExports
 
     try:
         champions = resolve_champions()
-    except PublishError as exc:
+    except NoChampionError as exc:
         log.info("no champion to compare with (%s)", exc)
-        return None
-    shutil.rmtree(scratch, ignore_errors=True)
-    download_champions(champions, scratch)
+        return None, {}
+    except PublishError as exc:
+        log.warning("the champions cannot be scored: %s", exc)
+        return None, {"gate.champion_unscorable": str(exc)[:500]}
+    from recsys.tracking.runs import client
+
     first = champions["retrieval"]
+    weight = client().get_run(champions["ranking"].run_id).data.metrics.get("pipeline_ranker_weight", 1.0)
+    champion = ChampionExports(scratch, first.run_id, {c.name: c.version for c in champions.values()},
+                               first.data_version, first.feature_version, float(weight))
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        download_champions(champions, scratch)
+    except Exception as exc:  # missing or altered artifacts: the champion cannot be scored (nor served)
+        log.warning("the champion's exports cannot be scored: %s", exc)
+        return None, {**champion.to_tags(), "gate.champion_unscorable": f"{type(exc).__name__}: {exc}"[:500]}
     log.info("the champion (%s) will be scored on this run's new validation rows",
              ", ".join(f"{c.name} v{c.version}" for c in champions.values()))
-    return ChampionExports(scratch, first.run_id, {c.name: c.version for c in champions.values()},
-                           first.data_version, first.feature_version)
+    return champion, champion.to_tags()
 
 
 def _write_checksums(out_dir: Path) -> None:

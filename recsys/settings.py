@@ -95,7 +95,9 @@ class Settings:
     gpu_pool_slots: int = 1
     retrieval_model_name: str = "recsys-retrieval"
     ranking_model_name: str = "recsys-ranking"
-    retrieval_primary_metric: str = "recall_at_10"
+    retrieval_primary_metric: str = "pipeline_recall_at_10"
+    """What the champion gate compares (and holds above the popularity baseline's): ``pipeline_recall_at_10``,
+    retrieval's candidates ordered by the scoring stage, what users get; or ``recall_at_10``, the two-tower alone."""
     ranking_primary_metric: str = "auc"
     experiment_name: str = "recsys"
 

@@ -4,8 +4,9 @@ A new model version always gets the alias ``challenger``. The models of one trai
 together (the ranker scores the retrieval model's candidates, both read features encoded by one feature
 version), so the gate promotes them **together**, in this order of rules:
 
-1. **The popularity floor.** A run whose retrieval model does not beat the popularity baseline on its own
-   validation window (primary metric, ``recall_at_10``) is never promoted, the first one included: serving
+1. **The popularity floor.** A run whose served pipeline does not beat the popularity baseline on its own
+   validation window (the primary metric, ``pipeline_recall_at_10``: retrieval's candidates ordered by the
+   scoring stage, ``RECSYS_RETRIEVAL_PRIMARY_METRIC``) is never promoted, the first one included: serving
    then keeps answering with the champion, or with the popularity list while there is none.
 2. **No champion yet**: the run is promoted.
 3. **Like with like.** The challenger and the champion are compared on the same rows, the challenger's
@@ -19,7 +20,8 @@ version), so the gate promotes them **together**, in this order of rules:
      current one (promoted meanwhile), or with no new row to compare on, is not promoted.
 
    The retrieval metric decides; the ranker may not be worse than the champion's (AUC on the same rows) by
-   more than :data:`RANKING_TOLERANCE`.
+   more than :data:`RANKING_TOLERANCE`. A champion whose exports could not be downloaded or verified for
+   scoring (``gate.champion_unscorable``) cannot serve again either: the floor alone decides then.
 
 The decision is written where people look: tags on the model versions and on the run, and
 ``gate/<model>.json`` run artifacts.
@@ -54,7 +56,9 @@ def model_specs(settings: Optional[Settings] = None) -> list[RegisteredModelSpec
     s = settings or get_settings()
     return [
         RegisteredModelSpec(
-            s.retrieval_model_name, "retrieval", s.retrieval_primary_metric, f"popularity_{s.retrieval_primary_metric}"
+            # the baseline of a pipeline metric is popularity's same metric (it has one stage)
+            s.retrieval_model_name, "retrieval", s.retrieval_primary_metric,
+            "popularity_" + s.retrieval_primary_metric.removeprefix("pipeline_"),
         ),
         RegisteredModelSpec(s.ranking_model_name, "ranking", s.ranking_primary_metric),
     ]
@@ -181,7 +185,7 @@ def compare_with_champion(specs: list[RegisteredModelSpec], metrics: dict, run_t
 
     baseline = metrics.get(retrieval.baseline_metric) if retrieval.baseline_metric else None
     if baseline is not None and float(metrics[primary]) <= float(baseline):
-        return Comparison(False, f"retrieval {primary} {metrics[primary]:.4f} does not beat the popularity baseline's "
+        return Comparison(False, f"{primary} {metrics[primary]:.4f} does not beat the popularity baseline's "
                                  f"{float(baseline):.4f} on its validation window (the floor: never promoted)", own)
     floor = f"above popularity ({metrics[primary]:.4f} vs {float(baseline):.4f})" if baseline is not None else "no baseline logged"
     champion = champions[0]
@@ -197,6 +201,10 @@ def compare_with_champion(specs: list[RegisteredModelSpec], metrics: dict, run_t
                   _float(theirs.get(spec.primary_metric))) for spec in specs]
     else:
         scored_against = run_tags.get("gate.champion_run")
+        unscorable = run_tags.get("gate.champion_unscorable")
+        if unscorable and scored_against in (champion.run_id, None):
+            return Comparison(True, f"the champion (run {champion.run_id}) could not be scored on this run's rows "
+                                    f"({unscorable}); the popularity floor alone decides: {floor}", own)
         if scored_against != champion.run_id:
             why = ("was not scored against the current champion" if scored_against else "has no gate metrics")
             return Comparison(False, f"this run {why} (champion run {champion.run_id}, trained on other data): "
@@ -212,9 +220,9 @@ def compare_with_champion(specs: list[RegisteredModelSpec], metrics: dict, run_t
     if value is None:
         return Comparison(False, f"this run logged no {metric}", own)
     if champion_value is not None and value <= champion_value:
-        return Comparison(False, f"retrieval {metric} {value:.4f} does not beat the champion's {champion_value:.4f} "
+        return Comparison(False, f"{metric} {value:.4f} does not beat the champion's {champion_value:.4f} "
                                  f"on {where}", pairs)
-    reason = f"retrieval {metric} {value:.4f} beats the champion's {_fmt(champion_value)} on {where}; {floor}"
+    reason = f"{metric} {value:.4f} beats the champion's {_fmt(champion_value)} on {where}; {floor}"
     for r_metric, r_value, r_champion in ranker_pairs:
         if r_value is None or r_champion is None:
             reason += f"; ranker {r_metric} not compared (not measured on these rows)"

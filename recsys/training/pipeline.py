@@ -250,7 +250,8 @@ def train_models(
         from recsys.training.rescoring import gate_metrics
 
         gate = gate_metrics(data, retrieval.model, retrieval_params, ranking.model, ranking_params, champion,
-                            Path(data_root) if data_root else get_settings().data_root)
+                            Path(data_root) if data_root else get_settings().data_root,
+                            ranker_weight=two_stage.get("pipeline_ranker_weight", 1.0), candidates=candidates_k())
 
     final_retrieval, final_ranking = retrieval.model, ranking.model
     if params.refit:

@@ -44,6 +44,8 @@ class ChampionExports:
     versions: dict[str, str]
     data_version: str
     feature_version: str
+    ranker_weight: float = 1.0
+    """The scoring stage's blend it serves with (its run's ``pipeline_ranker_weight``)."""
 
     def to_tags(self) -> dict[str, str]:
         return {"gate.champion_run": self.run_id, "gate.champion_versions": json.dumps(self.versions, sort_keys=True),
@@ -148,10 +150,14 @@ class ChampionScorer:
 
 
 def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking_params,
-                 champion: ChampionExports, data_root: Path) -> dict[str, float]:
+                 champion: ChampionExports, data_root: Path, ranker_weight: float = 1.0,
+                 candidates: int = 200) -> dict[str, float]:
     """``gate_*`` metrics: this run's early-stopped models, the champion and popularity on the fresh rows.
 
-    ``data_root``: where data versions live (this run's and the champion's).
+    ``data_root``: where data versions live (this run's and the champion's); ``ranker_weight``: this run's
+    scoring blend (the champion's is its own); ``candidates``: retrieval's depth, as served. Besides the
+    retrieval metrics, ``gate_pipeline_*`` score each side as it serves: its retrieval's candidates ordered
+    by its scoring stage (:func:`recsys.serving.scoring.fuse`).
 
     Retrieval: the whole-catalogue protocol (recall@k, ndcg@10); ranking: AUC over the fresh positives
     and as many popularity-sampled negatives per positive as training uses (the same rows for both).
@@ -207,8 +213,32 @@ def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking
         out[f"gate_popularity_{key}"] = float(popularity[f"popularity_{key}"])
     out["gate_champion_unknown_items"] = float((~cmask).sum())
 
-    # --- ranking: AUC of both rankers on the fresh positives and their sampled negatives ----------------
+    # --- the pipelines as served: candidates ordered by each side's own scoring stage -------------------
+    from recsys.training.evaluation import two_stage
+
     columns = ranker_columns(fv, ranking_params)
+    ranker_users = _users_in_order(user_histories(fv, data.train, data.users, ranking_params), fv.user_id,
+                                   protocol.user_ids, fv.path / "users")
+    user_part = [c for c in columns if c not in fv.item_columns]
+    catalogue_raw = raw_items.reindex(protocol.item_ids).to_numpy()
+
+    def rank_mine(user_rows, item_positions):
+        frame = pd.concat([ranker_users[user_part].iloc[user_rows].reset_index(drop=True),
+                           catalogue[fv.item_columns].iloc[item_positions].reset_index(drop=True)], axis=1)
+        return batched_call(ranking_model, frame, columns).ravel()
+
+    def rank_theirs(user_rows, item_positions):
+        return scorer.rank(user_raw[user_rows], catalogue_raw[item_positions], [histories[r] for r in user_rows])
+
+    rows = np.arange(len(protocol.user_ids))
+    mine_served = protocol.evaluate(two_stage(lambda r: q[r] @ v.T, rank_mine, protocol.seen, rows, candidates).scores(ranker_weight))
+    theirs_served = protocol.evaluate(
+        two_stage(champion_scores, rank_theirs, protocol.seen, rows, candidates).scores(champion.ranker_weight))
+    for key in ("recall_at_10", "ndcg_at_10"):
+        out[f"gate_pipeline_{key}"] = float(mine_served[key])
+        out[f"gate_champion_pipeline_{key}"] = float(theirs_served[key])
+
+    # --- ranking: AUC of both rankers on the fresh positives and their sampled negatives ----------------
     rows = _with_histories(fv, data.train, fresh, ranking_params.history_length)[1] if ranking_params.history_length else fresh
     rows = rows[columns + [fv.target]].reset_index(drop=True)
     if not fv.has_labels:  # positives only: the same popularity-drawn negatives as training, for both rankers

@@ -52,6 +52,9 @@ class ModelResult:
 def query_columns(fv: FeatureVersion, params) -> list[str]:
     """The query tower's inputs: the user's id and features, and the history when it is on."""
     from recsys.features.history import HISTORY
+    import os
+    if os.environ.get("RESEARCH_NO_UID") and params.history_length:
+        return [c for c in fv.user_columns if c != fv.user_id] + [HISTORY]
 
     return fv.user_columns + ([HISTORY] if params.history_length else [])
 

@@ -17,10 +17,12 @@ def pipeline_settings(stack_settings, airflow_db, tmp_path_factory):
     """Small models and tiny data, in the stack's home (tasks read the settings from the environment)."""
     from recsys.data.synthetic import SyntheticConfig, write_synthetic
 
-    os.environ.update({"RECSYS_EMBEDDING_DIM": "16", "RECSYS_BATCH_SIZE": "512", "RECSYS_EPOCHS": "1"})
+    os.environ.update({"RECSYS_EMBEDDING_DIM": "16", "RECSYS_BATCH_SIZE": "512", "RECSYS_EPOCHS": "15"})
     get_settings.cache_clear()
     s = get_settings()
-    write_synthetic(s.landing, SyntheticConfig(n_users=300, n_items=120, n_interactions=6_000, days=14, seed=3), overwrite=True)
+    # strong tastes and enough rows that a short training beats popularity (the gate's floor)
+    write_synthetic(s.landing, SyntheticConfig(n_users=300, n_items=120, n_interactions=20_000, days=14, seed=3,
+                                               temperature=0.3), overwrite=True)
     yield s
     for key in ("RECSYS_EMBEDDING_DIM", "RECSYS_BATCH_SIZE", "RECSYS_EPOCHS"):
         os.environ.pop(key, None)
@@ -51,7 +53,7 @@ def test_etl_then_train_then_rerun_is_idempotent(pipeline_settings):
     assert len(versions) == 1 and (versions[0] / "manifest.json").exists()
     assert _states(etl)["announce_features"] == "success"
 
-    train = _dag("recsys_train").test(run_conf={"epochs": 1})
+    train = _dag("recsys_train").test(run_conf={"epochs": 12})
     assert train.state == "success", _states(train)
     assert _states(train)["announce_champion"] == "success"  # first models: champions by definition
 
@@ -60,10 +62,15 @@ def test_etl_then_train_then_rerun_is_idempotent(pipeline_settings):
     run = client.get_run(champion.run_id)
     for metric in ("recall_at_10", "ndcg_at_10", "popularity_recall_at_10", "auc", "logloss"):
         assert metric in run.data.metrics, metric
-    assert run.data.params["epochs"] == "1"
+    assert run.data.params["epochs"] == "12"
     assert run.data.tags["recsys.feature_version"] == versions[0].name
     assert client.get_model_version_by_alias(s.ranking_model_name, "champion").run_id == champion.run_id
-    assert len(client.get_metric_history(champion.run_id, "retrieval.loss")) == 1  # one epoch, one point
+    # one point per epoch run; early stopping says where it stopped and why
+    epochs_run = int(run.data.metrics["retrieval.epochs_run"])
+    assert len(client.get_metric_history(champion.run_id, "retrieval.loss")) == epochs_run <= 12
+    assert 1 <= run.data.metrics["retrieval.best_epoch"] <= epochs_run
+    assert run.data.tags["recsys.retrieval.stop_reason"]
+    assert run.data.metrics["recall_at_10"] > run.data.metrics["popularity_recall_at_10"]
     # Every exported file has its sha256 recorded, for publishing to verify before Triton loads it.
     import hashlib
     import json

@@ -92,7 +92,7 @@ def _champion(s, feature_dir: Path, tmp: Path) -> None:
         (tmp / rel).write_bytes(rel.encode())
     manifest = json.loads((feature_dir / "manifest.json").read_text())
     run_id = log_training_run(
-        metrics={"recall_at_10": 0.3, "auc": 0.7}, history={}, params={}, artifacts_dir=tmp,
+        metrics={"recall_at_10": 0.3, "pipeline_recall_at_10": 0.3, "auc": 0.7}, history={}, params={}, artifacts_dir=tmp,
         tags={TAG_FEATURE_VERSION: manifest["feature_version"], TAG_DATA_VERSION: manifest["data_version"]},
         experiment=s.experiment_name, tracking_uri=s.mlflow_uri,
     )

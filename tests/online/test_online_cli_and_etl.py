@@ -116,7 +116,10 @@ def test_refresh_from_the_real_etl_output(online_env, string_ids):
     for column in items.columns:
         np.testing.assert_allclose(rows.items[column], items[column].to_numpy(), rtol=1e-6, err_msg=column)
     interactions = pd.read_parquet(data_dir / "interactions.parquet")
-    expected_seen = np.unique(interactions.item_id[interactions.user_id == user_map.user_id_raw[5]])
+    # every item the user interacted with, newest first (the query tower's history reads the first N)
+    mine = interactions[interactions.user_id == user_map.user_id_raw[5]]
+    latest = mine.groupby("item_id")["timestamp"].max().reset_index()
+    expected_seen = latest.sort_values(["timestamp", "item_id"], ascending=[False, True])["item_id"].to_numpy()
     np.testing.assert_array_equal(rows.seen, expected_seen)
     assert rows.seen.dtype == (object if string_ids else np.int64)
     raw_items = pd.read_parquet(data_dir / "items.parquet")

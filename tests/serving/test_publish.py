@@ -111,11 +111,12 @@ def log_champion_run(s: Settings, feature_version: str, quality: float, checksum
         (out / rel).write_bytes(f"{rel} {quality}".encode())
     if checksums is not None:
         (out / "checksums.json").write_text(json.dumps(checksums))
-    metrics = {"recall_at_10": quality, "auc": quality, "popularity_recall_at_10": 0.01}
+    metrics = {"recall_at_10": quality, "pipeline_recall_at_10": quality, "auc": quality, "popularity_recall_at_10": 0.01}
     tags = {TAG_FEATURE_VERSION: feature_version, TAG_DATA_VERSION: "d" + feature_version}
     champion = registry.champions(s)[s.retrieval_model_name]
     if champion is not None:  # as the training job does: the champion scored on this run's new rows
-        metrics.update(gate_recall_at_10=quality, gate_champion_recall_at_10=champion["metrics"]["recall_at_10"],
+        metrics.update(gate_pipeline_recall_at_10=quality,
+                       gate_champion_pipeline_recall_at_10=champion["metrics"]["pipeline_recall_at_10"],
                        gate_auc=quality, gate_champion_auc=champion["metrics"]["auc"], gate_users=10, gate_rows=40)
         tags["gate.champion_run"] = champion["run_id"]
     run_id = log_training_run(

@@ -18,7 +18,8 @@ def _log_fake_training(
         (out / part).mkdir(parents=True)
         (out / part / "README").write_text(part)
     return runs.log_training_run(
-        metrics={"recall_at_10": recall, "ndcg_at_10": recall / 2, "auc": auc, "popularity_recall_at_10": popularity},
+        metrics={"recall_at_10": recall, "pipeline_recall_at_10": recall, "ndcg_at_10": recall / 2, "auc": auc,
+                 "popularity_recall_at_10": popularity},
         history={"retrieval": {"loss": [3.0, 2.0, 1.5]}, "ranking": {"auc": [0.6, 0.7, auc]}},
         params={"epochs": 3},
         artifacts_dir=out,
@@ -60,13 +61,14 @@ def test_first_version_becomes_champion_then_only_a_better_one_replaces_it(setti
     d1 = {d.model: d for d in registry.champion_gate(first, settings)}
     assert all(d.promoted for d in d1.values())
     assert d1[settings.retrieval_model_name].reason == "no champion yet; above popularity (0.2000 vs 0.0100)"
+    assert d1[settings.retrieval_model_name].metric == "pipeline_recall_at_10"  # the served pipeline decides
 
     # Better ranking but worse retrieval: the run's models are served together, so neither is promoted.
     second = _log_fake_training(settings, tmp_path, 0.10, 0.80, "r/2")
     d2 = {d.model: d for d in registry.champion_gate(second, settings)}
     assert not d2[settings.retrieval_model_name].promoted and not d2[settings.ranking_model_name].promoted
     assert d2[settings.retrieval_model_name].champion_value == pytest.approx(0.20)
-    assert "retrieval recall_at_10 0.1000 does not beat" in d2[settings.ranking_model_name].reason
+    assert "pipeline_recall_at_10 0.1000 does not beat" in d2[settings.ranking_model_name].reason
 
     # Better retrieval, but a ranker clearly worse on the same window: rejected together too.
     third = _log_fake_training(settings, tmp_path, 0.30, 0.60, "r/3")
@@ -122,7 +124,7 @@ def _log_new_data_run(settings, tmp_path, airflow_run, champion_run, *, gate, ga
     """A run on another feature version whose training job scored the champion on its new validation rows."""
     run_id = _log_fake_training(settings, tmp_path, 0.25, 0.72, airflow_run, feature_version=f"fv-{airflow_run[-1]}")
     c = runs.client(settings.mlflow_uri)
-    for key, value in {"gate_recall_at_10": gate, "gate_champion_recall_at_10": gate_champion, "gate_auc": gate_auc,
+    for key, value in {"gate_pipeline_recall_at_10": gate, "gate_champion_pipeline_recall_at_10": gate_champion, "gate_auc": gate_auc,
                        "gate_champion_auc": gate_champion_auc, "gate_users": users, "gate_rows": 4 * users}.items():
         c.log_metric(run_id, key, value)
     if champion_run:
@@ -139,7 +141,7 @@ def test_across_feature_versions_the_champion_rescored_on_the_challengers_rows_d
     decisions = {x.model: x for x in registry.champion_gate(second, settings)}
     d = decisions[settings.retrieval_model_name]
     assert d.promoted and decisions[settings.ranking_model_name].promoted
-    assert d.metric == "gate_recall_at_10" and d.value == pytest.approx(0.21) and d.champion_value == pytest.approx(0.18)
+    assert d.metric == "gate_pipeline_recall_at_10" and d.value == pytest.approx(0.21) and d.champion_value == pytest.approx(0.18)
     assert "new to the champion (50 users)" in d.reason
     # Worse than the champion on the same rows: rejected, whatever its own window said.
     third = _log_new_data_run(settings, tmp_path, "r/3", second, gate=0.19, gate_champion=0.20)

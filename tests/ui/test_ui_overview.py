@@ -54,8 +54,8 @@ def _register(s, name: str, metrics: dict[str, float], aliases: list[str]) -> st
 def test_models_section_lists_versions_with_metrics_and_the_champion(own):
     from recsys.ui.overview import models_section
 
-    _register(own, own.retrieval_model_name, {"recall_at_10": 0.31, "ndcg_at_10": 0.2}, ["champion"])
-    _register(own, own.retrieval_model_name, {"recall_at_10": 0.25, "ndcg_at_10": 0.1}, ["challenger"])
+    _register(own, own.retrieval_model_name, {"pipeline_recall_at_10": 0.31, "ndcg_at_10": 0.2}, ["champion"])
+    _register(own, own.retrieval_model_name, {"pipeline_recall_at_10": 0.25, "ndcg_at_10": 0.1}, ["challenger"])
 
     models = {m["name"]: m for m in models_section(own)}
     retrieval = models[own.retrieval_model_name]
@@ -64,7 +64,7 @@ def test_models_section_lists_versions_with_metrics_and_the_champion(own):
     assert v1["champion"] and v1["aliases"] == ["champion"] and v1["gate"] == "promoted"
     assert not v2["champion"] and v2["aliases"] == ["challenger"] and v2["gate"] == "rejected"
     assert v1["primary_metric"] == pytest.approx(0.31)
-    assert v1["metrics"] == {"ndcg_at_10": pytest.approx(0.2), "recall_at_10": pytest.approx(0.31)}
+    assert v1["metrics"] == {"ndcg_at_10": pytest.approx(0.2), "pipeline_recall_at_10": pytest.approx(0.31)}
     assert models[own.ranking_model_name]["versions"] == []  # not registered: shown as such, no error
 
 
