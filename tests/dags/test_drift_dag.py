@@ -128,7 +128,7 @@ def test_drift_triggers_a_retrain_on_the_judged_data(drift_env):
     assert plan["tags"] == {"recsys.trigger": f"drift:{check['check_id']}"}
 
     # the drift-triggered training: ETL of the judged data version first, then training, tagged
-    train = _dag("recsys_train").test(run_conf={"drift_check": check["check_id"], "epochs": 1})
+    train = _dag("recsys_train").test(run_conf={"drift_check": check["check_id"], "epochs": 15})
     assert train.state == "success", _states(train)
     assert judged in {_data_version_of(p) for p in _feature_versions(s)}  # the ETL ran for the judged data
     runs = MlflowClient(s.mlflow_uri).search_runs(

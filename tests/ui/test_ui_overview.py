@@ -181,7 +181,7 @@ def test_page_template_marks_the_champion_and_escapes_values(own):
     from recsys.ui.app import templates
     from recsys.ui.overview import TRIGGERABLE_DAGS, gather
 
-    _register(own, own.retrieval_model_name, {"recall_at_10": 0.31}, ["champion"])
+    _register(own, own.retrieval_model_name, {"pipeline_recall_at_10": 0.31}, ["champion"])
     sections = gather(own)
     assert all(section["error"] is None for section in sections.values()), sections
     html = templates.get_template("overview.html").render(
