@@ -55,6 +55,24 @@ def test_run_logs_params_epoch_curves_metrics_and_artifacts(settings, tmp_path):
     assert runs.find_finished_run(c, settings.experiment_name, "recsys_train/other") is None
 
 
+def test_tuning_trials_are_child_runs_of_the_training_run(settings):
+    c = runs.client(settings.mlflow_uri)
+    parent = runs.start_training_run(tags={runs.TAG_AIRFLOW_RUN: "recsys_train/tuned"}, experiment=settings.experiment_name,
+                                     tracking_uri=settings.mlflow_uri)
+    trial = {"number": 4, "state": "pruned", "reason": "pruned at epoch 3", "seconds": 12.5, "epochs": {"retrieval": 2},
+             "params": {"retrieval": {"learning_rate": 0.003}, "ranking": {"dropout": 0.2}},
+             "metrics": {"recall_at_10": 0.21}}
+    child = c.get_run(runs.log_trial(parent, trial, tracking_uri=settings.mlflow_uri))
+    assert child.data.tags["mlflow.parentRunId"] == parent and child.data.tags["recsys.trial_state"] == "pruned"
+    assert child.data.params == {"retrieval.learning_rate": "0.003", "ranking.dropout": "0.2"}
+    assert child.data.metrics["recall_at_10"] == pytest.approx(0.21) and child.data.metrics["retrieval.best_epoch"] == 2
+    assert child.info.status == "KILLED" and c.get_run(parent).info.status == "RUNNING"
+    # a retry of the same Airflow run marks the dead try's RUNNING run FAILED before starting its own
+    again = runs.start_training_run(tags={runs.TAG_AIRFLOW_RUN: "recsys_train/tuned"}, experiment=settings.experiment_name,
+                                    tracking_uri=settings.mlflow_uri)
+    assert c.get_run(parent).info.status == "FAILED" and c.get_run(again).info.status == "RUNNING"
+
+
 def test_first_version_becomes_champion_then_only_a_better_one_replaces_it(settings, tmp_path):
     c = runs.client(settings.mlflow_uri)
     first = _log_fake_training(settings, tmp_path, 0.20, 0.70, "r/1")
