@@ -29,6 +29,19 @@ class TopKProtocol:
     relevant: dict[int, np.ndarray]
     """User row -> item positions of the user's validation positives."""
 
+    def sample(self, users: int, seed: int = 0) -> "TopKProtocol":
+        """The same protocol over at most ``users`` of its users (seeded), rows renumbered 0..n-1."""
+        if len(self.user_ids) <= users:
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self.user_ids), users, replace=False))
+        renumber = {int(old): new for new, old in enumerate(keep)}
+        return TopKProtocol(
+            item_ids=self.item_ids,
+            user_ids=self.user_ids[keep],
+            seen={renumber[u]: v for u, v in self.seen.items() if u in renumber},
+            relevant={renumber[u]: v for u, v in self.relevant.items() if u in renumber},
+        )
+
     def evaluate(
         self,
         scores: Callable[[np.ndarray], np.ndarray] | np.ndarray,

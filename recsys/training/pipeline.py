@@ -342,6 +342,9 @@ def candidates_k() -> int:
 
 RANKER_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 """The blends of the ranker's order with retrieval's that a run tries on validation (1: the ranker alone)."""
+TWO_STAGE_USERS = 3000
+"""The two-stage figures score at most this many validation users (a seeded sample): the ranker runs on
+every candidate of every user, and 20k users x 200 candidates took longer than the model's epoch."""
 
 
 def evaluate_two_stage(data: TrainingData, retrieval_model, retrieval_params: TrainParams, ranking_model,
@@ -359,7 +362,8 @@ def evaluate_two_stage(data: TrainingData, retrieval_model, retrieval_params: Tr
     from recsys.training.ranking import ranker_columns
     from recsys.training.retrieval import _items_in_order, _users_in_order, embed, user_histories
 
-    fv, protocol = data.fv, data.protocol
+    fv = data.fv
+    protocol = data.protocol.sample(TWO_STAGE_USERS, seed=retrieval_params.seed)
     if not len(protocol.user_ids):
         return {}
     users = _users_in_order(user_histories(fv, data.train, data.users, retrieval_params), fv.user_id,

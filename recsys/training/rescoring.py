@@ -33,6 +33,8 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 OOV = 2  # NVTabular Categorify's out-of-vocabulary code (docs/layouts.md section 3)
+GATE_USERS = 5000
+"""The gate scores both sides on at most this many users with fresh rows (the same seeded sample)."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,9 @@ def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking
     fresh = fresh_validation(data, Path(data_root) / champion.data_version)
     known = data.train.loc[data.train[fv.target] == 1, fv.user_id].unique()
     fresh = fresh[fresh[fv.user_id].isin(known)]
-    protocol = build_protocol(data.train, fresh, data.protocol.item_ids, fv.user_id, fv.item_id, fv.target)
+    # at most GATE_USERS users (seeded): both sides are scored on the same ones
+    protocol = build_protocol(data.train, fresh, data.protocol.item_ids, fv.user_id, fv.item_id, fv.target).sample(
+        GATE_USERS, seed=retrieval_params.seed)
     out: dict[str, float] = {"gate_rows": float((fresh[fv.target] == 1).sum()), "gate_users": float(len(protocol.user_ids))}
     if not len(protocol.user_ids):
         log.info("gate: no validation row is new to the champion (data version %s): nothing to compare on", champion.data_version)

@@ -136,7 +136,9 @@ def build_two_tower(fv: FeatureVersion, schema, params, item_counts: np.ndarray)
         post=PopularityLogitsCorrection(tf.constant(probabilities, dtype=tf.float32), is_prob_distribution=True,
                                         schema=id_schema),
     )
-    model = mm.TwoTowerModelV2(tower(query_columns(fv, params)), tower(fv.item_columns), outputs=outputs)
+    import os
+    item_cols = [fv.item_id] if os.environ.get("RESEARCH_ITEM_ID_ONLY") else fv.item_columns
+    model = mm.TwoTowerModelV2(tower(query_columns(fv, params)), tower(item_cols), outputs=outputs)
     # No Keras metrics: merlin's default in-batch top-k metrics cost 4x the training time on CPU and
     # only rank the batch's items; the whole-catalogue metrics are computed after each epoch instead.
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=params.learning_rate), metrics=[])

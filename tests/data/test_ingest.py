@@ -103,13 +103,11 @@ def test_ingest_defaults_to_the_settings_data_root(make_input, tmp_path, monkeyp
 
 # Data versions of integer datasets as computed by the code before id kinds existed (main at 4095f37,
 # both runtimes gave the same): recording the kinds in the manifest must not change a single one.
-MAIN_DATA_VERSIONS = {"valid_tables": "fe746d4ef264", "synthetic": "e0bea69970dc", "movielens": "7898b84360c7"}
+# (MovieLens is not among them: its importer's tables changed on purpose since, year from the title.)
+MAIN_DATA_VERSIONS = {"valid_tables": "fe746d4ef264", "synthetic": "e0bea69970dc"}
 
 
 def test_integer_data_keeps_the_data_version_it_had_before_id_kinds(tmp_path, fmt):
-    from pathlib import Path
-
-    from recsys.data.movielens import import_movielens
     from recsys.data.synthetic import SyntheticConfig, generate_tables
 
     version = ingest(write_folder(tmp_path / "small", valid_tables(), fmt), tmp_path / "data")
@@ -119,10 +117,6 @@ def test_integer_data_keeps_the_data_version_it_had_before_id_kinds(tmp_path, fm
     synthetic = generate_tables(SyntheticConfig(n_users=300, n_items=200, n_interactions=6000, seed=3))
     synthetic["interactions"] = synthetic["interactions"].astype({"event_type": str})
     assert ingest(write_folder(tmp_path / "synthetic", synthetic, fmt), tmp_path / "data").version == MAIN_DATA_VERSIONS["synthetic"]
-
-    fixture = Path(__file__).parents[1] / "fixtures" / "movielens"
-    import_movielens(fixture, tmp_path / "movielens")
-    assert ingest(tmp_path / "movielens", tmp_path / "data").version == MAIN_DATA_VERSIONS["movielens"]
 
 
 def test_string_ids_are_recorded_and_csv_or_parquet_give_the_same_version(tmp_path):
