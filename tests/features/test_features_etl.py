@@ -329,7 +329,7 @@ def test_string_ids_are_categorified_and_the_id_maps_keep_them_raw(tmp_path):
     config = SyntheticConfig(n_users=150, n_items=40, n_interactions=2_000, days=14, string_ids=True)
     write_synthetic(tmp_path / "in", config)
     version = ingest(tmp_path / "in", tmp_path / "data")
-    result = run_etl(version.path, tmp_path / "features", validation_days=3, progress=lambda _m: None)
+    result = run_etl(version.path, tmp_path / "features", ValidationSplit("time", 3), progress=lambda _m: None)
     assert result.manifest["ids"] == {"user_id": "string", "item_id": "string"}
 
     interactions = pd.read_parquet(version.path / "interactions.parquet")
