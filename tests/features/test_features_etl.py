@@ -334,7 +334,6 @@ def test_string_ids_are_categorified_and_the_id_maps_keep_them_raw(tmp_path):
 
     interactions = pd.read_parquet(version.path / "interactions.parquet")
     interactions["ts"] = interactions["timestamp"].astype("int64") // 10**9
-    train_raw = _train_window(interactions, days=3)
     maps = {}
     for entity in ("user", "item"):
         id_col = f"{entity}_id"
@@ -343,9 +342,9 @@ def test_string_ids_are_categorified_and_the_id_maps_keep_them_raw(tmp_path):
         assert id_map[f"{id_col}_raw"].tolist() == table[id_col].tolist()  # raw, as text, in table order
         assert all(isinstance(v, str) for v in id_map[f"{id_col}_raw"])
         assert str(id_map[id_col].dtype) == "int64"
-        seen = id_map[id_map[f"{id_col}_raw"].isin(train_raw[id_col])]
+        seen = id_map[id_map[f"{id_col}_raw"].isin(interactions[id_col])]  # fitted on every interaction
         assert sorted(seen[id_col]) == list(range(FIRST_KNOWN, FIRST_KNOWN + len(seen)))
-        assert (id_map.loc[~id_map[f"{id_col}_raw"].isin(train_raw[id_col]), id_col] == OOV).all()
+        assert (id_map.loc[~id_map[f"{id_col}_raw"].isin(interactions[id_col]), id_col] == OOV).all()
         maps[id_col] = id_map.set_index(f"{id_col}_raw")[id_col]
     actual = pd.concat([_read(result.path / "train"), _read(result.path / "valid")])
     expected = pd.DataFrame(
