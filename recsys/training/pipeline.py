@@ -217,7 +217,9 @@ def train_models(
     from recsys.data.versioning import atomic_directory
     from recsys.training.keras_utils import configure_tensorflow, device_name
     from recsys.training.ranking import export_ranking, fit_dlrm, ranking_frames
-    from recsys.training.retrieval import export_retrieval, fit_two_tower, positives_of, user_histories
+    from recsys.training.retrieval import (
+        choose_prior_weight, export_retrieval, fit_two_tower, popularity_prior, positives_of, user_histories,
+    )
 
     params = params or TrainParams()
     out_dir = Path(out_dir)
@@ -240,10 +242,12 @@ def train_models(
         fv, train_positives, retrieval_params, epochs=params.epochs, protocol=data.protocol,
         users=user_histories(fv, data.train, data.users, retrieval_params), items=data.items, probe=data.probe,
     )
+    prior_weight, with_prior = choose_prior_weight(data, retrieval.model, retrieval_params)
+    retrieval.metrics.update(with_prior)
     train_rows, valid_rows = ranking_frames(fv, data.train, data.valid, data.items, ranking_params)
     ranking = fit_dlrm(fv, train_rows, ranking_params, epochs=params.epochs, valid_rows=valid_rows)
     stopping = {"retrieval": dict(retrieval.stopping), "ranking": dict(ranking.stopping)}
-    two_stage = evaluate_two_stage(data, retrieval.model, retrieval_params, ranking.model, ranking_params)
+    two_stage = evaluate_two_stage(data, retrieval.model, retrieval_params, ranking.model, ranking_params, prior_weight)
     log.info("two-stage pipeline (retrieval's %d candidates ordered by the ranker): %s", candidates_k(), _fmt(two_stage))
     gate: dict[str, float] = {}
     if champion is not None and champion.feature_version != fv.feature_version:
@@ -251,16 +255,17 @@ def train_models(
 
         gate = gate_metrics(data, retrieval.model, retrieval_params, ranking.model, ranking_params, champion,
                             Path(data_root) if data_root else get_settings().data_root,
-                            ranker_weight=two_stage.get("pipeline_ranker_weight", 1.0), candidates=candidates_k())
+                            ranker_weight=two_stage.get("pipeline_ranker_weight", 1.0), candidates=candidates_k(),
+                            prior_weight=prior_weight)
+
+    import pandas as pd
 
     final_retrieval, final_ranking = retrieval.model, ranking.model
+    everything = pd.concat([data.train, data.valid], ignore_index=True)
     if params.refit:
-        import pandas as pd
-
         # From scratch on everything, for the epochs that were best and with the same batch size (as many
         # steps per epoch, give or take the added rows): the newest interactions are learned too.
         configure_tensorflow(params.seed)
-        everything = pd.concat([data.train, data.valid], ignore_index=True)
         same_batch = {"retrieval": retrieval.stopping["batch_size"], "ranking": ranking.stopping["batch_size"]}
         refit = fit_two_tower(fv, positives_of(fv, everything, fv.path / "valid", retrieval_params),
                               dataclasses.replace(retrieval_params, batch_size=same_batch["retrieval"]),
@@ -273,9 +278,11 @@ def train_models(
         final_ranking = refit.model
         stopping["ranking"].update(refit_epochs=refit.stopping["epochs_run"], refit_seconds=refit.train_seconds)
 
+    # the prior of the published model counts every interaction: what serving's popularity looks like
+    prior = prior_weight * popularity_prior(fv, everything, data.items) if prior_weight else None
     with atomic_directory(out_dir) as tmp:
         exports = {
-            **export_retrieval(final_retrieval, fv, data.items, tmp / "retrieval"),
+            **export_retrieval(final_retrieval, fv, data.items, tmp / "retrieval", prior=prior),
             **export_ranking(final_ranking, fv, valid_rows, tmp / "ranking", ranking_params),
         }
         if (fv.path / "workflows").is_dir():
@@ -348,7 +355,7 @@ every candidate of every user, and 20k users x 200 candidates took longer than t
 
 
 def evaluate_two_stage(data: TrainingData, retrieval_model, retrieval_params: TrainParams, ranking_model,
-                       ranking_params: TrainParams) -> dict[str, float]:
+                       ranking_params: TrainParams, prior_weight: float = 0.0) -> dict[str, float]:
     """``pipeline_*`` metrics: the validation protocol scored the way serving answers (before business rules).
 
     Retrieval's ``candidates_k`` best items (seen ones excluded), ordered by the ranker's probability blended
@@ -360,7 +367,7 @@ def evaluate_two_stage(data: TrainingData, retrieval_model, retrieval_params: Tr
     from recsys.training.evaluation import two_stage
     from recsys.training.keras_utils import batched_call
     from recsys.training.ranking import ranker_columns
-    from recsys.training.retrieval import _items_in_order, _users_in_order, embed, user_histories
+    from recsys.training.retrieval import _items_in_order, _users_in_order, embed, popularity_prior, user_histories
 
     fv = data.fv
     protocol = data.protocol.sample(TWO_STAGE_USERS, seed=retrieval_params.seed)
@@ -369,7 +376,8 @@ def evaluate_two_stage(data: TrainingData, retrieval_model, retrieval_params: Tr
     users = _users_in_order(user_histories(fv, data.train, data.users, retrieval_params), fv.user_id,
                             protocol.user_ids, fv.path / "users")
     catalogue = _items_in_order(data.items, fv.item_id, protocol.item_ids)
-    query_vectors, item_vectors = embed(retrieval_model, fv, retrieval_params, users, catalogue)
+    query_vectors, item_vectors = embed(retrieval_model, fv, retrieval_params, users, catalogue,
+                                        prior_weight * popularity_prior(fv, data.train, catalogue) if prior_weight else None)
     ranker_users = users if ranking_params.history_length == retrieval_params.history_length else \
         _users_in_order(user_histories(fv, data.train, data.users, ranking_params), fv.user_id, protocol.user_ids, fv.path / "users")
     user_part = [c for c in ranker_columns(fv, ranking_params) if c not in fv.item_columns]

@@ -153,7 +153,7 @@ class ChampionScorer:
 
 def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking_params,
                  champion: ChampionExports, data_root: Path, ranker_weight: float = 1.0,
-                 candidates: int = 200) -> dict[str, float]:
+                 candidates: int = 200, prior_weight: float = 0.0) -> dict[str, float]:
     """``gate_*`` metrics: this run's early-stopped models, the champion and popularity on the fresh rows.
 
     ``data_root``: where data versions live (this run's and the champion's); ``ranker_weight``: this run's
@@ -170,7 +170,7 @@ def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking
     from recsys.training.negatives import with_negatives
     from recsys.training.popularity import evaluate_popularity
     from recsys.training.ranking import _with_histories, ranker_columns
-    from recsys.training.retrieval import _items_in_order, _users_in_order, embed, user_histories
+    from recsys.training.retrieval import _items_in_order, _users_in_order, embed, popularity_prior, user_histories
 
     fv = data.fv
     fresh = fresh_validation(data, Path(data_root) / champion.data_version)
@@ -196,7 +196,9 @@ def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking
     # --- retrieval: this run's model, the champion, popularity, on one protocol ------------------------
     users = _users_in_order(user_histories(fv, data.train, data.users, retrieval_params), fv.user_id, protocol.user_ids, fv.path / "users")
     catalogue = _items_in_order(data.items, fv.item_id, protocol.item_ids)
-    q, v = embed(retrieval_model, fv, retrieval_params, users, catalogue)
+    # this run's retrieval as it would serve: with its popularity prior (the champion's is in its exports)
+    q, v = embed(retrieval_model, fv, retrieval_params, users, catalogue,
+                 prior_weight * popularity_prior(fv, data.train, catalogue) if prior_weight else None)
     mine = protocol.evaluate(lambda rows: q[rows] @ v.T)
     scorer = ChampionScorer(champion, Path(data_root) / fv.data_version)  # this run's raw users and items
     user_raw = raw_users.reindex(protocol.user_ids).to_numpy()

@@ -83,7 +83,7 @@ def monitored(stack_settings, drift_world, tmp_path):
         runs.experiment_id(c, base.experiment_name),
         tags={runs.TAG_DATA_VERSION: drift_world["data_version"], runs.TAG_FEATURE_VERSION: drift_world["feature_version"]},
     )
-    c.log_metric(run.info.run_id, "recall_at_10", 0.2)
+    c.log_metric(run.info.run_id, "pipeline_recall_at_10", 0.2)  # the gate's metric (no floor logged: promoted)
     c.log_metric(run.info.run_id, "auc", 0.8)
     c.set_terminated(run.info.run_id)
     registry.champion_gate(run.info.run_id, base)

@@ -59,7 +59,10 @@ def test_metrics_json_holds_every_metric_and_the_history(run):
         assert info["epochs_run"] == PARAMS.epochs and info["stop_reason"].startswith("reached the last epoch")
         assert info["refit_epochs"] == info["best_epoch"] >= 1
     # the train / validation gap of both models, and the served two-stage figure
-    assert result.metrics["gap_recall_at_10"] == pytest.approx(result.metrics["train_recall_at_10"] - result.metrics["recall_at_10"])
+    # (the gap is the model's own: without the popularity prior retrieval may add, recall_at_10's chosen weight)
+    assert result.metrics["gap_recall_at_10"] == pytest.approx(result.metrics["train_recall_at_10"] - result.metrics["recall_at_10_no_prior"])
+    assert result.metrics["retrieval_prior_weight"] in (0.0, 0.1, 0.25, 0.5, 1.0)
+    assert result.metrics["recall_at_10"] >= result.metrics["recall_at_10_no_prior"]  # the weight 0 was among the tried
     assert result.metrics["gap_auc"] == pytest.approx(result.metrics["train_auc"] - result.metrics["auc"])
     assert 0 < result.metrics["pipeline_recall_at_10"] <= 1
 
@@ -90,11 +93,11 @@ def test_query_tower_reloads_and_embeds_users(run, feature_dir):
     train = fv.frame("train", fv.user_columns + fv.item_columns + ["click", "timestamp"])
     users = user_histories(fv, train, fv.frame("users", fv.user_columns), PARAMS).head(7)
     assert "history" in query_columns(fv, PARAMS) and max(len(h) for h in users["history"]) > 0
-    tower = tf.keras.models.load_model(str(out / "retrieval" / "query_tower"))
-    signature = tower.signatures["serving_default"]
+    signature = tf.saved_model.load(str(out / "retrieval" / "query_tower")).signatures["serving_default"]
     assert {"history__values", "history__offsets"} <= set(signature.structured_input_signature[1])
     vectors = batched_call(lambda inputs: signature(**inputs), users, query_columns(fv, PARAMS))
-    assert vectors.shape == (7, PARAMS.embedding_dim)
+    prior_slot = _result.metrics["retrieval_prior_weight"] > 0  # a constant 1 the items' popularity prior meets
+    assert vectors.shape == (7, PARAMS.embedding_dim + prior_slot)
     assert np.isfinite(vectors).all()
     # the history is an input: another history gives another query
     other = users.assign(history=[h[:1] for h in users["history"]])
@@ -111,7 +114,7 @@ def test_item_embeddings_cover_every_item_with_raw_ids(run, feature_dir):
     assert table.item_id_raw.is_unique
     id_map = fv.item_id_map().set_index("item_id_raw")["item_id"]
     assert (id_map.loc[table.item_id_raw].to_numpy() == table.item_id.to_numpy()).all()
-    assert {len(v) for v in table.embedding} == {PARAMS.embedding_dim}
+    assert {len(v) for v in table.embedding} == {PARAMS.embedding_dim + (_result.metrics["retrieval_prior_weight"] > 0)}
 
 
 def test_dlrm_reloads_with_the_same_predictions(run, feature_dir):
