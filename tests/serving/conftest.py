@@ -56,7 +56,8 @@ def trained_run(serving_base) -> dict:
     features_dir = next(p for p in s.features_root.iterdir() if not p.name.startswith("."))
     run_dir = s.runs_root / "run-1"
     _merlin(s, "train", "--features", str(features_dir), "--out", str(run_dir),
-            "--epochs", "8", "--embedding-dim", "16", "--batch-size", "512")  # enough to beat popularity
+            "--epochs", "8", "--embedding-dim", "16", "--batch-size", "512",
+               "--learning-rate", "0.005")  # enough to beat popularity on this tiny data
     return {
         "data_dir": data_dir,
         "features_dir": features_dir,

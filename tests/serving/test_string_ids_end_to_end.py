@@ -65,7 +65,8 @@ def deployment(stack_settings, tmp_path_factory):
     features_dir = next(p for p in s.features_root.iterdir() if not p.name.startswith("."))
     run_dir = s.runs_root / "run-text"
     merlin_cli(s, "train", "--features", str(features_dir), "--out", str(run_dir),
-               "--epochs", "8", "--embedding-dim", "16", "--batch-size", "512")  # enough to beat popularity
+               "--epochs", "8", "--embedding-dim", "16", "--batch-size", "512",
+               "--learning-rate", "0.005")  # enough to beat popularity on this tiny data
     _log_run(s, run_dir)
     refresh_online_store(str(features_dir), str(data_dir), settings=s)
     stack.up(s, only=["triton"])
