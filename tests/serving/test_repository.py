@@ -4,6 +4,7 @@ flavours, the FAISS index, atomic failure, versions never overwritten, activatin
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -18,6 +19,18 @@ pytestmark = pytest.mark.timeout(900)
 @pytest.fixture(scope="module")
 def exports(trained_run):
     return repository.exports_from_run(trained_run["run_dir"])
+
+
+@pytest.fixture(scope="module")
+def vector_width(exports, trained_run) -> int:
+    """The exported vectors' width: the embedding size (16), plus the popularity prior's slot when training
+    chose a prior weight (retrieval_prior_weight > 0)."""
+    import pyarrow.parquet as pq
+
+    metrics = json.loads((Path(trained_run["run_dir"]) / "metrics.json").read_text())["metrics"]
+    width = 16 + (metrics["retrieval_prior_weight"] > 0)
+    assert len(pq.read_table(exports["item_embeddings"]).column("embedding")[0]) == width
+    return width
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +68,7 @@ def test_python_flavour_layout_configs_and_index(exports, pipeline, tmp_path):
 
 
 
-def test_tensorflow_flavour_writes_native_savedmodel_configs(exports, pipeline, tmp_path):
+def test_tensorflow_flavour_writes_native_savedmodel_configs(exports, pipeline, vector_width, tmp_path):
     """For GPU hosts with Triton's TF backend; the pip-installed Triton here cannot load these."""
     repository.write_model_versions(exports, tmp_path, 1, pipeline, flavour="tensorflow")
     for model in ("recsys_query_tower", "recsys_ranker"):
@@ -64,7 +77,7 @@ def test_tensorflow_flavour_writes_native_savedmodel_configs(exports, pipeline, 
         assert (tmp_path / model / "1" / "model.savedmodel" / "saved_model.pb").exists()
         assert not (tmp_path / model / "1" / "model.py").exists()
     tower = (tmp_path / "recsys_query_tower" / "config.pbtxt").read_text()
-    assert 'name: "output_1" data_type: TYPE_FP32 dims: [ -1, 16 ]' in tower
+    assert f'name: "output_1" data_type: TYPE_FP32 dims: [ -1, {vector_width} ]' in tower  # the query meets the items
     assert 'name: "user_id" data_type: TYPE_INT64 dims: [ -1 ]' in tower
     ranker = (tmp_path / "recsys_ranker" / "config.pbtxt").read_text()
     assert 'name: "click/binary_output" data_type: TYPE_FP32 dims: [ -1, 1 ]' in ranker
@@ -72,14 +85,14 @@ def test_tensorflow_flavour_writes_native_savedmodel_configs(exports, pipeline, 
     assert 'backend: "python"' in (tmp_path / "recsys" / "config.pbtxt").read_text()
 
 
-def test_index_files(exports, pipeline, tmp_path):
+def test_index_files(exports, pipeline, vector_width, tmp_path):
     import pyarrow.parquet as pq
 
     repository.write_model_versions(exports, tmp_path, 1, pipeline)
     index_dir = tmp_path / "recsys_item_index" / "1" / "index"
     meta = json.loads((index_dir / "index.json").read_text())
     table = pq.read_table(exports["item_embeddings"])
-    assert meta["kind"] == "flat" and meta["items"] == table.num_rows and meta["dim"] == 16
+    assert meta["kind"] == "flat" and meta["items"] == table.num_rows and meta["dim"] == vector_width
     assert np.load(index_dir / "item_ids.npy").tolist() == table.column("item_id_raw").to_pylist()
     assert (tmp_path / "recsys" / "1" / "index" / "items.faiss").read_bytes() == (index_dir / "items.faiss").read_bytes()
 
