@@ -34,6 +34,19 @@ def configure_tensorflow(seed: int, threads: Optional[int] = None) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def regularized_embeddings(categorical_schema, params):
+    """The embedding tables both models use: ``params.embedding_dim`` wide, L2 ``params.l2_reg`` on every
+    table, and list columns (the history) pooled by sqrt(n), so a long history does not drown the id."""
+    import merlin.models.tf as mm
+
+    return mm.Embeddings(
+        categorical_schema,
+        dim=int(params.embedding_dim),
+        embeddings_regularizer=tf.keras.regularizers.l2(params.l2_reg) if params.l2_reg else None,
+        sequence_combiner="sqrtn",
+    )
+
+
 def device_name() -> str:
     """'GPU' when TensorFlow sees one, else 'CPU'."""
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"

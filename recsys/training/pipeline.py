@@ -367,19 +367,18 @@ def evaluate_two_stage(data: TrainingData, retrieval_model, retrieval_params: Tr
     from recsys.training.evaluation import two_stage
     from recsys.training.keras_utils import batched_call
     from recsys.training.ranking import ranker_columns
-    from recsys.training.retrieval import _items_in_order, _users_in_order, embed, popularity_prior, user_histories
+    from recsys.training.retrieval import embed, items_in_order, popularity_prior, protocol_users
 
     fv = data.fv
     protocol = data.protocol.sample(TWO_STAGE_USERS, seed=retrieval_params.seed)
     if not len(protocol.user_ids):
         return {}
-    users = _users_in_order(user_histories(fv, data.train, data.users, retrieval_params), fv.user_id,
-                            protocol.user_ids, fv.path / "users")
-    catalogue = _items_in_order(data.items, fv.item_id, protocol.item_ids)
+    users = protocol_users(fv, data.train, data.users, retrieval_params, protocol.user_ids)
+    catalogue = items_in_order(data.items, fv.item_id, protocol.item_ids)
     query_vectors, item_vectors = embed(retrieval_model, fv, retrieval_params, users, catalogue,
                                         prior_weight * popularity_prior(fv, data.train, catalogue) if prior_weight else None)
     ranker_users = users if ranking_params.history_length == retrieval_params.history_length else \
-        _users_in_order(user_histories(fv, data.train, data.users, ranking_params), fv.user_id, protocol.user_ids, fv.path / "users")
+        protocol_users(fv, data.train, data.users, ranking_params, protocol.user_ids)
     user_part = [c for c in ranker_columns(fv, ranking_params) if c not in fv.item_columns]
 
     def rank(user_rows, item_positions):

@@ -47,7 +47,7 @@ def ranking_frames(
     """
     columns = fv.user_columns + fv.item_columns + [fv.target]
     if params.history_length:
-        train, valid = _with_histories(fv, train, valid, params.history_length)
+        train, valid = with_histories(fv, train, valid, params.history_length)
         columns = columns + [HISTORY]
     train, valid = train[columns].reset_index(drop=True), valid[columns].reset_index(drop=True)
     if fv.has_labels:
@@ -66,7 +66,7 @@ def ranking_frames(
     return train_rows, valid_rows
 
 
-def _with_histories(fv: FeatureVersion, train: pd.DataFrame, valid: pd.DataFrame, length: int):
+def with_histories(fv: FeatureVersion, train: pd.DataFrame, valid: pd.DataFrame, length: int):
     """Each training row gets the user's other training interactions (leave one out); each validation row
     gets all of the user's training interactions: what serving will read (recsys.features.history)."""
     from recsys.features.history import leave_one_out, per_user, truncate
@@ -90,16 +90,13 @@ def build_dlrm(fv: FeatureVersion, schema, params):
     import tensorflow as tf
     from merlin.schema import Tags
 
+    from recsys.training.keras_utils import regularized_embeddings
+
     d = int(params.embedding_dim)
     has_continuous = bool(fv.columns.get("user_continuous") or fv.columns.get("item_continuous"))
     model = mm.DLRMModel(
         schema,
-        embeddings=mm.Embeddings(
-            schema.select_by_tag(Tags.CATEGORICAL),
-            dim=d,
-            embeddings_regularizer=tf.keras.regularizers.l2(params.l2_reg) if params.l2_reg else None,
-            sequence_combiner="sqrtn",  # the history, pooled as in the query tower
-        ),
+        embeddings=regularized_embeddings(schema.select_by_tag(Tags.CATEGORICAL), params),
         # DLRM maps the continuous features to the embedding size so they can interact with them
         bottom_block=mm.MLPBlock([d]) if has_continuous else None,
         top_block=mm.MLPBlock([2 * d, d], dropout=params.dropout),

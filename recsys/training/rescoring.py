@@ -178,8 +178,8 @@ def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking
     from recsys.training.metrics import auc
     from recsys.training.negatives import with_negatives
     from recsys.training.popularity import evaluate_popularity
-    from recsys.training.ranking import _with_histories, ranker_columns
-    from recsys.training.retrieval import _items_in_order, _users_in_order, embed, popularity_prior, user_histories
+    from recsys.training.ranking import ranker_columns, with_histories
+    from recsys.training.retrieval import embed, items_in_order, popularity_prior, protocol_users
 
     fv = data.fv
     fresh = fresh_validation(data, Path(data_root) / champion.data_version)
@@ -203,8 +203,8 @@ def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking
     empty = np.zeros(0, dtype=object)
 
     # --- retrieval: this run's model, the champion, popularity, on one protocol ------------------------
-    users = _users_in_order(user_histories(fv, data.train, data.users, retrieval_params), fv.user_id, protocol.user_ids, fv.path / "users")
-    catalogue = _items_in_order(data.items, fv.item_id, protocol.item_ids)
+    users = protocol_users(fv, data.train, data.users, retrieval_params, protocol.user_ids)
+    catalogue = items_in_order(data.items, fv.item_id, protocol.item_ids)
     # this run's retrieval as it would serve: with its popularity prior (the champion's is in its exports)
     q, v = embed(retrieval_model, fv, retrieval_params, users, catalogue,
                  prior_weight * popularity_prior(fv, data.train, catalogue) if prior_weight else None)
@@ -232,8 +232,7 @@ def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking
     from recsys.training.evaluation import two_stage
 
     columns = ranker_columns(fv, ranking_params)
-    ranker_users = _users_in_order(user_histories(fv, data.train, data.users, ranking_params), fv.user_id,
-                                   protocol.user_ids, fv.path / "users")
+    ranker_users = protocol_users(fv, data.train, data.users, ranking_params, protocol.user_ids)
     user_part = [c for c in columns if c not in fv.item_columns]
     catalogue_raw = raw_items.reindex(protocol.item_ids).to_numpy()
 
@@ -254,7 +253,7 @@ def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking
         out[f"gate_champion_pipeline_{key}"] = float(theirs_served[key])
 
     # --- ranking: AUC of both rankers on the fresh positives and their sampled negatives ----------------
-    rows = _with_histories(fv, data.train, fresh, ranking_params.history_length)[1] if ranking_params.history_length else fresh
+    rows = with_histories(fv, data.train, fresh, ranking_params.history_length)[1] if ranking_params.history_length else fresh
     rows = rows[columns + [fv.target]].reset_index(drop=True)
     if not fv.has_labels:  # positives only: the same popularity-drawn negatives as training, for both rankers
         rows = with_negatives(rows, data.items[fv.item_columns], user_col=fv.user_id, item_col=fv.item_id, target=fv.target,

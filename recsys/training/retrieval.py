@@ -105,18 +105,14 @@ def build_two_tower(fv: FeatureVersion, schema, params, item_counts: np.ndarray)
     from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
     from merlin.schema import Tags
 
+    from recsys.training.keras_utils import regularized_embeddings
+
     d = int(params.embedding_dim)
 
     def tower(columns: list[str]):
         tower_schema = schema.select_by_name(columns)
         inputs = mm.InputBlockV2(
-            tower_schema,
-            categorical=mm.Embeddings(
-                tower_schema.select_by_tag(Tags.CATEGORICAL),
-                dim=d,
-                embeddings_regularizer=tf.keras.regularizers.l2(params.l2_reg) if params.l2_reg else None,
-                sequence_combiner="sqrtn",  # a history of n items weighs sqrt(n): long ones do not drown the id
-            ),
+            tower_schema, categorical=regularized_embeddings(tower_schema.select_by_tag(Tags.CATEGORICAL), params),
         )
         return mm.Encoder(inputs, mm.MLPBlock([2 * d, d], no_activation_last_layer=True, dropout=params.dropout))
 
@@ -205,8 +201,8 @@ def fit_two_tower(
     callbacks: list = [EpochTimer()]
     timer = callbacks[0]
     if protocol is not None:
-        eval_users = _users_in_order(users, fv.user_id, protocol.user_ids, fv.path / "users")
-        catalogue = _items_in_order(items, fv.item_id, protocol.item_ids)
+        eval_users = users_in_order(users, fv.user_id, protocol.user_ids, fv.path / "users")
+        catalogue = items_in_order(items, fv.item_id, protocol.item_ids)
 
         def evaluate(on: TopKProtocol, user_rows: pd.DataFrame) -> dict[str, float]:
             query_vectors, item_vectors = embed(model, fv, params, user_rows, catalogue)
@@ -236,7 +232,7 @@ def fit_two_tower(
         final = evaluate(protocol, eval_users)  # the restored best epoch
         metrics = {key: float(value) for key, value in final.items()}
         if probe is not None and len(probe.user_ids):
-            probe_users = _users_in_order(users, fv.user_id, probe.user_ids, fv.path / "users")
+            probe_users = users_in_order(users, fv.user_id, probe.user_ids, fv.path / "users")
             seen_on_train = evaluate(probe, probe_users)
             metrics[f"train_{PRIMARY_METRIC}"] = float(seen_on_train[PRIMARY_METRIC])
             metrics[f"gap_{PRIMARY_METRIC}"] = metrics[f"train_{PRIMARY_METRIC}"] - metrics[PRIMARY_METRIC]
@@ -290,8 +286,8 @@ def choose_prior_weight(data, model, params) -> tuple[float, dict[str, float]]:
     """The popularity prior weight (one of :data:`PRIOR_WEIGHTS`) with the best validation recall@10 (then
     ndcg@10); returns it and the retrieval metrics with it, plus ``recall_at_10_no_prior``."""
     fv, protocol = data.fv, data.protocol
-    users = _users_in_order(user_histories(fv, data.train, data.users, params), fv.user_id, protocol.user_ids, fv.path / "users")
-    catalogue = _items_in_order(data.items, fv.item_id, protocol.item_ids)
+    users = protocol_users(fv, data.train, data.users, params, protocol.user_ids)
+    catalogue = items_in_order(data.items, fv.item_id, protocol.item_ids)
     queries, vectors = embed(model, fv, params, users, catalogue)
     prior = popularity_prior(fv, data.train, catalogue)
     tried = {w: protocol.evaluate(lambda rows, w=w: queries[rows] @ vectors.T + w * prior) for w in PRIOR_WEIGHTS}
@@ -405,7 +401,16 @@ def _raw_item_ids(fv: FeatureVersion, encoded: np.ndarray) -> np.ndarray:
     return ids.as_array(unique_map.loc[encoded], kind)
 
 
-def _users_in_order(users: pd.DataFrame, user_col: str, user_ids: np.ndarray, where: Path) -> pd.DataFrame:
+def protocol_users(fv: FeatureVersion, interactions: pd.DataFrame, users: pd.DataFrame, params,
+                   user_ids: np.ndarray) -> pd.DataFrame:
+    """The query rows of ``user_ids`` (in order): their features and, when ``params`` has one, their history
+    of ``interactions`` (:func:`user_histories`)."""
+    return users_in_order(user_histories(fv, interactions, users, params), fv.user_id, user_ids, fv.path / "users")
+
+
+def users_in_order(users: pd.DataFrame, user_col: str, user_ids: np.ndarray, where: Path) -> pd.DataFrame:
+    """The rows of ``users`` for ``user_ids``, in that order (a protocol's rows); ``where`` names the folder
+    in the error when one has no row."""
     indexed = users.drop_duplicates(user_col).set_index(user_col, drop=False)
     missing = ~pd.Index(user_ids).isin(indexed.index)
     if missing.any():
@@ -415,5 +420,6 @@ def _users_in_order(users: pd.DataFrame, user_col: str, user_ids: np.ndarray, wh
     return indexed.loc[user_ids].reset_index(drop=True)
 
 
-def _items_in_order(items: pd.DataFrame, item_col: str, item_ids: np.ndarray) -> pd.DataFrame:
+def items_in_order(items: pd.DataFrame, item_col: str, item_ids: np.ndarray) -> pd.DataFrame:
+    """The rows of ``items`` for ``item_ids``, in that order (a protocol's catalogue)."""
     return items.drop_duplicates(item_col).set_index(item_col, drop=False).loc[item_ids].reset_index(drop=True)
