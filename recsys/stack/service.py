@@ -44,13 +44,47 @@ def mask_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux default 32768-60999)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port on ``host`` that nobody listens on right now (the kernel picks it)."""
+    """A TCP port on ``host`` that nobody is bound to now, chosen outside the ephemeral range.
+
+    Why not ``bind(0)``: the kernel then hands out a port from the ephemeral range,
+    which it also gives to outgoing connections. Between choosing the port and the
+    service binding it (seconds, for MLflow or Airflow), any client connection on the
+    machine may take it as its local port, and the service fails with "address already
+    in use" (seen in CI). Ports below the ephemeral range are only ever taken by
+    listeners, and a port is never handed out twice by one process.
+    """
+    import random
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    low, high = ephemeral_port_range()
+    candidates = [(20000, low - 1)] if low > 21000 else [(high + 1, 65535)]
+    start, end = candidates[0]
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(start, end)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise ServiceError(f"no free TCP port on {host} in {start}-{end} after 200 tries")
 
 
 def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:

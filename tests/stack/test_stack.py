@@ -202,6 +202,20 @@ def test_a_port_taken_by_another_program_is_refused(own_settings):
     assert stack.status(own_settings)["redis"]["pid"] is None
 
 
+def test_free_ports_avoid_theephemeral_port_range_and_are_never_handed_out_twice():
+    # Ports from the ephemeral range can be taken by any outgoing connection between
+    # choosing and binding (CI saw MLflow fail that way), so test ports come from below it.
+    from recsys.stack.service import ephemeral_port_range
+
+    low, high = ephemeral_port_range()
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(not (low <= p <= high) for p in ports), ports
+    for port in ports[:5]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))
+
+
 def test_unknown_service_name_is_a_clear_error(own_settings):
     from recsys.errors import ConfigError
 
