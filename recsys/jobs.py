@@ -94,7 +94,7 @@ def resolve_features(feature_version: Optional[str] = None) -> dict:
     }
 
 
-TRAINING_PARAMS = ("epochs", "patience", "batch_size", "embedding_dim", "learning_rate", "l2_reg", "dropout",
+TRAINING_PARAMS = ("epochs", "patience", "batch_size", "embedding_dim", "learning_rate", "lr_patience", "l2_reg", "dropout",
                    "history_length", "negatives_per_positive", "refit", "seed", "tune_trials", "tune_timeout_seconds")
 """What a training run takes (an Airflow run's ``conf``, ``recsys train`` flags); defaults from the settings."""
 

@@ -76,6 +76,9 @@ class Settings:
     embedding_dim: int = 64
     learning_rate: float = 0.001
     """Adam's; with L2 1e-4 and dropout 0.2 the best of the settings tried on MovieLens (bench/README.md)."""
+    lr_patience: int = 2
+    """Two-tower: halve the learning rate after this many epochs without a better validation metric (down
+    to 1/16 of it; 0: constant). The refit replays the same rates epoch by epoch."""
     l2_reg: float = 1e-4
     """L2 penalty on every embedding table of both models."""
     dropout: float = 0.2

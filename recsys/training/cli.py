@@ -16,6 +16,7 @@ _PARAM_FLAGS = [
     ("--batch-size", "batch_size", int),
     ("--embedding-dim", "embedding_dim", int),
     ("--learning-rate", "learning_rate", float),
+    ("--lr-patience", "lr_patience", int),
     ("--l2-reg", "l2_reg", float),
     ("--dropout", "dropout", float),
     ("--negatives-per-positive", "negatives_per_positive", int),

@@ -15,7 +15,7 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-Strategy = Literal["uniform", "popularity"]
+Strategy = Literal["uniform", "popularity", "candidates"]
 _MAX_ROUNDS = 50
 
 
@@ -30,8 +30,13 @@ def sample_negatives(
     seed: int,
     strategy: Strategy = "uniform",
     known_positives: Optional[pd.DataFrame] = None,
+    candidates: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> pd.DataFrame:
     """Negative rows for ``positives`` (same columns, ``target`` 0).
+
+    ``strategy="candidates"``: drawn uniformly from the user's row of ``candidates`` ((sorted user ids,
+    a (users, k) matrix of item ids): what retrieval proposes to them, the items the ranker has to
+    order at serving time); users without a row fall back to popularity.
 
     ``items``: one row per item (the feature version's items/), its columns replace the item
     columns of the copied rows. ``known_positives``: more (user, item) pairs a negative must avoid,
@@ -40,12 +45,14 @@ def sample_negatives(
     """
     if negatives_per_positive < 1 or len(positives) == 0:
         return positives.iloc[0:0].copy()
-    if strategy not in ("uniform", "popularity"):
-        raise ValueError(f"unknown negative sampling strategy {strategy!r}; use 'uniform' or 'popularity'")
+    if strategy not in ("uniform", "popularity", "candidates"):
+        raise ValueError(f"unknown negative sampling strategy {strategy!r}; use 'uniform', 'popularity' or 'candidates'")
+    if strategy == "candidates" and candidates is None:
+        raise ValueError("strategy 'candidates' needs the candidates")
     rng = np.random.default_rng(seed)
     catalogue = items[item_col].to_numpy()
     n_items = len(catalogue)
-    if strategy == "popularity":
+    if strategy in ("popularity", "candidates"):
         counts = positives[item_col].value_counts().reindex(catalogue, fill_value=0).to_numpy()
         weights = (counts + 1.0) / (counts + 1.0).sum()  # +1: items never seen can still be drawn
     else:
@@ -60,10 +67,21 @@ def sample_negatives(
 
     source_rows = np.repeat(np.arange(len(positives)), negatives_per_positive)
     users = positives[user_col].to_numpy(np.int64)[source_rows]
+    pool, pool_row = None, None
+    if strategy == "candidates":
+        pool_users, pool_items = candidates
+        first_rows = pd.Series(np.arange(n_items), index=catalogue).groupby(level=0).first()  # shared codes: one row
+        pool = first_rows.reindex(pool_items.ravel()).fillna(-1).to_numpy(np.int64).reshape(pool_items.shape)
+        at = np.minimum(np.searchsorted(pool_users, users), max(len(pool_users) - 1, 0))
+        pool_row = np.where((len(pool_users) > 0) & (pool_users[at] == users), at, -1)
     sampled = np.empty(len(source_rows), dtype=np.int64)
     pending = np.arange(len(source_rows))
     for _ in range(_MAX_ROUNDS):
         sampled[pending] = rng.choice(n_items, size=len(pending), p=weights)
+        if pool is not None:
+            has = pending[pool_row[pending] >= 0]
+            drawn = pool[pool_row[has], rng.integers(0, pool.shape[1], len(has))]
+            sampled[has] = np.where(drawn >= 0, drawn, sampled[has])
         keys = users[pending] * stride + catalogue[sampled[pending]].astype(np.int64)
         hit = np.searchsorted(forbidden, keys)
         clash = (hit < len(forbidden)) & (forbidden[np.minimum(hit, len(forbidden) - 1)] == keys)
@@ -85,11 +103,20 @@ def sample_negatives(
 
 
 def with_negatives(
-    positives: pd.DataFrame, items: pd.DataFrame, **kwargs
+    positives: pd.DataFrame, items: pd.DataFrame, *, candidate_negatives: int = 0,
+    candidates: Optional[tuple[np.ndarray, np.ndarray]] = None, **kwargs
 ) -> pd.DataFrame:
-    """``positives`` (target forced to 1) followed by their sampled negatives; see :func:`sample_negatives`."""
+    """``positives`` (target forced to 1) followed by their sampled negatives; see :func:`sample_negatives`.
+
+    With ``candidates``, ``candidate_negatives`` of each positive's ``negatives_per_positive`` are drawn
+    from the user's retrieval candidates, the rest with ``strategy``."""
     target = kwargs["target"]
     positives = positives.assign(**{target: np.ones(len(positives), dtype=positives[target].dtype)})
-    negatives = sample_negatives(positives, items, **kwargs)
-    log.info("sampled %d negatives for %d positives", len(negatives), len(positives))
-    return pd.concat([positives, negatives], ignore_index=True)
+    hard = min(candidate_negatives, kwargs["negatives_per_positive"]) if candidates is not None else 0
+    parts = [positives, sample_negatives(positives, items, **{**kwargs, "negatives_per_positive": kwargs["negatives_per_positive"] - hard})]
+    if hard:
+        parts.append(sample_negatives(positives, items, **{**kwargs, "negatives_per_positive": hard, "strategy": "candidates",
+                                                         "seed": kwargs["seed"] + 7919}, candidates=candidates))
+    log.info("sampled %d negatives for %d positives (%d per positive from retrieval's candidates)",
+             sum(len(p) for p in parts[1:]), len(positives), hard)
+    return pd.concat(parts, ignore_index=True)

@@ -61,6 +61,8 @@ class TrainParams:
     """0: chosen from the number of training rows (about 200 steps per epoch, 256..8192)."""
     embedding_dim: int = _setting("embedding_dim")
     learning_rate: float = _setting("learning_rate")
+    lr_patience: int = _setting("lr_patience")
+    """Two-tower: halve the learning rate after this many epochs without improvement (0: constant)."""
     l2_reg: float = _setting("l2_reg")
     """L2 penalty on every embedding table."""
     dropout: float = _setting("dropout")
@@ -218,7 +220,8 @@ def train_models(
     from recsys.training.keras_utils import configure_tensorflow, device_name
     from recsys.training.ranking import export_ranking, fit_dlrm, ranking_frames
     from recsys.training.retrieval import (
-        choose_prior_weight, export_retrieval, fit_two_tower, popularity_prior, positives_of, user_histories,
+        candidate_pools, choose_prior_weight, export_retrieval, fit_two_tower, popularity_prior, positives_of,
+        user_histories,
     )
 
     params = params or TrainParams()
@@ -238,13 +241,16 @@ def train_models(
 
     retrieval_params, ranking_params = params.for_model("retrieval"), params.for_model("ranking")
     train_positives = positives_of(fv, data.train, fv.path / "train", retrieval_params)
+    train_users = user_histories(fv, data.train, data.users, retrieval_params)
     retrieval = fit_two_tower(
         fv, train_positives, retrieval_params, epochs=params.epochs, protocol=data.protocol,
-        users=user_histories(fv, data.train, data.users, retrieval_params), items=data.items, probe=data.probe,
+        users=train_users, items=data.items, probe=data.probe,
     )
     prior_weight, with_prior = choose_prior_weight(data, retrieval.model, retrieval_params)
     retrieval.metrics.update(with_prior)
-    train_rows, valid_rows = ranking_frames(fv, data.train, data.valid, data.items, ranking_params)
+    candidates = candidate_pools(retrieval.model, fv, retrieval_params, data.train, train_users, data.items,
+                                 candidates_k(), prior_weight)
+    train_rows, valid_rows = ranking_frames(fv, data.train, data.valid, data.items, ranking_params, candidates)
     ranking = fit_dlrm(fv, train_rows, ranking_params, epochs=params.epochs, valid_rows=valid_rows)
     stopping = {"retrieval": dict(retrieval.stopping), "ranking": dict(ranking.stopping)}
     two_stage = evaluate_two_stage(data, retrieval.model, retrieval_params, ranking.model, ranking_params, prior_weight)
@@ -269,7 +275,8 @@ def train_models(
         same_batch = {"retrieval": retrieval.stopping["batch_size"], "ranking": ranking.stopping["batch_size"]}
         refit = fit_two_tower(fv, positives_of(fv, everything, fv.path / "valid", retrieval_params),
                               dataclasses.replace(retrieval_params, batch_size=same_batch["retrieval"]),
-                              epochs=max(1, retrieval.stopping["best_epoch"]), name="retrieval refit")
+                              epochs=max(1, retrieval.stopping["best_epoch"]), name="retrieval refit",
+                              learning_rates=retrieval.history.get("lr"))
         final_retrieval = refit.model
         stopping["retrieval"].update(refit_epochs=refit.stopping["epochs_run"], refit_seconds=refit.train_seconds)
         rows = pd.concat([train_rows, valid_rows], ignore_index=True)

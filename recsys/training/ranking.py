@@ -37,13 +37,19 @@ def ranking_frames(
     valid: pd.DataFrame,
     items: pd.DataFrame,
     params,
+    candidates: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train and valid rows for the ranker: the user's history on every row (when ``params.history_length``),
     and sampled negatives when the data has no labels.
 
     Negatives are drawn by popularity: the items retrieval proposes are popular ones, and a ranker trained
-    against uniformly drawn (mostly obscure) items learns little more than popularity itself. Each copies
-    the history of the positive it was drawn for.
+    against uniformly drawn (mostly obscure) items learns little more than popularity itself. With
+    ``candidates`` (:func:`recsys.training.retrieval.candidate_pools`: retrieval's best items for each
+    user), half of each positive's negatives come from the user's own candidates: serving asks the ranker
+    to order exactly those. Measured on MovieLens-latest-small (bench/README.md): the ranker alone over
+    retrieval's 200 candidates went from validation recall@10 0.079 to 0.091 (the served blend 0.128 ->
+    0.130; the AUC, now against harder negatives, 0.796 -> 0.706). Each negative copies the history of the
+    positive it was drawn for.
     """
     columns = fv.user_columns + fv.item_columns + [fv.target]
     if params.history_length:
@@ -59,6 +65,8 @@ def ranking_frames(
         target=fv.target,
         negatives_per_positive=params.negatives_per_positive,
         strategy="popularity",
+        candidates=candidates,
+        candidate_negatives=params.negatives_per_positive // 2,
     )
     train_rows = with_negatives(train, seed=params.seed, **common)
     # Validation negatives also avoid the user's training positives (they are not negatives).

@@ -174,6 +174,7 @@ def fit_two_tower(
     probe: Optional[TopKProtocol] = None,
     on_epoch: Optional[Callable[[int, float], None]] = None,
     name: str = "retrieval",
+    learning_rates: Optional[list[float]] = None,
 ) -> ModelResult:
     """Fit a new two-tower on ``positives`` (:func:`positives_of`, with histories) for at most ``epochs`` epochs.
 
@@ -218,6 +219,12 @@ def fit_two_tower(
 
         evaluation = BestEpoch(f"val_{PRIMARY_METRIC}", "max", patience=int(params.patience), on_epoch=on_epoch)
         callbacks += [FullCatalogueEvaluation(), evaluation]
+        if params.lr_patience:
+            callbacks.append(tf.keras.callbacks.ReduceLROnPlateau(
+                f"val_{PRIMARY_METRIC}", factor=0.5, patience=int(params.lr_patience), mode="max", min_delta=0.0,
+                min_lr=params.learning_rate / 16))
+    elif learning_rates:  # a refit replays the early-stopped fit's rates
+        callbacks.append(tf.keras.callbacks.LearningRateScheduler(lambda epoch, _lr: learning_rates[min(epoch, len(learning_rates) - 1)]))
     callbacks.append(ProgressLogger(name, epochs, len(positives), timer))
     log.info("%s: %d positives, batch %d (%d steps per epoch), at most %d epochs", name, len(positives), batch_size,
              -(-len(positives) // batch_size), epochs)
@@ -265,6 +272,32 @@ def embed(model, fv: FeatureVersion, params, user_rows: pd.DataFrame, item_rows:
 
 PRIOR_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
 """The popularity prior weights a run tries on validation (see :func:`popularity_prior`)."""
+
+
+def candidate_pools(model, fv: FeatureVersion, params, interactions: pd.DataFrame, users: pd.DataFrame,
+                    items: pd.DataFrame, k: int, prior_weight: float = 0.0,
+                    chunk_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted user ids, a (users, k) matrix of item ids): each user of ``interactions`` and their ``k`` best
+    items by this model among those they have no interaction with, as serving's retrieval would propose
+    them (``users``: :func:`user_histories` rows; ``prior_weight``: the popularity prior's, as exported).
+    The ranker's hardest negatives: the items it will have to order."""
+    user_ids = np.unique(interactions[fv.user_id].to_numpy(np.int64))
+    catalogue = items.drop_duplicates(fv.item_id).reset_index(drop=True)
+    item_ids = catalogue[fv.item_id].to_numpy(np.int64)
+    rows = users_in_order(users, fv.user_id, user_ids, fv.path / "users")
+    prior = prior_weight * popularity_prior(fv, interactions, catalogue) if prior_weight else None
+    queries, vectors = embed(model, fv, params, rows, catalogue, prior)
+    row_of_user = pd.Index(user_ids).get_indexer(interactions[fv.user_id].to_numpy(np.int64))
+    position = pd.Index(item_ids).get_indexer(interactions[fv.item_id].to_numpy(np.int64))
+    known = position >= 0
+    k = min(k, len(item_ids))
+    out = np.empty((len(user_ids), k), np.int64)
+    for start in range(0, len(user_ids), chunk_size):
+        scores = queries[start:start + chunk_size] @ vectors.T
+        inside = known & (row_of_user >= start) & (row_of_user < start + len(scores))
+        scores[row_of_user[inside] - start, position[inside]] = -np.inf
+        out[start:start + len(scores)] = item_ids[np.argpartition(-scores, k - 1, axis=1)[:, :k]]
+    return user_ids, out
 
 
 def popularity_prior(fv: FeatureVersion, interactions: pd.DataFrame, item_rows: pd.DataFrame) -> np.ndarray:
