@@ -7,7 +7,9 @@ tower embeds its columns (L2-regularized embedding tables), concatenates them an
 (in-batch negatives are drawn by popularity; without the correction popular items are pushed down).
 After every epoch the model is scored over the whole catalogue with the shared
 :class:`~recsys.training.evaluation.TopKProtocol`; :class:`~recsys.training.keras_utils.BestEpoch` stops
-when that metric stops improving and restores the best epoch's weights.
+when that metric stops improving and restores the best epoch's weights; the learning rate halves after
+``lr_patience`` epochs without improvement (a refit replays the rates). :func:`candidate_pools` gives each
+user the items the fitted model proposes: the ranker's hard negatives.
 
 Exports (docs/layouts.md section 4):
 - ``retrieval/query_tower/``: SavedModel, user features -> query embedding
