@@ -248,8 +248,9 @@ def train_models(
     )
     prior_weight, with_prior = choose_prior_weight(data, retrieval.model, retrieval_params)
     retrieval.metrics.update(with_prior)
-    candidates = candidate_pools(retrieval.model, fv, retrieval_params, data.train, train_users, data.items,
-                                 candidates_k(), prior_weight)
+    # with labels the ranker learns from the rows as they are: no sampled negatives, so no candidates
+    candidates = None if fv.has_labels else candidate_pools(
+        retrieval.model, fv, retrieval_params, data.train, train_users, data.items, candidates_k(), prior_weight)
     train_rows, valid_rows = ranking_frames(fv, data.train, data.valid, data.items, ranking_params, candidates)
     ranking = fit_dlrm(fv, train_rows, ranking_params, epochs=params.epochs, valid_rows=valid_rows)
     stopping = {"retrieval": dict(retrieval.stopping), "ranking": dict(ranking.stopping)}
