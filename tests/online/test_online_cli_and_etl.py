@@ -25,7 +25,7 @@ def online_env(stack_settings, tmp_path, monkeypatch):
 def test_cli_refresh_status_and_unavailable(online_env, capsys):
     from recsys.cli import main
     from recsys.online.redis_store import RedisOnlineStore
-    from recsys.online.sample import write_sample_versions
+    from online_sample import write_sample_versions
 
     features = write_sample_versions(online_env.home, n_users=50, n_items=20, n_interactions=300)
     assert main(["online", "refresh"]) == 0
@@ -53,7 +53,7 @@ def test_cli_refresh_status_and_unavailable(online_env, capsys):
 def test_cli_unavailable_with_text_ids(online_env, capsys):
     from recsys.cli import main
     from recsys.online.redis_store import RedisOnlineStore
-    from recsys.online.sample import write_sample_versions
+    from online_sample import write_sample_versions
 
     write_sample_versions(online_env.home, n_users=30, n_items=12, n_interactions=200, string_ids=True)
     assert main(["online", "refresh"]) == 0
@@ -74,7 +74,7 @@ def test_missing_data_version_is_a_clear_error(online_env, capsys):
 
     from recsys.cli import main
     from recsys.data.versioning import read_manifest
-    from recsys.online.sample import write_sample_versions
+    from online_sample import write_sample_versions
 
     features = write_sample_versions(online_env.home, n_users=10, n_items=5, n_interactions=30)
     shutil.rmtree(online_env.data_root / read_manifest(features)["data_version"])

@@ -30,7 +30,7 @@ def batch_settings(stack_settings, tmp_path_factory):
     """A home of our own with a feature version refreshed into Redis (200 users) and our own Triton."""
     from recsys import stack
     from recsys.online.refresh import refresh_online_store
-    from recsys.online.sample import write_sample_versions
+    from online_sample import write_sample_versions
     from recsys.stack.service import free_port
 
     home = tmp_path_factory.mktemp("batch-home")

@@ -1,7 +1,8 @@
 """A data version and a feature version in the project's layouts, with random values, written fast.
 
-For the online store's tests, the refresh DAG's test and the benchmarks: the online store only
-reads ``users/``, ``items/``, ``id_maps/`` and the manifests of a feature version, plus the data
+Test-fixture code, not shipped in the package: for the online store's tests, the DAG tests and
+bench/online_store.py. The online store only reads ``users/``, ``items/``, ``id_maps/`` and the
+manifests of a feature version, plus the data
 version's ``interactions.parquet`` and ``items.parquet``, so those are what this writes (docs/layouts.md
 sections 2 and 3; no train/valid splits, no NVTabular workflows). Building 100k users this way takes
 a second, where the real ETL would take minutes. The real ETL's output is covered by a contract test.
@@ -88,7 +89,7 @@ def write_sample_versions(
                 {
                     "data_version": data_version,
                     "created_at": utc_now_iso(),
-                    "source": "recsys.online.sample",
+                    "source": "tests/online_sample.py",
                     "rows": {"interactions": len(interactions), "users": n_users, "items": n_items},
                     "has_labels": True,
                     "ids": kinds.to_dict(),
