@@ -254,7 +254,7 @@ class Settings:
             value = getattr(self, f.name)
             if value is None:
                 continue
-            env[_env_name(f.name)] = str(value)
+            env[env_name(f.name)] = str(value)
         return env
 
     def public_dict(self) -> dict[str, Any]:
@@ -283,7 +283,8 @@ def _mask_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _env_name(name: str) -> str:
+def env_name(name: str) -> str:
+    """The environment variable of setting ``name`` (``RECSYS_<NAME>``; MLflow's own for the tracking URI)."""
     return "MLFLOW_TRACKING_URI" if name == "mlflow_tracking_uri" else f"RECSYS_{name.upper()}"
 
 
@@ -303,7 +304,7 @@ def _parse(raw: str, annotation: Any, name: str) -> Any:
         return target(raw)
     except ValueError:
         raise ValueError(
-            f"setting {_env_name(name)}={raw!r} is not a valid {getattr(target, '__name__', target)}"
+            f"setting {env_name(name)}={raw!r} is not a valid {getattr(target, '__name__', target)}"
         ) from None
 
 
@@ -313,7 +314,7 @@ def load_settings(environ: Optional[dict[str, str]] = None, **overrides: Any) ->
     hints = get_type_hints(Settings)
     values: dict[str, Any] = {}
     for f in fields(Settings):
-        raw = environ.get(_env_name(f.name))
+        raw = environ.get(env_name(f.name))
         if raw is not None and raw != "":
             values[f.name] = _parse(raw, hints[f.name], f.name)
     values.update(overrides)

@@ -29,11 +29,11 @@ def register(subparsers) -> None:
 
 
 def _show(args) -> int:
-    from recsys.settings import Settings, _env_name, get_settings
+    from recsys.settings import Settings, env_name, get_settings
 
     values = get_settings().public_dict()
     docs = setting_docs()
-    rows = [(_env_name(f.name), values[f.name], docs.get(f.name, "")) for f in fields(Settings)]
+    rows = [(env_name(f.name), values[f.name], docs.get(f.name, "")) for f in fields(Settings)]
     if args.json:
         print(json.dumps([{"variable": v, "value": val, "meaning": d} for v, val, d in rows], indent=2, default=str))
         return 0

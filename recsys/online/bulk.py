@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Optional
 
 from recsys.data import ids
-from recsys.online.redis_store import OnlineStoreError, VersionGoneError, _text
+from recsys.online.redis_store import OnlineStoreError, VersionGoneError, as_text
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -123,7 +123,7 @@ def read_users(
         reply = script(keys=[store.pointer_key(feature_version), store.key_unavailable], args=args)
         if not reply:
             raise store.no_version_error(feature_version)
-        version, rows, seen = _text(reply[0]), reply[1], reply[2]
+        version, rows, seen = as_text(reply[0]), reply[1], reply[2]
         try:
             user_layout, _ = store._layout(version)
             break

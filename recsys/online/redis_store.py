@@ -324,7 +324,7 @@ class RedisOnlineStore(OnlineStore):
             )
             if not int(switched):
                 raise ConcurrentRefreshError(
-                    f"online version {_text(found)} became current while {version} was being written "
+                    f"online version {as_text(found)} became current while {version} was being written "
                     f"(expected {base.version if base else 'none'}); {version} was discarded"
                 )
         except BaseException:
@@ -521,7 +521,7 @@ class RedisOnlineStore(OnlineStore):
         # Retired versions past the grace period, and writes whose process died (never switched).
         for zset in (self.key_retired, self.key_writing):
             for raw in self.client.zrangebyscore(zset, "-inf", f"({cutoff}"):
-                version = _text(raw)
+                version = as_text(raw)
                 feature_version = version.rsplit("-", 1)[0]  # ids are "<feature version>-<seq>"
                 keys = [self.key_current, self.key_pinned, self.key_writing, self.key_retired,
                         self.pointer_key(feature_version), *self.version_keys(version)]
@@ -551,18 +551,18 @@ class RedisOnlineStore(OnlineStore):
 
     def pins(self) -> dict[str, str]:
         """``{feature version: reason}`` of every pin."""
-        return {_text(k): _text(v) for k, v in self.client.hgetall(self.key_pinned).items()}
+        return {as_text(k): as_text(v) for k, v in self.client.hgetall(self.key_pinned).items()}
 
     # --- reading ------------------------------------------------------------------------------
     def current(self, feature_version: Optional[str] = None) -> Optional[VersionInfo]:
         """The current version, or with ``feature_version`` the newest one written from it (None: none)."""
-        version = _text(self.client.get(self.pointer_key(feature_version)))
+        version = as_text(self.client.get(self.pointer_key(feature_version)))
         if not version:
             return None
         return self.info(version)
 
     def info(self, version: str) -> Optional[VersionInfo]:
-        meta = {_text(k): _text(v) for k, v in self.client.hgetall(self.key(version, "meta")).items()}
+        meta = {as_text(k): as_text(v) for k, v in self.client.hgetall(self.key(version, "meta")).items()}
         if not meta:
             return None
         switched = float(meta["switched_at"]) if meta.get("switched_at") else None
@@ -604,7 +604,7 @@ class RedisOnlineStore(OnlineStore):
             if not reply:
                 raise self.no_version_error(feature_version)
             version, user_row, seen, item_rows, unavailable = reply
-            version = _text(version)
+            version = as_text(version)
             try:
                 # Known versions' layouts are cached; a version first seen is looked up once. It can
                 # only be gone already if it was retired and collected right after this read (grace
@@ -636,7 +636,7 @@ class RedisOnlineStore(OnlineStore):
         import numpy as np
 
         item_fields = ids.as_python(item_ids)
-        version = _text(self.client.get(self.pointer_key(feature_version)))
+        version = as_text(self.client.get(self.pointer_key(feature_version)))
         if not version:
             raise self.no_version_error(feature_version)
         pipe = self.client.pipeline(transaction=False)
@@ -654,7 +654,7 @@ class RedisOnlineStore(OnlineStore):
         reply = self._read_one(keys=keys, args=[self.version_prefix, command, suffix, *fields])
         if not reply:
             raise self.no_version_error(feature_version)
-        return _text(reply[0]), reply[1]
+        return as_text(reply[0]), reply[1]
 
     def seen_items(self, user_id: ids.IdValue, *, feature_version: Optional[str] = None) -> "np.ndarray":
         version, value = self._read_versioned(feature_version, "HGET", "s", ids.to_text(user_id))
@@ -694,7 +694,7 @@ class RedisOnlineStore(OnlineStore):
         """The set members (id texts) of ``item_ids``, parsed into the current version's item id
         kind (:class:`recsys.data.ids.IdError` names a bad one). Without a current version any valid
         id text is taken: the kind is not known yet."""
-        version = _text(self.client.get(self.key_current))
+        version = as_text(self.client.get(self.key_current))
         kind = self.id_kinds(version).item_id if version else ids.STRING
         return [ids.to_text(ids.parse(item, kind, "item_id")) for item in item_ids]
 
@@ -709,7 +709,7 @@ class RedisOnlineStore(OnlineStore):
     def unavailable(self) -> list[ids.IdValue]:
         """Every unavailable raw item id, sorted, in the current version's item id kind (members that
         are not ids of that kind, left from another deployment, are skipped)."""
-        version = _text(self.client.get(self.key_current))
+        version = as_text(self.client.get(self.key_current))
         kind = self.id_kinds(version).item_id if version else ids.STRING
         return sorted(ids.from_fields(self.client.smembers(self.key_unavailable), kind, strict=False).tolist())
 
@@ -720,14 +720,14 @@ class RedisOnlineStore(OnlineStore):
         now = time.time()
         pins = self.pins()
         pinned = {
-            fv: {"reason": reason, "online_version": _text(self.client.get(self.pointer_key(fv))) or None}
+            fv: {"reason": reason, "online_version": as_text(self.client.get(self.pointer_key(fv))) or None}
             for fv, reason in sorted(pins.items())
         }
         return {
             "current": current.to_dict() if current else None,
             "pinned": pinned,
-            "retired": {_text(v): round(now - s, 1) for v, s in self.client.zrange(self.key_retired, 0, -1, withscores=True)},
-            "writing": {_text(v): round(now - s, 1) for v, s in self.client.zrange(self.key_writing, 0, -1, withscores=True)},
+            "retired": {as_text(v): round(now - s, 1) for v, s in self.client.zrange(self.key_retired, 0, -1, withscores=True)},
+            "writing": {as_text(v): round(now - s, 1) for v, s in self.client.zrange(self.key_writing, 0, -1, withscores=True)},
             "unavailable_items": int(self.client.scard(self.key_unavailable)),
             "grace_seconds": self.grace_seconds,
         }
@@ -750,7 +750,8 @@ def _diff(rows: EntityRows, old: tuple["np.ndarray", "np.ndarray"]) -> tuple[lis
     return write, copy, deleted
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply value as text (bytes decoded, ``None`` as ``""``): every reader of the store's replies uses it."""
     if value is None:
         return ""
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from recsys.data import ids
 from recsys.errors import RecsysError
+from recsys.online.redis_store import as_text
 from recsys.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -119,10 +120,6 @@ def _redis(settings: Settings) -> "redis.Redis":
     return connect(settings.redis)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else ("" if value is None else str(value))
-
-
 # --- reading ------------------------------------------------------------------------------------
 def read_precomputed(
     user_id: ids.IdValue, k: Optional[int] = None, *, settings: Optional[Settings] = None,
@@ -146,7 +143,7 @@ def read_precomputed(
         if reply:
             # One trip normally: the id's text is its field. Typed text not in the kind's own form
             # ("0042" for an int batch) is parsed (or refused) and looked up once more.
-            kinds = ids.IdKinds.from_dict(json.loads(_text(reply[3]) or "{}"))
+            kinds = ids.IdKinds.from_dict(json.loads(as_text(reply[3]) or "{}"))
             canonical = ids.to_text(ids.parse(user_id, kinds.user_id, "user_id"))
             if reply[1] is None and canonical != field:
                 reply = r.eval(_READ, 2, keys.current, keys.unavailable, keys.batch_prefix, canonical)
@@ -155,9 +152,9 @@ def read_precomputed(
             r.close()
     if not reply or reply[1] is None:
         return None
-    kinds = ids.IdKinds.from_dict(json.loads(_text(reply[3]) or "{}"))
+    kinds = ids.IdKinds.from_dict(json.loads(as_text(reply[3]) or "{}"))
     item_ids, scores = unpack(reply[1], kinds.item_id)
-    off_sale = {_text(i) for i in reply[2]}  # members are the ids' text
+    off_sale = {as_text(i) for i in reply[2]}  # members are the ids' text
     pairs = [(i, float(v)) for i, v in zip(item_ids.tolist(), scores.tolist()) if ids.to_text(i) not in off_sale]
     return pairs if k is None else pairs[:k]
 
@@ -168,10 +165,10 @@ def current_batch(settings: Optional[Settings] = None) -> Optional[dict[str, str
     keys = BatchKeys(s.online_key_prefix)
     r = _redis(s)
     try:
-        batch = _text(r.get(keys.current))
+        batch = as_text(r.get(keys.current))
         if not batch:
             return None
-        meta = {_text(k): _text(v) for k, v in r.hgetall(keys.meta(batch)).items()}
+        meta = {as_text(k): as_text(v) for k, v in r.hgetall(keys.meta(batch)).items()}
         return {"batch": batch, **meta}
     finally:
         r.close()
@@ -271,9 +268,9 @@ def precompute(
     try:
         model_version = _served_version(s)
         online_version, feature_version, users = _known_users(r, s.online_key_prefix)
-        previous = _text(r.get(keys.current))
+        previous = as_text(r.get(keys.current))
         if previous and not force:
-            meta = {_text(k): _text(v) for k, v in r.hgetall(keys.meta(previous)).items()}
+            meta = {as_text(k): as_text(v) for k, v in r.hgetall(keys.meta(previous)).items()}
             if (meta.get("model_version"), meta.get("online_version"), meta.get("top_n")) == (
                 str(model_version), online_version, str(top_n)
             ):
@@ -328,7 +325,7 @@ def _remove_other_batches(r: "redis.Redis", keys: BatchKeys, keep: str) -> int:
     """Unlink every batch but ``keep`` (readers resolve ``current`` atomically, so none is mid-read)."""
     others = set()
     for key in r.scan_iter(match=f"{keys.batch_prefix}*:meta", count=1000):
-        batch = _text(key)[len(keys.batch_prefix) : -len(":meta")]
+        batch = as_text(key)[len(keys.batch_prefix) : -len(":meta")]
         if batch != keep:
             others.add(batch)
     for batch in others:

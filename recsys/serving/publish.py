@@ -113,14 +113,14 @@ class Champion:
 def resolve_champions(settings: Optional[Settings] = None, mlflow_client=None) -> dict[str, Champion]:
     """The champion of each registered model, by role; raises :class:`PublishError` if one is missing
     or if the two were trained on different feature versions (they could not be served together)."""
-    from recsys.tracking.registry import CHAMPION, _alias_version, model_specs
+    from recsys.tracking.registry import CHAMPION, alias_version, model_specs
     from recsys.tracking.runs import TAG_DATA_VERSION, TAG_FEATURE_VERSION, client
 
     s = settings or get_settings()
     c = mlflow_client or client(s.mlflow_uri)
     found: dict[str, Champion] = {}
     specs = model_specs(s)
-    aliases = {spec.name: _alias_version(c, spec.name, CHAMPION) for spec in specs}
+    aliases = {spec.name: alias_version(c, spec.name, CHAMPION) for spec in specs}
     if all(mv is None for mv in aliases.values()):
         raise NoChampionError(f"no model has a '{CHAMPION}' version in MLflow ({s.mlflow_uri}): none has beaten the "
                               "popularity baseline yet (train one; until then serving answers with the popularity list)")

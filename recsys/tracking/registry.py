@@ -85,7 +85,8 @@ def _version_for_run(c, name: str, run_id: str):
     return found[0] if found else None
 
 
-def _alias_version(c, name: str, alias: str):
+def alias_version(c, name: str, alias: str):
+    """The version of registered model ``name`` that ``alias`` points at, or ``None`` (no such alias or model)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -137,7 +138,7 @@ def champion_gate(run_id: str, settings: Optional[Settings] = None) -> list[Gate
     for spec in specs:
         if spec.primary_metric not in metrics:
             raise KeyError(f"run {run_id} has no metric {spec.primary_metric!r} to gate {spec.name} on")
-    champions = [_alias_version(c, spec.name, CHAMPION) for spec in specs]
+    champions = [alias_version(c, spec.name, CHAMPION) for spec in specs]
     comparison = compare_with_champion(specs, metrics, run_tags, champions, c)
     decisions = []
     for spec, champion, (metric, value, champion_value) in zip(specs, champions, comparison.values):
@@ -247,7 +248,7 @@ def champions(settings: Optional[Settings] = None) -> dict[str, Optional[dict]]:
     c = client(settings.mlflow_uri if settings else None)
     out: dict[str, Optional[dict]] = {}
     for spec in model_specs(settings):
-        mv = _alias_version(c, spec.name, CHAMPION)
+        mv = alias_version(c, spec.name, CHAMPION)
         if mv is None:
             out[spec.name] = None
             continue
