@@ -70,8 +70,7 @@ def free_port(host: str = LOOPBACK) -> int:
     import socket
 
     low, high = ephemeral_port_range()
-    candidates = [(20000, low - 1)] if low > 21000 else [(high + 1, 65535)]
-    start, end = candidates[0]
+    start, end = (20000, low - 1) if low > 21000 else (high + 1, 65535)
     rng = random.Random()
     for _ in range(200):
         port = rng.randint(start, end)

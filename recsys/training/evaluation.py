@@ -8,7 +8,7 @@ excluded items), so their numbers are comparable.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -123,6 +123,18 @@ class TwoStage:
     n_items: int = 0
 
 
+def best_unseen(scores: np.ndarray, excluded: Sequence[Optional[np.ndarray]], k: int) -> np.ndarray:
+    """Each row's ``k`` best positions of ``scores`` (best first) once ``excluded[i]`` (positions, or None) are
+    ruled out, ``-1`` where fewer than ``k`` are left. ``scores`` is overwritten (excluded set to -inf)."""
+    for i, positions in enumerate(excluded):
+        if positions is not None and len(positions):
+            scores[i, positions] = -np.inf
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"), axis=1)
+    return np.where(np.isfinite(np.take_along_axis(scores, top, axis=1)), top, -1)
+
+
 def two_stage(
     retrieval_scores: Callable[[np.ndarray], np.ndarray],
     rank: Callable[[np.ndarray, np.ndarray], np.ndarray],
@@ -139,14 +151,7 @@ def two_stage(
         rows = np.asarray(user_rows[start:start + chunk_size])
         first = np.array(retrieval_scores(rows), dtype=np.float64)
         n_items = first.shape[1]
-        for i, row in enumerate(rows):
-            excluded = seen.get(int(row))
-            if excluded is not None and len(excluded):
-                first[i, excluded] = -np.inf
-        k = min(candidates, n_items)
-        top = np.argpartition(-first, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(first, top, axis=1), axis=1, kind="stable"), axis=1)
-        top = np.where(np.isfinite(np.take_along_axis(first, top, axis=1)), top, -1)
+        top = best_unseen(first, [seen.get(int(row)) for row in rows], candidates)
         scores = np.full(top.shape, np.nan)
         owner, slot = np.nonzero(top >= 0)
         if len(owner):

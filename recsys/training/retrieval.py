@@ -279,27 +279,28 @@ PRIOR_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
 def candidate_pools(model, fv: FeatureVersion, params, interactions: pd.DataFrame, users: pd.DataFrame,
                     items: pd.DataFrame, k: int, prior_weight: float = 0.0,
                     chunk_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted user ids, a (users, k) matrix of item ids): each user of ``interactions`` and their ``k`` best
-    items by this model among those they have no interaction with, as serving's retrieval would propose
-    them (``users``: :func:`user_histories` rows; ``prior_weight``: the popularity prior's, as exported).
-    The ranker's hardest negatives: the items it will have to order."""
+    """(sorted user ids, a (users, k) matrix of item ids, -1 past the items left): each user of
+    ``interactions`` and their ``k`` best items by this model, best first, among those they have no
+    interaction with, as serving's retrieval would propose them (``users``: :func:`user_histories` rows;
+    ``prior_weight``: the popularity prior's, as exported). The ranker's hardest negatives: the items it
+    will have to order."""
+    from recsys.training.evaluation import best_unseen
+
     user_ids = np.unique(interactions[fv.user_id].to_numpy(np.int64))
     catalogue = items.drop_duplicates(fv.item_id).reset_index(drop=True)
     item_ids = catalogue[fv.item_id].to_numpy(np.int64)
     rows = users_in_order(users, fv.user_id, user_ids, fv.path / "users")
     prior = prior_weight * popularity_prior(fv, interactions, catalogue) if prior_weight else None
     queries, vectors = embed(model, fv, params, rows, catalogue, prior)
-    row_of_user = pd.Index(user_ids).get_indexer(interactions[fv.user_id].to_numpy(np.int64))
     position = pd.Index(item_ids).get_indexer(interactions[fv.item_id].to_numpy(np.int64))
-    known = position >= 0
-    k = min(k, len(item_ids))
-    out = np.empty((len(user_ids), k), np.int64)
+    seen = pd.Series(position).groupby(pd.Index(user_ids).get_indexer(interactions[fv.user_id].to_numpy(np.int64)))
+    seen_of = {int(row): group.to_numpy()[group.to_numpy() >= 0] for row, group in seen}
+    out = []
     for start in range(0, len(user_ids), chunk_size):
-        scores = queries[start:start + chunk_size] @ vectors.T
-        inside = known & (row_of_user >= start) & (row_of_user < start + len(scores))
-        scores[row_of_user[inside] - start, position[inside]] = -np.inf
-        out[start:start + len(scores)] = item_ids[np.argpartition(-scores, k - 1, axis=1)[:, :k]]
-    return user_ids, out
+        scores = np.asarray(queries[start:start + chunk_size] @ vectors.T, dtype=np.float64)
+        top = best_unseen(scores, [seen_of.get(r) for r in range(start, start + len(scores))], k)
+        out.append(np.where(top >= 0, item_ids[top], -1))
+    return user_ids, np.concatenate(out)
 
 
 def popularity_prior(fv: FeatureVersion, interactions: pd.DataFrame, item_rows: pd.DataFrame) -> np.ndarray:
