@@ -114,7 +114,7 @@ def writer(args: argparse.Namespace) -> int:
     from recsys.online.redis_store import RedisOnlineStore
     from recsys.online.snapshot import build_snapshot
 
-    snapshot = build_snapshot(args.features)
+    snapshot = build_snapshot(args.features, args.data)
     store = RedisOnlineStore(redis.Redis(port=args.port), prefix="bench", batch_size=args.batch_size, grace_seconds=0)
     print("ready", flush=True)
     sys.stdin.readline()  # the parent's reader has started
@@ -138,6 +138,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online_store.json")
     parser.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--features", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.writer:
@@ -148,7 +149,10 @@ def main() -> int:
     import redis
 
     from recsys.online.redis_store import RedisOnlineStore
+    from recsys import layout
+    from recsys.layout import FeatureVersion
     from recsys.online.snapshot import build_snapshot, content_hashes
+    from recsys.settings import Settings
 
     sys.path.insert(0, str(ROOT / "tests"))  # the sample-data writer is test-fixture code, not the package's
     from online_sample import write_sample_versions
@@ -166,8 +170,9 @@ def main() -> int:
             results["redis_version"] = client.info("server")["redis_version"]
             t0 = time.perf_counter()
             features = write_sample_versions(tmp / "home", args.users, args.items, args.interactions, seed=7)
+            data = layout.data_dir(Settings(home=tmp / "home"), FeatureVersion.open(features).data_version)
             t1 = time.perf_counter()
-            snapshot = build_snapshot(features)
+            snapshot = build_snapshot(features, data)
             t2 = time.perf_counter()
             results["prepare"] = {"write_sample_s": round(t1 - t0, 2), "build_snapshot_s": round(t2 - t1, 2)}
             print(f"data ready: {snapshot.rows} rows ({results['prepare']})", flush=True)
@@ -219,7 +224,7 @@ def main() -> int:
             idle_p99_rounds = {m: [x["p99_ms"] for x in r] for m, r in rounds.items()}
 
             child = subprocess.Popen(
-                [sys.executable, __file__, "--writer", "--features", str(features), "--port", str(port),
+                [sys.executable, __file__, "--writer", "--features", str(features), "--data", str(data), "--port", str(port),
                  "--batch-size", str(args.batch_size), "--writer-rounds", str(args.writer_rounds)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )

@@ -388,18 +388,20 @@ def served_top_k(settings, user_ids: list[int], k: int, concurrency: int) -> tup
     import tritonclient.grpc as grpcclient
 
     from recsys.serving.client import MODEL, recommend_inputs, recommendation_arrays, served_contract
+    from recsys.serving.schema import ITEM_IDS, SCORES
+    from recsys.serving.triton_client import REQUEST_TIMEOUT_S, grpc_client
 
-    first = grpcclient.InferenceServerClient(settings.triton_grpc)
+    first = grpc_client(settings)
     contract = served_contract(first, MODEL)  # batching and id kinds, as every caller reads them
     server_version = first.get_server_metadata().version
     local = threading.local()
-    outputs = [grpcclient.InferRequestedOutput("item_ids"), grpcclient.InferRequestedOutput("scores")]
+    outputs = [grpcclient.InferRequestedOutput(t.name) for t in (ITEM_IDS, SCORES)]
 
     def one(user: int) -> list[int]:
         if not hasattr(local, "client"):
-            local.client = grpcclient.InferenceServerClient(settings.triton_grpc)
+            local.client = grpc_client(settings)
         result = local.client.infer(MODEL, recommend_inputs(grpcclient, user, k, contract=contract), outputs=outputs,
-                                    client_timeout=60)
+                                    client_timeout=REQUEST_TIMEOUT_S)
         return recommendation_arrays(result, contract)[0].astype(np.int64).tolist()
 
     began = time.perf_counter()

@@ -7,7 +7,9 @@ features from Redis by that version's encoded ids, pinned to it), then publishes
 verify the artifacts, write version N+1 of every model, pin its feature version in the online
 store, load it, smoke-test it, release the previous feature version's pin; on failure the previous
 version (and its pin) keeps serving and the run fails. A new version that serves emits ``recsys_serving``.
-Publishing the champions that already serve is a no-op, so retries are safe. Wiring only: the work
+The publish task publishes exactly the champions the plan resolved and fails, saying so, if the
+``champion`` alias moved in between (the next run publishes the new one). Publishing the champions
+that already serve is a no-op, so retries are safe. Wiring only: the work
 is in ``recsys.jobs`` / ``recsys.serving.publish``.
 """
 
@@ -48,7 +50,8 @@ def recsys_publish():
     def publish(plan: dict, online: dict, *, params=None, dag_run=None) -> dict:
         from recsys import jobs
 
-        return jobs.publish_champions(f"{dag_run.dag_id}/{dag_run.run_id}", force=bool(params.get("force")))
+        # Exactly what the plan resolved (Redis was prepared for it); refused if the champion moved since.
+        return jobs.publish_champions(f"{dag_run.dag_id}/{dag_run.run_id}", force=bool(params.get("force")), plan=plan)
 
     @task(outlets=[SERVING])
     def announce_serving(published: dict, *, outlet_events=None) -> dict:

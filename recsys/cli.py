@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+DEBUG_ENV = "RECSYS_DEBUG"
+"""Set to 1 (true, yes, on): an error raises with its full traceback instead of the one-line message."""
 
 # (module, help) in the order `recsys --help` lists them.
 _GROUPS = [
@@ -25,7 +29,10 @@ _GROUPS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recsys", description="Real-time recommender MLOps platform")
+    parser = argparse.ArgumentParser(
+        prog="recsys", description="Real-time recommender MLOps platform",
+        epilog=f"Errors are one line; {DEBUG_ENV}=1 shows the full traceback.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for module_name, _help in _GROUPS:
         try:
@@ -48,10 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a clear one-line error for users; tracebacks with RECSYS_DEBUG=1
         from recsys.errors import RecsysError
 
-        if isinstance(exc, RecsysError):
+        if isinstance(exc, RecsysError) and not debugging():
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
+
+
+def debugging() -> bool:
+    """True if :data:`DEBUG_ENV` asks for tracebacks (read from the environment, not the settings: an
+    invalid setting is one of the errors it is there to explain)."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 if __name__ == "__main__":

@@ -11,3 +11,11 @@ class ConfigError(RecsysError):
 
 class ServiceError(RecsysError):
     """A service did not start, stop or answer."""
+
+
+def error_text(exc: BaseException, limit: int = 600) -> str:
+    """One line of at most ``limit`` characters for a log, a history record or a message (tritonclient's
+    exceptions keep theirs in ``message()``)."""
+    text = getattr(exc, "message", None)
+    text = text() if callable(text) else (text or str(exc))
+    return " ".join(str(text).split())[:limit]

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+from recsys import layout
 from recsys.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -56,21 +57,18 @@ def build_features(data_dir: str) -> dict:
     ``created`` is False when that feature version already existed (same data, same ETL configuration).
     """
     _merlin_job_logging()
-    from recsys.data.versioning import read_manifest
-    from recsys.features.etl import feature_version_id, run_etl
+    from recsys.features.etl import run_etl
     from recsys.features.split import ValidationSplit
 
     s = get_settings()
-    split = ValidationSplit.from_settings(s)
-    expected = s.features_root / feature_version_id(read_manifest(Path(data_dir))["data_version"], split)
-    existed = (expected / "manifest.json").exists()
-    fv = run_etl(Path(data_dir), s.features_root, split, dask_scheduler_address=s.dask_scheduler_address)
+    fv = run_etl(Path(data_dir), s.features_root, ValidationSplit.from_settings(s),
+                 dask_scheduler_address=s.dask_scheduler_address)
     return {
         "feature_version": fv.version,
-        "data_version": fv.manifest["data_version"],
+        "data_version": fv.data_version,
         "path": str(fv.path),
         "rows": fv.manifest["rows"],
-        "created": not existed,
+        "created": fv.created,
     }
 
 
@@ -131,6 +129,7 @@ def train_and_log(
     """
     _merlin_job_logging()
     from recsys.tracking import runs
+    from recsys.tracking.artifacts import write_checksums
     from recsys.training.pipeline import TrainParams, TrainResult, train_models
 
     s = get_settings()
@@ -148,7 +147,7 @@ def train_and_log(
     scratch = s.runs_root / f".{safe_name}.champion"
     try:
         champion, champion_tags = _champion_exports(scratch)
-        if (out_dir / "metrics.json").exists():
+        if layout.RunExports(out_dir).metrics.exists():
             # An earlier try trained completely (the folder appears only when complete) but failed to log:
             # log that training instead of training again.
             log.info("training output %s exists from an earlier try; logging it without retraining", out_dir)
@@ -161,7 +160,7 @@ def train_and_log(
                 on_trial=lambda trial: runs.log_trial(run_id, trial),
                 champion=champion, data_root=s.data_root,
             )
-        _write_checksums(out_dir)  # publishing verifies every file against them before Triton loads it
+        write_checksums(out_dir)  # publishing verifies every file against them before Triton loads it
     except BaseException:
         runs.client().set_terminated(run_id, status="FAILED")
         raise
@@ -204,40 +203,29 @@ def _champion_exports(scratch: Path):
     scored (nor served again): the run says so in ``gate.champion_unscorable`` and the gate then applies
     the popularity floor alone, so a broken champion never blocks its replacement.
     """
-    from recsys.serving.publish import NoChampionError, PublishError, download_champions, resolve_champions
+    from recsys.tracking.artifacts import download_champion
+    from recsys.tracking.champions import ChampionError, NoChampionError, resolve_champion
     from recsys.training.rescoring import ChampionExports
 
     try:
-        champions = resolve_champions()
+        resolved = resolve_champion()
     except NoChampionError as exc:
         log.info("no champion to compare with (%s)", exc)
         return None, {}
-    except PublishError as exc:
+    except ChampionError as exc:
         log.warning("the champions cannot be scored: %s", exc)
         return None, {"gate.champion_unscorable": str(exc)[:500]}
-    from recsys.tracking.runs import client
-
-    first = champions["retrieval"]
-    weight = client().get_run(champions["ranking"].run_id).data.metrics.get("pipeline_ranker_weight", 1.0)
-    champion = ChampionExports(scratch, first.run_id, {c.name: c.version for c in champions.values()},
-                               first.data_version, first.feature_version, float(weight))
+    champion = ChampionExports(scratch, resolved.run_id, resolved.versions, resolved.data_version,
+                               resolved.feature_version, resolved.ranker_weight)
     shutil.rmtree(scratch, ignore_errors=True)
     try:
-        download_champions(champions, scratch)
+        download_champion(resolved, scratch)
     except Exception as exc:  # missing or altered artifacts: the champion cannot be scored (nor served)
         log.warning("the champion's exports cannot be scored: %s", exc)
         return None, {**champion.to_tags(), "gate.champion_unscorable": f"{type(exc).__name__}: {exc}"[:500]}
     log.info("the champion (%s) will be scored on this run's new validation rows",
-             ", ".join(f"{c.name} v{c.version}" for c in champions.values()))
+             ", ".join(f"{name} v{version}" for name, version in resolved.versions.items()))
     return champion, champion.to_tags()
-
-
-def _write_checksums(out_dir: Path) -> None:
-    """``checksums.json``: the sha256 of every file of a training output, by path relative to it."""
-    from recsys.data.versioning import sha256_file, write_json_atomic
-
-    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != "checksums.json")
-    write_json_atomic(out_dir / "checksums.json", {p.relative_to(out_dir).as_posix(): sha256_file(p) for p in files})
 
 
 def champion_gate(run_id: str) -> dict:
@@ -258,36 +246,38 @@ def champion_gate(run_id: str) -> dict:
 
 # --- serving: publishing and offline recommendations (control plane) ---------------------------------
 def publish_plan() -> dict:
-    """The MLflow champions to publish and the feature version they were trained on; while there is no
-    champion (no model beats popularity yet), the popularity list of the newest feature version."""
-    from recsys.serving.publish import NoChampionError, popularity_plan, resolve_champions
+    """What ``recsys_publish`` publishes: the champion (``champion``: :meth:`Champion.to_dict`) and the feature
+    version it was trained on; while there is none (no model beats popularity yet), the popularity list of the
+    newest feature version. The publish task publishes exactly this plan (or refuses if an alias moved)."""
+    from recsys.serving.plan import popularity_plan
+    from recsys.tracking.champions import NoChampionError, resolve_champion
 
     try:
-        champions = resolve_champions()
+        champion = resolve_champion()
     except NoChampionError:
         feature_version, data_version = popularity_plan(get_settings())
-        return {"champions": {}, "mode": "popularity", "feature_version": feature_version, "data_version": data_version}
-    first = next(iter(champions.values()))
-    return {
-        "champions": {role: champion.to_dict() for role, champion in champions.items()},
-        "mode": "models",
-        "feature_version": first.feature_version,
-        "data_version": first.data_version,
-    }
+        return {"champion": None, "mode": "popularity", "feature_version": feature_version, "data_version": data_version}
+    return {"champion": champion.to_dict(), "mode": "models", "feature_version": champion.feature_version,
+            "data_version": champion.data_version}
 
 
 def ensure_online_features(feature_version: str, data_version: str = "") -> dict:
     """Refresh the online store to ``feature_version`` unless it already holds it."""
-    from recsys.serving.publish import ensure_online_store
+    from recsys.online.pins import ensure_online_store
 
     return ensure_online_store(feature_version, data_version)
 
 
-def publish_champions(airflow_run: str, force: bool = False) -> dict:
-    """Publish the champions to Triton as version N+1 (no-op when they already serve, unless ``force``)."""
+def publish_champions(airflow_run: str, force: bool = False, plan: Optional[dict] = None) -> dict:
+    """Publish the champions to Triton as version N+1 (no-op when they already serve, unless ``force``).
+
+    ``plan`` (:func:`publish_plan`): publish exactly the champion it resolved, or the popularity list of its
+    feature version; refused (nothing changed) if the champion moved since.
+    """
+    from recsys.serving.plan import PublishPlan
     from recsys.serving.publish import publish
 
-    return publish(force=force, airflow_run=airflow_run).to_dict()
+    return publish(force=force, airflow_run=airflow_run, plan=PublishPlan.from_dict(plan) if plan else None).to_dict()
 
 
 def precompute_recommendations(airflow_run: str, force: bool = False, top_n: Optional[int] = None) -> dict:
@@ -305,11 +295,12 @@ def drift_check(airflow_run: Optional[str] = None) -> dict:
     ``{"skipped": reason, "trigger": False}`` while there is no champion to judge yet.
     """
     from recsys.monitoring.check import run_drift_check
-    from recsys.monitoring.windows import NoChampionError
+    from recsys.tracking.champions import NoChampionError
 
-    ingest_landing()  # new landing data becomes a data version (a no-op when unchanged)
+    # New landing data becomes a data version (a no-op when unchanged), validated and hashed once.
+    landed = ingest_landing() if get_settings().landing.is_dir() and any(get_settings().landing.iterdir()) else None
     try:
-        summary = run_drift_check(airflow_run=airflow_run)
+        summary = run_drift_check(airflow_run=airflow_run, data_dir=Path(landed["path"]) if landed else None)
     except NoChampionError as exc:
         return {"skipped": str(exc), "trigger": False, "drift": False}
     keys = ("check_id", "drift", "trigger", "reason", "share", "drifted_features", "current_data_version",
@@ -347,15 +338,17 @@ def training_plan(
         from recsys.monitoring.store import get_check
 
         data_version = get_check(check_id)["current_data_version"]
-        data_dir = s.data_root / data_version
-        if not (data_dir / "manifest.json").exists():
+        data_dir = layout.data_dir(s, data_version)
+        if not layout.is_complete(data_dir):
             raise RecsysError(f"drift check {check_id} judged data version {data_version}, missing at {data_dir}")
         log.info("drift check %s: training on the data version it judged, %s", check_id, data_version)
         return {"features": None, "data_dir": str(data_dir), "params": params, "airflow_run": airflow_run,
                 "tags": {TAG_TRIGGER: f"drift:{check_id}"}}
-    features = resolve_features(feature_version)
     new_features = [e.get("feature_version") for e in (feature_events or []) if e.get("feature_version")]
-    trigger = f"features:{new_features[-1]}" if new_features else "manual"
+    # The feature version asked for, else the one the newest FEATURES event announced (what the trigger
+    # tag names), else the newest on disk.
+    features = resolve_features(feature_version or (new_features[-1] if new_features else None))
+    trigger = f"features:{new_features[-1]}" if new_features and not feature_version else "manual"
     return {"features": features, "data_dir": None, "params": params, "airflow_run": airflow_run,
             "tags": {TAG_TRIGGER: trigger}}
 

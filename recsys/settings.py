@@ -123,6 +123,8 @@ class Settings:
     triton_http_port: int = 8300
     triton_grpc_port: int = 8301
     """Also the gRPC port of an external Triton (on the host of ``triton_url``)."""
+    triton_ca_file: Optional[Path] = None
+    """PEM bundle that verifies an ``https://`` ``triton_url``'s certificate (TLS for HTTP and gRPC)."""
     triton_metrics_port: int = 8302
     triton_repository: Optional[Path] = None
     """Triton model repository. Default: ``<home>/triton/repository``."""

@@ -29,38 +29,29 @@ def stack_settings(tmp_path_factory) -> Iterator["Settings"]:  # noqa: F821
     from recsys import stack
     from recsys.settings import get_settings, load_settings
     from recsys.stack.service import free_port
+    from shared_helpers import patched_environ, triton_ports_env
 
     home = tmp_path_factory.mktemp("recsys-home")
     env = {
+        **dict.fromkeys(_CLEARED),  # unset
         "RECSYS_HOME": str(home),
         "RECSYS_HOST": "127.0.0.1",
         "RECSYS_REDIS_PORT": str(free_port()),
         "RECSYS_MLFLOW_PORT": str(free_port()),
         "RECSYS_AIRFLOW_PORT": str(free_port()),
         # Triton is not started here (tests/serving does), but its ports must never be a running demo's.
-        "RECSYS_TRITON_HTTP_PORT": str(free_port()),
-        "RECSYS_TRITON_GRPC_PORT": str(free_port()),
-        "RECSYS_TRITON_METRICS_PORT": str(free_port()),
+        **triton_ports_env(),
     }
-    saved = {key: os.environ.get(key) for key in (*env, *_CLEARED)}
-    for key in _CLEARED:
-        os.environ.pop(key, None)
-    os.environ.update(env)
-    settings = load_settings()
-    try:
-        stack.up(settings, only=["redis", "mlflow"])
-        # MLflow's own variable, for code that uses the mlflow library's default tracking URI.
-        os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_uri
-        get_settings.cache_clear()
-        yield settings
-    finally:
-        stack.down(settings)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
+    with patched_environ(env):
+        settings = load_settings()
+        try:
+            stack.up(settings, only=["redis", "mlflow"])
+            # MLflow's own variable, for code that uses the mlflow library's default tracking URI.
+            os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_uri
+            get_settings.cache_clear()
+            yield settings
+        finally:
+            stack.down(settings)
 
 
 @pytest.fixture(scope="session")

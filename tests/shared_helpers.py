@@ -6,15 +6,23 @@
   the source with ``refused=...``). ``legacy=True``: the contract of versions published before ids
   were text (INT64 ``user_id`` and ``item_ids``), which a rollback can bring back.
 - ``patched_environ``: point ``os.environ`` (and ``get_settings()``) at a test's services, then restore.
-- ``merlin_cli``: run a ``recsys`` command in the Merlin runtime with a test's settings (ingest, ETL, training).
+- ``merlin_cli``: run a ``recsys`` command in the Merlin runtime with a test's settings (ingest, ETL, training);
+  ``merlin_trained_run``: tiny synthetic data through the real ingest, ETL and a short training that way.
+- ``triton_ports`` / ``triton_ports_env`` / ``running_triton``: a Triton of a test's own, on free ports (as
+  settings fields or as environment variables), running for the length of a ``with`` block.
+- ``fake_exports`` / ``log_training`` / ``log_trained_run``: a training run logged to MLflow (tiny stand-in
+  files or a real run folder) and put through the real champion gate.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import tempfile
 import textwrap
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, Mapping, Optional
 
 TOY_RECSYS = textwrap.dedent(
     """
@@ -75,22 +83,26 @@ def toy_expected(user: int, k: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def patched_environ(env: dict[str, str]) -> Iterator[None]:
-    """Set ``env`` in ``os.environ`` (settings are re-read), and put everything back afterwards."""
-    from recsys.settings import get_settings
-
+def patched_environ(env: Mapping[str, Optional[str]]) -> Iterator[None]:
+    """Set ``env`` in ``os.environ`` (a None value unsets that variable; settings are re-read), and put
+    those variables back as they were afterwards (also when the block changed them again)."""
     saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
+    _set_environ(env)
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
+        _set_environ(saved)
+
+
+def _set_environ(values: Mapping[str, Optional[str]]) -> None:
+    from recsys.settings import get_settings
+
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
 
 
 def merlin_cli(settings, *argv: str) -> None:
@@ -100,3 +112,107 @@ def merlin_cli(settings, *argv: str) -> None:
     env = {**os.environ, **settings.as_env()}
     done = subprocess.run([str(settings.merlin_python), "-m", "recsys.cli", *argv], env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"recsys {' '.join(argv)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+def merlin_trained_run(settings, run_name: str, *generate: str) -> dict:
+    """Tiny synthetic data (300 users, 200 items, 6000 interactions; ``generate``: more ``recsys data generate``
+    flags) through the real ingest, ETL and a short training (the CLI in the Merlin runtime), in the home of
+    ``settings``: ``{"data_dir", "features_dir", "run_dir"}``. The two-tower beats the popularity baseline,
+    so the champion gate promotes the run."""
+    s = settings
+    source = s.home / "input"
+    merlin_cli(s, "data", "generate", "--out", str(source), "--users", "300", "--items", "200",
+               "--interactions", "6000", "--seed", "3", *generate)
+    merlin_cli(s, "data", "ingest", str(source))
+    data_dir = next(p for p in s.data_root.iterdir() if not p.name.startswith("."))
+    merlin_cli(s, "etl", "--data", str(data_dir))
+    features_dir = next(p for p in s.features_root.iterdir() if not p.name.startswith("."))
+    run_dir = s.runs_root / run_name
+    merlin_cli(s, "train", "--features", str(features_dir), "--out", str(run_dir),
+               "--epochs", "8", "--embedding-dim", "16", "--batch-size", "512",
+               "--learning-rate", "0.005")  # enough to beat popularity on this tiny data
+    return {"data_dir": data_dir, "features_dir": features_dir, "run_dir": run_dir}
+
+
+def triton_ports() -> dict[str, int]:
+    """Free ports for a Triton of a test's own, as settings fields: ``replace(s, home=..., **triton_ports())``.
+
+    A test's Triton also needs a home (its PID files, its repository) or a repository of its own."""
+    from recsys.stack.service import free_port
+
+    return {"triton_http_port": free_port(), "triton_grpc_port": free_port(), "triton_metrics_port": free_port()}
+
+
+def triton_ports_env() -> dict[str, str]:
+    """:func:`triton_ports` as environment variables (``RECSYS_TRITON_HTTP_PORT`` ...), for ``patched_environ``."""
+    from recsys.settings import env_name
+
+    return {env_name(name): str(port) for name, port in triton_ports().items()}
+
+
+@contextlib.contextmanager
+def running_triton(settings) -> Iterator:
+    """The embedded Triton of ``settings`` started for the block (yields ``settings``), stopped after it."""
+    from recsys import stack
+
+    stack.up(settings, only=["triton"])
+    try:
+        yield settings
+    finally:
+        stack.down(settings, only=["triton"])
+
+
+FAKE_EXPORTS = (
+    "retrieval/query_tower/saved_model.pb",
+    "retrieval/query_tower/variables/variables.index",
+    "retrieval/item_embeddings.parquet",
+    "ranking/dlrm/saved_model.pb",
+    "workflows/user/workflow.pkl",
+)
+
+
+def fake_exports(folder: Path, marker: str = "") -> Path:
+    """Tiny stand-ins for a training run's exports in ``folder`` (each file holds its path and ``marker``,
+    so two runs with other markers differ in every file); returns ``folder``."""
+    for rel in FAKE_EXPORTS:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(f"{rel} {marker}".strip().encode())
+    return folder
+
+
+def log_training(
+    settings,
+    metrics: Mapping[str, float],
+    *,
+    feature_version: str,
+    data_version: str,
+    artifacts_dir: Optional[Path] = None,
+    tags: Optional[Mapping[str, str]] = None,
+    history: Optional[Mapping[str, Mapping[str, list]]] = None,
+    params: Optional[Mapping[str, object]] = None,
+    gate: bool = True,
+) -> str:
+    """A finished training run in ``settings.experiment_name``, logged as the training job logs one: lineage
+    tags (``feature_version``, ``data_version``; ``tags`` added), ``metrics``, and ``artifacts_dir`` uploaded
+    (none: no exports); then, with ``gate``, the real champion gate. Returns the run id."""
+    from recsys.tracking import registry, runs
+
+    with tempfile.TemporaryDirectory(prefix="no-exports-") as empty:
+        run_id = runs.log_training_run(
+            metrics=metrics, history=history or {}, params=params or {},
+            artifacts_dir=artifacts_dir if artifacts_dir is not None else Path(empty),
+            tags={runs.TAG_FEATURE_VERSION: feature_version, runs.TAG_DATA_VERSION: data_version, **(tags or {})},
+            experiment=settings.experiment_name, tracking_uri=settings.mlflow_uri,
+        )
+    if gate:
+        registry.champion_gate(run_id, settings)
+    return run_id
+
+
+def log_trained_run(settings, run_dir: Path, quality_bonus: float = 0.0) -> str:
+    """A real training folder (``recsys train --out``: its exports and ``metrics.json``) logged and gated
+    like :func:`log_training`; ``quality_bonus`` is added to every metric (a better-scored copy)."""
+    logged = json.loads((run_dir / "metrics.json").read_text())
+    metrics = {k: float(v) + quality_bonus for k, v in logged["metrics"].items() if isinstance(v, (int, float))}
+    return log_training(settings, metrics, feature_version=logged["feature_version"],
+                        data_version=logged["data_version"], artifacts_dir=run_dir)

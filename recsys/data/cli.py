@@ -20,13 +20,16 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
     gen = sub.add_parser("generate", help="write a synthetic dataset with real structure (parquet)")
     _add_output_arguments(gen)
-    gen.add_argument("--users", type=int, default=2_000)
-    gen.add_argument("--items", type=int, default=500)
-    gen.add_argument("--interactions", type=int, default=50_000, help="rows, engaged and ignored together")
+    # dests are SyntheticConfig's field names (:func:`_dataclass_from_args`)
+    gen.add_argument("--users", dest="n_users", type=int, default=2_000)
+    gen.add_argument("--items", dest="n_items", type=int, default=500)
+    gen.add_argument("--interactions", dest="n_interactions", type=int, default=50_000,
+                     help="rows, engaged and ignored together")
     gen.add_argument("--days", type=int, default=28)
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--start", default="2024-01-01", help="first day, YYYY-MM-DD")
-    gen.add_argument("--negatives", type=float, default=1.0, help="ignored impressions per engaged interaction")
+    gen.add_argument("--negatives", dest="negatives_per_positive", type=float, default=1.0,
+                     help="ignored impressions per engaged interaction")
     gen.add_argument("--drift", type=float, default=0.0, help="0..1: shift users, tastes and price bands")
     gen.add_argument(
         "--string-ids", action="store_true", help="text ids (u-6a7f3c users, SKU-00042Q items) instead of integers"
@@ -115,18 +118,7 @@ def _generate(args: argparse.Namespace) -> int:
     from recsys.data.synthetic import SyntheticConfig, write_synthetic
 
     _setup_logging()
-    config = SyntheticConfig(
-        n_users=args.users,
-        n_items=args.items,
-        n_interactions=args.interactions,
-        days=args.days,
-        start=args.start,
-        seed=args.seed,
-        negatives_per_positive=args.negatives,
-        drift=args.drift,
-        string_ids=args.string_ids,
-    )
-    rows = write_synthetic(args.out, config, overwrite=args.force)
+    rows = write_synthetic(args.out, _dataclass_from_args(SyntheticConfig, args), overwrite=args.force)
     print(f"wrote {args.out}: " + ", ".join(f"{name} {n} rows" for name, n in rows.items()))
     return 0
 
@@ -142,22 +134,15 @@ def _import(args: argparse.Namespace) -> int:
     from recsys.data.generic import ImportSpec, import_tables
 
     _setup_logging()
-    spec = ImportSpec(
-        interactions=args.interactions,
-        user_col=args.user_col,
-        item_col=args.item_col,
-        time_col=args.time_col,
-        event_col=args.event_col,
-        label_col=args.label_col,
-        users=args.users,
-        users_id_col=args.users_id_col,
-        items=args.items,
-        items_id_col=args.items_id_col,
-        time_unit=args.time_unit,
-        drop_duplicates=args.drop_duplicates,
-        drop_invalid=args.drop_invalid,
-    )
-    return _report_import(import_tables(spec, args.out, force=args.force))
+    return _report_import(import_tables(_dataclass_from_args(ImportSpec, args), args.out, force=args.force))
+
+
+def _dataclass_from_args(cls, args: argparse.Namespace):
+    """``cls`` built from the parsed arguments whose dests are its field names (the others keep their defaults)."""
+    import dataclasses
+
+    given = vars(args)
+    return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given})
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from recsys import layout
 from recsys.data.contract import feature_columns
 from recsys.data.validation import InputTables, validate_input
 from recsys.data.versioning import (
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 log = logging.getLogger(__name__)
 
-TABLE_ORDER = ("interactions", "users", "items")
+TABLE_ORDER = layout.DATA_TABLES
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class DataVersion(Version):
     created: bool = True
 
     def table_path(self, name: str) -> Path:
-        return self.path / f"{name}.parquet"
+        return layout.data_table(self.path, name)
 
     @property
     def has_labels(self) -> bool:
@@ -66,8 +67,8 @@ def ingest(input_folder: Path, data_root: Optional[Path] = None) -> DataVersion:
     tables = validate_input(input_folder)
 
     version = data_version_of(tables)
-    target = data_root / version
-    if (target / MANIFEST).exists():
+    target = layout.data_dir(data_root, version)
+    if layout.is_complete(target):
         log.info("data version %s already exists at %s: nothing to do", version, target)
         return DataVersion(version, target, read_manifest(target), created=False)
 
@@ -76,7 +77,7 @@ def ingest(input_folder: Path, data_root: Optional[Path] = None) -> DataVersion:
         for name in TABLE_ORDER:
             frame = tables.tables()[name]
             log.info("writing %s.parquet (%d rows)", name, len(frame))
-            write_parquet(frame, tmp / f"{name}.parquet")
+            write_parquet(frame, layout.data_table(tmp, name))
         write_json_atomic(tmp / MANIFEST, manifest)
     log.info("data version %s written to %s in %.1f s", version, target, time.monotonic() - started)
     # another writer may have won the rename with the same content: read what is on disk
@@ -138,4 +139,4 @@ def load_data_version(path: Path) -> dict[str, "pd.DataFrame"]:
 
     path = Path(path)
     read_manifest(path)  # refuse incomplete folders
-    return {name: pq.read_table(path / f"{name}.parquet").to_pandas() for name in TABLE_ORDER}
+    return {name: pq.read_table(layout.data_table(path, name)).to_pandas() for name in TABLE_ORDER}

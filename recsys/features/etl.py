@@ -25,7 +25,6 @@ import json
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -37,8 +36,9 @@ from merlin.io import Dataset
 
 from recsys.data import ids
 from recsys.data.contract import FeatureColumns, feature_columns
-from recsys.data.versioning import atomic_directory, content_hash, sha256_file, utc_now_iso, write_json_atomic
+from recsys.data.versioning import MANIFEST, atomic_directory, content_hash, sha256_file, utc_now_iso, write_json_atomic
 from recsys.errors import RecsysError
+from recsys.layout import DATA_TABLES as TABLES, FeatureVersion, data_table, is_complete
 from recsys.features.split import SplitError, ValidationSplit, plan_split
 from recsys.features.workflows import (
     ITEM_ID,
@@ -58,22 +58,12 @@ Progress = Callable[[str], Any]
 # merlin.io warns on every CPU Dataset; running on CPU is this project's normal case.
 warnings.filterwarnings("ignore", message="Initializing an NVTabular Dataset in CPU mode", category=UserWarning)
 
-TABLES = ("interactions", "users", "items")
 # Interaction columns that are not features; user/item feature names must not collide with them.
 _RESERVED = {USER_ID, ITEM_ID, TIMESTAMP, TARGET, "label", "event_type"}
 
 
 class EtlError(RecsysError):
     """The data version cannot be turned into features (names the file, column and a value)."""
-
-
-@dataclass(frozen=True)
-class FeatureVersion:
-    """A complete feature version folder and its manifest."""
-
-    version: str
-    path: Path
-    manifest: dict[str, Any]
 
 
 def feature_version_id(data_version: str, split: ValidationSplit) -> str:
@@ -97,10 +87,10 @@ def run_etl(
     data_dir, features_root = Path(data_dir), Path(features_root)
     data_manifest = _read_data_manifest(data_dir)
     version = feature_version_id(data_manifest["data_version"], split)
-    target = features_root / version
-    if (target / "manifest.json").exists():
+    target = FeatureVersion.of(features_root, version).path
+    if is_complete(target):
         progress(f"[etl] feature version {version} already exists at {target}: nothing to do")
-        return FeatureVersion(version, target, json.loads((target / "manifest.json").read_text()))
+        return FeatureVersion.open(target, created=False)
 
     progress(
         f"[etl] data version {data_manifest['data_version']} -> feature version {version} "
@@ -113,7 +103,7 @@ def run_etl(
     rows = manifest["rows"]["train"] + manifest["rows"]["valid"]
     seconds = time.perf_counter() - started
     progress(f"[etl] done: {rows} interactions in {seconds:.1f}s ({rows / seconds:,.0f} rows/s) -> {target}")
-    return FeatureVersion(version, target, manifest)
+    return FeatureVersion.open(target, created=True)
 
 
 # --- stages -----------------------------------------------------------------------------------
@@ -127,13 +117,14 @@ def _build(
     split: ValidationSplit,
     progress: Progress,
 ) -> dict[str, Any]:
+    staged = FeatureVersion(out_dir)  # the temporary folder, laid out like the version it becomes
     with _stage(progress, "read") as note:
-        interactions = dd.read_parquet(data_dir / "interactions.parquet")
-        users = pd.read_parquet(data_dir / "users.parquet").reset_index(drop=True)
-        items = pd.read_parquet(data_dir / "items.parquet").reset_index(drop=True)
+        interactions = dd.read_parquet(data_table(data_dir, "interactions"))
+        users = pd.read_parquet(data_table(data_dir, "users")).reset_index(drop=True)
+        items = pd.read_parquet(data_table(data_dir, "items")).reset_index(drop=True)
         user_features, item_features = _check_tables(data_dir, interactions, users, items)
         has_labels = "label" in interactions.columns
-        id_kinds = ids.IdKinds.from_dict(data_manifest.get("ids"), str(data_dir / "manifest.json"))
+        id_kinds = ids.IdKinds.from_dict(data_manifest.get("ids"), str(data_dir / MANIFEST))
         interactions = _events(interactions, has_labels, id_kinds)
         ts_min, ts_max, total, unknown_users, unknown_items = dask.compute(
             interactions[TIMESTAMP].min(),
@@ -143,7 +134,7 @@ def _build(
             (~interactions[ITEM_ID].isin(items[ITEM_ID].to_numpy())).sum(),
         )
         if total == 0:
-            raise EtlError(f"{data_dir / 'interactions.parquet'}: the table is empty")
+            raise EtlError(f"{data_table(data_dir, 'interactions')}: the table is empty")
         _refuse_unknown_ids(data_dir, interactions, users, USER_ID, unknown_users)
         _refuse_unknown_ids(data_dir, interactions, items, ITEM_ID, unknown_items)
         note(f"{total} interactions, {len(users)} users, {len(items)} items")
@@ -153,14 +144,14 @@ def _build(
         try:
             plan = plan_split(split, keys[USER_ID].to_numpy(), keys[ITEM_ID].to_numpy(), keys[TIMESTAMP].to_numpy())
         except SplitError as exc:
-            raise EtlError(f"{data_dir / 'interactions.parquet'}: {exc} (column timestamp, newest {_iso(ts_max)})") from None
+            raise EtlError(f"{data_table(data_dir, 'interactions')}: {exc} (column timestamp, newest {_iso(ts_max)})") from None
         del keys
         flagged = interactions.map_partitions(_flag_validation, plan)
         train_events = flagged[~flagged["_valid"]].drop(columns="_valid")
         valid_events = flagged[flagged["_valid"]].drop(columns="_valid")
         train_rows = int(train_events.shape[0].compute())
         if train_rows == 0 or train_rows == total:
-            raise EtlError(f"{data_dir / 'interactions.parquet'}: the split left {train_rows} of {total} rows for "
+            raise EtlError(f"{data_table(data_dir, 'interactions')}: the split left {train_rows} of {total} rows for "
                            f"training ({plan.reason}); nothing to {'train' if train_rows == 0 else 'validate'} on")
         note(f"{plan.reason}; train {train_rows} rows, valid {total - train_rows} rows")
 
@@ -178,21 +169,21 @@ def _build(
             try:
                 workflow.fit(Dataset(all_joined[columns], cpu=True))
             except Exception as exc:  # NVTabular names the column; add the file
-                raise EtlError(f"{data_dir / (table + '.parquet')}: fitting the features failed: {exc}") from exc
+                raise EtlError(f"{data_table(data_dir, table)}: fitting the features failed: {exc}") from exc
         del all_joined
         # Saving copies the vocabularies into the workflow folders and points the ops there.
-        user_workflow.save(out_dir / "workflows" / "user")
-        item_workflow.save(out_dir / "workflows" / "item")
+        user_workflow.save(staged.workflow("user"))
+        item_workflow.save(staged.workflow("item"))
         shutil.rmtree(scratch)
         cardinalities = embedding_cardinalities(user_workflow, item_workflow)
         note(f"{total} rows; cardinalities {cardinalities}")
 
     with _stage(progress, "transform users and items") as note:
-        users_out = _transform_entities(user_workflow, users, out_dir / "users")
-        items_out = _transform_entities(item_workflow, items, out_dir / "items")
-        (out_dir / "id_maps").mkdir()
-        _id_map(users, users_out, USER_ID).to_parquet(out_dir / "id_maps" / "users.parquet", index=False)
-        _id_map(items, items_out, ITEM_ID).to_parquet(out_dir / "id_maps" / "items.parquet", index=False)
+        users_out = _transform_entities(user_workflow, users, staged.split_dir("users"))
+        items_out = _transform_entities(item_workflow, items, staged.split_dir("items"))
+        staged.id_map("user").parent.mkdir()
+        _id_map(users, users_out, USER_ID).to_parquet(staged.id_map("user"), index=False)
+        _id_map(items, items_out, ITEM_ID).to_parquet(staged.id_map("item"), index=False)
         note(f"{len(users_out)} users, {len(items_out)} items")
 
     schema = interaction_schema(user_workflow, item_workflow)
@@ -200,8 +191,8 @@ def _build(
     for part, events in (("train", train_events), ("valid", valid_events)):
         with _stage(progress, f"write {part}") as note:
             table = _nonempty_partitions(_join_features(events, users, users_out, items, items_out)[schema.column_names])
-            Dataset(table, schema=schema, cpu=True).to_parquet(out_dir / part)
-            rows[part] = Dataset(out_dir / part, engine="parquet", cpu=True).num_rows
+            Dataset(table, schema=schema, cpu=True).to_parquet(staged.split_dir(part))
+            rows[part] = Dataset(staged.split_dir(part), engine="parquet", cpu=True).num_rows
             note(f"{rows[part]} rows")
 
     manifest = {
@@ -234,9 +225,9 @@ def _build(
             column.name: {"dtype": str(column.dtype.to_numpy), "tags": sorted(t.value for t in column.tags)}
             for column in schema
         },
-        "input_hashes": {name: sha256_file(data_dir / f"{name}.parquet") for name in TABLES},
+        "input_hashes": {name: sha256_file(data_table(data_dir, name)) for name in TABLES},
     }
-    write_json_atomic(out_dir / "manifest.json", manifest)
+    write_json_atomic(staged.manifest_file, manifest)
     return manifest
 
 
@@ -263,7 +254,7 @@ def _check_tables(
         missing = [c for c in required if c not in frame.columns]
         if missing:
             raise EtlError(
-                f"{data_dir / (table + '.parquet')}: missing column(s) {missing}; found {list(frame.columns)}"
+                f"{data_table(data_dir, table)}: missing column(s) {missing}; found {list(frame.columns)}"
             )
     user_features = feature_columns(users, USER_ID)
     item_features = feature_columns(items, ITEM_ID)
@@ -275,7 +266,7 @@ def _check_tables(
         for column in features.all:
             if column in _RESERVED or column in other:
                 raise EtlError(
-                    f"{data_dir / (table + '.parquet')}: feature column {column!r} clashes with an "
+                    f"{data_table(data_dir, table)}: feature column {column!r} clashes with an "
                     f"interaction column or a feature of the other table; rename it"
                 )
     return user_features, item_features
@@ -305,7 +296,7 @@ def _refuse_unknown_ids(
         example = interactions[~interactions[column].isin(known)][column].head(1, npartitions=-1).iloc[0]
         table = "users" if column == USER_ID else "items"
         raise EtlError(
-            f"{data_dir / 'interactions.parquet'}: column {column}: {count} rows reference ids missing "
+            f"{data_table(data_dir, 'interactions')}: column {column}: {count} rows reference ids missing "
             f"from {table}.parquet, e.g. {example}"
         )
 
@@ -360,9 +351,9 @@ def _read_data_manifest(data_dir: Path) -> dict[str, Any]:
     if not data_dir.is_dir():
         raise EtlError(f"{data_dir}: data version folder does not exist")
     for name in TABLES:
-        if not (data_dir / f"{name}.parquet").exists():
+        if not data_table(data_dir, name).exists():
             raise EtlError(f"{data_dir}: missing table {name}.parquet (see docs/layouts.md, section 2)")
-    manifest_path = data_dir / "manifest.json"
+    manifest_path = data_dir / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:

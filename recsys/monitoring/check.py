@@ -19,15 +19,10 @@ from typing import Any, Optional
 
 from recsys.monitoring import store
 from recsys.monitoring.decision import decide
-from recsys.monitoring.windows import (
-    Champion,
-    DriftDataError,
-    current_window,
-    feature_columns_of,
-    find_champion,
-    reference_window,
-)
+from recsys import layout
+from recsys.monitoring.windows import DriftDataError, current_window, feature_columns_of, reference_window
 from recsys.settings import Settings, get_settings
+from recsys.tracking.champions import Champion, resolve_champion
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +58,12 @@ def run_drift_check(
     *,
     airflow_run: Optional[str] = None,
     now: Optional[datetime] = None,
+    data_dir: Optional[Path] = None,
 ) -> dict[str, Any]:
     """Run one drift check and return its summary (also in ``summary.json`` and the history).
+
+    ``data_dir``: the data version to judge, when the caller has just ingested it (default
+    :func:`current_data_dir`: the landing folder's, validated and ingested here).
 
     ``airflow_run`` ("<dag_id>/<run_id>") makes it idempotent: a check already recorded for that run
     is returned instead of a second one (so a task retry cannot count twice towards hysteresis).
@@ -78,9 +77,9 @@ def run_drift_check(
             log.info("drift check %s already recorded for %s", done["check_id"], airflow_run)
             return store.get_check(done["check_id"], s)
 
-    data_dir = current_data_dir(s)
-    champion = find_champion(s)
-    columns = feature_columns_of(s.data_root / champion.data_version)
+    data_dir = Path(data_dir) if data_dir else current_data_dir(s)
+    champion = resolve_champion(s)
+    columns = feature_columns_of(layout.data_dir(s, champion.data_version))
     reference = reference_window(champion, columns, s)
     current = current_window(data_dir, columns, s)
 

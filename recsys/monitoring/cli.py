@@ -27,15 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from recsys import jobs
-    from recsys.monitoring.store import get_check, report_path
+    from recsys.monitoring.check import run_drift_check
+    from recsys.monitoring.store import report_path
+    from recsys.tracking.champions import NoChampionError
 
-    result = jobs.drift_check()
-    if result.get("skipped"):
-        print(f"no check: {result['skipped']}")
+    try:
+        result = run_drift_check()  # ingests the landing folder first (a no-op when unchanged)
+    except NoChampionError as exc:
+        print(f"no check: {exc}")
         return 0
     if args.json:
-        print(json.dumps(get_check(result["check_id"]), indent=2, sort_keys=True))
+        print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print(f"check {result['check_id']}: {'RETRAIN' if result['trigger'] else 'no retrain'}; {result['reason']}")
         print(f"report: {report_path(result['check_id'])}")

@@ -18,33 +18,23 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recsys import layout
 from recsys.data.contract import FeatureColumns
+from recsys.data.versioning import MANIFEST
 from recsys.errors import RecsysError
+from recsys.layout import FeatureVersion, data_table, is_complete
 from recsys.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
+
+    from recsys.tracking.champions import Champion
 
 log = logging.getLogger(__name__)
 
 
 class DriftDataError(RecsysError):
     """A window cannot be compared: no rows, missing columns, or a missing version."""
-
-
-class NoChampionError(RecsysError):
-    """There is no champion model yet, so there is no training window to compare with."""
-
-
-@dataclass(frozen=True)
-class Champion:
-    """The champion a check judges: model versions, the run that trained them and its lineage."""
-
-    run_id: str
-    versions: dict[str, str]
-    """registered model name -> champion version."""
-    data_version: str
-    feature_version: str
 
 
 @dataclass
@@ -70,38 +60,6 @@ class Window:
         }
 
 
-def find_champion(settings: Settings) -> Champion:
-    """The current champions (alias ``champion``) and the run that trained them."""
-    from mlflow.exceptions import MlflowException
-
-    from recsys.tracking.registry import CHAMPION, model_specs
-    from recsys.tracking.runs import TAG_DATA_VERSION, TAG_FEATURE_VERSION, client
-
-    c = client(settings.mlflow_uri)
-    versions, run_ids = {}, []
-    for spec in model_specs(settings):
-        try:
-            mv = c.get_model_version_by_alias(spec.name, CHAMPION)
-        except MlflowException:
-            continue
-        versions[spec.name] = str(mv.version)
-        run_ids.append(mv.run_id)
-    if not run_ids:
-        raise NoChampionError(
-            f"no '{CHAMPION}' alias on {[s.name for s in model_specs(settings)]} in {settings.mlflow_uri}: "
-            "train a model first (the recsys_train DAG)"
-        )
-    # Both models come from one training run; if they differ, the retrieval champion's data is the reference.
-    run_id = run_ids[0]
-    tags = c.get_run(run_id).data.tags
-    data_version, feature_version = tags.get(TAG_DATA_VERSION), tags.get(TAG_FEATURE_VERSION)
-    if not data_version or not feature_version:
-        raise DriftDataError(
-            f"champion run {run_id} has no {TAG_DATA_VERSION}/{TAG_FEATURE_VERSION} tags: its training window is unknown"
-        )
-    return Champion(run_id, versions, data_version, feature_version)
-
-
 def feature_columns_of(data_dir: Path) -> FeatureColumns:
     """The user and item feature columns of a data version, from its manifest."""
     from recsys.data.versioning import read_manifest
@@ -112,33 +70,31 @@ def feature_columns_of(data_dir: Path) -> FeatureColumns:
         categorical += list(features.get(table, {}).get("categorical", []))
         continuous += list(features.get(table, {}).get("continuous", []))
     if not categorical and not continuous:
-        raise DriftDataError(f"{data_dir / 'manifest.json'}: the data version has no user or item feature columns")
+        raise DriftDataError(f"{data_dir / MANIFEST}: the data version has no user or item feature columns")
     return FeatureColumns(categorical, continuous)
 
 
-def reference_window(champion: Champion, columns: FeatureColumns, settings: Settings) -> Window:
+def reference_window(champion: "Champion", columns: FeatureColumns, settings: Settings) -> Window:
     """What the champion learned from: the interactions of its data version, ``[first, last]``."""
     import pandas as pd
 
     from recsys.data.versioning import VersionNotFoundError, read_manifest
 
-    feature_dir = settings.features_root / champion.feature_version
     try:
-        split = read_manifest(feature_dir)["split"]
+        split = read_manifest(FeatureVersion.of(settings, champion.feature_version).path)["split"]
     except VersionNotFoundError as exc:
         raise DriftDataError(f"champion run {champion.run_id}: {exc}") from None
     # Feature versions written before the refit existed name only their training window.
     start = pd.Timestamp(split.get("first", split["train_start"]))
     end = pd.Timestamp(split.get("last", split["train_end"]))
-    data_dir = settings.data_root / champion.data_version
-    return _window("reference", data_dir, columns, start, end, end_inclusive="last" in split, settings=settings)
+    return _window("reference", layout.data_dir(settings, champion.data_version), columns, start, end, end_inclusive="last" in split, settings=settings)
 
 
 def current_window(data_dir: Path, columns: FeatureColumns, settings: Settings) -> Window:
     """The last ``drift_window_days`` days (up to the newest interaction) of a data version."""
     import pyarrow.parquet as pq
 
-    path = data_dir / "interactions.parquet"
+    path = data_table(data_dir, "interactions")
     if not path.exists():
         raise DriftDataError(f"{path}: missing (is {data_dir} a complete data version?)")
     newest = pq.read_table(path, columns=["timestamp"]).column("timestamp").to_pandas().max()
@@ -168,19 +124,19 @@ def _window(
 
     from recsys.data.versioning import read_manifest
 
-    if not (data_dir / "manifest.json").exists():
+    if not is_complete(data_dir):
         raise DriftDataError(f"{data_dir}: data version missing (needed for the {name} window)")
     data_version = str(read_manifest(data_dir).get("data_version", data_dir.name))
     lower = (">" if strict_start else ">=", start.to_datetime64())
     upper = ("<=" if end_inclusive else "<", end.to_datetime64())
     interactions = pq.read_table(
-        data_dir / "interactions.parquet",
+        data_table(data_dir, "interactions"),
         columns=["user_id", "item_id", "timestamp"],
         filters=[("timestamp", lower[0], lower[1]), ("timestamp", upper[0], upper[1])],
     ).to_pandas()
     if interactions.empty:
         raise DriftDataError(
-            f"{data_dir / 'interactions.parquet'}: no interactions in the {name} window "
+            f"{data_table(data_dir, 'interactions')}: no interactions in the {name} window "
             f"(column timestamp, {start} .. {end}): nothing to compare"
         )
     rows = len(interactions)
@@ -189,12 +145,12 @@ def _window(
         interactions = interactions.sample(n=settings.drift_max_rows, random_state=settings.seed)
     frame = interactions
     for table, key in (("users", "user_id"), ("items", "item_id")):
-        wanted = [c for c in columns.all if c in _parquet_columns(data_dir / f"{table}.parquet")]
-        entity = pd.read_parquet(data_dir / f"{table}.parquet", columns=[key, *wanted])
+        wanted = [c for c in columns.all if c in _parquet_columns(data_table(data_dir, table))]
+        entity = pd.read_parquet(data_table(data_dir, table), columns=[key, *wanted])
         frame = frame.merge(entity, on=key, how="left")
     missing = [c for c in columns.all if c not in frame.columns]
     if missing:
-        present = sorted(set(_parquet_columns(data_dir / "users.parquet")) | set(_parquet_columns(data_dir / "items.parquet")))
+        present = sorted(set(_parquet_columns(data_table(data_dir, "users"))) | set(_parquet_columns(data_table(data_dir, "items"))))
         raise DriftDataError(
             f"{data_dir}/users.parquet, items.parquet: the {name} window lacks feature column(s) {missing} "
             f"that the champion was trained on (present: {present})"

@@ -16,6 +16,11 @@ Keys (``{p}`` is ``{<settings.online_key_prefix>}``, a Redis Cluster hash tag)::
     {p}:v:<V>:d             HASH    raw item id -> display attributes (JSON)
     {p}:v:<V>:pop           STRING  popularity list: packed raw item ids, most popular first
     {p}:v:<V>:hu / :hi      STRING  per-entity content hashes: sorted raw ids + their hashes (uint64)
+    {p}:batch:current       STRING  the current batch of precomputed lists (offline mode), e.g. "3-12"
+    {p}:batch:seq           STRING  counter that makes batch ids unique
+    {p}:batch:<B>:r         HASH    raw user id (its text) -> the user's packed list (recsys.serving.batch.pack)
+    {p}:batch:<B>:meta      HASH    Triton model version, online version, feature version, top_n, users,
+                                    created_at, airflow_run, ids (the lists' id kinds, JSON)
 
 Ids (:mod:`recsys.data.ids`). Raw ids are integers or text, as the version's ``meta`` field ``ids``
 records (``{"user_id": "int"|"string", "item_id": ...}``; a version written before kinds existed
@@ -37,6 +42,25 @@ rows in the same atomic step, so every read comes from exactly one version. A re
 (an exception, a bad row, a lost connection) deletes V's keys and leaves ``current`` untouched; a
 refresh whose process died is collected later from ``{p}:writing``. A retired version stays
 readable for the grace period, then :meth:`RedisOnlineStore.collect_garbage` unlinks it.
+
+Bulk reads (the serving engine answers a batch of requests at once). :meth:`RedisOnlineStore.read_users`
+reads every user of a batch (features, seen items and, when it is small, the whole unavailable set)
+inside one Lua script that resolves the version too, so a batch never mixes versions and costs one
+round trip; at most ``MAX_USERS_PER_READ`` users, Lua's ``unpack()`` limit. :meth:`read_item_table`
+reads a *named* version's whole item hash with ``HSCAN`` (Redis is never blocked for long) once per
+version: the engine keeps it in memory and gathers candidates by array indexing instead of reading
+200 rows per request. A large unavailable set is asked about per batch (``SMISMEMBER`` of the
+candidates). Rejected: reading items per request inside the users' script (a few hundred ``HMGET``
+fields per request on every batch, for rows that never change within a version).
+
+Precomputed lists (offline mode, :mod:`recsys.serving.batch`). A batch job writes batch B's lists
+and meta completely, then one ``SET`` of ``{p}:batch:current`` switches readers to it and the other
+batches are unlinked right away; a failed job unlinks B and leaves ``current`` alone. A reader
+resolves ``current`` and reads the user's list, the batch's id kinds and the unavailable set in one
+Lua script (one atomic step, one round trip), so no reader is mid-read in an unlinked batch. Lists
+are opaque here (the batch job packs them); items taken off sale after the batch ran are filtered by
+the reader. Batches are not online versions: no grace period, no pins (a batch is two keys, and the
+served model does not read it).
 
 Feature-version pinning. Encoded ids and normalized features differ between feature versions, so a
 served model must read rows of the feature version it was trained on, not whatever is current: a
@@ -76,11 +100,25 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from recsys.data import ids
-from recsys.errors import RecsysError
 from recsys.online.snapshot import EntityRows, RowLayout, Snapshot
-from recsys.online.store import BatchHook, FeatureRows, OnlineStore, RefreshResult, VersionInfo
+from recsys.online.store import (
+    BatchHook,
+    ConcurrentRefreshError,
+    FeatureRows,
+    ItemTable,
+    NoOnlineVersionError,
+    OnlineStore,
+    OnlineStoreError,
+    PrecomputedList,
+    RefreshResult,
+    UserRows,
+    VersionGoneError,
+    VersionInfo,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from typing import Mapping
+
     import numpy as np
     import redis
 
@@ -90,23 +128,9 @@ log = logging.getLogger(__name__)
 
 VERSION_KEY_SUFFIXES = ("meta", "u", "s", "i", "d", "pop", "hu", "hi")
 MAX_ITEMS_PER_READ = 4000
+MAX_USERS_PER_READ = 4000  # users per bulk read: Lua's unpack() limit is ~8000 values
 FIELDS_PER_COMMAND = 100  # Lua's unpack() limit is ~8000 values
-
-
-class OnlineStoreError(RecsysError):
-    """The online store cannot do what was asked (no current version, concurrent refresh, ...)."""
-
-
-class VersionGoneError(OnlineStoreError):
-    """An online version's metadata is gone (the version was collected)."""
-
-
-class NoOnlineVersionError(OnlineStoreError):
-    """No online version holds the feature version a reader asked for (or none is current at all)."""
-
-
-class ConcurrentRefreshError(OnlineStoreError):
-    """Another refresh switched ``current`` while this one was writing."""
+BATCH_KEY_SUFFIXES = ("r", "meta")
 
 
 # KEYS: version pointer (current or a feature version's), unavailable. ARGV: version key prefix, user id ("" for none), "1" to read seen items, item ids (text)...
@@ -126,6 +150,31 @@ if #ARGV > 3 then
   unavailable = redis.call('SMISMEMBER', KEYS[2], unpack(ids))
 end
 return {v, user, seen, items, unavailable}
+"""
+
+# KEYS: version pointer (current, or a feature version's newest), unavailable. ARGV: version key prefix, "1" to read seen
+# items, the largest unavailable set to return whole ("0": never), user ids (text)...
+_READ_USERS = """
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local base = ARGV[1] .. v .. ':'
+local ids = {unpack(ARGV, 4)}
+local users = redis.call('HMGET', base .. 'u', unpack(ids))
+local seen = false
+if ARGV[2] == '1' then seen = redis.call('HMGET', base .. 's', unpack(ids)) end
+local unavailable = false
+local limit = tonumber(ARGV[3])
+if limit > 0 and redis.call('SCARD', KEYS[2]) <= limit then unavailable = redis.call('SMEMBERS', KEYS[2]) end
+return {v, users, seen, unavailable}
+"""
+
+# KEYS: current batch, unavailable. ARGV: batch key prefix, user id (text). Returns the batch, the user's list (nil: not
+# in it), the unavailable set, the batch's id kinds (JSON; nil for a batch written before kinds were recorded).
+_READ_BATCH = """
+local batch = redis.call('GET', KEYS[1])
+if not batch then return false end
+local row = redis.call('HGET', ARGV[1] .. batch .. ':r', ARGV[2])
+return {batch, row, redis.call('SMEMBERS', KEYS[2]), redis.call('HGET', ARGV[1] .. batch .. ':meta', 'ids')}
 """
 
 # KEYS: version pointer (current or a feature version's). ARGV: version key prefix, command (HGET|HMGET|GET), key suffix, fields...
@@ -234,7 +283,12 @@ class RedisOnlineStore(OnlineStore):
         self.key_pinned = f"{tag}:pinned"
         self.version_prefix = f"{tag}:v:"
         self.feature_version_prefix = f"{tag}:fv:"
+        self.key_batch_current = f"{tag}:batch:current"
+        self.key_batch_seq = f"{tag}:batch:seq"
+        self.batch_prefix = f"{tag}:batch:"
         self._read = client.register_script(_READ)
+        self._read_users = client.register_script(_READ_USERS)
+        self._read_batch = client.register_script(_READ_BATCH)
         self._read_one = client.register_script(_READ_ONE)
         self._copy = client.register_script(_COPY_FIELDS)
         self._switch = client.register_script(_SWITCH)
@@ -261,6 +315,10 @@ class RedisOnlineStore(OnlineStore):
 
     def version_keys(self, version: str) -> list[str]:
         return [self.key(version, s) for s in VERSION_KEY_SUFFIXES]
+
+    def batch_key(self, batch: str, suffix: str) -> str:
+        """A key of a batch of precomputed lists (``suffix``: ``r`` or ``meta``)."""
+        return f"{self.batch_prefix}{batch}:{suffix}"
 
     def pointer_key(self, feature_version: Optional[str] = None) -> str:
         """The key naming the version a read resolves: ``current``, or a feature version's newest."""
@@ -689,6 +747,105 @@ class RedisOnlineStore(OnlineStore):
             self._layout(version)
         return self._kinds[version]
 
+    # --- bulk reads (the serving engine) --------------------------------------------------------
+    def read_users(
+        self,
+        user_ids: Iterable[ids.IdValue],
+        *,
+        with_seen: bool = False,
+        unavailable_up_to: int = 0,
+        feature_version: Optional[str] = None,
+    ) -> UserRows:
+        """Features (and seen items) of ``user_ids`` from the current version (or, ``feature_version``,
+        the newest version of that feature version), in one round trip (see the module docstring).
+
+        ``unavailable_up_to`` > 0: the same trip also returns the whole unavailable set when it holds at
+        most that many items (``UserRows.unavailable``; None when larger: ask :meth:`unavailable_flags`).
+        """
+        fields = ids.as_python(user_ids)
+        if not fields:
+            raise OnlineStoreError("read_users needs at least one user id")
+        if len(fields) > MAX_USERS_PER_READ:
+            raise OnlineStoreError(f"at most {MAX_USERS_PER_READ} users per read, got {len(fields)}")
+        args = [self.version_prefix, "1" if with_seen else "0", int(unavailable_up_to), *fields]
+        for attempt in range(3):
+            reply = self._read_users(keys=[self.pointer_key(feature_version), self.key_unavailable], args=args)
+            if not reply:
+                raise self.no_version_error(feature_version)
+            version, rows, seen = as_text(reply[0]), reply[1], reply[2]
+            try:
+                user_layout, _ = self._layout(version)
+                break
+            except VersionGoneError:  # collected right after this read (grace period 0): read again
+                if attempt == 2:
+                    raise
+        columns, found = user_layout.decode(list(rows))
+        item_kind = self.id_kinds(version).item_id
+        seen_ids = [ids.unpack(s, item_kind) for s in seen] if with_seen else None
+        unavailable = None
+        if reply[3]:  # members that are not ids of this kind can match no item: skipped
+            unavailable = ids.from_fields(reply[3], item_kind, strict=False)
+        elif reply[3] is not None and unavailable_up_to > 0:  # an empty list: the set is empty
+            unavailable = ids.empty(item_kind)
+        return UserRows(version, found, columns, seen_ids, unavailable)
+
+    def read_item_table(self, version: str, *, batch: int = 5000) -> ItemTable:
+        """Every item row (and the popularity list) of online ``version``.
+
+        Scans the version's item hash in steps of ``batch`` fields (HSCAN: Redis is never blocked for
+        long). Raises :class:`VersionGoneError` if the version is collected before the scan ends.
+        """
+        import numpy as np
+
+        began = time.perf_counter()
+        _, item_layout = self._layout(version)
+        key = self.key(version, "i")
+        rows: dict[bytes, bytes] = {}
+        cursor = 0
+        while True:  # HSCAN may return a field twice: the dict keeps one
+            cursor, part = self.client.hscan(key, cursor, count=batch)
+            rows.update(part)
+            if int(cursor) == 0:
+                break
+        pipe = self.client.pipeline(transaction=False)
+        pipe.exists(self.key(version, "meta"))
+        pipe.hlen(key)
+        pipe.get(self.key(version, "pop"))
+        meta_exists, expected, popularity = pipe.execute()
+        if not meta_exists or len(rows) != int(expected):
+            raise VersionGoneError(f"online version {version} changed or was collected while its items were read")
+        keys = list(rows)
+        kind = self.id_kinds(version).item_id
+        raw_ids = ids.from_fields(keys, kind)
+        order = np.argsort(raw_ids, kind="stable")
+        columns, _found = item_layout.decode([rows[keys[i]] for i in order])
+        table = ItemTable(
+            version=version,
+            ids=raw_ids[order],
+            columns=columns,
+            popularity=ids.unpack(popularity, kind),
+            kind=kind,
+        )
+        log.info("online version %s: %d item rows read in %.0f ms", version, len(table), 1000 * (time.perf_counter() - began))
+        return table
+
+    def unavailable_flags(self, item_ids: Iterable[ids.IdValue]) -> "np.ndarray":
+        """True for each raw item id that is in the unavailable set now (one ``SMISMEMBER``)."""
+        import numpy as np
+
+        members = ids.as_python(item_ids)
+        if not members:
+            return np.zeros(0, dtype=bool)
+        return np.asarray(self.client.smismember(self.key_unavailable, members), dtype=bool)
+
+    def user_ids(self, version: str) -> "np.ndarray":
+        """Raw ids of every user of ``version``, sorted, in the user id kind (HSCAN in steps of 5000)."""
+        import numpy as np
+
+        # HSCAN may return a field twice: the dict keeps one
+        fields = dict.fromkeys(u for u, _ in self.client.hscan_iter(self.key(version, "u"), count=5000))
+        return np.sort(ids.from_fields(list(fields), self.id_kinds(version).user_id))
+
     # --- unavailable items ----------------------------------------------------------------------
     def _unavailable_members(self, item_ids: Iterable[Any]) -> list[str]:
         """The set members (id texts) of ``item_ids``, parsed into the current version's item id
@@ -712,6 +869,53 @@ class RedisOnlineStore(OnlineStore):
         version = as_text(self.client.get(self.key_current))
         kind = self.id_kinds(version).item_id if version else ids.STRING
         return sorted(ids.from_fields(self.client.smembers(self.key_unavailable), kind, strict=False).tolist())
+
+    # --- precomputed lists (offline mode) -----------------------------------------------------
+    def new_batch(self, label: str) -> str:
+        return f"{label}-{int(self.client.incr(self.key_batch_seq))}"
+
+    def write_batch_rows(self, batch: str, rows: "Mapping[str, bytes]") -> None:
+        if rows:
+            self.client.hset(self.batch_key(batch, "r"), mapping=dict(rows))
+
+    def write_batch_meta(self, batch: str, meta: "Mapping[str, Any]", id_kinds: ids.IdKinds) -> None:
+        self.client.hset(self.batch_key(batch, "meta"), mapping={**meta, "ids": json.dumps(id_kinds.to_dict())})
+
+    def switch_batch(self, batch: str) -> list[str]:
+        self.client.set(self.key_batch_current, batch)  # the switch: readers now see the new batch whole
+        others = set()
+        for key in self.client.scan_iter(match=f"{self.batch_prefix}*:meta", count=1000):
+            other = as_text(key)[len(self.batch_prefix) : -len(":meta")]
+            if other != batch:
+                others.add(other)
+        for other in others:
+            self.discard_batch(other)
+        return sorted(others)
+
+    def discard_batch(self, batch: str) -> None:
+        self.client.unlink(*(self.batch_key(batch, s) for s in BATCH_KEY_SUFFIXES))
+
+    def current_batch(self) -> Optional[dict[str, str]]:
+        batch = as_text(self.client.get(self.key_batch_current))
+        if not batch:
+            return None
+        meta = {as_text(k): as_text(v) for k, v in self.client.hgetall(self.batch_key(batch, "meta")).items()}
+        return {"batch": batch, **meta}
+
+    def read_precomputed(self, user_field: str) -> Optional[PrecomputedList]:
+        reply = self._read_batch(keys=[self.key_batch_current, self.key_unavailable], args=[self.batch_prefix, user_field])
+        if not reply:
+            return None
+        batch, packed, members, kinds = reply
+        return PrecomputedList(
+            batch=as_text(batch),
+            packed=packed,
+            id_kinds=ids.IdKinds.from_dict(json.loads(as_text(kinds) or "{}")),
+            unavailable=frozenset(as_text(m) for m in members),  # members are the ids' text
+        )
+
+    def close(self) -> None:
+        self.client.close()
 
     # --- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

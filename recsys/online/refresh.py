@@ -42,13 +42,17 @@ def refresh_online_store(
     Then (``collect``) deletes versions retired longer than the grace period. Returns what was done: version,
     mode, rows written/copied/deleted, seconds, rows per second, and the versions removed.
     """
+    from recsys import layout
+    from recsys.data.versioning import read_manifest
     from recsys.online.redis_store import RedisOnlineStore
     from recsys.online.snapshot import build_snapshot
 
     s = settings or get_settings()
     folder = Path(features_dir) if features_dir else newest_feature_version(s)
     started = time.perf_counter()
-    snapshot = build_snapshot(folder, Path(data_dir) if data_dir else None, popularity_size=s.online_popularity_size)
+    if data_dir is None:  # the data version the feature version was built from, where the settings keep data
+        data_dir = layout.data_dir(s, str(read_manifest(folder)["data_version"]))
+    snapshot = build_snapshot(folder, Path(data_dir), popularity_size=s.online_popularity_size)
     read_seconds = time.perf_counter() - started
     store = RedisOnlineStore.from_settings(s)
     try:

@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from recsys.data import ids
+from recsys.data.versioning import read_manifest
 from recsys.errors import RecsysError
+from recsys.layout import FeatureVersion, data_table
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -136,41 +138,33 @@ class Snapshot:
 # --- building -----------------------------------------------------------------------------------
 
 
-def build_snapshot(
-    features_dir: Path, data_dir: Optional[Path] = None, popularity_size: int = 1000
-) -> Snapshot:
-    """Read a feature version (and its data version) into a :class:`Snapshot`.
+def build_snapshot(features_dir: Path, data_dir: Path, popularity_size: int = 1000) -> Snapshot:
+    """Read a feature version and the data version it was built from into a :class:`Snapshot`.
 
-    ``data_dir`` defaults to ``<home>/data/<data_version>`` next to the feature version's root
-    (``<home>/features/<feature_version>``). Errors name the file and the column.
+    Errors name the file and the column.
     """
     import numpy as np
     import pandas as pd
 
-    from recsys.data.versioning import read_manifest
-
-    features_dir = Path(features_dir)
-    manifest = read_manifest(features_dir)
-    data_version = str(manifest["data_version"])
-    if data_dir is None:
-        data_dir = features_dir.parent.parent / "data" / data_version
+    features = FeatureVersion(Path(features_dir), read_manifest(Path(features_dir)))
+    manifest, data_version = features.manifest, features.data_version
     data_dir = Path(data_dir)
-    if not (data_dir / "items.parquet").exists():
+    if not data_table(data_dir, "items").exists():
         raise SnapshotError(
-            f"{features_dir}: its data version {data_version} is not at {data_dir} "
+            f"{features.path}: its data version {data_version} is not at {data_dir} "
             "(pass the data version folder explicitly)"
         )
 
-    users_frame = _read_parts(features_dir / "users")
-    items_frame = _read_parts(features_dir / "items")
-    user_map = pd.read_parquet(features_dir / "id_maps" / "users.parquet")
-    item_map = pd.read_parquet(features_dir / "id_maps" / "items.parquet")
+    users_frame = _read_parts(features.split_dir("users"))
+    items_frame = _read_parts(features.split_dir("items"))
+    user_map = pd.read_parquet(features.id_map("user"))
+    item_map = pd.read_parquet(features.id_map("item"))
     # the manifest's kinds (feature versions written before kinds were recorded hold int ids)
-    kinds = ids.IdKinds.from_dict(manifest.get("ids"), str(features_dir / "manifest.json"))
-    user_ids = _raw_ids(features_dir / "id_maps" / "users.parquet", user_map, "user_id", users_frame, kinds.user_id)
-    item_ids = _raw_ids(features_dir / "id_maps" / "items.parquet", item_map, "item_id", items_frame, kinds.item_id)
-    interactions = pd.read_parquet(data_dir / "interactions.parquet", columns=None)
-    raw_items = pd.read_parquet(data_dir / "items.parquet")
+    kinds = ids.IdKinds.from_dict(manifest.get("ids"), str(features.manifest_file))
+    user_ids = _raw_ids(features.id_map("user"), user_map, "user_id", users_frame, kinds.user_id)
+    item_ids = _raw_ids(features.id_map("item"), item_map, "item_id", items_frame, kinds.item_id)
+    interactions = pd.read_parquet(data_table(data_dir, "interactions"), columns=None)
+    raw_items = pd.read_parquet(data_table(data_dir, "items"))
     snapshot = snapshot_from_frames(
         str(manifest["feature_version"]),
         data_version,
@@ -183,10 +177,10 @@ def build_snapshot(
         popularity_size=popularity_size,
         id_kinds=kinds,
         sources={
-            "users": features_dir / "users",
-            "items": features_dir / "items",
-            "interactions": data_dir / "interactions.parquet",
-            "raw_items": data_dir / "items.parquet",
+            "users": features.split_dir("users"),
+            "items": features.split_dir("items"),
+            "interactions": data_table(data_dir, "interactions"),
+            "raw_items": data_table(data_dir, "items"),
         },
     )
     log.info(

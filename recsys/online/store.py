@@ -14,13 +14,23 @@ One backend per module: :mod:`recsys.online.redis_store` is the Redis one. The c
 * the unavailable-items set is not versioned: operations change it live;
 * ids are raw ids of the version's kinds (:mod:`recsys.data.ids`): arguments are ints or strs,
   looked up by their text; results are int64 arrays (int ids) or object arrays of str (text ids).
+
+Like Feast's ``OnlineStore``, a backend implements a few primitives and callers use nothing else:
+serving (:mod:`recsys.serving.engine`) reads through the *bulk reads* (a batch of users in one
+round trip, a version's whole item table, live unavailable flags), the batch job
+(:mod:`recsys.serving.batch`) through the *precomputed lists*; key names, scripts and row packing
+stay inside the backend's module. The result types and errors are declared here, beside the
+interface, so every backend returns and raises the same ones.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
+
+from recsys.data import ids
+from recsys.errors import RecsysError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -30,6 +40,22 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 BatchHook = Callable[[str, int], None]
 """Called after each written batch with (entity kind ``"users"``/``"items"``, rows written so far)."""
+
+
+class OnlineStoreError(RecsysError):
+    """The online store cannot do what was asked (no current version, concurrent refresh, ...)."""
+
+
+class VersionGoneError(OnlineStoreError):
+    """An online version's metadata is gone (the version was collected)."""
+
+
+class NoOnlineVersionError(OnlineStoreError):
+    """No online version holds the feature version a reader asked for (or none is current at all)."""
+
+
+class ConcurrentRefreshError(OnlineStoreError):
+    """Another refresh switched ``current`` while this one was writing."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +124,60 @@ class FeatureRows:
     item_found: "np.ndarray"
     unavailable: "np.ndarray"  # bool per item: in the unavailable set now
     seen: Optional["np.ndarray"] = None  # raw item ids the user has seen (when asked for), in their kind
+
+
+@dataclass
+class UserRows:
+    """Features of several users from ONE online version (arrays of shape (n,), the models' dtypes)."""
+
+    version: str
+    found: "np.ndarray"  # bool per user
+    columns: dict[str, "np.ndarray"]  # unknown users hold the OOV code / 0.0
+    seen: Optional[list["np.ndarray"]]  # raw item ids per user (when asked for)
+    unavailable: Optional["np.ndarray"] = None  # the whole unavailable set (raw ids), when asked for and small
+
+
+@dataclass
+class ItemTable:
+    """Every item row of one online version: ``columns[name][row]``, rows sorted by raw item id."""
+
+    version: str
+    ids: "np.ndarray"  # raw item ids, sorted: int64, or an object array of str
+    columns: dict[str, "np.ndarray"]
+    popularity: "np.ndarray"  # raw item ids, most popular first
+    kind: str = ids.INT  # of the raw item ids
+    _row_of: Optional[dict] = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows_of(self, raw_ids: "np.ndarray") -> "np.ndarray":
+        """Row of each raw item id in this table (int64), -1 for ids the version does not hold."""
+        import numpy as np
+
+        if self.kind != ids.INT:
+            # text ids: one dict lookup each (measured faster than a binary search over str objects
+            # or fixed-width unicode for the few hundred ids a request asks about)
+            if self._row_of is None:
+                self._row_of = dict(zip(self.ids.tolist(), range(len(self.ids))))
+            get = self._row_of.get
+            return np.fromiter((get(i, -1) for i in raw_ids), dtype=np.int64, count=len(raw_ids))
+        raw_ids = ids.as_array(raw_ids, ids.INT)
+        if len(self.ids) == 0:
+            return np.full(raw_ids.shape, -1, dtype=np.int64)
+        pos = np.searchsorted(self.ids, raw_ids)
+        clipped = np.minimum(pos, len(self.ids) - 1)
+        return np.where(self.ids[clipped] == raw_ids, clipped, -1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PrecomputedList:
+    """One user's read of the current batch of precomputed lists (:mod:`recsys.serving.batch`)."""
+
+    batch: str
+    packed: Optional[bytes]  # the user's list as the batch job packed it; None: the user is not in the batch
+    id_kinds: ids.IdKinds  # the batch's id kinds (int/int for a batch written before kinds were recorded)
+    unavailable: frozenset[str]  # the unavailable set now (its members: the ids' text)
 
 
 class OnlineStore(abc.ABC):
@@ -173,3 +253,74 @@ class OnlineStore(abc.ABC):
     @abc.abstractmethod
     def unavailable(self) -> list["IdValue"]:
         """All unavailable raw item ids, sorted, in the item id kind."""
+
+    # --- bulk reads (the serving engine: a batch of requests at once) ---------------------------
+    @abc.abstractmethod
+    def read_users(
+        self,
+        user_ids: Iterable["IdValue"],
+        *,
+        with_seen: bool = False,
+        unavailable_up_to: int = 0,
+        feature_version: Optional[str] = None,
+    ) -> UserRows:
+        """Features (and seen items) of ``user_ids`` from ONE version, in one round trip.
+
+        ``unavailable_up_to`` > 0: the same trip also returns the whole unavailable set when it holds
+        at most that many items (``UserRows.unavailable``; None when larger: ask
+        :meth:`unavailable_flags`)."""
+
+    @abc.abstractmethod
+    def read_item_table(self, version: str, *, batch: int = 5000) -> ItemTable:
+        """Every item row (and the popularity list) of the named ``version`` (immutable: pair it with
+        ``UserRows.version`` to keep a request on one version). Raises :class:`VersionGoneError` if the
+        version is collected before the read ends."""
+
+    @abc.abstractmethod
+    def unavailable_flags(self, item_ids: Iterable["IdValue"]) -> "np.ndarray":
+        """True for each raw item id that is in the unavailable set now (one round trip)."""
+
+    @abc.abstractmethod
+    def user_ids(self, version: str) -> "np.ndarray":
+        """Raw ids of every user of ``version``, sorted, in the user id kind."""
+
+    # --- precomputed lists (offline mode): batches of per-user lists, one of them current --------
+    @abc.abstractmethod
+    def new_batch(self, label: str) -> str:
+        """A batch id unique in this store: ``<label>-<n>``."""
+
+    @abc.abstractmethod
+    def write_batch_rows(self, batch: str, rows: Mapping[str, bytes]) -> None:
+        """Store packed lists of ``batch``: user id text -> the user's packed list (one round trip)."""
+
+    @abc.abstractmethod
+    def write_batch_meta(self, batch: str, meta: Mapping[str, Any], id_kinds: ids.IdKinds) -> None:
+        """Store ``batch``'s metadata (values as text) and the id kinds of its lists (meta ``ids``)."""
+
+    @abc.abstractmethod
+    def switch_batch(self, batch: str) -> list[str]:
+        """Make ``batch`` current, then delete every other batch (readers resolve the current batch
+        and read it in one atomic step, so none is mid-read); returns the deleted batch ids."""
+
+    @abc.abstractmethod
+    def discard_batch(self, batch: str) -> None:
+        """Delete a batch that never became current (a failed batch job)."""
+
+    @abc.abstractmethod
+    def current_batch(self) -> Optional[dict[str, str]]:
+        """The current batch's metadata with its id as ``batch`` (None: no batch)."""
+
+    @abc.abstractmethod
+    def read_precomputed(self, user_field: str) -> Optional[PrecomputedList]:
+        """The current batch's list of the user whose id text is ``user_field``, with the batch's id
+        kinds and the unavailable set, in one atomic round trip (None: no batch)."""
+
+    # --- connections --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the store's connections (nothing, unless a backend holds some)."""
+
+    def __enter__(self) -> "OnlineStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -28,12 +28,80 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.set_defaults(func=_recommend)
 
-    from recsys.serving import batch, publish
-
     serving = subparsers.add_parser("serving", help="Triton model repository: publish, rollback, offline top-N")
     serving_sub = serving.add_subparsers(dest="serving_command", required=True)
-    publish.register_cli(serving_sub)
-    batch.register_cli(serving_sub)
+    _register_publishing(serving_sub)
+    _register_batch(serving_sub)
+
+
+def _register_publishing(serving_sub) -> None:
+    """``recsys serving publish | rollback | history``."""
+    p = serving_sub.add_parser("publish", help="publish the MLflow champions to Triton (version N+1)")
+    p.add_argument("--force", action="store_true", help="publish even if these champions already serve")
+    p.set_defaults(func=_publish)
+    r = serving_sub.add_parser("rollback", help="serve the previous Triton version again")
+    r.add_argument("--to-version", type=int, default=None, help="default: the version before the served one")
+    r.add_argument("--reason", default="", help="recorded in publish_history.jsonl")
+    r.set_defaults(func=_rollback)
+    h = serving_sub.add_parser("history", help="what was published, rolled back or refused")
+    h.add_argument("--last", type=int, default=10)
+    h.set_defaults(func=_history)
+
+
+def _register_batch(serving_sub) -> None:
+    """``recsys serving precompute | precomputed``."""
+    p = serving_sub.add_parser("precompute", help="precompute every user's top N into Redis (offline mode)")
+    p.add_argument("--top-n", type=int, default=None)
+    p.add_argument("--force", action="store_true", help="even if the current batch is up to date")
+    p.set_defaults(func=_precompute)
+    q = serving_sub.add_parser("precomputed", help="a user's precomputed recommendations")
+    q.add_argument("--user", required=True, help="raw user id (as your data has it: 1042, u-7f3a, ...)")
+    q.add_argument("-k", type=int, default=None)
+    q.set_defaults(func=_read_precomputed)
+
+
+def _precompute(args: argparse.Namespace) -> int:
+    from recsys.serving.batch import precompute
+
+    print(json.dumps(precompute(top_n=args.top_n, force=args.force).to_dict(), indent=2))
+    return 0
+
+
+def _read_precomputed(args: argparse.Namespace) -> int:
+    from recsys.serving.batch import read_precomputed
+
+    pairs = read_precomputed(args.user, args.k)
+    if pairs is None:
+        print(f"no precomputed recommendations for user {args.user}")
+        return 1
+    print(json.dumps([{"item_id": i, "score": round(v, 6)} for i, v in pairs], indent=2))
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from recsys.serving.publish import publish
+
+    print(json.dumps(publish(force=args.force).to_dict(), indent=2))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from recsys.serving.publish import rollback
+
+    print(json.dumps(rollback(to_version=args.to_version, reason=args.reason).to_dict(), indent=2))
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from recsys.serving.history import read_history
+    from recsys.serving.plan import POPULARITY, POPULARITY_REASON
+    from recsys.settings import get_settings
+
+    for entry in read_history(get_settings().triton_repo)[-args.last:]:
+        if entry.get("mode") == POPULARITY and entry.get("status") == "serving":
+            print(f"# version {entry['version']}: {entry.get('reason', POPULARITY_REASON)}")
+        print(json.dumps(entry, sort_keys=True))
+    return 0
 
 
 def _recommend(args: argparse.Namespace) -> int:
@@ -57,9 +125,8 @@ def _recommend(args: argparse.Namespace) -> int:
     user = args.user  # as typed: the served model (or the batch) parses it into the deployment's id kind
     if items is None:
         with RecommendClient.from_settings(get_settings(), "http" if args.http else "grpc") as client:
-            items = client.recommend_with_attributes(user, args.k, context)
-            if args.timings:
-                client.recommend(user, args.k, context, timings=True)
+            items = client.recommend_with_attributes(user, args.k, context, timings=args.timings)
+            if args.timings:  # the same request's
                 timings = client.last_timings_ms
             user = ids.parse(user, client.id_kinds.user_id, "user_id")
     if args.json:

@@ -13,8 +13,10 @@ text one (:mod:`recsys.data.ids`). A user id may be given as an int or a str.
 Errors (a bad request, a model that is not loaded, a server that does not answer) raise
 :class:`~recsys.serving.control.ServingError` with Triton's message.
 
-Callers that drive a tritonclient of their own (publishing's smoke test, the offline batch) build
-their requests with the same helpers, so every caller agrees with the served config:
+The tensors are those :mod:`recsys.serving.schema` declares (the served config is generated from
+it). Callers that drive a tritonclient of their own (publishing's smoke test, the offline batch;
+:mod:`recsys.serving.triton_client` makes it) build their requests with the same helpers, so every
+caller agrees with the served config:
 
     contract = served_contract(triton, "recsys")             # batching ([1, 1] tensors), id kinds
     result = triton.infer("recsys", recommend_inputs(tritonclient.http, user_id, k, contract=contract))
@@ -30,11 +32,10 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from recsys.data import ids
+from recsys.serving import schema, triton_client
 from recsys.serving.control import ServingError
+from recsys.serving.schema import MODEL, STAGES  # noqa: F401  (MODEL: callers name the model from here)
 from recsys.settings import Settings, get_settings
-
-MODEL = "recsys"
-STAGES = ("retrieval", "filtering", "scoring", "ordering")
 
 
 def config_uses_batching(config: Mapping[str, Any]) -> bool:
@@ -63,9 +64,9 @@ def contract_of_config(config: Mapping[str, Any]) -> ServedContract:
         value = parameters.get(name) or {}
         return value.get("string_value", value.get("stringValue"))
 
-    inputs = {t.get("name"): t for t in config.get("input", [])}
-    data_type = str(inputs.get("user_id", {}).get("data_type", inputs.get("user_id", {}).get("dataType", "TYPE_STRING")))
-    kinds = ids.IdKinds.from_dict({"user_id": parameter("user_id_kind"), "item_id": parameter("item_id_kind")})
+    user = {t.get("name"): t for t in config.get("input", [])}.get(schema.USER_ID.name, {})
+    data_type = str(user.get("data_type", user.get("dataType", schema.USER_ID.data_type)))
+    kinds = ids.IdKinds.from_dict({"user_id": parameter(schema.USER_ID_KIND), "item_id": parameter(schema.ITEM_ID_KIND)})
     return ServedContract(config_uses_batching(config), kinds, "INT64" if data_type == "TYPE_INT64" else "BYTES")
 
 
@@ -110,50 +111,49 @@ def recommend_inputs(
         if batched is None:
             raise ValueError("recommend_inputs needs the served contract (or batched=)")
         contract = ServedContract(bool(batched))
-    shape = [1, 1] if contract.batched else [1]
-    inputs = [module.InferInput("user_id", shape, contract.user_id_type)]
+
+    def tensor(spec: schema.TensorSpec, value: np.ndarray, wire_type: Optional[str] = None):
+        shape = [1, *spec.dims] if contract.batched else list(spec.dims)
+        tensor = module.InferInput(spec.name, shape, wire_type or spec.wire_type)
+        tensor.set_data_from_numpy(value.reshape(shape))
+        return tensor
+
     if contract.user_id_type == "INT64":  # a version published before ids were text
         user = ids.as_array([ids.parse(user_id, ids.INT, "user_id")], ids.INT)
     else:
         user = ids.to_triton([user_id])
-    inputs[0].set_data_from_numpy(user.reshape(shape))
+    inputs = [tensor(schema.USER_ID, user, contract.user_id_type)]
     if k is not None:
-        inputs.append(module.InferInput("k", shape, "INT32"))
-        inputs[-1].set_data_from_numpy(np.array([k], dtype=np.int32).reshape(shape))
+        inputs.append(tensor(schema.K, np.array([k], dtype=np.int32)))
     if context is not None:
-        inputs.append(module.InferInput("context", shape, "BYTES"))
-        inputs[-1].set_data_from_numpy(np.array([json.dumps(context).encode()], dtype=object).reshape(shape))
+        inputs.append(tensor(schema.CONTEXT, np.array([json.dumps(context).encode()], dtype=object)))
     return inputs
 
 
 def recommendation_arrays(result: Any, contract: ServedContract) -> tuple[np.ndarray, np.ndarray]:
     """``(item_ids, scores)`` of one ``recsys`` answer, flat (without the batch dimension, if any);
     item ids in the deployment's kind (int64, or an object array of str)."""
-    item_ids = ids.from_triton(result.as_numpy("item_ids"), contract.id_kinds.item_id)
-    return item_ids, result.as_numpy("scores").reshape(-1)
+    item_ids = ids.from_triton(result.as_numpy(schema.ITEM_IDS.name), contract.id_kinds.item_id)
+    return item_ids, result.as_numpy(schema.SCORES.name).reshape(-1)
 
 
 class RecommendClient:
     """A connection to Triton for the ``recsys`` model. ``protocol``: ``grpc`` (default) or ``http``."""
 
-    def __init__(self, settings: Settings, protocol: str = "grpc", model: str = MODEL, timeout: float = 30.0):
+    def __init__(self, settings: Settings, protocol: str = "grpc", model: str = MODEL):
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
         self.settings = settings
         self.protocol = protocol
         self.model = model
-        self.timeout = timeout
         if protocol == "grpc":
             import tritonclient.grpc as module
 
-            self._client = module.InferenceServerClient(settings.triton_grpc)
+            self._client = triton_client.grpc_client(settings)
         else:
             import tritonclient.http as module
 
-            url = settings.triton_http
-            self._client = module.InferenceServerClient(
-                url.split("://", 1)[-1], ssl=url.startswith("https://"), network_timeout=timeout
-            )
+            self._client = triton_client.http_client(settings)
         self._module = module
         self._store = None
         self._contract: Optional[ServedContract] = None  # the served config's, asked at the first request
@@ -184,7 +184,7 @@ class RecommendClient:
         """``(item_id, score)`` pairs, best first; item ids are ints for an integer deployment and
         str for a text one. ``user_id``: the raw id (int or str). ``k`` None: the model's default.
 
-        ``timings``: also fetch the per-stage milliseconds into :attr:`last_timings_ms`.
+        ``timings``: also fetch the per-stage milliseconds of this request into :attr:`last_timings_ms`.
         """
         from tritonclient.utils import InferenceServerException
 
@@ -202,7 +202,7 @@ class RecommendClient:
                 raise ServingError(f"Triton ({self.protocol}) {self.model!r}: {exc.message()}") from None
         item_ids, scores = recommendation_arrays(result, self._served())
         if timings:
-            self.last_timings_ms = dict(zip(STAGES, result.as_numpy("timings_ms").reshape(-1).tolist()))
+            self.last_timings_ms = dict(zip(STAGES, result.as_numpy(schema.TIMINGS_MS.name).reshape(-1).tolist()))
         return list(zip(item_ids.tolist(), scores.tolist()))
 
     @property
@@ -213,10 +213,10 @@ class RecommendClient:
     def _infer(self, user_id: ids.IdValue, k: Optional[int], context: Optional[dict[str, Any]], timings: bool):
         m = self._module
         inputs = recommend_inputs(m, user_id, k, context, contract=self._served())
-        names = ["item_ids", "scores"] + (["timings_ms"] if timings else [])
+        names = [schema.ITEM_IDS.name, schema.SCORES.name] + ([schema.TIMINGS_MS.name] if timings else [])
         outputs = [m.InferRequestedOutput(n) for n in names]
         if self.protocol == "grpc":
-            return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout)
+            return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=triton_client.REQUEST_TIMEOUT_S)
         return self._client.infer(self.model, inputs, outputs=outputs)
 
     def _served(self) -> ServedContract:
@@ -226,10 +226,12 @@ class RecommendClient:
         return self._contract
 
     def recommend_with_attributes(
-        self, user_id: ids.IdValue, k: Optional[int] = None, context: Optional[dict[str, Any]] = None
+        self, user_id: ids.IdValue, k: Optional[int] = None, context: Optional[dict[str, Any]] = None,
+        timings: bool = False,
     ) -> list[dict[str, Any]]:
-        """:meth:`recommend` plus each item's display attributes from the online store."""
-        pairs = self.recommend(user_id, k, context)
+        """:meth:`recommend` plus each item's display attributes from the online store (``timings``: as
+        :meth:`recommend`, the same request's)."""
+        pairs = self.recommend(user_id, k, context, timings)
         if self._store is None:
             from recsys.online.redis_store import RedisOnlineStore
 

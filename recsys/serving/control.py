@@ -6,7 +6,9 @@ Publishing calls these after writing a model version into the repository:
     load_model(settings, "recsys")                 # (re)load: Triton picks the versions of config.pbtxt's policy
     model_ready(settings, "recsys", version=3)     # True once version 3 serves
 
-Uses ``tritonclient.http`` (present in both runtimes).
+Uses ``tritonclient.http`` (present in both runtimes) through :mod:`recsys.serving.triton_client`:
+the repository API (load, unload, index) with its model-control timeout, health and readiness with
+the short probe timeout.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from typing import Any, Optional
 
 from recsys.errors import RecsysError
+from recsys.serving.triton_client import http_client
 from recsys.settings import Settings
 
 
@@ -22,20 +25,12 @@ class ServingError(RecsysError):
     """Triton refused a request or a model did not load or answer."""
 
 
-def _client(settings: Settings, timeout: float = 300.0):
-    import tritonclient.http as httpclient
-
-    url = settings.triton_http.split("://", 1)[-1]
-    ssl = settings.triton_http.startswith("https://")
-    return httpclient.InferenceServerClient(url, ssl=ssl, connection_timeout=timeout, network_timeout=timeout)
-
-
 def server_ready(settings: Settings) -> bool:
     """True if Triton answers ``/v2/health/ready``."""
     from tritonclient.utils import InferenceServerException
 
     try:
-        client = _client(settings, timeout=5)
+        client = http_client(settings, health=True)
         try:
             return bool(client.is_server_ready())
         finally:
@@ -44,16 +39,17 @@ def server_ready(settings: Settings) -> bool:
         return False
 
 
-def load_model(settings: Settings, name: str, timeout: float = 300.0) -> None:
+def load_model(settings: Settings, name: str) -> None:
     """Ask Triton to (re)load ``name`` from the repository and wait until it is loaded.
 
     The call returns when loading ended. A reload keeps the old version serving until the new one
     is ready (Triton swaps atomically), and a failed load leaves the previously loaded versions in
-    place. Raises :class:`ServingError` with Triton's reason when loading fails.
+    place; it waits up to :data:`~recsys.serving.triton_client.CONTROL_TIMEOUT_S`. Raises
+    :class:`ServingError` with Triton's reason when loading fails.
     """
     from tritonclient.utils import InferenceServerException
 
-    client = _client(settings, timeout)
+    client = http_client(settings, control=True)
     try:
         client.load_model(name)
     except InferenceServerException as exc:
@@ -66,7 +62,7 @@ def unload_model(settings: Settings, name: str) -> None:
     """Unload every version of ``name`` (no error if it was not loaded)."""
     from tritonclient.utils import InferenceServerException
 
-    client = _client(settings)
+    client = http_client(settings, control=True)
     try:
         client.unload_model(name)
     except InferenceServerException as exc:
@@ -79,7 +75,7 @@ def model_ready(settings: Settings, name: str, version: Optional[int] = None) ->
     """True if ``name`` (or that ``version`` of it) is loaded and ready."""
     from tritonclient.utils import InferenceServerException
 
-    client = _client(settings, timeout=10)
+    client = http_client(settings, health=True)
     try:
         return bool(client.is_model_ready(name, "" if version is None else str(version)))
     except InferenceServerException:
@@ -99,7 +95,7 @@ def wait_model_ready(settings: Settings, name: str, version: Optional[int] = Non
 
 def repository_index(settings: Settings) -> list[dict[str, Any]]:
     """Triton's view of the repository: ``[{"name", "version", "state", "reason"}, ...]``."""
-    client = _client(settings)
+    client = http_client(settings, control=True)
     try:
         return list(client.get_model_repository_index())
     finally:

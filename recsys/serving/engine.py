@@ -8,7 +8,7 @@ Ids are raw ids of the deployment's kinds (``pipeline.json``'s ``ids``, :mod:`re
 query's user id (and ``context.exclude_items``) may come as an int, a str or bytes and is parsed
 into its kind (a bad one is that request's :class:`BadRequest`); answers hold item ids in their kind
 (int64, or an object array of str). Inside the stages items are table rows (int64) either way, so
-text ids cost only the lookups at the edges (:meth:`recsys.online.bulk.ItemTable.rows_of`).
+text ids cost only the lookups at the edges (:meth:`recsys.online.store.ItemTable.rows_of`).
 
 1. **retrieval**: the users' features (online store) -> query tower -> FAISS top ``candidates_k``;
    an unknown user gets the popularity list instead (cold start);
@@ -20,9 +20,9 @@ text ids cost only the lookups at the edges (:meth:`recsys.online.bulk.ItemTable
 Where the time goes, and why it is spent this way:
 
 - **Item features live in memory.** An online version never changes once written, so the item rows
-  of the current version are read once (:func:`recsys.online.bulk.read_item_table`, ~0.1 s for
-  100k items) and candidates are gathered by array indexing instead of a Redis read of 200 rows per
-  request. FAISS positions map to table rows once per (index, version) pair.
+  of the current version are read once (:meth:`recsys.online.store.OnlineStore.read_item_table`,
+  ~0.1 s for 100k items) and candidates are gathered by array indexing instead of a Redis read of 200
+  rows per request. FAISS positions map to table rows once per (index, version) pair.
 - **Batches.** With Triton's dynamic batching (``settings.triton_batch_delay_us``) the model gets
   every request queued meanwhile in one call; the batch costs one Redis round trip in all (users,
   seen items and, when it is small, the whole unavailable set, in one Lua script), one query-tower
@@ -55,12 +55,13 @@ import numpy as np
 from recsys.data import ids
 from recsys.errors import RecsysError
 from recsys.features.history import truncate
+from recsys.online.store import ItemTable, OnlineStore, UserRows, VersionGoneError
 from recsys.serving.ordering import OrderingRules, order
+from recsys.serving.schema import STAGES
 from recsys.serving.scoring import fuse
 
 log = logging.getLogger(__name__)
 
-STAGES = ("retrieval", "filtering", "scoring", "ordering")
 QUERY_TOWER_DIR, RANKER_DIR, INDEX_DIR, PIPELINE_FILE = "query_tower", "ranker", "index", "pipeline.json"
 MODELS, POPULARITY = "models", "popularity"
 """pipeline.json ``mode``: the four stages with models, or the popularity list alone (no model beats it yet)."""
@@ -133,7 +134,7 @@ class SavedModelFunction:
 class _Catalogue:
     """One online version's items, addressed the ways the stages need them."""
 
-    table: Any  # recsys.online.bulk.ItemTable
+    table: ItemTable
     row_of_position: np.ndarray  # FAISS position -> table row (-1: the version lacks that item)
     popularity_rows: np.ndarray  # the popularity list as table rows (held by the version, no repeats)
 
@@ -141,11 +142,11 @@ class _Catalogue:
 class FourStageRecommender:
     """Retrieval, filtering, scoring and ordering over one model version directory."""
 
-    def __init__(self, version_dir: Path, reader: Any, pipeline: dict[str, Any]):
+    def __init__(self, version_dir: Path, store: OnlineStore, pipeline: dict[str, Any]):
         from recsys.serving.index import ItemIndex
 
         self.version_dir = Path(version_dir)
-        self.reader = reader
+        self.store = store
         self.pipeline = pipeline
         self.id_kinds = ids.IdKinds.from_dict(pipeline.get("ids"), str(self.version_dir / PIPELINE_FILE))
         # "popularity": no model beats the popularity baseline yet; every user gets the popularity list,
@@ -188,19 +189,19 @@ class FourStageRecommender:
             )
 
     @classmethod
-    def load(cls, version_dir: Path, reader: Optional[Any] = None) -> "FourStageRecommender":
+    def load(cls, version_dir: Path, store: Optional[OnlineStore] = None) -> "FourStageRecommender":
         """Load a version directory written by :func:`recsys.serving.repository.write_model_versions`.
 
-        ``reader``: a :class:`recsys.online.redis_store.RedisOnlineStore`; defaults to the one of the
-        settings (the server's environment).
+        ``store``: the online store to read (any :class:`recsys.online.store.OnlineStore`); defaults to
+        the Redis one of the settings (the server's environment).
         """
         version_dir = Path(version_dir)
         pipeline = json.loads((version_dir / PIPELINE_FILE).read_text())
-        if reader is None:
+        if store is None:
             from recsys.online.redis_store import RedisOnlineStore
 
-            reader = RedisOnlineStore.from_settings()
-        return cls(version_dir, reader, pipeline)
+            store = RedisOnlineStore.from_settings()
+        return cls(version_dir, store, pipeline)
 
     def warm_up(self) -> None:
         """Run both TensorFlow functions once (their first call traces and allocates: ~100 ms) and
@@ -213,7 +214,7 @@ class FourStageRecommender:
                     feed[f"{HISTORY_INPUT}offsets"] = np.arange(rows + 1, dtype=np.int64)
                 fn(feed)
         try:
-            current = self.reader.current(feature_version=self.feature_version)
+            current = self.store.current(feature_version=self.feature_version)
             if current is not None:
                 self._catalogue(current.version)
         except Exception as exc:  # Redis away or no version yet: the first request loads the items
@@ -278,11 +279,8 @@ class FourStageRecommender:
         if catalogue is not None:
             self._catalogues.move_to_end(version)
             return catalogue
-        from recsys.online.bulk import read_item_table
-        from recsys.online.redis_store import VersionGoneError
-
         try:
-            table = read_item_table(self.reader, version)
+            table = self.store.read_item_table(version)
         except VersionGoneError as exc:
             raise _VersionGone(str(exc)) from None
         popularity_rows = table.rows_of(table.popularity)
@@ -298,15 +296,13 @@ class FourStageRecommender:
         return catalogue
 
     def _recommend_batch(self, user_ids: list[ids.IdValue], ks: list[int], excludes: list[np.ndarray]) -> list[Recommendation]:
-        from recsys.online.bulk import read_users, unavailable_flags
-
         clock = time.perf_counter
         t0 = clock()
         n_req, n_cand = len(user_ids), self.candidates_k
         # --- 1. retrieval: one read of every user (+ seen items, + the unavailable set when small),
         # one query-tower call and one FAISS search for the warm users; popularity for the cold ones
-        users = read_users(
-            self.reader, user_ids, with_seen=True, unavailable_up_to=UNAVAILABLE_READ_WHOLE,
+        users = self.store.read_users(
+            user_ids, with_seen=True, unavailable_up_to=UNAVAILABLE_READ_WHOLE,
             feature_version=self.feature_version,
         )
         catalogue = self._catalogue(users.version)
@@ -337,7 +333,7 @@ class FourStageRecommender:
             off_sale = off_sale[off_sale >= 0]
         else:  # a large unavailable set: ask about this batch's candidates only
             distinct = np.unique(candidates[keep])
-            off_sale = distinct[unavailable_flags(self.reader, table.ids[distinct])]
+            off_sale = distinct[self.store.unavailable_flags(table.ids[distinct])]
         if len(off_sale):
             is_off_sale = np.zeros(len(table) + 1, dtype=bool)  # the extra last slot answers row -1
             is_off_sale[off_sale] = True
@@ -378,7 +374,7 @@ class FourStageRecommender:
         return answers
 
 
-    def _histories(self, users, table, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _histories(self, users: UserRows, table: ItemTable, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(values, offsets) of the warm users' histories: their seen items (newest first in the online store)
         as encoded item ids of this version, at most ``history_length`` (recsys.features.history)."""
         codes = table.columns[self.item_id_column]

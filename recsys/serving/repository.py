@@ -24,8 +24,14 @@ python backend. ``tensorflow`` writes native ``tensorflow_savedmodel`` configs f
 the ranker (GPU hosts running NVIDIA's Triton container, which ships the TF backend); the four-stage
 ``recsys`` model and the index stay python models either way.
 
-Each version folder is written under a temporary name and renamed into place; if any model fails,
-the versions this call already wrote are removed again, so nothing is half-written. This module runs
+Writing is split in two: :func:`write_version_folders` (and :func:`write_popularity_folder`) write
+every model's ``<model>/<N>/`` COMPLETELY (its files, ``lineage.json``, its own ``config.pbtxt``) and
+``<model>/config.pbtxt`` into a repository-shaped folder, with no staging or activation of their own
+(publishing writes into its staging folder); :func:`write_model_versions` is that in a staging folder
+beside the repository (:mod:`recsys.layout`), each version renamed into place, then activated. If
+any model fails, nothing is half-written. Configs are Triton's own ``ModelConfig`` messages
+(``tritonclient.grpc.model_config_pb2``) in protobuf text format; the ``recsys`` model's tensors are
+those of :mod:`recsys.serving.schema`. This module runs
 in the control plane: it needs no TensorFlow (the SavedModels' input/output schema comes from the
 ``.merlin/*.json`` files merlin-models writes beside them) and builds the FAISS index through the
 Merlin interpreter when faiss is not importable here.
@@ -33,22 +39,28 @@ Merlin interpreter when faiss is not importable here.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
 from recsys.errors import RecsysError
+from recsys.layout import CONFIG_FILE, RunExports, TritonRepository
+from recsys.serving import schema
+from recsys.serving.schema import TensorSpec
 from recsys.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).parent / "models"
 FOUR_STAGE, QUERY_TOWER, RANKER, ITEM_INDEX, FLOOR = (
-    "recsys", "recsys_query_tower", "recsys_ranker", "recsys_item_index", "recsys_floor",
+    schema.MODEL, "recsys_query_tower", "recsys_ranker", "recsys_item_index", "recsys_floor",
 )
 PUBLISHED_MODELS = (QUERY_TOWER, RANKER, ITEM_INDEX, FOUR_STAGE)
 """The models a publish writes (in load order: the four-stage model last)."""
@@ -71,12 +83,8 @@ class RepositoryError(RecsysError):
 # --- inputs ---------------------------------------------------------------------------------------
 def exports_from_run(run_dir: Path) -> dict[str, Path]:
     """The exports of a training run folder (docs/layouts.md section 4) by name."""
-    run_dir = Path(run_dir)
-    exports = {
-        "query_tower": run_dir / "retrieval" / "query_tower",
-        "item_embeddings": run_dir / "retrieval" / "item_embeddings.parquet",
-        "dlrm": run_dir / "ranking" / "dlrm",
-    }
+    run = RunExports(Path(run_dir))
+    exports = {"query_tower": run.query_tower, "item_embeddings": run.item_embeddings, "dlrm": run.dlrm}
     _check_exports(exports)
     return exports
 
@@ -152,42 +160,70 @@ def _check_exports(exports: Mapping[str, Path]) -> None:
 
 
 # --- config.pbtxt -------------------------------------------------------------------------------
-def _tensor(name: str, data_type: str, dims: Iterable[int], optional: bool = False) -> str:
-    opt = " optional: true" if optional else ""
-    return f'  {{ name: "{name}" data_type: {data_type} dims: [ {", ".join(str(d) for d in dims)} ]{opt} }}'
-
-
+# Configs are ModelConfig messages of Triton's own schema (tritonclient.grpc.model_config_pb2, in both
+# runtimes), written and read with protobuf's text format: what Triton parses, field for field.
 def model_config(
     name: str,
-    inputs: list[str],
-    outputs: list[str],
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
     *,
     backend: str = "python",
     instances: int = 1,
     version: Optional[int] = None,
     parameters: Optional[Mapping[str, str]] = None,
     batch_delay_us: Optional[int] = None,
-) -> str:
-    """A ``config.pbtxt``. ``backend``: ``python`` or ``tensorflow`` (platform tensorflow_savedmodel).
+):
+    """A ``ModelConfig`` (write it with :func:`config_text`). ``backend``: ``python`` or ``tensorflow``
+    (platform tensorflow_savedmodel).
 
     ``batch_delay_us`` 0 or more: dynamic batching (``max_batch_size`` > 0, so the tensors' dims
     exclude the batch dimension that clients then prepend), waiting up to that many microseconds for
-    more requests. None or negative: no batching (``max_batch_size: 0``).
+    more requests. None or negative: no batching (``max_batch_size`` 0).
     """
+    from tritonclient.grpc import model_config_pb2 as pb
+
     batched = batching_enabled(batch_delay_us)
-    lines = [f'name: "{name}"']
-    lines.append('platform: "tensorflow_savedmodel"' if backend == "tensorflow" else 'backend: "python"')
-    lines.append(f"max_batch_size: {MAX_BATCH if batched else 0}")
-    lines.append("input [\n" + ",\n".join(inputs) + "\n]")
-    lines.append("output [\n" + ",\n".join(outputs) + "\n]")
-    lines.append(f"instance_group [ {{ count: {int(instances)} kind: KIND_CPU }} ]")
+    config = pb.ModelConfig(name=name, max_batch_size=MAX_BATCH if batched else 0)
+    if backend == "tensorflow":
+        config.platform = "tensorflow_savedmodel"
+    else:
+        config.backend = "python"
+    for tensor in inputs:
+        config.input.add(name=tensor.name, data_type=pb.DataType.Value(tensor.data_type), dims=tensor.dims,
+                         optional=tensor.optional)
+    for tensor in outputs:
+        config.output.add(name=tensor.name, data_type=pb.DataType.Value(tensor.data_type), dims=tensor.dims)
+    config.instance_group.add(count=int(instances), kind=pb.ModelInstanceGroup.KIND_CPU)
     if batched:
-        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {int(batch_delay_us)} }}")
+        config.dynamic_batching.max_queue_delay_microseconds = int(batch_delay_us)
     if version is not None:
-        lines.append(f"version_policy: {{ specific: {{ versions: [ {int(version)} ] }} }}")
+        config.version_policy.specific.versions.append(int(version))
     for key, value in (parameters or {}).items():
-        lines.append(f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
-    return "\n".join(lines) + "\n"
+        config.parameters[key].string_value = str(value)
+    return config
+
+
+def config_text(config) -> str:
+    """A ``ModelConfig`` as ``config.pbtxt`` text."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config, use_short_repeated_primitives=True)
+
+
+def parse_config(text: str, where: str = CONFIG_FILE):
+    """``config.pbtxt`` text as a ``ModelConfig``; :class:`RepositoryError` naming ``where`` if it is not one."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    try:
+        return text_format.Parse(text, pb.ModelConfig())
+    except text_format.ParseError as exc:
+        raise RepositoryError(f"{where}: not a Triton model config ({exc})") from None
+
+
+def read_config(path: Path):
+    """The ``ModelConfig`` of a ``config.pbtxt`` file."""
+    return parse_config(Path(path).read_text(), str(path))
 
 
 def history_length_of(saved_model: Path) -> int:
@@ -206,7 +242,7 @@ def _is_ragged(feature: Mapping[str, Any]) -> bool:
     return bool(extra.get("is_ragged"))
 
 
-def _schema_tensors(saved_model: Path, which: str) -> list[str]:
+def _schema_tensors(saved_model: Path, which: str) -> list[TensorSpec]:
     """Triton tensors of a merlin-models SavedModel's input or output schema (one row: dims [-1] or [-1, d]).
 
     A ragged list input (the history) is two tensors, as the SavedModel takes it: ``<name>__values`` and
@@ -219,11 +255,11 @@ def _schema_tensors(saved_model: Path, which: str) -> list[str]:
         if kind not in _PB_TYPES:
             raise RepositoryError(f"{path}: feature {feature.get('name')!r} has type {kind!r}; expected INT or FLOAT")
         if which == "input" and _is_ragged(feature):
-            tensors += [_tensor(f"{feature['name']}__{part}", "TYPE_INT64", [-1]) for part in ("values", "offsets")]
+            tensors += [TensorSpec(f"{feature['name']}__{part}", "TYPE_INT64", (-1,)) for part in ("values", "offsets")]
             continue
         width = feature.get("valueCount", {}).get("max")
-        dims = [-1, int(width)] if width else ([-1, 1] if which == "output" else [-1])
-        tensors.append(_tensor(feature["name"], _PB_TYPES[kind], dims))
+        dims = (-1, int(width)) if width else ((-1, 1) if which == "output" else (-1,))
+        tensors.append(TensorSpec(feature["name"], _PB_TYPES[kind], dims))
     if not tensors:
         raise RepositoryError(f"{path}: no features")
     return tensors
@@ -243,8 +279,9 @@ def four_stage_config(
     version: Optional[int],
     batch_delay_us: Optional[int] = None,
     id_kinds: Optional[Mapping[str, str]] = None,
-) -> str:
-    """The ``recsys`` model's contract (docs/serving.md); ``batch_delay_us``: see :func:`model_config`.
+):
+    """The ``recsys`` model's config: the contract of :mod:`recsys.serving.schema` (docs/serving.md);
+    ``batch_delay_us``: see :func:`model_config`.
 
     Ids travel as text (BYTES) whatever their kind: one wire format. ``id_kinds`` (pipeline.json's
     ``ids``) become the ``user_id_kind`` / ``item_id_kind`` parameters, so a client of an integer
@@ -253,31 +290,117 @@ def four_stage_config(
     from recsys.data import ids
 
     kinds = ids.IdKinds.from_dict(id_kinds)
-    inputs = [
-        _tensor("user_id", "TYPE_STRING", [1]),
-        _tensor("k", "TYPE_INT32", [1], optional=True),
-        _tensor("context", "TYPE_STRING", [1], optional=True),
-    ]
-    outputs = [
-        _tensor("item_ids", "TYPE_STRING", [-1]),
-        _tensor("scores", "TYPE_FP32", [-1]),
-        _tensor("timings_ms", "TYPE_FP32", [4]),
-    ]
-    parameters = {"user_id_kind": kinds.user_id, "item_id_kind": kinds.item_id}
+    parameters = {schema.USER_ID_KIND: kinds.user_id, schema.ITEM_ID_KIND: kinds.item_id}
     return model_config(
-        FOUR_STAGE, inputs, outputs, instances=instances, version=version, parameters=parameters,
+        FOUR_STAGE, schema.INPUTS, schema.OUTPUTS, instances=instances, version=version, parameters=parameters,
         batch_delay_us=batch_delay_us,
     )
 
 
-def floor_config(instances: int = 1) -> str:
+def floor_config(instances: int = 1):
     """``recsys_floor``: the same id tensors as ``recsys`` (BYTES), so benchmark requests match."""
-    return model_config(
-        FLOOR, [_tensor("user_id", "TYPE_STRING", [1])], [_tensor("item_ids", "TYPE_STRING", [1])], instances=instances
-    )
+    echo = dataclasses.replace(schema.ITEM_IDS, dims=schema.USER_ID.dims)  # the user id, echoed
+    return model_config(FLOOR, [schema.USER_ID], [echo], instances=instances)
 
 
 # --- writing ------------------------------------------------------------------------------------
+def write_version_folders(
+    exports: Mapping[str, Path],
+    repo_dir: Path,
+    version: int,
+    pipeline: Mapping[str, Any],
+    lineage: Optional[Mapping[str, Any]] = None,
+    flavour: str = "python",
+) -> list[str]:
+    """Write version ``version`` of the four published models COMPLETELY into ``repo_dir``, a
+    repository-shaped folder (a staging folder): each ``<model>/<version>/`` with its files,
+    ``lineage.json`` and its own ``config.pbtxt``, plus ``<model>/config.pbtxt`` pointing at it.
+
+    No staging and no activation of its own: the caller moves the version folders into the served
+    repository (:func:`write_model_versions` does). Returns the model names, dependencies first
+    (the order they load in). ``exports``: ``query_tower``, ``item_embeddings``, ``dlrm`` paths
+    (:func:`exports_from_run`); ``pipeline``: :func:`pipeline_from_settings`; ``lineage``: written
+    into each version (``created_at`` added when missing, ``models`` and ``model`` set). If any model
+    fails, the version folders this call wrote are removed again.
+    """
+    if flavour not in FLAVOURS:
+        raise RepositoryError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    _check_exports(exports)
+    repo_dir = Path(repo_dir)
+    _check_new_version(repo_dir, PUBLISHED_MODELS, version)
+    started = time.perf_counter()
+    instances = int(pipeline.get("instances", 1))
+    query_tower, dlrm = Path(exports["query_tower"]), Path(exports["dlrm"])
+    # what the served models read as history is what they were trained with (their own schema)
+    pipeline = {**pipeline, "history_length": max(history_length_of(query_tower), history_length_of(dlrm))}
+    tf_native = flavour == "tensorflow"
+    backend = "tensorflow" if tf_native else "python"
+    configs = {}
+    try:
+        # The index is built once (the slow part) and copied to the two models that use it.
+        index_dir = _version_dir(repo_dir, ITEM_INDEX, version)
+        (index_dir / "index").mkdir()
+        meta = _build_index(Path(exports["item_embeddings"]), index_dir / "index", str(pipeline.get("faiss_index", "auto")))
+        dim = _embedding_dim(query_tower)
+        if meta["dim"] != dim:
+            raise RepositoryError(
+                f"{exports['item_embeddings']}: embeddings have {meta['dim']} dimensions but the query tower "
+                f"{query_tower} outputs {dim}"
+            )
+        _copy_model_source(ITEM_INDEX, index_dir)
+        query = TensorSpec("query", "TYPE_FP32", (1, dim))
+        # the index answers in the recsys model's wire format (k, item ids as text, scores)
+        configs[ITEM_INDEX] = model_config(ITEM_INDEX, [query, schema.K], [schema.ITEM_IDS, schema.SCORES], version=version)
+
+        for model, source in ((QUERY_TOWER, query_tower), (RANKER, dlrm)):
+            folder = _version_dir(repo_dir, model, version)
+            shutil.copytree(source, folder / "model.savedmodel")
+            if not tf_native:
+                _copy_model_source(model, folder)
+            configs[model] = model_config(
+                model, _schema_tensors(source, "input"), _schema_tensors(source, "output"), backend=backend, version=version,
+            )
+
+        from recsys.serving.engine import INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
+
+        folder = _version_dir(repo_dir, FOUR_STAGE, version)
+        shutil.copytree(query_tower, folder / QUERY_TOWER_DIR)
+        shutil.copytree(dlrm, folder / RANKER_DIR)
+        shutil.copytree(index_dir / "index", folder / INDEX_DIR)
+        configs[FOUR_STAGE] = _four_stage_files(folder, version, pipeline)
+        _finish_versions(repo_dir, version, {model: configs[model] for model in PUBLISHED_MODELS}, lineage)
+    except BaseException:
+        for model in PUBLISHED_MODELS:
+            shutil.rmtree(repo_dir / model / str(version), ignore_errors=True)
+        raise
+    log.info(
+        "wrote version %d of %s (%s flavour, %s index of %d items) in %.1fs",
+        version, ", ".join(PUBLISHED_MODELS), flavour, meta["kind"], meta["items"], time.perf_counter() - started,
+    )
+    return list(PUBLISHED_MODELS)
+
+
+def write_popularity_folder(
+    repo_dir: Path, version: int, pipeline: Mapping[str, Any], lineage: Optional[Mapping[str, Any]] = None,
+) -> list[str]:
+    """:func:`write_version_folders` of the ``recsys`` model alone, in popularity mode: no query tower,
+    ranker or index (no model beats the popularity baseline yet), the same request/response contract
+    and filtering. Returns ``["recsys"]``."""
+    from recsys.serving.engine import POPULARITY
+
+    if pipeline.get("mode") != POPULARITY:
+        raise RepositoryError(f"a popularity version needs pipeline mode {POPULARITY!r}, got {pipeline.get('mode')!r}")
+    repo_dir = Path(repo_dir)
+    _check_new_version(repo_dir, [FOUR_STAGE], version)
+    try:
+        folder = _version_dir(repo_dir, FOUR_STAGE, version)
+        _finish_versions(repo_dir, version, {FOUR_STAGE: _four_stage_files(folder, version, pipeline)}, lineage)
+    except BaseException:
+        shutil.rmtree(repo_dir / FOUR_STAGE / str(version), ignore_errors=True)
+        raise
+    return [FOUR_STAGE]
+
+
 def write_model_versions(
     exports: Mapping[str, Path],
     repo_dir: Path,
@@ -289,127 +412,90 @@ def write_model_versions(
 ) -> list[Path]:
     """Write version ``version`` of the four published models into ``repo_dir``; return the version folders.
 
-    ``exports``: ``query_tower``, ``item_embeddings``, ``dlrm`` paths (:func:`exports_from_run`);
-    ``pipeline``: :func:`pipeline_from_settings`; ``lineage``: written as ``lineage.json`` into each
-    version (``created_at`` added when missing). ``activate``: also point each model's
+    :func:`write_version_folders` into a staging folder beside the repository, then each version
+    folder renamed into place, so nothing is half-written. ``activate``: also point each model's
     ``config.pbtxt`` at this version (the next load serves it); otherwise call
     :func:`activate_version` later. Refuses to overwrite an existing version.
     """
-    if flavour not in FLAVOURS:
-        raise RepositoryError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
-    if int(version) < 1:
-        raise RepositoryError(f"Triton model versions start at 1, got {version}")
-    _check_exports(exports)
-    repo_dir = Path(repo_dir)
-    for model in PUBLISHED_MODELS:
-        if (repo_dir / model / str(version)).exists():
-            raise RepositoryError(f"{repo_dir / model / str(version)} already exists; versions are never overwritten")
-    started = time.perf_counter()
-    lineage = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(lineage or {})}
-    instances = int(pipeline.get("instances", 1))
-    query_tower, dlrm = Path(exports["query_tower"]), Path(exports["dlrm"])
-    # what the served models read as history is what they were trained with (their own schema)
-    pipeline = {**pipeline, "history_length": max(history_length_of(query_tower), history_length_of(dlrm))}
-    tf_native = flavour == "tensorflow"
-    backend = "tensorflow" if tf_native else "python"
-
-    written: list[Path] = []
-    staged: list[tuple[Path, Path]] = []
-    try:
-        # The index is built once (the slow part) and copied to the two models that use it.
-        index_tmp = _staging(repo_dir / ITEM_INDEX, version)
-        (index_tmp / "index").mkdir(parents=True)
-        meta = _build_index(Path(exports["item_embeddings"]), index_tmp / "index", str(pipeline.get("faiss_index", "auto")))
-        staged.append((index_tmp, repo_dir / ITEM_INDEX / str(version)))
-        dim = _embedding_dim(query_tower)
-        if meta["dim"] != dim:
-            raise RepositoryError(
-                f"{exports['item_embeddings']}: embeddings have {meta['dim']} dimensions but the query tower "
-                f"{query_tower} outputs {dim}"
-            )
-        _copy_model_source(ITEM_INDEX, index_tmp)
-        _write_version_config(
-            index_tmp,
-            model_config(
-                ITEM_INDEX,
-                [_tensor("query", "TYPE_FP32", [1, dim]), _tensor("k", "TYPE_INT32", [1], optional=True)],
-                [_tensor("item_ids", "TYPE_STRING", [-1]), _tensor("scores", "TYPE_FP32", [-1])],
-                version=version,
-            ),
-        )
-
-        for model, source in ((QUERY_TOWER, query_tower), (RANKER, dlrm)):
-            tmp = _staging(repo_dir / model, version)
-            staged.append((tmp, repo_dir / model / str(version)))
-            shutil.copytree(source, tmp / "model.savedmodel")
-            if not tf_native:
-                _copy_model_source(model, tmp)
-            _write_version_config(
-                tmp,
-                model_config(
-                    model, _schema_tensors(source, "input"), _schema_tensors(source, "output"),
-                    backend=backend, version=version,
-                ),
-            )
-
-        tmp = _staging(repo_dir / FOUR_STAGE, version)
-        staged.append((tmp, repo_dir / FOUR_STAGE / str(version)))
-        from recsys.serving.engine import INDEX_DIR, PIPELINE_FILE, QUERY_TOWER_DIR, RANKER_DIR
-
-        shutil.copytree(query_tower, tmp / QUERY_TOWER_DIR)
-        shutil.copytree(dlrm, tmp / RANKER_DIR)
-        shutil.copytree(index_tmp / "index", tmp / INDEX_DIR)
-        (tmp / PIPELINE_FILE).write_text(json.dumps(dict(pipeline), indent=2, sort_keys=True))
-        _copy_model_source(FOUR_STAGE, tmp)
-        _write_version_config(tmp, four_stage_config(instances, version, pipeline.get("batch_delay_us"), pipeline.get("ids")))
-
-        for tmp, _final in staged:
-            (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True, default=str))
-        for tmp, final in staged:
-            tmp.rename(final)
-            written.append(final)
-    except BaseException:
-        for tmp, _final in staged:
-            shutil.rmtree(tmp, ignore_errors=True)
-        for final in written:
-            shutil.rmtree(final, ignore_errors=True)
-        raise
-    if activate:
-        for model in PUBLISHED_MODELS:
-            activate_version(repo_dir, model, version)
-    log.info(
-        "wrote version %d of %s (%s flavour, %s index of %d items) in %.1fs",
-        version, ", ".join(PUBLISHED_MODELS), flavour, meta["kind"], meta["items"], time.perf_counter() - started,
+    return _write_staged(
+        repo_dir, version, PUBLISHED_MODELS, activate,
+        lambda staging: write_version_folders(exports, staging, version, pipeline, lineage, flavour),
     )
-    return written
 
 
 def write_popularity_version(repo_dir: Path, version: int, pipeline: Mapping[str, Any],
                              lineage: Optional[Mapping[str, Any]] = None, activate: bool = True) -> Path:
-    """Write version ``version`` of the ``recsys`` model alone, in popularity mode: no query tower, ranker or
-    index (no model beats the popularity baseline yet), the same request/response contract and filtering."""
-    from recsys.serving.engine import PIPELINE_FILE, POPULARITY
+    """:func:`write_popularity_folder` staged and renamed into ``repo_dir`` (as :func:`write_model_versions`);
+    returns the version folder."""
+    written = _write_staged(
+        repo_dir, version, [FOUR_STAGE], activate,
+        lambda staging: write_popularity_folder(staging, version, pipeline, lineage),
+    )
+    return written[0]
 
-    if pipeline.get("mode") != POPULARITY:
-        raise RepositoryError(f"a popularity version needs pipeline mode {POPULARITY!r}, got {pipeline.get('mode')!r}")
-    final = Path(repo_dir) / FOUR_STAGE / str(version)
-    if final.exists():
-        raise RepositoryError(f"{final} already exists; versions are never overwritten")
-    tmp = _staging(Path(repo_dir) / FOUR_STAGE, version)
+
+def _write_staged(repo_dir: Path, version: int, models: Sequence[str], activate: bool, write) -> list[Path]:
+    """``write(staging)`` into a fresh repository-shaped staging folder, then rename each written
+    ``<model>/<version>/`` into ``repo_dir`` (all or none) and, if ``activate``, activate it."""
+    repo_dir = Path(repo_dir)
+    _check_new_version(repo_dir, models, version)
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    # beside the repository: the same file system (a rename moves a version atomically), unseen by Triton
+    staging = TritonRepository(repo_dir).staging_root / uuid.uuid4().hex[:8]
+    staging.mkdir(parents=True)
+    moved: list[Path] = []
     try:
-        (tmp / PIPELINE_FILE).write_text(json.dumps(dict(pipeline), indent=2, sort_keys=True))
-        _copy_model_source(FOUR_STAGE, tmp)
-        _write_version_config(tmp, four_stage_config(int(pipeline.get("instances", 1)), version,
-                                                     pipeline.get("batch_delay_us"), pipeline.get("ids")))
-        stamp = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(lineage or {})}
-        (tmp / "lineage.json").write_text(json.dumps(stamp, indent=2, sort_keys=True, default=str))
-        tmp.rename(final)
+        written = write(staging)
+        _check_new_version(repo_dir, written, version)  # written meanwhile by another writer?
+        for model in written:
+            final = repo_dir / model / str(version)
+            final.parent.mkdir(exist_ok=True)
+            os.rename(staging / model / str(version), final)
+            moved.append(final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for final in moved:
+            shutil.rmtree(final, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the last one out removes the staging root
+            staging.parent.rmdir()
     if activate:
-        activate_version(repo_dir, FOUR_STAGE, version)
-    return final
+        for model in written:
+            activate_version(repo_dir, model, version)
+    return moved
+
+
+def _check_new_version(repo_dir: Path, models: Sequence[str], version: int) -> None:
+    if int(version) < 1:
+        raise RepositoryError(f"Triton model versions start at 1, got {version}")
+    for model in models:
+        if (repo_dir / model / str(version)).exists():
+            raise RepositoryError(f"{repo_dir / model / str(version)} already exists; versions are never overwritten")
+
+
+def _version_dir(repo_dir: Path, model: str, version: int) -> Path:
+    folder = repo_dir / model / str(version)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _four_stage_files(folder: Path, version: int, pipeline: Mapping[str, Any]):
+    """The ``recsys`` version's own files (pipeline.json, model.py); returns its config."""
+    from recsys.serving.engine import PIPELINE_FILE
+
+    (folder / PIPELINE_FILE).write_text(json.dumps(dict(pipeline), indent=2, sort_keys=True))
+    _copy_model_source(FOUR_STAGE, folder)
+    return four_stage_config(int(pipeline.get("instances", 1)), version, pipeline.get("batch_delay_us"), pipeline.get("ids"))
+
+
+def _finish_versions(repo_dir: Path, version: int, configs: Mapping[str, Any], lineage: Optional[Mapping[str, Any]]) -> None:
+    """Each model's ``<model>/config.pbtxt``, then :func:`seal_version` (the version's own copy of it and
+    its ``lineage.json``); ``configs``: by model, dependencies first."""
+    stamp = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(lineage or {}), "models": list(configs)}
+    for model, config in configs.items():
+        (repo_dir / model / CONFIG_FILE).write_text(config_text(config))
+        seal_version(repo_dir, model, version, {**stamp, "model": model})
 
 
 def activate_version(repo_dir: Path, model: str, version: int) -> Path:
@@ -418,23 +504,23 @@ def activate_version(repo_dir: Path, model: str, version: int) -> Path:
     Copies that version's own ``config.pbtxt`` (its input/output contract and version policy) to the
     model folder, atomically.
     """
-    source = Path(repo_dir) / model / str(version) / "config.pbtxt"
+    source = Path(repo_dir) / model / str(version) / CONFIG_FILE
     if not source.is_file():
         raise RepositoryError(f"{source}: missing; is version {version} of {model} in the repository?")
-    target = Path(repo_dir) / model / "config.pbtxt"
+    target = Path(repo_dir) / model / CONFIG_FILE
     _atomic_write(target, source.read_text())
     return target
 
 
 def served_version(repo_dir: Path, model: str) -> Optional[int]:
     """The version ``model``'s ``config.pbtxt`` points at (None: no config or no specific policy)."""
-    import re
-
-    path = Path(repo_dir) / model / "config.pbtxt"
+    path = Path(repo_dir) / model / CONFIG_FILE
     if not path.exists():
         return None
-    match = re.search(r"specific:\s*{\s*versions:\s*\[\s*(\d+)", path.read_text())
-    return int(match.group(1)) if match else None
+    policy = read_config(path).version_policy
+    if policy.WhichOneof("policy_choice") != "specific" or not policy.specific.versions:
+        return None
+    return int(policy.specific.versions[0])
 
 
 def model_versions(repo_dir: Path, model: str) -> list[int]:
@@ -456,7 +542,7 @@ def write_floor_model(repo_dir: Path, instances: int = 1) -> Path:
     elif (folder / "1" / "model.py").read_bytes() != source.read_bytes():
         # a floor written by an older release (e.g. INT64 ids) must match the config written below
         _atomic_write(folder / "1" / "model.py", source.read_text())
-    _atomic_write(folder / "config.pbtxt", floor_config(instances))
+    _atomic_write(folder / CONFIG_FILE, config_text(floor_config(instances)))
     return folder
 
 
@@ -475,10 +561,6 @@ def _copy_model_source(model: str, version_dir: Path) -> None:
     shutil.copy2(source, version_dir / "model.py")
 
 
-def _write_version_config(version_dir: Path, text: str) -> None:
-    (version_dir / "config.pbtxt").write_text(text)
-
-
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -490,3 +572,71 @@ def _build_index(embeddings: Path, out_dir: Path, kind: str) -> dict:
     from recsys.serving.index import build_index
 
     return build_index(embeddings, out_dir, kind)
+
+
+# --- what publishing writes and keeps ---------------------------------------------------------------
+class RepositoryWriter(Protocol):
+    """Writes one version of every Triton model from verified training exports, for publishing.
+
+    ``exports``: the downloaded champion's folders (laid out like a training run,
+    :class:`recsys.layout.RunExports`); ``staging``: an empty repository-shaped folder; ``lineage``: what
+    publish records (feature version, champions, Airflow run, ...). Writes each ``<model>/config.pbtxt``
+    and ``<model>/<version>/`` and returns the model names, dependencies first (the order they load in).
+    A version the writer did not seal (:func:`seal_version`: its config copy and ``lineage.json``) is
+    sealed by publish, once.
+    """
+
+    def __call__(self, exports: Path, staging: Path, version: int, settings: Settings, lineage: dict[str, Any]) -> list[str]: ...
+
+
+def four_stage_writer(exports: Path, staging: Path, version: int, settings: Settings, lineage: dict[str, Any]) -> list[str]:
+    """The default writer: the four published models (query tower, ranker, item index, recsys).
+
+    Their ``pipeline.json`` freezes the settings and the feature version's columns.
+    """
+    from recsys.layout import FeatureVersion
+
+    manifest = FeatureVersion.open(FeatureVersion.of(settings, lineage["feature_version"]).path).manifest
+    pipeline = pipeline_from_settings(settings, manifest, ranker_weight=float(lineage.get("ranker_weight", 1.0)))
+    return write_version_folders(exports_from_run(exports), staging, version, pipeline, lineage)
+
+
+def popularity_writer(exports: Path, staging: Path, version: int, settings: Settings, lineage: dict[str, Any]) -> list[str]:
+    """While no model beats the popularity baseline: the ``recsys`` model alone, answering with the popularity
+    list of the online version of ``lineage["feature_version"]``, filtered as always."""
+    from recsys.layout import FeatureVersion
+    from recsys.serving.engine import POPULARITY
+
+    manifest = FeatureVersion.open(FeatureVersion.of(settings, lineage["feature_version"]).path).manifest
+    return write_popularity_folder(staging, version, pipeline_from_settings(settings, manifest, mode=POPULARITY), lineage)
+
+
+def seal_version(repo_dir: "Path | TritonRepository", model: str, version: int, lineage: Mapping[str, Any]) -> None:
+    """Complete ``<model>/<version>/``: its own copy of ``<model>/config.pbtxt`` (what a rollback puts back)
+    and its ``lineage.json``."""
+    repo = repo_dir if isinstance(repo_dir, TritonRepository) else TritonRepository(Path(repo_dir))
+    shutil.copy2(repo.config(model), repo.version_config(model, version))
+    repo.lineage(model, version).write_text(json.dumps(dict(lineage), indent=2, sort_keys=True, default=str) + "\n")
+
+
+def activate_newest(repo: TritonRepository, model: str) -> Optional[int]:
+    """Activate the newest version of ``model`` on disk (its own config); None (and no config) when none is left."""
+    remaining = repo.versions(model)
+    if not remaining:
+        repo.config(model).unlink(missing_ok=True)
+        return None
+    activate_version(repo.path, model, remaining[-1])
+    return remaining[-1]
+
+
+def prune(repo: TritonRepository, models: Sequence[str], keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` version folders of each model; returns what was deleted."""
+    deleted = []
+    for model in models:
+        versions = repo.versions(model)
+        for old in versions[: max(0, len(versions) - max(1, keep))]:
+            shutil.rmtree(repo.version_dir(model, old))
+            deleted.append(f"{model}/{old}")
+    if deleted:
+        log.info("pruned old versions: %s", ", ".join(deleted))
+    return deleted

@@ -244,18 +244,15 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def champions(settings: Optional[Settings] = None) -> dict[str, Optional[dict]]:
-    """The current champion of each registered model with its primary metric (for the demo and the UI)."""
+    """What each ``champion`` alias names, with its run's metrics, None where there is none (the demo, the UI).
+
+    A view for people; code that acts on the champion uses :func:`recsys.tracking.champions.resolve_champion`.
+    """
+    from recsys.tracking.champions import aliased_versions
+
     c = client(settings.mlflow_uri if settings else None)
-    out: dict[str, Optional[dict]] = {}
-    for spec in model_specs(settings):
-        mv = alias_version(c, spec.name, CHAMPION)
-        if mv is None:
-            out[spec.name] = None
-            continue
-        out[spec.name] = {
-            "version": str(mv.version),
-            "run_id": mv.run_id,
-            "source": mv.source,
-            "metrics": run_metrics(c, mv.run_id),
-        }
-    return out
+    return {
+        name: None if mv is None else
+        {"version": str(mv.version), "run_id": mv.run_id, "source": mv.source, "metrics": run_metrics(c, mv.run_id)}
+        for name, mv in aliased_versions(settings, c).items()
+    }

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from recsys.layout import RunExports
 from recsys.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -117,15 +118,9 @@ class TrainResult:
     @classmethod
     def from_run_dir(cls, out_dir: Path) -> "TrainResult":
         """The result of a complete run folder written earlier (its ``metrics.json``), without retraining."""
-        out_dir = Path(out_dir)
-        saved = json.loads((out_dir / "metrics.json").read_text())
-        candidates = {
-            "query_tower": out_dir / "retrieval" / "query_tower",
-            "item_embeddings": out_dir / "retrieval" / "item_embeddings.parquet",
-            "dlrm": out_dir / "ranking" / "dlrm",
-            "workflows": out_dir / "workflows",
-            "metrics": out_dir / "metrics.json",
-        }
+        run = RunExports(Path(out_dir))
+        saved = json.loads(run.metrics.read_text())
+        candidates = {**run.exports(), "metrics": run.metrics}
         return cls(
             metrics=saved["metrics"],
             history=saved["history"],
@@ -161,7 +156,7 @@ def load_training_data(feature_dir: Path, seed: int) -> TrainingData:
     import numpy as np
 
     from recsys.training.evaluation import build_protocol
-    from recsys.training.feature_version import FeatureVersion
+    from recsys.layout import FeatureVersion
     from recsys.training.popularity import evaluate_popularity
 
     fv = FeatureVersion.open(Path(feature_dir))
@@ -289,14 +284,15 @@ def train_models(
     # the prior of the published model counts every interaction: what serving's popularity looks like
     prior = prior_weight * popularity_prior(fv, everything, data.items) if prior_weight else None
     with atomic_directory(out_dir) as tmp:
+        staged = RunExports(tmp)
         exports = {
-            **export_retrieval(final_retrieval, fv, data.items, tmp / "retrieval", prior=prior),
-            **export_ranking(final_ranking, fv, valid_rows, tmp / "ranking", ranking_params),
+            **export_retrieval(final_retrieval, fv, data.items, staged, prior=prior),
+            **export_ranking(final_ranking, fv, valid_rows, staged, ranking_params),
         }
-        if (fv.path / "workflows").is_dir():
-            shutil.copytree(fv.path / "workflows", tmp / "workflows")
-            exports["workflows"] = tmp / "workflows"
-        exports["metrics"] = tmp / "metrics.json"
+        if fv.workflows.is_dir():
+            shutil.copytree(fv.workflows, staged.workflows)
+            exports["workflows"] = staged.workflows
+        exports["metrics"] = staged.metrics
 
         users_evaluated = int(retrieval.metrics.pop("users_evaluated", 0))
         metrics = {**retrieval.metrics, **data.baseline, **ranking.metrics, **two_stage, **gate}
@@ -308,7 +304,7 @@ def train_models(
             "total": time.perf_counter() - started,
         }
         device = device_name()
-        (tmp / "metrics.json").write_text(
+        staged.metrics.write_text(
             json.dumps(
                 {
                     "metrics": metrics,

@@ -19,7 +19,7 @@ import pandas as pd
 
 from recsys.errors import RecsysError
 from recsys.features.history import HISTORY
-from recsys.training.feature_version import FeatureVersion, FeatureVersionError
+from recsys.layout import FeatureVersion, FeatureVersionError, RunExports
 from recsys.training.metrics import auc, logloss
 from recsys.training.negatives import with_negatives
 from recsys.training.retrieval import ModelResult
@@ -192,15 +192,15 @@ def ranker_columns(fv: FeatureVersion, params) -> list[str]:
     return fv.user_columns + fv.item_columns + ([HISTORY] if params.history_length else [])
 
 
-def export_ranking(model, fv: FeatureVersion, check_rows: pd.DataFrame, folder: Path, params) -> dict[str, Path]:
-    """Save the DLRM as ``folder/dlrm`` and check the reloaded model predicts what the trained one does."""
+def export_ranking(model, fv: FeatureVersion, check_rows: pd.DataFrame, run: RunExports, params) -> dict[str, Path]:
+    """Save the DLRM as ``run.dlrm`` and check the reloaded model predicts what the trained one does."""
     from recsys.training.keras_utils import batched_call
 
     from recsys.training.keras_utils import frame_to_inputs, save_with_named_inputs
 
     feature_cols = ranker_columns(fv, params)
-    folder.mkdir(parents=True, exist_ok=True)
-    dlrm_dir = folder / "dlrm"
+    dlrm_dir = run.dlrm
+    dlrm_dir.parent.mkdir(parents=True, exist_ok=True)
     rows = check_rows.head(512)
     save_with_named_inputs(model, dlrm_dir, frame_to_inputs(rows.head(2), feature_cols), f"{fv.target}/binary_output")
     verify_export(dlrm_dir, rows, feature_cols, batched_call(model, rows, feature_cols).ravel())

@@ -30,6 +30,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from recsys.layout import RunExports, data_dir, data_table
+
 log = logging.getLogger(__name__)
 
 OOV = 2  # NVTabular Categorify's out-of-vocabulary code (docs/layouts.md section 3)
@@ -68,7 +70,7 @@ def fresh_validation(data, champion_data_dir: Path) -> pd.DataFrame:
         "i": raw_items.reindex(valid[fv.item_id].to_numpy()).to_numpy(),
         "t": valid[timestamp].to_numpy(np.int64),
     })
-    old = pd.read_parquet(Path(champion_data_dir) / "interactions.parquet", columns=["user_id", "item_id", "timestamp"])
+    old = pd.read_parquet(data_table(champion_data_dir, "interactions"), columns=["user_id", "item_id", "timestamp"])
     old_t = old["timestamp"]
     old_seconds = (old_t.astype("datetime64[ns]").astype("int64") // 1_000_000_000) if np.issubdtype(old_t.dtype, np.datetime64) else old_t.astype("int64")
     seen = pd.MultiIndex.from_arrays([old["user_id"].to_numpy(), old["item_id"].to_numpy(), old_seconds.to_numpy()])
@@ -78,7 +80,7 @@ def fresh_validation(data, champion_data_dir: Path) -> pd.DataFrame:
 
 def raw_ids(fv, entity: str) -> pd.Series:
     """Encoded id -> raw id of the users or items that have an encoded id of their own (not OOV)."""
-    frame = pd.read_parquet(fv.path / "id_maps" / f"{entity}s.parquet")
+    frame = pd.read_parquet(fv.id_map(entity))
     column = f"{entity}_id"
     frame = frame[frame[column] != OOV].drop_duplicates(column)
     return frame.set_index(column)[f"{column}_raw"]
@@ -93,21 +95,21 @@ class ChampionScorer:
 
         from recsys.serving.engine import SavedModelFunction
 
-        root = champion.path
-        self.query_tower = SavedModelFunction(root / "retrieval" / "query_tower")
-        self.ranker = SavedModelFunction(root / "ranking" / "dlrm")
-        embeddings = pd.read_parquet(root / "retrieval" / "item_embeddings.parquet")
+        run = RunExports(champion.path)
+        self.query_tower = SavedModelFunction(run.query_tower)
+        self.ranker = SavedModelFunction(run.dlrm)
+        embeddings = pd.read_parquet(run.item_embeddings)
         self.item_vectors = pd.Series(list(np.stack(embeddings["embedding"].to_numpy()).astype(np.float32)),
                                       index=embeddings["item_id_raw"].to_numpy())
-        users = pd.read_parquet(Path(data_dir) / "users.parquet")
-        items = pd.read_parquet(Path(data_dir) / "items.parquet")
-        user_workflow = nvt.Workflow.load(str(root / "workflows" / "user"))
-        item_workflow = nvt.Workflow.load(str(root / "workflows" / "item"))
+        users = pd.read_parquet(data_table(data_dir, "users"))
+        items = pd.read_parquet(data_table(data_dir, "items"))
+        user_workflow = nvt.Workflow.load(str(run.workflow("user")))
+        item_workflow = nvt.Workflow.load(str(run.workflow("item")))
         encoded_users = user_workflow.transform(Dataset(users[user_workflow.input_schema.column_names], cpu=True)).to_ddf().compute()
         encoded_items = item_workflow.transform(Dataset(items[item_workflow.input_schema.column_names], cpu=True)).to_ddf().compute()
         self.users = encoded_users.reset_index(drop=True).set_index(users["user_id"].to_numpy())
         self.items = encoded_items.reset_index(drop=True).set_index(items["item_id"].to_numpy())
-        self.history_length = _history_length(root / "retrieval" / "query_tower")
+        self.history_length = _history_length(run.query_tower)
 
     def encode_histories(self, raw_lists: list[np.ndarray]) -> list[np.ndarray]:
         """Each raw history (newest first) in the champion's item codes, cut to its history length.
@@ -182,7 +184,7 @@ def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking
     from recsys.training.retrieval import embed, items_in_order, popularity_prior, protocol_users
 
     fv = data.fv
-    fresh = fresh_validation(data, Path(data_root) / champion.data_version)
+    fresh = fresh_validation(data, data_dir(Path(data_root), champion.data_version))
     known = data.train.loc[data.train[fv.target] == 1, fv.user_id].unique()
     fresh = fresh[fresh[fv.user_id].isin(known)]
     # at most GATE_USERS users (seeded): both sides are scored on the same ones
@@ -209,7 +211,7 @@ def gate_metrics(data, retrieval_model, retrieval_params, ranking_model, ranking
     q, v = embed(retrieval_model, fv, retrieval_params, users, catalogue,
                  prior_weight * popularity_prior(fv, data.train, catalogue) if prior_weight else None)
     mine = protocol.evaluate(lambda rows: q[rows] @ v.T)
-    scorer = ChampionScorer(champion, Path(data_root) / fv.data_version)  # this run's raw users and items
+    scorer = ChampionScorer(champion, data_dir(Path(data_root), fv.data_version))  # this run's raw users and items
     user_raw = raw_users.reindex(protocol.user_ids).to_numpy()
     histories = scorer.encode_histories([raw_history.get(u, empty) for u in protocol.user_ids])
     cq = scorer.query_vectors(user_raw, histories)

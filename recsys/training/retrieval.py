@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.training.evaluation import TopKProtocol
-from recsys.training.feature_version import FeatureVersion, FeatureVersionError
+from recsys.layout import FeatureVersion, FeatureVersionError, RunExports
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def choose_prior_weight(data, model, params) -> tuple[float, dict[str, float]]:
     return best, metrics
 
 
-def export_retrieval(model, fv: FeatureVersion, items: pd.DataFrame, folder: Path, batch_size: int = 8192,
+def export_retrieval(model, fv: FeatureVersion, items: pd.DataFrame, run: RunExports, batch_size: int = 8192,
                      prior: Optional[np.ndarray] = None) -> dict[str, Path]:
     """Write the query tower SavedModel and the embeddings of every item of ``items``.
 
@@ -350,8 +350,8 @@ def export_retrieval(model, fv: FeatureVersion, items: pd.DataFrame, folder: Pat
     from recsys.data import ids
     from recsys.training.keras_utils import batched_call
 
-    folder.mkdir(parents=True, exist_ok=True)
-    query_dir = folder / "query_tower"
+    query_dir = run.query_tower
+    query_dir.parent.mkdir(parents=True, exist_ok=True)
     if prior is None:
         model.query_encoder.save(str(query_dir))
     else:
@@ -374,7 +374,7 @@ def export_retrieval(model, fv: FeatureVersion, items: pd.DataFrame, folder: Pat
             "embedding": embedding,
         }
     )
-    embeddings_path = folder / "item_embeddings.parquet"
+    embeddings_path = run.item_embeddings
     pq.write_table(table, embeddings_path)
     log.info("retrieval: exported query tower to %s and %d item embeddings (dim %d)", query_dir, len(items), dim)
     return {"query_tower": query_dir, "item_embeddings": embeddings_path}
@@ -423,7 +423,7 @@ def _raw_item_ids(fv: FeatureVersion, encoded: np.ndarray) -> np.ndarray:
     from recsys.data import ids
 
     id_map = fv.item_id_map()
-    where = fv.path / "id_maps" / "items.parquet"
+    where = fv.id_map("item")
     kind = ids.kind_of(id_map["item_id_raw"])
     if len(id_map) == len(encoded) and (id_map["item_id"].to_numpy(np.int64) == encoded).all():
         return ids.as_array(id_map["item_id_raw"], kind)

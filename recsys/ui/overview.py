@@ -70,7 +70,7 @@ def models_section(settings: Settings) -> list[dict[str, Any]]:
 
 def serving_section(settings: Settings) -> dict[str, Any]:
     """What Triton serves now (the last successful publish or rollback) and the recent history."""
-    from recsys.serving.publish import read_history, served
+    from recsys.serving.history import read_history, served
 
     repository = settings.triton_repo
     history = read_history(repository)

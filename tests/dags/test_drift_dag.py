@@ -5,12 +5,12 @@ module works in a home of its own with its own model names, so other DAG tests' 
 champions are not mixed into its windows.
 """
 
-import os
 import uuid
 
 import pytest
 
 from recsys.settings import get_settings
+from shared_helpers import log_training, patched_environ
 
 pytestmark = pytest.mark.slow
 
@@ -34,42 +34,18 @@ def drift_env(stack_settings, airflow_db, tmp_path_factory):
         "RECSYS_LEARNING_RATE": "0.005",  # faster than the default (tuned on real data): tiny models, few epochs
         "RECSYS_EPOCHS": "15",  # early stopping ends sooner; enough to beat popularity
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    try:
+    with patched_environ(env):
         yield get_settings()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
 
 
-def _dag(dag_id):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from recsys.settings import PROJECT_ROOT
-
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
-    assert bag.import_errors == {}
-    return bag.dags[dag_id]
-
-
-def _states(dag_run) -> dict:
-    return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
-
-
-def test_drift_dag_wiring(airflow_home):
+def test_drift_dag_wiring(dagbag):
     from recsys.assets import DRIFT, FEATURES
 
-    drift = _dag("recsys_drift")
+    drift = dagbag.dags["recsys_drift"]
     assert "recsys" in drift.tags and drift.doc_md
     assert all(t.retries >= 1 for t in drift.tasks)
     assert DRIFT in drift.get_task("announce_drift").outlets
-    train = _dag("recsys_train")
+    train = dagbag.dags["recsys_train"]
     assert {FEATURES.name, DRIFT.name} <= {a.name for a in train.timetable.asset_condition.objects}
     assert train.get_task("features").python == str(get_settings().merlin_python)
 
@@ -77,22 +53,14 @@ def test_drift_dag_wiring(airflow_home):
 def _fake_champion(s) -> str:
     """A champion on the current feature version without training (the drift check reads only its lineage)."""
     from recsys import jobs
-    from recsys.tracking import registry, runs
 
     features = jobs.resolve_features()
-    c = runs.client(s.mlflow_uri)
-    run = c.create_run(
-        runs.experiment_id(c, s.experiment_name),
-        tags={runs.TAG_DATA_VERSION: features["data_version"], runs.TAG_FEATURE_VERSION: features["feature_version"]},
-    )
-    c.log_metric(run.info.run_id, s.retrieval_primary_metric, 0.0)  # any trained model beats it
-    c.log_metric(run.info.run_id, s.ranking_primary_metric, 0.0)
-    c.set_terminated(run.info.run_id)
-    registry.champion_gate(run.info.run_id, s)
-    return run.info.run_id
+    # any trained model beats it
+    return log_training(s, {s.retrieval_primary_metric: 0.0, s.ranking_primary_metric: 0.0},
+                        feature_version=features["feature_version"], data_version=features["data_version"])
 
 
-def test_drift_triggers_a_retrain_on_the_judged_data(drift_env):
+def test_drift_triggers_a_retrain_on_the_judged_data(drift_env, dagbag, states):
     from mlflow import MlflowClient
 
     from recsys import jobs
@@ -101,22 +69,22 @@ def test_drift_triggers_a_retrain_on_the_judged_data(drift_env):
 
     s = drift_env
     write_synthetic(s.landing, SyntheticConfig(**TINY), overwrite=True)
-    etl = _dag("recsys_etl").test()
-    assert etl.state == "success", _states(etl)
+    etl = dagbag.dags["recsys_etl"].test()
+    assert etl.state == "success", states(etl)
     champion_run = _fake_champion(s)
 
     # the same data: no drift, announce_drift skipped (no Asset event)
-    calm = _dag("recsys_drift").test()
-    assert calm.state == "success", _states(calm)
-    assert _states(calm)["announce_drift"] == "skipped"
+    calm = dagbag.dags["recsys_drift"].test()
+    assert calm.state == "success", states(calm)
+    assert states(calm)["announce_drift"] == "skipped"
     (first,) = list_checks(None, s)
     assert not first["trigger"] and first["champion_run_id"] == champion_run
 
     # a drifted batch lands: drift, announce_drift succeeds
     write_synthetic(s.landing, SyntheticConfig(**{**TINY, "start": "2024-01-15", "drift": 1.0}), overwrite=True)
-    drifted = _dag("recsys_drift").test()
-    assert drifted.state == "success", _states(drifted)
-    assert _states(drifted)["announce_drift"] == "success"
+    drifted = dagbag.dags["recsys_drift"].test()
+    assert drifted.state == "success", states(drifted)
+    assert states(drifted)["announce_drift"] == "success"
     check = list_checks(1, s)[0]
     assert check["trigger"] and check["current_data_version"] != first["current_data_version"]
     judged = check["current_data_version"]
@@ -129,8 +97,8 @@ def test_drift_triggers_a_retrain_on_the_judged_data(drift_env):
     assert plan["tags"] == {"recsys.trigger": f"drift:{check['check_id']}"}
 
     # the drift-triggered training: ETL of the judged data version first, then training, tagged
-    train = _dag("recsys_train").test(run_conf={"drift_check": check["check_id"], "epochs": 15})
-    assert train.state == "success", _states(train)
+    train = dagbag.dags["recsys_train"].test(run_conf={"drift_check": check["check_id"], "epochs": 15})
+    assert train.state == "success", states(train)
     assert judged in {_data_version_of(p) for p in _feature_versions(s)}  # the ETL ran for the judged data
     runs = MlflowClient(s.mlflow_uri).search_runs(
         [MlflowClient(s.mlflow_uri).get_experiment_by_name(s.experiment_name).experiment_id],
@@ -138,7 +106,7 @@ def test_drift_triggers_a_retrain_on_the_judged_data(drift_env):
     )
     assert len(runs) == 1 and runs[0].data.tags["recsys.data_version"] == judged
     # it beat the untrained champion through the same gate, so it is published like any champion
-    assert _states(train)["announce_champion"] == "success"
+    assert states(train)["announce_champion"] == "success"
 
 
 def _feature_versions(s) -> list:

@@ -23,31 +23,22 @@ def refresh_home(stack_settings, airflow_db, tmp_path, monkeypatch):
     get_settings.cache_clear()
 
 
-def _dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    from recsys.settings import PROJECT_ROOT
-
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
-    assert bag.import_errors == {}
-    return bag.dags["recsys_feature_refresh"]
+@pytest.fixture
+def refresh_dag(dagbag):
+    return dagbag.dags["recsys_feature_refresh"]
 
 
-def _states(dag_run) -> dict:
-    return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
-
-
-def test_scheduled_on_time_or_the_features_asset():
+def test_scheduled_on_time_or_the_features_asset(refresh_dag):
     from recsys.assets import FEATURES
 
-    dag = _dag()
+    dag = refresh_dag
     assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
     assert FEATURES.name in {a.name for a in dag.timetable.asset_condition.objects}
     assert dag.timetable.timetable.expression == "0 * * * *"  # the default setting, "@hourly"
     assert all(t.retries >= 1 for t in dag.tasks) and dag.doc_md
 
 
-def test_refresh_dag_writes_the_newest_version_and_is_idempotent(refresh_home):
+def test_refresh_dag_writes_the_newest_version_and_is_idempotent(refresh_home, refresh_dag, states):
     from recsys.online.redis_store import RedisOnlineStore
     from online_sample import write_sample_versions
 
@@ -55,8 +46,8 @@ def test_refresh_dag_writes_the_newest_version_and_is_idempotent(refresh_home):
     first_dir = write_sample_versions(s.home, n_users=120, n_items=40, n_interactions=800, seed=1)
     store = RedisOnlineStore.from_settings(s)
 
-    run = _dag().test()
-    assert run.state == "success", _states(run)
+    run = refresh_dag.test()
+    assert run.state == "success", states(run)
     first = store.current()
     assert first.feature_version == first_dir.name and first.users == 120 and first.items == 40
     users = pd.read_parquet(first_dir / "users" / "part_0.parquet")
@@ -66,14 +57,14 @@ def test_refresh_dag_writes_the_newest_version_and_is_idempotent(refresh_home):
     assert np.isclose(rows.user["activity"][0], users["activity"][7])
 
     # the same newest version again: a no-op (the current version is unchanged)
-    again = _dag().test()
-    assert again.state == "success", _states(again)
+    again = refresh_dag.test()
+    assert again.state == "success", states(again)
     assert store.current().version == first.version
 
     # a newer feature version: written incrementally, the old one retired (kept for the grace period)
     second_dir = write_sample_versions(s.home, n_users=120, n_items=40, n_interactions=900, seed=1)
-    third = _dag().test()
-    assert third.state == "success", _states(third)
+    third = refresh_dag.test()
+    assert third.state == "success", states(third)
     second = store.current()
     assert second.feature_version == second_dir.name and second.version != first.version
     assert second.mode == "incremental"

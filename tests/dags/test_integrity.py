@@ -1,6 +1,6 @@
-"""DagBag integrity: every DAG imports, is tagged, retries, and routes work to the right runtime."""
+"""DagBag integrity: every DAG imports, is tagged, retries, and routes work to the right runtime.
 
-import pytest
+``dagbag`` is the session's (tests/dags/conftest.py)."""
 
 from recsys.settings import get_settings
 
@@ -12,15 +12,6 @@ EXPECTED_DAGS = {
     "recsys_batch_recommendations",
     "recsys_drift",
 }
-
-
-@pytest.fixture(scope="module")
-def dagbag(airflow_home):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from recsys.settings import PROJECT_ROOT
-
-    return DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
 
 
 def test_no_import_errors_and_every_dag_is_there(dagbag):

@@ -3,11 +3,10 @@
 Heavy tasks really run in the Merlin runtime's interpreter (``@task.external_python``).
 """
 
-import os
-
 import pytest
 
 from recsys.settings import get_settings
+from shared_helpers import patched_environ
 
 pytestmark = pytest.mark.slow
 
@@ -18,46 +17,28 @@ def pipeline_settings(stack_settings, airflow_db, tmp_path_factory):
     from recsys.data.synthetic import SyntheticConfig, write_synthetic
 
     # a faster learning rate than the default (tuned on real data): these tiny models learn in a few epochs
-    os.environ.update({"RECSYS_EMBEDDING_DIM": "16", "RECSYS_BATCH_SIZE": "512", "RECSYS_EPOCHS": "15",
-                       "RECSYS_LEARNING_RATE": "0.005"})
-    get_settings.cache_clear()
-    s = get_settings()
-    # strong tastes and enough rows that a short training beats popularity (the gate's floor)
-    write_synthetic(s.landing, SyntheticConfig(n_users=300, n_items=120, n_interactions=20_000, days=14, seed=3,
-                                               temperature=0.3), overwrite=True)
-    yield s
-    for key in ("RECSYS_EMBEDDING_DIM", "RECSYS_BATCH_SIZE", "RECSYS_EPOCHS", "RECSYS_LEARNING_RATE"):
-        os.environ.pop(key, None)
-    get_settings.cache_clear()
+    with patched_environ({"RECSYS_EMBEDDING_DIM": "16", "RECSYS_BATCH_SIZE": "512", "RECSYS_EPOCHS": "15",
+                          "RECSYS_LEARNING_RATE": "0.005"}):
+        s = get_settings()
+        # strong tastes and enough rows that a short training beats popularity (the gate's floor)
+        write_synthetic(s.landing, SyntheticConfig(n_users=300, n_items=120, n_interactions=20_000, days=14, seed=3,
+                                                   temperature=0.3), overwrite=True)
+        yield s
 
 
-def _dag(dag_id):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from recsys.settings import PROJECT_ROOT
-
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
-    assert bag.import_errors == {}
-    return bag.dags[dag_id]
-
-
-def _states(dag_run) -> dict:
-    return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
-
-
-def test_etl_then_train_then_rerun_is_idempotent(pipeline_settings):
+def test_etl_then_train_then_rerun_is_idempotent(pipeline_settings, dagbag, states):
     from mlflow import MlflowClient
 
     s = pipeline_settings
-    etl = _dag("recsys_etl").test()
-    assert etl.state == "success", _states(etl)
+    etl = dagbag.dags["recsys_etl"].test()
+    assert etl.state == "success", states(etl)
     versions = [p for p in s.features_root.iterdir() if not p.name.startswith(".")]
     assert len(versions) == 1 and (versions[0] / "manifest.json").exists()
-    assert _states(etl)["announce_features"] == "success"
+    assert states(etl)["announce_features"] == "success"
 
-    train = _dag("recsys_train").test(run_conf={"epochs": 12})
-    assert train.state == "success", _states(train)
-    assert _states(train)["announce_champion"] == "success"  # first models: champions by definition
+    train = dagbag.dags["recsys_train"].test(run_conf={"epochs": 12})
+    assert train.state == "success", states(train)
+    assert states(train)["announce_champion"] == "success"  # first models: champions by definition
 
     client = MlflowClient(s.mlflow_uri)
     champion = client.get_model_version_by_alias(s.retrieval_model_name, "champion")
@@ -83,7 +64,7 @@ def test_etl_then_train_then_rerun_is_idempotent(pipeline_settings):
     assert hashlib.sha256(open(pb, "rb").read()).hexdigest() == checksums["ranking/dlrm/saved_model.pb"]
 
     # The same data again: same versions, no new feature version, no Asset event (announce skipped).
-    again = _dag("recsys_etl").test()
-    assert again.state == "success", _states(again)
-    assert _states(again)["announce_features"] == "skipped"
+    again = dagbag.dags["recsys_etl"].test()
+    assert again.state == "success", states(again)
+    assert states(again)["announce_features"] == "skipped"
     assert [p for p in s.features_root.iterdir() if not p.name.startswith(".")] == versions

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from recsys.cli import main
+from recsys.errors import RecsysError
 from recsys.data.versioning import list_versions
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "movielens"
@@ -47,16 +50,23 @@ def test_import_movielens_then_validate(tmp_path, capsys):
     assert "without labels" in capsys.readouterr().out
 
 
-def test_invalid_input_is_a_clear_error(tmp_path, capsys):
+def test_invalid_input_is_a_clear_error(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "interactions.csv").write_text("user_id,item_id,timestamp\n1,2,2024-01-01\n-3,2,2024-01-01\n")
     (bad / "users.csv").write_text("user_id\n1\n")
     (bad / "items.csv").write_text("item_id\n2\n")
+    monkeypatch.delenv("RECSYS_DEBUG", raising=False)
     assert main(["data", "ingest", str(bad), "--data-root", str(tmp_path / "data")]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "interactions.csv: column 'user_id' has 1 negative values, e.g. line 3: user_id=-3" in err
+    assert "Traceback" not in err
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+    # RECSYS_DEBUG=1: the error itself, raised with its traceback (the interpreter prints it)
+    monkeypatch.setenv("RECSYS_DEBUG", "1")
+    with pytest.raises(RecsysError, match="column 'user_id' has 1 negative values"):
+        main(["data", "ingest", str(bad), "--data-root", str(tmp_path / "data")])
+    assert not capsys.readouterr().err.startswith("error:")
 
 
 def test_generate_with_string_ids(tmp_path, capsys):

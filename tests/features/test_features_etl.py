@@ -243,6 +243,7 @@ def test_rerun_returns_the_same_version_untouched(data_dir, tmp_path):
     messages.clear()
     second = run_etl(data_dir, root, ValidationSplit("time", 7), progress=messages.append)
     assert second.version == first.version and second.manifest == first.manifest
+    assert first.created and not second.created  # the ETL says whether it wrote the version (jobs pass it on)
     assert {p: p.stat().st_mtime_ns for p in second.path.rglob("*")} == stamps
     assert len(messages) == 1 and "already exists" in messages[0]
     other = run_etl(data_dir, root, ValidationSplit("time", 3), progress=lambda _m: None)

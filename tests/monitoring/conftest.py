@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from recsys.data.synthetic import SyntheticConfig, write_synthetic
+from shared_helpers import log_training
 
 # Small on purpose: the ETL runs for real, and each check runs Evidently for real.
 BASE = SyntheticConfig(n_users=400, n_items=150, n_interactions=12_000, days=21, seed=5)
@@ -62,7 +63,6 @@ def monitored(stack_settings, drift_world, tmp_path):
     Returns a function ``settings(landing="same", **overrides)`` giving the settings with that landing folder.
     """
     from recsys.settings import replace
-    from recsys.tracking import registry, runs
 
     home = tmp_path / "home"
     for part in ("data", "features"):
@@ -78,19 +78,13 @@ def monitored(stack_settings, drift_world, tmp_path):
         drift_consecutive_checks=1,
         drift_cooldown_hours=0.0,
     )
-    c = runs.client(base.mlflow_uri)
-    run = c.create_run(
-        runs.experiment_id(c, base.experiment_name),
-        tags={runs.TAG_DATA_VERSION: drift_world["data_version"], runs.TAG_FEATURE_VERSION: drift_world["feature_version"]},
-    )
-    c.log_metric(run.info.run_id, "pipeline_recall_at_10", 0.2)  # the gate's metric (no floor logged: promoted)
-    c.log_metric(run.info.run_id, "auc", 0.8)
-    c.set_terminated(run.info.run_id)
-    registry.champion_gate(run.info.run_id, base)
+    # the gate's metrics (no floor logged: promoted)
+    champion_run_id = log_training(base, {"pipeline_recall_at_10": 0.2, "auc": 0.8}, data_version=drift_world["data_version"],
+                                   feature_version=drift_world["feature_version"])
 
     def settings(landing: str = "same", **overrides):
         return replace(base, landing_dir=drift_world["landings"][landing], **overrides)
 
-    settings.champion_run_id = run.info.run_id
+    settings.champion_run_id = champion_run_id
     settings.base = base
     return settings

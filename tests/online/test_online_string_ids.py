@@ -11,7 +11,6 @@ import pytest
 from online_helpers import as_string_ids, changed_tables, client_hset_fields, item_text, seen_of, snapshot, tables, user_text
 
 from recsys.data import ids
-from recsys.online.bulk import read_item_table, read_users, unavailable_flags
 
 KINDS = {"user_id": "string", "item_id": "string"}
 
@@ -141,15 +140,15 @@ def test_bulk_reads_with_text_ids(make_store):
     version = store.refresh(snapshot(t)).version
     store.add_unavailable(["SKU-5004"])
     wanted = [user_text(1003), "nobody", user_text(1000)]
-    users = read_users(store, wanted, with_seen=True, unavailable_up_to=100)
+    users = store.read_users(wanted, with_seen=True, unavailable_up_to=100)
     assert users.version == version and users.found.tolist() == [True, False, True]
     assert [s.tolist() for s in users.seen] == [sorted(seen_of(t, u)) for u in wanted]
     assert users.unavailable.tolist() == ["SKU-5004"]
 
-    table = read_item_table(store, version, batch=4)
+    table = store.read_item_table(version, batch=4)
     assert table.kind == "string" and table.ids.tolist() == sorted(t["item_ids"].tolist())
     rows = table.rows_of(np.array(["SKU-5003", "SKU-404", table.ids[0]], dtype=object))
     assert rows.tolist() == [table.ids.tolist().index("SKU-5003"), -1, 0]
     assert table.rows_of([]).tolist() == []
     np.testing.assert_array_equal(table.popularity, store.popularity())
-    np.testing.assert_array_equal(unavailable_flags(store, ["SKU-5004", "SKU-5005"]), [True, False])
+    np.testing.assert_array_equal(store.unavailable_flags(["SKU-5004", "SKU-5005"]), [True, False])

@@ -11,7 +11,7 @@ import pytest
 
 from recsys.settings import replace
 
-from shared_helpers import toy_config, toy_source
+from shared_helpers import running_triton, toy_config, toy_source, triton_ports
 from shared_helpers import toy_expected as expected  # noqa: F401  (the tests call it `expected`)
 
 
@@ -28,28 +28,22 @@ def serve_toy(s, version: int, refused: tuple[int, ...] = (), legacy: bool = Fal
 @pytest.fixture(scope="module")
 def batch_settings(stack_settings, tmp_path_factory):
     """A home of our own with a feature version refreshed into Redis (200 users) and our own Triton."""
-    from recsys import stack
     from recsys.online.refresh import refresh_online_store
     from online_sample import write_sample_versions
-    from recsys.stack.service import free_port
 
     home = tmp_path_factory.mktemp("batch-home")
     s = replace(
-        stack_settings, home=home, triton_http_port=free_port(), triton_grpc_port=free_port(),
-        triton_metrics_port=free_port(), online_key_prefix="batch-tests", batch_top_n=5, batch_concurrency=4,
+        stack_settings, home=home, **triton_ports(), online_key_prefix="batch-tests", batch_top_n=5, batch_concurrency=4,
     )
     features = write_sample_versions(home, n_users=200, n_items=50)
     refresh_online_store(str(features), settings=s)
-    stack.up(s, only=["triton"])
-    try:
+    with running_triton(s):
         yield s
-    finally:
-        stack.down(s, only=["triton"])
 
 
 def test_precompute_read_noop_force_and_refused_request(batch_settings):
-    from recsys.online.redis_store import RedisOnlineStore, connect
-    from recsys.serving.batch import BatchError, BatchKeys, current_batch, precompute, read_precomputed
+    from recsys.online.redis_store import RedisOnlineStore
+    from recsys.serving.batch import BatchError, current_batch, precompute, read_precomputed
 
     s = batch_settings
     serve_toy(s, 1)
@@ -77,16 +71,16 @@ def test_precompute_read_noop_force_and_refused_request(batch_settings):
     serve_toy(s, 2, refused=(1042,))
     with pytest.raises(BatchError, match="refused user 1042"):
         precompute(settings=s)
-    r = connect(s.redis)
-    keys = BatchKeys(s.online_key_prefix)
+    store = RedisOnlineStore.from_settings(s)
+    r = store.client
     assert current_batch(s)["batch"] == first.batch
-    assert sorted(k.decode() for k in r.scan_iter(match=keys.batch_prefix + "*:r")) == [keys.rows(first.batch)]
+    assert sorted(k.decode() for k in r.scan_iter(match=store.batch_prefix + "*:r")) == [store.batch_key(first.batch, "r")]
 
     # Forced on a good version 3: a new batch replaces the old one, whose keys are gone.
     serve_toy(s, 3)
     forced = precompute(settings=s, force=True)
     assert forced.model_version == 3 and forced.batch != first.batch and forced.removed_batches == 1
-    assert sorted(k.decode() for k in r.scan_iter(match=keys.batch_prefix + "*:r")) == [keys.rows(forced.batch)]
+    assert sorted(k.decode() for k in r.scan_iter(match=store.batch_prefix + "*:r")) == [store.batch_key(forced.batch, "r")]
     assert [i for i, _ in read_precomputed(1000, settings=s)] == expected(1000, 5)
     r.close()
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from recsys.settings import Settings, get_settings, replace
-from shared_helpers import patched_environ
+from shared_helpers import fake_exports, log_training, patched_environ, running_triton, triton_ports_env
 
 GOOD_MODEL = textwrap.dedent(
     """
@@ -79,12 +79,13 @@ class ToyWriter:
 
 
 def ask(s: Settings, model: str, x: int = 100) -> int:
-    from recsys.serving.publish import triton_client
     import tritonclient.http as httpclient
+
+    from recsys.serving.triton_client import http_client
 
     value = httpclient.InferInput("x", [1], "INT64")
     value.set_data_from_numpy(np.array([x], dtype=np.int64))
-    return int(triton_client(s).infer(model, [value]).as_numpy("y")[0])
+    return int(http_client(s).infer(model, [value]).as_numpy("y")[0])
 
 
 def smoke(models: list[str]):
@@ -102,55 +103,28 @@ def smoke(models: list[str]):
 def log_champion_run(s: Settings, feature_version: str, quality: float, checksums: dict | None = None, tmp: Path | None = None) -> str:
     """A training run with the exports' files (tiny fake bytes) logged to MLflow, then the champion gate."""
     from recsys.tracking import registry
-    from recsys.tracking.runs import TAG_DATA_VERSION, TAG_FEATURE_VERSION, log_training_run
 
-    out = tmp / uuid.uuid4().hex[:8]
-    for rel in ("retrieval/query_tower/saved_model.pb", "retrieval/query_tower/variables/variables.index",
-                "retrieval/item_embeddings.parquet", "ranking/dlrm/saved_model.pb", "workflows/user/workflow.pkl"):
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_bytes(f"{rel} {quality}".encode())
+    out = fake_exports(tmp / uuid.uuid4().hex[:8], str(quality))
     if checksums is not None:
         (out / "checksums.json").write_text(json.dumps(checksums))
     metrics = {"recall_at_10": quality, "pipeline_recall_at_10": quality, "auc": quality, "popularity_recall_at_10": 0.01}
-    tags = {TAG_FEATURE_VERSION: feature_version, TAG_DATA_VERSION: "d" + feature_version}
+    tags = {}
     champion = registry.champions(s)[s.retrieval_model_name]
     if champion is not None:  # as the training job does: the champion scored on this run's new rows
         metrics.update(gate_pipeline_recall_at_10=quality,
                        gate_champion_pipeline_recall_at_10=champion["metrics"]["pipeline_recall_at_10"],
                        gate_auc=quality, gate_champion_auc=champion["metrics"]["auc"], gate_users=10, gate_rows=40)
         tags["gate.champion_run"] = champion["run_id"]
-    run_id = log_training_run(
-        metrics=metrics,
-        history={},
-        params={},
-        artifacts_dir=out,
-        tags=tags,
-        experiment=s.experiment_name,
-        tracking_uri=s.mlflow_uri,
-    )
-    registry.champion_gate(run_id, s)
-    return run_id
+    return log_training(s, metrics, feature_version=feature_version, data_version="d" + feature_version,
+                        artifacts_dir=out, tags=tags)
 
 
 @pytest.fixture(scope="module")
 def triton_settings(stack_settings, tmp_path_factory):
     """The stack plus a real Triton (explicit model control) on free ports, with its own repository."""
-    from recsys import stack
-    from recsys.stack.service import free_port
-
-    env = {
-        "RECSYS_TRITON_HTTP_PORT": str(free_port()),
-        "RECSYS_TRITON_GRPC_PORT": str(free_port()),
-        "RECSYS_TRITON_METRICS_PORT": str(free_port()),
-        "RECSYS_TRITON_REPOSITORY": str(tmp_path_factory.mktemp("publish-repository")),
-    }
-    with patched_environ(env):
-        s = get_settings()
-        stack.up(s, only=["triton"])
-        try:
-            yield s
-        finally:
-            stack.down(s, only=["triton"])
+    env = {**triton_ports_env(), "RECSYS_TRITON_REPOSITORY": str(tmp_path_factory.mktemp("publish-repository"))}
+    with patched_environ(env), running_triton(get_settings()) as s:
+        yield s
 
 
 @pytest.fixture
@@ -175,7 +149,8 @@ def fresh(triton_settings, tmp_path):
 def test_publish_serves_records_lineage_and_is_idempotent(fresh):
     from mlflow import MlflowClient
 
-    from recsys.serving.publish import publish, read_history
+    from recsys.serving.history import read_history
+    from recsys.serving.publish import publish
 
     s, tag, tmp = fresh
     run_id = log_champion_run(s, "fv1", 0.5, tmp=tmp)
@@ -222,7 +197,9 @@ def test_publish_serves_records_lineage_and_is_idempotent(fresh):
 def test_broken_version_is_refused_and_the_old_one_keeps_serving(fresh):
     from mlflow import MlflowClient
 
-    from recsys.serving.publish import PublishError, model_versions, publish, read_history
+    from recsys.serving.history import read_history
+    from recsys.serving.publish import PublishError, publish
+    from recsys.serving.repository import model_versions
 
     s, tag, tmp = fresh
     log_champion_run(s, "fv1", 0.5, tmp=tmp)
@@ -263,7 +240,9 @@ def test_first_publish_that_fails_leaves_nothing(fresh):
 
 
 def test_altered_artifact_is_refused_before_anything_is_written(fresh):
-    from recsys.serving.publish import ArtifactError, publish, read_history
+    from recsys.serving.history import read_history
+    from recsys.serving.publish import publish
+    from recsys.tracking.artifacts import ArtifactError
 
     s, tag, tmp = fresh
     checksums = {"ranking/dlrm/saved_model.pb": "0" * 64}  # what the run recorded; the file differs
@@ -288,8 +267,28 @@ def test_champions_from_different_feature_versions_are_refused(fresh):
         publish(writer=ToyWriter(f"d{tag}"), settings=s)
 
 
+def test_a_plan_whose_champion_moved_is_refused_and_nothing_changes(fresh):
+    from recsys.serving.history import read_history
+    from recsys.serving.plan import PublishPlan
+    from recsys.serving.publish import PublishError, publish
+
+    s, tag, tmp = fresh
+    log_champion_run(s, "fv1", 0.5, tmp=tmp)
+    writer = ToyWriter(f"m{tag}")
+    planned = PublishPlan.from_dict(PublishPlan.resolve(s).to_dict())  # as recsys_publish's plan task hands it on
+    assert publish(writer=writer, smoke_test=smoke(writer.models), settings=s, plan=planned).version == 1
+    log_champion_run(s, "fv1", 0.6, tmp=tmp)  # a better run takes the alias after the plan was made
+    with pytest.raises(PublishError, match=r"the champion moved since this publish was planned.*nothing was published"):
+        publish(writer=writer, smoke_test=smoke(writer.models), settings=s, plan=planned, force=True)
+    assert [h["version"] for h in read_history(s.triton_repo)] == [1]
+    assert writer.seen_exports and len(writer.seen_exports) == 1  # nothing was downloaded for the refused plan
+    assert publish(writer=writer, smoke_test=smoke(writer.models), settings=s).version == 2  # a fresh plan publishes
+
+
 def test_rollback_serves_the_previous_version_and_prune_keeps_a_few(fresh):
-    from recsys.serving.publish import PublishError, model_versions, publish, read_history, rollback, served
+    from recsys.serving.history import read_history, served
+    from recsys.serving.publish import PublishError, publish, rollback
+    from recsys.serving.repository import model_versions
 
     s = replace(fresh[0], triton_keep_versions=2)
     tag, tmp = fresh[1], fresh[2]

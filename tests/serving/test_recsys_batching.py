@@ -17,37 +17,34 @@ import numpy as np
 import pytest
 
 from recsys.settings import replace
+from shared_helpers import running_triton, triton_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
 def batched(serving_base, trained_run, tmp_path_factory):
-    from recsys import stack
     from recsys.online.redis_store import RedisOnlineStore
     from recsys.online.refresh import refresh_online_store
     from recsys.serving import control, repository
-    from recsys.stack.service import free_port
 
     s = replace(
-        serving_base, home=tmp_path_factory.mktemp("batching-home"), triton_http_port=free_port(),
-        triton_grpc_port=free_port(), triton_metrics_port=free_port(), triton_instances=1,
+        serving_base, home=tmp_path_factory.mktemp("batching-home"), **triton_ports(), triton_instances=1,
         triton_batch_delay_us=20_000, online_key_prefix=f"batching-{uuid.uuid4().hex[:6]}",
     )
     refresh_online_store(str(trained_run["features_dir"]), str(trained_run["data_dir"]), settings=s)
-    stack.up(s, only=["triton"])
-    store = RedisOnlineStore.from_settings(s)
-    try:
-        pipeline = repository.pipeline_from_settings(s, trained_run["manifest"])
-        assert pipeline["batch_delay_us"] == 20_000
-        repository.write_model_versions(repository.exports_from_run(trained_run["run_dir"]), s.triton_repo, 1, pipeline)
-        config = (s.triton_repo / "recsys" / "config.pbtxt").read_text()
-        assert "max_queue_delay_microseconds: 20000" in config and "max_batch_size: 64" in config
-        control.load_model(s, "recsys")
-        yield s, store
-    finally:
-        store.client.close()
-        stack.down(s, only=["triton"])
+    with running_triton(s):
+        store = RedisOnlineStore.from_settings(s)
+        try:
+            pipeline = repository.pipeline_from_settings(s, trained_run["manifest"])
+            assert pipeline["batch_delay_us"] == 20_000
+            repository.write_model_versions(repository.exports_from_run(trained_run["run_dir"]), s.triton_repo, 1, pipeline)
+            config = repository.read_config(s.triton_repo / "recsys" / "config.pbtxt")
+            assert config.dynamic_batching.max_queue_delay_microseconds == 20000 and config.max_batch_size == 64
+            control.load_model(s, "recsys")
+            yield s, store
+        finally:
+            store.client.close()
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +133,7 @@ def test_a_new_online_version_and_unavailable_items_are_seen(batched, users, tra
 def test_the_offline_batch_and_the_publish_smoke_test_send_the_batched_shape(batched, users):
     from recsys.serving.batch import precompute, read_precomputed
     from recsys.serving.client import RecommendClient
-    from recsys.serving.publish import default_smoke_test
+    from recsys.serving.smoke import default_smoke_test
 
     s, _store = batched
     smoke = default_smoke_test(s, {"recsys": 1}, {"smoke_user_id": users[0]})

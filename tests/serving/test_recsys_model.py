@@ -15,7 +15,9 @@ import pytest
 from recsys.serving import control, repository
 from recsys.serving.client import RecommendClient, model_uses_batching
 from recsys.serving.control import ServingError
+from recsys.serving.triton_client import grpc_client, http_client
 from recsys.settings import replace
+from shared_helpers import patched_environ
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -83,24 +85,24 @@ def test_recommend_end_to_end_over_grpc_and_http(served, client, users, store):
 def test_default_k_and_the_cli(served, client, users, capsys):
     assert len(client.recommend(users[1])) == served["pipeline"]["default_k"]
     import json
-    import os
+    from unittest.mock import patch
 
     from recsys.cli import main
-    from recsys.settings import get_settings
 
-    saved = dict(os.environ)
-    os.environ.update(served["settings"].as_env())
-    get_settings.cache_clear()
-    try:
+    with patched_environ(served["settings"].as_env()):
         assert main(["recommend", "--user", str(users[1]), "-k", "4", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert [i["item_id"] for i in out["items"]] == [i for i, _ in client.recommend(users[1], 4)]
         assert main(["recommend", "--user", str(users[1]), "-k", "500"]) == 2
         assert "k must be between 1 and" in capsys.readouterr().err
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        get_settings.cache_clear()
+        # --timings: the timings of the one request that gave the answer (not of a second one)
+        asked = []
+        infer = RecommendClient._infer
+        with patch.object(RecommendClient, "_infer", lambda self, *a: asked.append(a) or infer(self, *a)):
+            assert main(["recommend", "--user", str(users[1]), "-k", "4", "--json", "--timings"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert len(asked) == 1 and asked[0][-1] is True
+        assert set(out["timings_ms"]) == {"retrieval", "filtering", "scoring", "ordering"} and len(out["items"]) == 4
 
 
 def test_seen_items_never_come_back(client, users, store):
@@ -170,7 +172,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, user
     from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
     tensors = {"user_id": np.array([str(users[0]).encode()], dtype=object), **inputs}
-    client = grpcclient.InferenceServerClient(served["settings"].triton_grpc)
+    client = grpc_client(served["settings"])
     batched = model_uses_batching(client, "recsys")  # on by default: tensors carry the batch dimension
     assert batched == (served["pipeline"]["batch_delay_us"] is not None)
     request = []
@@ -201,7 +203,7 @@ def test_ordering_rules_of_a_new_version_then_rollback(served, client, users, st
     pipeline = repository.pipeline_from_settings(rules, trained_run["manifest"])
     assert pipeline["batch_delay_us"] is None
     repository.write_model_versions(repository.exports_from_run(trained_run["run_dir"]), s.triton_repo, 2, pipeline)
-    assert "max_batch_size: 0" in (s.triton_repo / "recsys" / "2" / "config.pbtxt").read_text()
+    assert repository.read_config(s.triton_repo / "recsys" / "2" / "config.pbtxt").max_batch_size == 0
     control.load_model(s, "recsys")
     assert control.model_ready(s, "recsys", 2) and not control.model_ready(s, "recsys", 1)
 
@@ -223,7 +225,7 @@ def test_floor_model_echoes(served):
     import tritonclient.http as httpclient
 
     s = served["settings"]
-    client = httpclient.InferenceServerClient(s.triton_http.split("://")[1])
+    client = http_client(s)
     tensor = httpclient.InferInput("user_id", [1], "BYTES")  # the recsys model's tensor: like-for-like
     tensor.set_data_from_numpy(np.array([b"u-42"], dtype=object))
     assert client.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [b"u-42"]

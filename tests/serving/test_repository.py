@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from tritonclient.grpc import model_config_pb2 as pb
 
 from recsys.serving import repository
 from recsys.serving.repository import RepositoryError
@@ -38,26 +39,39 @@ def pipeline(serving_base, trained_run):
     return repository.pipeline_from_settings(serving_base, trained_run["manifest"])
 
 
+def _config(path: Path):
+    return repository.read_config(path)
+
+
+def _tensors(config) -> dict[str, tuple]:
+    """name -> (data type, dims, optional) of a ModelConfig's inputs and outputs."""
+    return {t.name: (pb.DataType.Name(t.data_type), list(t.dims), getattr(t, "optional", False))
+            for t in [*config.input, *config.output]}
+
+
 def test_python_flavour_layout_configs_and_index(exports, pipeline, tmp_path):
     written = repository.write_model_versions(exports, tmp_path, 3, pipeline, lineage={"feature_version": "fv"})
     assert sorted(p.parent.name for p in written) == sorted(repository.PUBLISHED_MODELS)
     assert all(p.name == "3" for p in written)
     for model in repository.PUBLISHED_MODELS:
-        config = (tmp_path / model / "config.pbtxt").read_text()
-        assert f'name: "{model}"' in config and 'backend: "python"' in config
-        assert "versions: [ 3 ]" in config
+        config = _config(tmp_path / model / "config.pbtxt")
+        assert config.name == model and config.backend == "python"
+        assert list(config.version_policy.specific.versions) == [3]
         assert (tmp_path / model / "3" / "model.py").exists()
         lineage = json.loads((tmp_path / model / "3" / "lineage.json").read_text())
         assert lineage["feature_version"] == "fv" and lineage["created_at"]
-    ranker = (tmp_path / "recsys_ranker" / "config.pbtxt").read_text()
+    ranker = _tensors(_config(tmp_path / "recsys_ranker" / "config.pbtxt"))
     for column in pipeline["user_columns"] + pipeline["item_columns"]:
-        assert f'name: "{column}"' in ranker
-    stages = (tmp_path / "recsys" / "config.pbtxt").read_text()
-    assert 'name: "user_id" data_type: TYPE_STRING dims: [ 1 ]' in stages  # ids are text on the wire
-    assert 'name: "item_ids" data_type: TYPE_STRING dims: [ -1 ]' in stages
-    assert 'parameters: { key: "item_id_kind" value: { string_value: "int" } }' in stages
-    assert 'name: "k" data_type: TYPE_INT32 dims: [ 1 ] optional: true' in stages
-    assert f"count: {pipeline['instances']} kind: KIND_CPU" in stages
+        assert column in ranker
+    config = _config(tmp_path / "recsys" / "config.pbtxt")
+    stages = _tensors(config)
+    assert stages["user_id"] == ("TYPE_STRING", [1], False)  # ids are text on the wire
+    assert stages["item_ids"] == ("TYPE_STRING", [-1], False)
+    assert config.parameters["item_id_kind"].string_value == "int"
+    assert stages["k"] == ("TYPE_INT32", [1], True)
+    assert [(g.count, pb.ModelInstanceGroup.Kind.Name(g.kind)) for g in config.instance_group] == [
+        (pipeline["instances"], "KIND_CPU")
+    ]
     # the settings frozen at publish, and the history length the exported query tower was trained with
     written = json.loads((tmp_path / "recsys" / "3" / "pipeline.json").read_text())
     assert written == json.loads(json.dumps({**pipeline, "history_length": 100})) and written["mode"] == "models"
@@ -68,21 +82,48 @@ def test_python_flavour_layout_configs_and_index(exports, pipeline, tmp_path):
 
 
 
+def test_version_folders_are_written_complete_into_the_given_folder_without_staging(exports, pipeline, serving_base,
+                                                                                   trained_run, tmp_path):
+    """What publishing writes into its own staging folder: every version complete (lineage, its own config)
+    and each model's config, nothing staged beside it, nothing else activated."""
+    staging = tmp_path / "staging"
+    models = repository.write_version_folders(exports, staging, 5, pipeline, lineage={"feature_version": "fv"})
+    assert models == list(repository.PUBLISHED_MODELS)  # dependencies first
+    assert sorted(p.name for p in staging.iterdir()) == sorted(models)
+    for model in models:
+        own = (staging / model / "5" / "config.pbtxt").read_text()
+        assert own == (staging / model / "config.pbtxt").read_text()
+        assert list(repository.parse_config(own).version_policy.specific.versions) == [5]
+        lineage = json.loads((staging / model / "5" / "lineage.json").read_text())
+        assert lineage["feature_version"] == "fv" and lineage["created_at"]
+        assert lineage["model"] == model and lineage["models"] == models
+    assert not list(tmp_path.glob(".*"))  # no staging of its own
+    with pytest.raises(RepositoryError, match="already exists"):
+        repository.write_version_folders(exports, staging, 5, pipeline)
+
+    popular = repository.pipeline_from_settings(serving_base, trained_run["manifest"], mode="popularity")
+    assert repository.write_popularity_folder(tmp_path / "popular", 2, popular) == ["recsys"]
+    assert sorted(p.name for p in (tmp_path / "popular" / "recsys" / "2").iterdir()) == [
+        "config.pbtxt", "lineage.json", "model.py", "pipeline.json"
+    ]
+    assert repository.served_version(tmp_path / "popular", "recsys") == 2
+
+
 def test_tensorflow_flavour_writes_native_savedmodel_configs(exports, pipeline, vector_width, tmp_path):
     """For GPU hosts with Triton's TF backend; the pip-installed Triton here cannot load these."""
     repository.write_model_versions(exports, tmp_path, 1, pipeline, flavour="tensorflow")
     for model in ("recsys_query_tower", "recsys_ranker"):
-        config = (tmp_path / model / "config.pbtxt").read_text()
-        assert 'platform: "tensorflow_savedmodel"' in config and "backend" not in config
+        config = _config(tmp_path / model / "config.pbtxt")
+        assert config.platform == "tensorflow_savedmodel" and not config.backend
         assert (tmp_path / model / "1" / "model.savedmodel" / "saved_model.pb").exists()
         assert not (tmp_path / model / "1" / "model.py").exists()
-    tower = (tmp_path / "recsys_query_tower" / "config.pbtxt").read_text()
-    assert f'name: "output_1" data_type: TYPE_FP32 dims: [ -1, {vector_width} ]' in tower  # the query meets the items
-    assert 'name: "user_id" data_type: TYPE_INT64 dims: [ -1 ]' in tower
-    ranker = (tmp_path / "recsys_ranker" / "config.pbtxt").read_text()
-    assert 'name: "click/binary_output" data_type: TYPE_FP32 dims: [ -1, 1 ]' in ranker
+    tower = _tensors(_config(tmp_path / "recsys_query_tower" / "config.pbtxt"))
+    assert tower["output_1"] == ("TYPE_FP32", [-1, vector_width], False)  # the query meets the items
+    assert tower["user_id"] == ("TYPE_INT64", [-1], False)
+    ranker = _tensors(_config(tmp_path / "recsys_ranker" / "config.pbtxt"))
+    assert ranker["click/binary_output"] == ("TYPE_FP32", [-1, 1], False)
     # the four stages and the index stay python models
-    assert 'backend: "python"' in (tmp_path / "recsys" / "config.pbtxt").read_text()
+    assert _config(tmp_path / "recsys" / "config.pbtxt").backend == "python"
 
 
 def test_index_files(exports, pipeline, vector_width, tmp_path):
@@ -142,12 +183,15 @@ def test_dynamic_batching_is_on_by_default_and_a_negative_delay_turns_it_off():
     on = repository.pipeline_from_settings(load_settings({}), manifest)
     assert on["batch_delay_us"] == 0
     config = repository.four_stage_config(2, 1, on["batch_delay_us"])
-    assert "max_batch_size: 64" in config and "max_queue_delay_microseconds: 0" in config
+    assert config.max_batch_size == 64 and config.HasField("dynamic_batching")
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
     off = repository.pipeline_from_settings(load_settings({"RECSYS_TRITON_BATCH_DELAY_US": "-1"}), manifest)
     assert off["batch_delay_us"] is None
     for delay in (None, -1):
         config = repository.four_stage_config(2, 1, delay)
-        assert "max_batch_size: 0" in config and "dynamic_batching" not in config
+        assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+        text = repository.config_text(config)  # what Triton reads: the same message back
+        assert repository.parse_config(text) == config and "dynamic_batching" not in text
 
 
 def test_pipeline_records_the_id_kinds_and_parses_boosts_into_the_item_kind():
@@ -159,8 +203,8 @@ def test_pipeline_records_the_id_kinds_and_parses_boosts_into_the_item_kind():
     pipeline = repository.pipeline_from_settings(boosted, text)
     assert pipeline["ids"] == text["ids"] and pipeline["ordering"]["boosts"] == {"SKU-85123A": 1.5}
     config = repository.four_stage_config(1, 1, 0, pipeline["ids"])
-    assert 'parameters: { key: "user_id_kind" value: { string_value: "string" } }' in config
-    assert 'parameters: { key: "item_id_kind" value: { string_value: "string" } }' in config
+    assert config.parameters["user_id_kind"].string_value == "string"
+    assert config.parameters["item_id_kind"].string_value == "string"
     ints = {"feature_version": "fv", "columns": {}}  # a manifest written before kinds were recorded: int
     assert repository.pipeline_from_settings(load_settings({}), ints)["ids"] == {"user_id": "int", "item_id": "int"}
     with pytest.raises(ConfigError, match="RECSYS_BOOSTS.*item_id 'SKU-85123A' is not an integer id"):

@@ -18,66 +18,35 @@ import pandas as pd
 import pytest
 
 from recsys.settings import replace
-from shared_helpers import merlin_cli, patched_environ
+from shared_helpers import log_trained_run, merlin_trained_run, patched_environ, running_triton, triton_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 TEXT_KINDS = {"user_id": "string", "item_id": "string"}
 
 
-def _log_run(s, run_dir) -> str:
-    """One MLflow run of the training folder (its metrics and exports) and the champion gate."""
-    from recsys.tracking.registry import champion_gate
-    from recsys.tracking.runs import TAG_DATA_VERSION, TAG_FEATURE_VERSION, log_training_run
-
-    logged = json.loads((run_dir / "metrics.json").read_text())
-    metrics = {k: float(v) for k, v in logged["metrics"].items() if isinstance(v, (int, float))}
-    run_id = log_training_run(
-        metrics=metrics, history={}, params={}, artifacts_dir=run_dir,
-        tags={TAG_FEATURE_VERSION: logged["feature_version"], TAG_DATA_VERSION: logged["data_version"]},
-        experiment=s.experiment_name, tracking_uri=s.mlflow_uri,
-    )
-    champion_gate(run_id, s)
-    return run_id
-
-
 @pytest.fixture(scope="module")
 def deployment(stack_settings, tmp_path_factory):
     """Ingest -> ETL -> train -> MLflow champion -> online refresh -> publish, all with text ids."""
-    from recsys import stack
     from recsys.online.refresh import refresh_online_store
     from recsys.serving.publish import publish
-    from recsys.stack.service import free_port
 
     tag = uuid.uuid4().hex[:6]
     s = replace(
-        stack_settings, home=tmp_path_factory.mktemp("text-ids-home"), triton_http_port=free_port(),
-        triton_grpc_port=free_port(), triton_metrics_port=free_port(), triton_instances=1,
+        stack_settings, home=tmp_path_factory.mktemp("text-ids-home"), **triton_ports(), triton_instances=1,
         online_key_prefix=f"text-ids-{tag}", retrieval_model_name=f"retrieval-text-{tag}",
         ranking_model_name=f"ranking-text-{tag}", batch_top_n=5, batch_concurrency=4,
     )
-    source = s.home / "input"
-    merlin_cli(s, "data", "generate", "--out", str(source), "--users", "300", "--items", "200",
-               "--interactions", "6000", "--seed", "3", "--string-ids")
-    merlin_cli(s, "data", "ingest", str(source))
-    data_dir = next(p for p in s.data_root.iterdir() if not p.name.startswith("."))
-    merlin_cli(s, "etl", "--data", str(data_dir))
-    features_dir = next(p for p in s.features_root.iterdir() if not p.name.startswith("."))
-    run_dir = s.runs_root / "run-text"
-    merlin_cli(s, "train", "--features", str(features_dir), "--out", str(run_dir),
-               "--epochs", "8", "--embedding-dim", "16", "--batch-size", "512",
-               "--learning-rate", "0.005")  # enough to beat popularity on this tiny data
-    _log_run(s, run_dir)
+    trained = merlin_trained_run(s, "run-text", "--string-ids")
+    data_dir, features_dir, run_dir = trained["data_dir"], trained["features_dir"], trained["run_dir"]
+    log_trained_run(s, run_dir)  # one MLflow run of the training folder (its metrics and exports), gated
     refresh_online_store(str(features_dir), str(data_dir), settings=s)
-    stack.up(s, only=["triton"])
-    try:
+    with running_triton(s):
         result = publish(settings=s, airflow_run="recsys_publish/text-ids")
         users = pd.read_parquet(data_dir / "users.parquet")["user_id"].tolist()
         items = pd.read_parquet(data_dir / "items.parquet")["item_id"].tolist()
         yield {"settings": s, "result": result, "users": users, "items": items, "data_dir": data_dir,
                "features_dir": features_dir, "run_dir": run_dir}
-    finally:
-        stack.down(s, only=["triton"])
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +83,10 @@ def test_every_hop_keeps_the_text_ids(deployment):
     assert smoke["user_id"] == deployment["users"][0] and all(isinstance(i, str) for i in smoke["item_ids"])
     version_dir = s.triton_repo / "recsys" / "1"
     assert json.loads((version_dir / "pipeline.json").read_text())["ids"] == TEXT_KINDS
-    config = (version_dir / "config.pbtxt").read_text()
-    assert 'parameters: { key: "user_id_kind" value: { string_value: "string" } }' in config
+    from recsys.serving.repository import read_config
+
+    config = read_config(version_dir / "config.pbtxt")
+    assert config.parameters["user_id_kind"].string_value == "string"
     index_ids = np.load(version_dir / "index" / "item_ids.npy", allow_pickle=False)  # no pickle needed
     assert index_ids.dtype.kind == "U" and set(index_ids.tolist()) == set(deployment["items"])
 

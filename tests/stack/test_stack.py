@@ -16,6 +16,7 @@ from recsys import stack
 from recsys.errors import ServiceError
 from recsys.settings import load_settings, replace
 from recsys.stack.service import ManagedProcess, free_port
+from shared_helpers import triton_ports
 
 
 def _alive(pid: int) -> bool:
@@ -36,9 +37,7 @@ def own_settings(tmp_path):
         redis_port=free_port(),
         mlflow_port=free_port(),
         airflow_port=free_port(),
-        triton_http_port=free_port(),
-        triton_grpc_port=free_port(),
-        triton_metrics_port=free_port(),
+        **triton_ports(),
     )
 
 

@@ -9,19 +9,13 @@ import pytest
 from recsys import stack
 from recsys.settings import load_settings
 from recsys.stack.service import free_port
+from shared_helpers import triton_ports
 
 
 @pytest.fixture()
 def triton_settings(tmp_path):
     """A home and ports of its own (Triton only; no other service is started)."""
-    return load_settings(
-        {},
-        home=tmp_path / "home",
-        redis_port=free_port(),
-        triton_http_port=free_port(),
-        triton_grpc_port=free_port(),
-        triton_metrics_port=free_port(),
-    )
+    return load_settings({}, home=tmp_path / "home", redis_port=free_port(), **triton_ports())
 
 
 @pytest.mark.timeout(300)
@@ -31,6 +25,7 @@ def test_triton_starts_loads_the_floor_model_infers_and_stops(triton_settings):
 
     from recsys.serving import control
     from recsys.serving.repository import write_floor_model
+    from recsys.serving.triton_client import grpc_client, http_client
 
     s = triton_settings
     write_floor_model(s.triton_repo)
@@ -50,12 +45,12 @@ def test_triton_starts_loads_the_floor_model_infers_and_stops(triton_settings):
         control.load_model(s, "recsys_floor")
         assert control.model_ready(s, "recsys_floor", 1)
 
-        http = httpclient.InferenceServerClient(f"127.0.0.1:{s.triton_http_port}")
+        http = http_client(s)
         tensor = httpclient.InferInput("user_id", [1], "BYTES")
         tensor.set_data_from_numpy(np.array([b"7"], dtype=object))
         assert http.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [b"7"]
         http.close()
-        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{s.triton_grpc_port}")
+        grpc = grpc_client(s)
         tensor = grpcclient.InferInput("user_id", [1], "BYTES")
         tensor.set_data_from_numpy(np.array([b"u-9"], dtype=object))
         assert grpc.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [b"u-9"]

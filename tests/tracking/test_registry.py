@@ -7,25 +7,24 @@ import pytest
 
 from recsys.settings import replace
 from recsys.tracking import registry, runs
+from shared_helpers import fake_exports, log_training
 
 
 def _log_fake_training(
     settings, tmp_path, recall: float, auc: float, airflow_run: str, feature_version: str = "fv1", popularity: float = 0.01
 ) -> str:
-    """Log a run shaped like a training run (metrics + an artifacts folder with both model folders)."""
-    out = tmp_path / airflow_run.replace("/", "_")
-    for part in ("retrieval", "ranking"):
-        (out / part).mkdir(parents=True)
-        (out / part / "README").write_text(part)
-    return runs.log_training_run(
-        metrics={"recall_at_10": recall, "pipeline_recall_at_10": recall, "ndcg_at_10": recall / 2, "auc": auc,
-                 "popularity_recall_at_10": popularity},
+    """Log a run shaped like a training run (metrics + an artifacts folder with both model folders); not gated."""
+    return log_training(
+        settings,
+        {"recall_at_10": recall, "pipeline_recall_at_10": recall, "ndcg_at_10": recall / 2, "auc": auc,
+         "popularity_recall_at_10": popularity},
         history={"retrieval": {"loss": [3.0, 2.0, 1.5]}, "ranking": {"auc": [0.6, 0.7, auc]}},
         params={"epochs": 3},
-        artifacts_dir=out,
-        tags={runs.TAG_AIRFLOW_RUN: airflow_run, runs.TAG_FEATURE_VERSION: feature_version, runs.TAG_DATA_VERSION: "dv1"},
-        experiment=settings.experiment_name,
-        tracking_uri=settings.mlflow_uri,
+        artifacts_dir=fake_exports(tmp_path / airflow_run.replace("/", "_")),
+        tags={runs.TAG_AIRFLOW_RUN: airflow_run},
+        feature_version=feature_version,
+        data_version="dv1",
+        gate=False,
     )
 
 

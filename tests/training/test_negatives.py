@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.training.feature_version import FeatureVersion
+from recsys.layout import FeatureVersion
 from recsys.training.negatives import sample_negatives, with_negatives
 
 

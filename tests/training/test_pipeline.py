@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from recsys.settings import PROJECT_ROOT
-from recsys.training.feature_version import FeatureVersion, FeatureVersionError
+from recsys.layout import FeatureVersion, FeatureVersionError
 from recsys.training.pipeline import METRIC_KEYS, TrainParams, train_models
 
 PARAMS = TrainParams(epochs=2, batch_size=256, embedding_dim=16, learning_rate=0.01, negatives_per_positive=4, seed=42,

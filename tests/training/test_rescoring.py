@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+from recsys.layout import RunExports  # noqa: E402
 from recsys.training.pipeline import TrainParams, load_training_data  # noqa: E402
 from recsys.training.rescoring import ChampionExports, fresh_validation, gate_metrics  # noqa: E402
 
@@ -30,8 +31,8 @@ def fitted(grown_data, tmp_path_factory):
     train_rows, valid_rows = ranking_frames(fv, data.train, data.valid, data.items, PARAMS)
     ranking = fit_dlrm(fv, train_rows, PARAMS, epochs=PARAMS.epochs, valid_rows=valid_rows)
     out = tmp_path_factory.mktemp("exports") / "run"
-    export_retrieval(retrieval.model, fv, data.items, out / "retrieval")
-    export_ranking(ranking.model, fv, valid_rows, out / "ranking", PARAMS)
+    export_retrieval(retrieval.model, fv, data.items, RunExports(out))
+    export_ranking(ranking.model, fv, valid_rows, RunExports(out), PARAMS)
     shutil.copytree(fv.path / "workflows", out / "workflows")
     return data, retrieval.model, ranking.model, out
 

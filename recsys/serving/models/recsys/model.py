@@ -1,5 +1,7 @@
 """``recsys``: the four-stage recommender as a Triton python-backend model.
 
+The request/response tensors are declared in :mod:`recsys.serving.schema` (the config and the
+clients use the same declaration; the stub imports it through the Merlin interpreter's ``recsys``).
 Request: ``user_id`` BYTES [1], the raw id's UTF-8 text (``b"1042"``, ``b"u-7f3a"``), parsed into
 the deployment's user id kind (pipeline.json ``ids``; a text id sent to an integer deployment is a
 bad request); optional ``k`` INT32 [1] (default and maximum from pipeline.json); optional
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-STAGES = ("retrieval", "filtering", "scoring", "ordering")
+from recsys.serving.schema import CONTEXT, ITEM_IDS, K, SCORES, STAGES, TIMINGS_MS, USER_ID
 
 
 class TritonPythonModel:
@@ -68,22 +70,24 @@ class TritonPythonModel:
         return responses
 
     def _parse(self, request):
-        user = pb_utils.get_input_tensor_by_name(request, "user_id")
+        user = pb_utils.get_input_tensor_by_name(request, USER_ID.name)
         if user is None:
-            raise self.bad_request("input 'user_id' (BYTES: the raw id's text, shape [1]) is missing")
+            raise self.bad_request(
+                f"input '{USER_ID.name}' ({USER_ID.wire_type}: the raw id's text, shape {list(USER_ID.dims)}) is missing"
+            )
         user_array = user.as_numpy()  # BYTES: an object array of bytes
         user_ids = user_array.reshape(-1)
         if user_ids.size != 1:
-            raise self.bad_request(f"user_id must hold exactly one id, got {user_ids.size}")
-        k_tensor = pb_utils.get_input_tensor_by_name(request, "k")
+            raise self.bad_request(f"{USER_ID.name} must hold exactly one id, got {user_ids.size}")
+        k_tensor = pb_utils.get_input_tensor_by_name(request, K.name)
         k = None
         if k_tensor is not None:
             values = k_tensor.as_numpy().reshape(-1)
             if values.size != 1:
-                raise self.bad_request(f"k must hold exactly one number, got {values.size}")
+                raise self.bad_request(f"{K.name} must hold exactly one number, got {values.size}")
             k = int(values[0])
         context = None
-        context_tensor = pb_utils.get_input_tensor_by_name(request, "context")
+        context_tensor = pb_utils.get_input_tensor_by_name(request, CONTEXT.name)
         if context_tensor is not None:
             raw = context_tensor.as_numpy().reshape(-1)
             if raw.size:
@@ -92,7 +96,7 @@ class TritonPythonModel:
                     try:
                         context = json.loads(text)
                     except json.JSONDecodeError as exc:
-                        raise self.bad_request(f"context is not valid JSON ({exc.msg} at character {exc.pos}): {text[:80]!r}")
+                        raise self.bad_request(f"{CONTEXT.name} is not valid JSON ({exc.msg} at character {exc.pos}): {text[:80]!r}")
         # [1, 1]: the request came through the dynamic batcher; its outputs get the batch dimension too.
         # The engine parses the id into the deployment's kind (a bad one is this request's error).
         return self.query(user_ids[0], k, context), user_array.ndim == 2
@@ -104,12 +108,12 @@ class TritonPythonModel:
             return _error(f"recommendation failed: {type(result).__name__}: {result}")
         shape = (1, -1) if with_batch_dim else (-1,)
         outputs = [
-            pb_utils.Tensor("item_ids", self.to_triton(result.item_ids).reshape(shape)),
-            pb_utils.Tensor("scores", result.scores.astype(np.float32).reshape(shape)),
+            pb_utils.Tensor(ITEM_IDS.name, self.to_triton(result.item_ids).reshape(shape)),
+            pb_utils.Tensor(SCORES.name, result.scores.astype(np.float32).reshape(shape)),
         ]
-        if "timings_ms" in request.requested_output_names():
+        if TIMINGS_MS.name in request.requested_output_names():
             timings = np.array([result.timings_ms[s] for s in STAGES], np.float32)
-            outputs.append(pb_utils.Tensor("timings_ms", timings.reshape(shape)))
+            outputs.append(pb_utils.Tensor(TIMINGS_MS.name, timings.reshape(shape)))
         return pb_utils.InferenceResponse(output_tensors=outputs)
 
 
