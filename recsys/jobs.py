@@ -297,10 +297,8 @@ def drift_check(airflow_run: Optional[str] = None) -> dict:
     from recsys.monitoring.check import run_drift_check
     from recsys.tracking.champions import NoChampionError
 
-    # New landing data becomes a data version (a no-op when unchanged), validated and hashed once.
-    landed = ingest_landing() if get_settings().landing.is_dir() and any(get_settings().landing.iterdir()) else None
-    try:
-        summary = run_drift_check(airflow_run=airflow_run, data_dir=Path(landed["path"]) if landed else None)
+    try:  # the check ingests the landing folder (validated and hashed once; a no-op when unchanged)
+        summary = run_drift_check(airflow_run=airflow_run)
     except NoChampionError as exc:
         return {"skipped": str(exc), "trigger": False, "drift": False}
     keys = ("check_id", "drift", "trigger", "reason", "share", "drifted_features", "current_data_version",

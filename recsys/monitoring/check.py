@@ -58,12 +58,10 @@ def run_drift_check(
     *,
     airflow_run: Optional[str] = None,
     now: Optional[datetime] = None,
-    data_dir: Optional[Path] = None,
 ) -> dict[str, Any]:
     """Run one drift check and return its summary (also in ``summary.json`` and the history).
 
-    ``data_dir``: the data version to judge, when the caller has just ingested it (default
-    :func:`current_data_dir`: the landing folder's, validated and ingested here).
+    Judges :func:`current_data_dir`: the landing folder's data version, validated and ingested here.
 
     ``airflow_run`` ("<dag_id>/<run_id>") makes it idempotent: a check already recorded for that run
     is returned instead of a second one (so a task retry cannot count twice towards hysteresis).
@@ -77,7 +75,7 @@ def run_drift_check(
             log.info("drift check %s already recorded for %s", done["check_id"], airflow_run)
             return store.get_check(done["check_id"], s)
 
-    data_dir = Path(data_dir) if data_dir else current_data_dir(s)
+    data_dir = current_data_dir(s)
     champion = resolve_champion(s)
     columns = feature_columns_of(layout.data_dir(s, champion.data_version))
     reference = reference_window(champion, columns, s)

@@ -57,7 +57,7 @@ from recsys.serving.repository import (
     seal_version,
 )
 from recsys.serving.plan import MODELS, POPULARITY, POPULARITY_REASON, PublishError, PublishPlan
-from recsys.serving.smoke import SmokeTest, default_smoke_test, smoke_user
+from recsys.serving.smoke import SmokeTest, default_smoke_test, is_ready, smoke_user
 from recsys.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -159,8 +159,6 @@ def publish(*, force: bool = False, airflow_run: str = "", plan: Optional[Publis
             same = current.get("feature_version") == plan.feature_version
         if same and not force:
             versions = {m: int(current["version"]) for m in current["models"]}
-            from recsys.serving.smoke import is_ready
-
             if all(is_ready(s, m, v) for m, v in versions.items()):
                 log.info("Triton version %s already serves %s: nothing to publish", current["version"], plan.key or POPULARITY)
                 if current.get("feature_version"):  # pins lost with Redis come back
@@ -246,7 +244,6 @@ def _restore_previous(s: Settings, repo: TritonRepository, models: list[str], ve
     Models not moved yet were never touched: they still serve their previous version.
     """
     from recsys.serving.control import load_model, unload_model
-    from recsys.serving.smoke import is_ready
 
     serving, problems = [], []
     for model in moved:

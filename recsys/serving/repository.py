@@ -525,10 +525,7 @@ def served_version(repo_dir: Path, model: str) -> Optional[int]:
 
 def model_versions(repo_dir: Path, model: str) -> list[int]:
     """The complete version folders of ``model`` in the repository, ascending."""
-    folder = Path(repo_dir) / model
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    return TritonRepository(Path(repo_dir)).versions(model)
 
 
 def write_floor_model(repo_dir: Path, instances: int = 1) -> Path:
@@ -594,9 +591,7 @@ def four_stage_writer(exports: Path, staging: Path, version: int, settings: Sett
 
     Their ``pipeline.json`` freezes the settings and the feature version's columns.
     """
-    from recsys.layout import FeatureVersion
-
-    manifest = FeatureVersion.open(FeatureVersion.of(settings, lineage["feature_version"]).path).manifest
+    manifest = _features_manifest(settings, lineage)
     pipeline = pipeline_from_settings(settings, manifest, ranker_weight=float(lineage.get("ranker_weight", 1.0)))
     return write_version_folders(exports_from_run(exports), staging, version, pipeline, lineage)
 
@@ -604,11 +599,18 @@ def four_stage_writer(exports: Path, staging: Path, version: int, settings: Sett
 def popularity_writer(exports: Path, staging: Path, version: int, settings: Settings, lineage: dict[str, Any]) -> list[str]:
     """While no model beats the popularity baseline: the ``recsys`` model alone, answering with the popularity
     list of the online version of ``lineage["feature_version"]``, filtered as always."""
-    from recsys.layout import FeatureVersion
     from recsys.serving.engine import POPULARITY
 
-    manifest = FeatureVersion.open(FeatureVersion.of(settings, lineage["feature_version"]).path).manifest
-    return write_popularity_folder(staging, version, pipeline_from_settings(settings, manifest, mode=POPULARITY), lineage)
+    pipeline = pipeline_from_settings(settings, _features_manifest(settings, lineage), mode=POPULARITY)
+    return write_popularity_folder(staging, version, pipeline, lineage)
+
+
+def _features_manifest(settings: Settings, lineage: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest of the feature version a publish serves (its columns and id kinds go into pipeline.json)."""
+    from recsys.data.versioning import read_manifest
+    from recsys.layout import FeatureVersion
+
+    return read_manifest(FeatureVersion.of(settings, lineage["feature_version"]).path)
 
 
 def seal_version(repo_dir: "Path | TritonRepository", model: str, version: int, lineage: Mapping[str, Any]) -> None:
