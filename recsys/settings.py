@@ -162,6 +162,46 @@ class Settings:
     batch_schedule: str = "@daily"
     """Cron expression of the ``recsys_batch_recommendations`` DAG (it also runs when a new version serves)."""
 
+    # --- live events: the HTTP API, the event log, the live layer of the online store -------
+    api_url: Optional[str] = None
+    """Base URL of an external recsys HTTP API, e.g. ``https://recs.example``. Unset: the embedded one."""
+    api_port: int = 8310
+    api_token: Optional[str] = None
+    """Bearer token the HTTP API requires. Unset: generated at its first start, kept in
+    ``<home>/services/api/token`` (mode 0600; ``recsys stack status`` names the file)."""
+    api_workers: int = 1
+    """uvicorn worker processes of the embedded API."""
+    event_types: str = "impression,view,click,add_to_cart,purchase,rating"
+    """Event types the API and the event stream accept (anything else is refused, naming this list)."""
+    negative_event_types: str = "impression"
+    """Event types that are not engagement: where the landing data has labels, live events of these
+    types land with label 0, the others with 1."""
+    events_max_age_hours: float = 24.0
+    """Events whose timestamp is older than this are refused (late data goes through the landing folder)."""
+    events_max_future_seconds: float = 300.0
+    """Events whose timestamp is this far ahead of the server's clock are refused (clock skew allowance)."""
+    events_max_batch: int = 10_000
+    """Most events in one ``POST /v1/events`` (and one accept)."""
+    live_recent_items: int = 20
+    """The recent-items sequence of a user: the newest N distinct items of their live events."""
+    live_ttl_hours: float = 168.0
+    """A user's live state (seen items since the batch, recent items) expires this long after their last
+    event; it must outlast the batch path (ETL + refresh) that brings those events into an online version."""
+    live_neighbours_k: int = 50
+    """Retrieval's second candidate source: this many neighbours of the user's recent items (0: off)."""
+    events_consumer_name: str = ""
+    """Name of this landing consumer in the consumer group (empty: the host name). Run more processes
+    with distinct names to share the stream."""
+    events_flush_seconds: float = 60.0
+    """The landing consumer writes a parquet part at least this often while events arrive."""
+    events_part_max_rows: int = 100_000
+    """... and as soon as it holds this many events."""
+    events_claim_idle_seconds: float = 60.0
+    """Entries a consumer read but did not acknowledge for this long are claimed by another (a crashed
+    consumer's work is not lost)."""
+    events_metrics_port: int = 8311
+    """Prometheus endpoint of the embedded event worker (the API serves ``/metrics`` on its own port)."""
+
     # --- drift monitoring (Evidently) ------------------------------------------------------
     drift_schedule: str = "@hourly"
     """Cron expression of the ``recsys_drift`` DAG (one drift check per run)."""
@@ -240,6 +280,20 @@ class Settings:
         return f"{host}:{self.triton_grpc_port}"
 
     @property
+    def event_type_list(self) -> tuple[str, ...]:
+        """``event_types`` as a tuple (order kept, blanks dropped)."""
+        return _csv(self.event_types)
+
+    @property
+    def negative_event_type_list(self) -> tuple[str, ...]:
+        return _csv(self.negative_event_types)
+
+    @property
+    def api(self) -> str:
+        """Base URL of the recsys HTTP API."""
+        return (self.api_url or f"http://{self.host}:{self.api_port}").rstrip("/")
+
+    @property
     def embedded(self) -> dict[str, bool]:
         """Which services the project starts itself (the rest are external)."""
         return {
@@ -247,6 +301,7 @@ class Settings:
             "mlflow": self.mlflow_tracking_uri is None,
             "airflow": self.airflow_url is None,
             "triton": self.triton_url is None,
+            "api": self.api_url is None,
         }
 
     def as_env(self) -> dict[str, str]:
@@ -264,12 +319,16 @@ class Settings:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if "password" in f.name and value:
+            if ("password" in f.name or "token" in f.name) and value:
                 value = "***"
             elif f.name.endswith("_url") and value:
                 value = _mask_credentials(value)
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
 
 
 def _mask_credentials(url: str) -> str:

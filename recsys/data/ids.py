@@ -103,6 +103,18 @@ class IdKinds:
     def to_dict(self) -> dict[str, str]:
         return {"user_id": self.user_id, "item_id": self.item_id}
 
+    def to_code(self) -> str:
+        """Two letters, user then item, ``i`` (int) or ``s`` (string): how an event log entry records them."""
+        return f"{self.user_id[0]}{self.item_id[0]}"
+
+    @classmethod
+    def from_code(cls, code: str) -> "IdKinds":
+        """The inverse of :meth:`to_code` (:class:`IdError` for anything else)."""
+        kinds = {"i": INT, "s": STRING}
+        if len(code) != 2 or any(c not in kinds for c in code):
+            raise IdError(f"id kinds code {code!r} is not two of 'i'/'s' (user, item)")
+        return cls(kinds[code[0]], kinds[code[1]])
+
     @classmethod
     def from_dict(cls, raw: Optional[Mapping[str, Any]], where: str = "") -> "IdKinds":
         """From a manifest's / metadata's ``"ids"``; None or missing entries are int (written before

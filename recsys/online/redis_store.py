@@ -21,6 +21,19 @@ Keys (``{p}`` is ``{<settings.online_key_prefix>}``, a Redis Cluster hash tag)::
     {p}:batch:<B>:r         HASH    raw user id (its text) -> the user's packed list (recsys.serving.batch.pack)
     {p}:batch:<B>:meta      HASH    Triton model version, online version, feature version, top_n, users,
                                     created_at, airflow_run, ids (the lists' id kinds, JSON)
+    {p}:events              STREAM  the event log: accepted events (fields u, i, e, t, r, k: EVENT_FIELDS),
+                                    appended by the accept script only; consumer groups ``live`` (applies
+                                    them to the live state) and ``landing`` (writes them to parquet)
+    {p}:events:inbox        STREAM  raw events from producers on Redis (user_id, item_id, event_type,
+                                    timestamp, request_id), validated by the event worker (group ``validate``)
+    {p}:events:refused      STREAM  inbox entries validation refused: their fields + ``reason`` (capped ~10k)
+    {p}:events:parts        HASH    landing parts being written: part file name -> JSON {consumer, ids}
+    {p}:events:stats        HASH    accepted, applied, refused, landed (totals); last_accept_ms,
+                                    last_applied_ms, last_landed_ms (unix ms)
+    {p}:live:s:<U>          ZSET    raw item id -> newest event time (ms): the items of user U's live events
+                                    (seen since the batch; the newest N are the recent-items sequence)
+    {p}:live:c:<E>:<G>:<B>  HASH    "<event type>|<raw id>" -> events in bucket B (unix ms // bucket size)
+                                    of granularity G (``f``: 5 minutes, ``c``: 1 hour), entity E (``u``/``i``)
 
 Ids (:mod:`recsys.data.ids`). Raw ids are integers or text, as the version's ``meta`` field ``ids``
 records (``{"user_id": "int"|"string", "item_id": ...}``; a version written before kinds existed
@@ -84,6 +97,32 @@ garbage collector would have to keep bases alive, and chains of layers would nee
 a few hundred thousand entities the server-side copy costs tens of milliseconds, spread over many
 small scripts, which readers do not notice. A change of column layout falls back to a full refresh.
 
+The live layer (events take effect within milliseconds; not versioned). Two steps, each one Lua
+script, so accepting never waits for the effects and the effects happen exactly once:
+
+1. accept (:meth:`RedisOnlineStore.accept_events`): ``XADD`` of every event to ``{p}:events``, the
+   event log (and, for events from the inbox, ``XACK`` of their inbox entries in the same script);
+2. apply (:meth:`RedisOnlineStore.apply_events`, the live applier of :mod:`recsys.events.live`, a
+   consumer group ``live`` on the log): for each entry it can ``XACK`` (so a re-read or claimed entry
+   is applied once), ``ZADD GT`` of the item into the user's ``live:s`` (the newest event time per
+   item: a late event never moves an item back) and ``HINCRBY`` of the four counter buckets (user
+   and item, 5-minute and hour buckets).
+
+Why two steps: accepting is what producers wait for, and one ``XADD`` per event keeps it near
+Redis' own ``XADD`` rate (bench/events.py), while the effects cost ~10 commands per event;
+appending and applying in one script measured 0.1x of the ``XADD`` ceiling. The applier blocks on the
+log (``XREADGROUP BLOCK``), so an event is visible a few milliseconds after it was accepted.
+Readers take a user's live items in the same script that reads the batch version
+(:meth:`RedisOnlineStore.read_users` ``with_live``) and compose them with the version's seen list:
+a refresh or a version switch never touches the live keys, so it never wipes events newer than the
+batch; live items that the batch already holds are simply read twice (sets: harmless). Live items
+leave by age (``settings.live_ttl_hours``, by event time, and the whole key after that long without
+events) and by count (:data:`LIVE_MAX_ITEMS`, oldest first). Counters are bucketed, not exact
+sliding windows: "last hour" is the 13 five-minute buckets that cover it (60 to 65 minutes), "last
+day" the 25 hourly ones; each bucket key expires when it leaves its window. Rejected: one counter
+hash per entity with bucket fields (stale fields need a clean-up pass on every write), and exact
+windows as a sorted set of event times per entity (memory grows with the traffic of popular items).
+
 Redis Cluster. Every key shares one hash tag, so redis-py's ``RedisCluster`` client works unchanged
 (scripts and pipelines touch one slot), at the price that the whole store lives on one shard: fine
 for the memory this needs (~100 bytes per entity), and replicas still give availability. Spreading
@@ -102,7 +141,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 from recsys.data import ids
 from recsys.online.snapshot import EntityRows, RowLayout, Snapshot
 from recsys.online.store import (
+    AcceptResult,
     BatchHook,
+    EventBatch,
     ConcurrentRefreshError,
     FeatureRows,
     ItemTable,
@@ -127,6 +168,18 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 log = logging.getLogger(__name__)
 
 VERSION_KEY_SUFFIXES = ("meta", "u", "s", "i", "d", "pop", "hu", "hi")
+LIVE_MAX_ITEMS = 1000
+"""Most live items kept per user (the oldest go first): bounds the memory and the read of a heavy user or a bot."""
+COUNTER_BUCKETS = (("f", 300_000, 3_600_000), ("c", 3_600_000, 86_400_000))
+"""Live counter granularities: (name, bucket ms, window ms) for the 1h and 24h windows (store.LIVE_WINDOWS)."""
+EVENT_FIELDS = ("u", "i", "e", "t", "r", "k")
+"""Fields of an event log entry: user id, item id (text), event type, timestamp (unix ms), request id, id kinds."""
+ACCEPT_CHUNK = 1000
+"""Events per accept script: each script stays a few milliseconds long, so readers are not kept waiting."""
+INBOX_GROUP = "validate"
+"""The event worker's consumer group on the inbox."""
+LIVE_GROUP = "live"
+"""The live applier's consumer group on the event log (recsys.events.live)."""
 MAX_ITEMS_PER_READ = 4000
 MAX_USERS_PER_READ = 4000  # users per bulk read: Lua's unpack() limit is ~8000 values
 FIELDS_PER_COMMAND = 100  # Lua's unpack() limit is ~8000 values
@@ -153,19 +206,25 @@ return {v, user, seen, items, unavailable}
 """
 
 # KEYS: version pointer (current, or a feature version's newest), unavailable. ARGV: version key prefix, "1" to read seen
-# items, the largest unavailable set to return whole ("0": never), user ids (text)...
+# items, the largest unavailable set to return whole ("0": never), the live key prefix ("": no live items), user ids
+# (text)... Returns the version, user rows, seen lists, the unavailable set, each user's live items newest first.
 _READ_USERS = """
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
 local base = ARGV[1] .. v .. ':'
-local ids = {unpack(ARGV, 4)}
+local ids = {unpack(ARGV, 5)}
 local users = redis.call('HMGET', base .. 'u', unpack(ids))
 local seen = false
 if ARGV[2] == '1' then seen = redis.call('HMGET', base .. 's', unpack(ids)) end
 local unavailable = false
 local limit = tonumber(ARGV[3])
 if limit > 0 and redis.call('SCARD', KEYS[2]) <= limit then unavailable = redis.call('SMEMBERS', KEYS[2]) end
-return {v, users, seen, unavailable}
+local live = false
+if ARGV[4] ~= '' then
+  live = {}
+  for n, id in ipairs(ids) do live[n] = redis.call('ZREVRANGE', ARGV[4] .. 's:' .. id, 0, -1) end
+end
+return {v, users, seen, unavailable, live}
 """
 
 # KEYS: current batch, unavailable. ARGV: batch key prefix, user id (text). Returns the batch, the user's list (nil: not
@@ -236,6 +295,76 @@ redis.call('ZREM', KEYS[4], v)
 return 1
 """
 
+# KEYS: the event log, the inbox, stats. ARGV: now (ms), the inbox's consumer group, then per event: its inbox entry id
+# ("" when it came another way), user, item, event type, timestamp (ms), request id, id kinds. Appends every event; an
+# event from the inbox only if acknowledging its inbox entry succeeds (a worker whose entries another worker claimed
+# and accepted appends nothing twice). Returns the first and last appended entry ids and how many were appended.
+_ACCEPT = """
+for j = 3, #ARGV, 7 do  -- check before writing: a script that fails half-way is not rolled back
+  if not tonumber(ARGV[j + 4]) then return redis.error_reply('timestamp ' .. ARGV[j + 4] .. ' is not a number') end
+end
+local first, last, accepted = false, false, 0
+for j = 3, #ARGV, 7 do
+  if ARGV[j] == '' or redis.call('XACK', KEYS[2], ARGV[2], ARGV[j]) == 1 then
+    last = redis.call('XADD', KEYS[1], '*', 'u', ARGV[j + 1], 'i', ARGV[j + 2], 'e', ARGV[j + 3], 't', ARGV[j + 4],
+                      'r', ARGV[j + 5], 'k', ARGV[j + 6])
+    first = first or last
+    accepted = accepted + 1
+  end
+end
+if accepted > 0 then
+  redis.call('HINCRBY', KEYS[3], 'accepted', accepted)
+  redis.call('HSET', KEYS[3], 'last_accept_ms', ARGV[1])
+end
+return {first, last, accepted}
+"""
+
+# KEYS: the event log, stats. ARGV: live key prefix, now (ms), live TTL (ms), most live items per user, the applier's
+# consumer group, then per event: its entry id in the log, user, item, event type, timestamp (ms). Applies each event
+# whose entry it can acknowledge in the group (so an event is applied exactly once, whoever else read it) to the live
+# state (see "The live layer"); returns how many were applied.
+_APPLY = """
+local live = ARGV[1]
+local now, ttl, cap, group = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local buckets = {{'f', 300000, 3600000}, {'c', 3600000, 86400000}}
+for j = 6, #ARGV, 5 do
+  if not tonumber(ARGV[j + 4]) then return redis.error_reply('timestamp ' .. ARGV[j + 4] .. ' is not a number') end
+end
+local users, counters = {}, {}
+local applied = 0
+for j = 6, #ARGV, 5 do
+  if redis.call('XACK', KEYS[1], group, ARGV[j]) == 1 then
+    local u, i, e, ts = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], tonumber(ARGV[j + 4])
+    local seen = live .. 's:' .. u
+    redis.call('ZADD', seen, 'GT', ts, i)
+    users[seen] = true
+    for _, b in ipairs(buckets) do
+      if ts > now - b[3] then
+        local bucket = math.floor(ts / b[2])
+        local ku, ki = live .. 'c:u:' .. b[1] .. ':' .. bucket, live .. 'c:i:' .. b[1] .. ':' .. bucket
+        redis.call('HINCRBY', ku, e .. '|' .. u, 1)
+        redis.call('HINCRBY', ki, e .. '|' .. i, 1)
+        local expires = (bucket + 1) * b[2] + b[3]
+        counters[ku], counters[ki] = expires, expires
+      end
+    end
+    applied = applied + 1
+  end
+end
+for key in pairs(users) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now - ttl))
+  local extra = redis.call('ZCARD', key) - cap
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', key, 0, extra - 1) end
+  redis.call('PEXPIRE', key, ttl)
+end
+for key, at in pairs(counters) do redis.call('PEXPIREAT', key, string.format('%d', at)) end
+if applied > 0 then
+  redis.call('HINCRBY', KEYS[2], 'applied', applied)
+  redis.call('HSET', KEYS[2], 'last_applied_ms', ARGV[2])
+end
+return applied
+"""
+
 # KEYS: pinned, retired, the feature version's pointer. ARGV: feature version, now. Unpins, and the
 # version it pinned (if retired) gets the whole grace period from now: in-flight requests finish.
 _UNPIN = """
@@ -267,6 +396,7 @@ class RedisOnlineStore(OnlineStore):
         prefix: str = "recsys",
         batch_size: int = 1000,
         grace_seconds: float = 3600.0,
+        live_ttl_seconds: float = 7 * 86400.0,
     ) -> None:
         if batch_size < 1:
             raise OnlineStoreError(f"batch size must be >= 1, got {batch_size}")
@@ -274,6 +404,7 @@ class RedisOnlineStore(OnlineStore):
         self.prefix = prefix
         self.batch_size = batch_size
         self.grace_seconds = grace_seconds
+        self.live_ttl_seconds = live_ttl_seconds
         tag = "{" + prefix + "}"
         self.key_current = f"{tag}:current"
         self.key_seq = f"{tag}:seq"
@@ -286,6 +417,12 @@ class RedisOnlineStore(OnlineStore):
         self.key_batch_current = f"{tag}:batch:current"
         self.key_batch_seq = f"{tag}:batch:seq"
         self.batch_prefix = f"{tag}:batch:"
+        self.key_events = f"{tag}:events"
+        self.key_inbox = f"{tag}:events:inbox"
+        self.key_refused = f"{tag}:events:refused"
+        self.key_parts = f"{tag}:events:parts"
+        self.key_event_stats = f"{tag}:events:stats"
+        self.live_prefix = f"{tag}:live:"
         self._read = client.register_script(_READ)
         self._read_users = client.register_script(_READ_USERS)
         self._read_batch = client.register_script(_READ_BATCH)
@@ -294,6 +431,8 @@ class RedisOnlineStore(OnlineStore):
         self._switch = client.register_script(_SWITCH)
         self._collect = client.register_script(_COLLECT)
         self._unpin = client.register_script(_UNPIN)
+        self._accept = client.register_script(_ACCEPT)
+        self._apply = client.register_script(_APPLY)
         # versions never change: their layouts and id kinds are safe to cache
         self._layouts: dict[str, tuple[RowLayout, RowLayout]] = {}
         self._kinds: dict[str, ids.IdKinds] = {}
@@ -308,6 +447,7 @@ class RedisOnlineStore(OnlineStore):
             prefix=s.online_key_prefix,
             batch_size=s.online_batch_size,
             grace_seconds=s.online_gc_grace_seconds,
+            live_ttl_seconds=s.live_ttl_hours * 3600,
         )
 
     def key(self, version: str, suffix: str) -> str:
@@ -491,31 +631,29 @@ class RedisOnlineStore(OnlineStore):
                 log.info("%s: %d / %d %s written", version, written, len(positions), kind)
         return written
 
-    def _send_pipelined(self, commands: list[list[bytes]]) -> None:
-        """Send commands in one round trip and check every reply.
+    def _send_pipelined(self, commands: list[list[Any]]) -> list[Any]:
+        """Send commands in one round trip, check every reply, return the replies.
 
-        redis-py's command packing costs ~25 us per argument, which made it the refresh's bottleneck;
-        our arguments are already bytes, so they are framed here (RESP) and sent on one of the
-        client's connections (its TLS and auth apply). A cluster client gets a normal pipeline.
+        redis-py's command packing costs ~25 us per argument in Python, which made it the bottleneck of
+        refreshes and of accepting events; hiredis (a dependency of ``redis[hiredis]``) frames each
+        command in C and the frames go out on one of the client's connections (its TLS and auth apply).
+        A cluster client gets a normal pipeline. Errors inside a ``MULTI``/``EXEC`` reply are raised too.
         """
+        import hiredis
         import redis
 
         if not isinstance(self.client, redis.Redis):
             pipe = self.client.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)
-            pipe.execute()
-            return
-        parts = []
-        for command in commands:
-            parts.append(b"*%d\r\n" % len(command))
-            for arg in command:
-                parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
+            return pipe.execute()
+        pack = hiredis.pack_command
+        payload = b"".join(pack(tuple(command)) for command in commands)
         pool = self.client.connection_pool
         connection = pool.get_connection()
         try:
             connection.connect()  # no-op when connected
-            connection.send_packed_command([b"".join(parts)], check_health=False)
+            connection.send_packed_command([payload], check_health=False)
             replies = [connection.read_response(disable_decoding=True) for _ in commands]
         except BaseException:
             connection.disconnect()  # a half-read reply stream must not be reused
@@ -525,6 +663,11 @@ class RedisOnlineStore(OnlineStore):
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
                 raise reply
+            if isinstance(reply, list):
+                for inner in reply:
+                    if isinstance(inner, redis.ResponseError):
+                        raise inner
+        return replies
 
     def _copy_unchanged(self, base: str, version: str, suffixes: tuple[str, str], raw_ids: list[ids.IdValue]) -> int:
         keys = [self.key(base, suffixes[0]), self.key(version, suffixes[0]), self.key(base, suffixes[1]), self.key(version, suffixes[1])]
@@ -753,12 +896,14 @@ class RedisOnlineStore(OnlineStore):
         user_ids: Iterable[ids.IdValue],
         *,
         with_seen: bool = False,
+        with_live: bool = False,
         unavailable_up_to: int = 0,
         feature_version: Optional[str] = None,
     ) -> UserRows:
         """Features (and seen items) of ``user_ids`` from the current version (or, ``feature_version``,
         the newest version of that feature version), in one round trip (see the module docstring).
 
+        ``with_live``: each user's live items too (``UserRows.live``, the live layer), in the same trip.
         ``unavailable_up_to`` > 0: the same trip also returns the whole unavailable set when it holds at
         most that many items (``UserRows.unavailable``; None when larger: ask :meth:`unavailable_flags`).
         """
@@ -767,7 +912,8 @@ class RedisOnlineStore(OnlineStore):
             raise OnlineStoreError("read_users needs at least one user id")
         if len(fields) > MAX_USERS_PER_READ:
             raise OnlineStoreError(f"at most {MAX_USERS_PER_READ} users per read, got {len(fields)}")
-        args = [self.version_prefix, "1" if with_seen else "0", int(unavailable_up_to), *fields]
+        args = [self.version_prefix, "1" if with_seen else "0", int(unavailable_up_to),
+                self.live_prefix if with_live else "", *fields]
         for attempt in range(3):
             reply = self._read_users(keys=[self.pointer_key(feature_version), self.key_unavailable], args=args)
             if not reply:
@@ -787,7 +933,8 @@ class RedisOnlineStore(OnlineStore):
             unavailable = ids.from_fields(reply[3], item_kind, strict=False)
         elif reply[3] is not None and unavailable_up_to > 0:  # an empty list: the set is empty
             unavailable = ids.empty(item_kind)
-        return UserRows(version, found, columns, seen_ids, unavailable)
+        live = [ids.from_fields(items, item_kind, strict=False) for items in reply[4]] if with_live else None
+        return UserRows(version, found, columns, seen_ids, unavailable, live)
 
     def read_item_table(self, version: str, *, batch: int = 5000) -> ItemTable:
         """Every item row (and the popularity list) of online ``version``.
@@ -838,13 +985,18 @@ class RedisOnlineStore(OnlineStore):
             return np.zeros(0, dtype=bool)
         return np.asarray(self.client.smismember(self.key_unavailable, members), dtype=bool)
 
-    def user_ids(self, version: str) -> "np.ndarray":
-        """Raw ids of every user of ``version``, sorted, in the user id kind (HSCAN in steps of 5000)."""
+    def entity_ids(self, version: str, entity: str = "users") -> "np.ndarray":
+        """Raw ids of every user (``entity="users"``) or item of ``version``, sorted, in their kind
+        (HSCAN in steps of 5000)."""
         import numpy as np
 
-        # HSCAN may return a field twice: the dict keeps one
-        fields = dict.fromkeys(u for u, _ in self.client.hscan_iter(self.key(version, "u"), count=5000))
-        return np.sort(ids.from_fields(list(fields), self.id_kinds(version).user_id))
+        if entity not in ("users", "items"):
+            raise OnlineStoreError(f"entity must be 'users' or 'items', got {entity!r}")
+        key = self.key(version, entity[0])
+        # HSCAN may return a field twice: the dict keeps one; HSCAN NOVALUES is Redis 7.4+, so values come too
+        fields = dict.fromkeys(f for f, _ in self.client.hscan_iter(key, count=5000))
+        kinds = self.id_kinds(version)
+        return np.sort(ids.from_fields(list(fields), kinds.user_id if entity == "users" else kinds.item_id))
 
     # --- unavailable items ----------------------------------------------------------------------
     def _unavailable_members(self, item_ids: Iterable[Any]) -> list[str]:
@@ -869,6 +1021,120 @@ class RedisOnlineStore(OnlineStore):
         version = as_text(self.client.get(self.key_current))
         kind = self.id_kinds(version).item_id if version else ids.STRING
         return sorted(ids.from_fields(self.client.smembers(self.key_unavailable), kind, strict=False).tolist())
+
+    # --- the live layer -----------------------------------------------------------------------
+    def accept_events(self, events: EventBatch, *, inbox_ids: Iterable[str] = (), now: Optional[float] = None) -> AcceptResult:
+        """Append ``events`` to the event log ``{p}:events``, :data:`ACCEPT_CHUNK` events at a time, each
+        chunk whole. They become visible when the live applier applies them (:meth:`apply_events`, run by
+        :mod:`recsys.events.live`). ``now``: unix seconds (tests).
+
+        ``inbox_ids``: the inbox entry of each event (parallel to ``events``): one script acknowledges
+        each and appends the event only if the acknowledgement succeeds (another worker may have
+        claimed and accepted it). Without inbox ids, a ``MULTI``/``EXEC`` of plain ``XADD`` commands
+        framed by hiredis: measured ~1.25x the script's rate (bench/events.py), and nothing to check."""
+        began = time.perf_counter()
+        inbox = list(inbox_ids)
+        n = len(events)
+        if inbox and len(inbox) != n:
+            raise OnlineStoreError(f"{len(inbox)} inbox ids for {n} events: give one per event, or none")
+        if any(not isinstance(t, int) for t in events.timestamps_ms):
+            bad = next(t for t in events.timestamps_ms if not isinstance(t, int))
+            raise OnlineStoreError(f"event timestamps must be unix milliseconds (int), got {bad!r}")
+        now_ms = int(1000 * (time.time() if now is None else now))
+        kinds = events.id_kinds.to_code()
+        first = last = ""
+        accepted = 0
+        for start in range(0, n, ACCEPT_CHUNK):
+            stop = min(start + ACCEPT_CHUNK, n)
+            if inbox:
+                args: list[Any] = [now_ms, INBOX_GROUP]
+                for j in range(start, stop):
+                    args += (inbox[j], events.user_ids[j], events.item_ids[j], events.event_types[j],
+                             events.timestamps_ms[j], events.request_ids[j], kinds)
+                chunk_first, chunk_last, count = self._accept(
+                    keys=[self.key_events, self.key_inbox, self.key_event_stats], args=args)
+                chunk_first, chunk_last, count = as_text(chunk_first), as_text(chunk_last), int(count)
+            else:
+                key = self.key_events
+                commands: list[list[Any]] = [["MULTI"]]
+                commands += [["XADD", key, "*", "u", events.user_ids[j], "i", events.item_ids[j], "e", events.event_types[j],
+                              "t", events.timestamps_ms[j], "r", events.request_ids[j], "k", kinds] for j in range(start, stop)]
+                commands += [["HINCRBY", self.key_event_stats, "accepted", stop - start],
+                             ["HSET", self.key_event_stats, "last_accept_ms", now_ms], ["EXEC"]]
+                appended = self._send_pipelined(commands)[-1]
+                chunk_first, chunk_last, count = as_text(appended[0]), as_text(appended[stop - start - 1]), stop - start
+            first = first or chunk_first
+            last = chunk_last or last
+            accepted += count
+        return AcceptResult(accepted, first, last, time.perf_counter() - began)
+
+    def apply_events(self, entry_ids: list[str], events: EventBatch, *, now: Optional[float] = None) -> int:
+        """Apply logged events (``entry_ids``: their ids in the event log, parallel to ``events``) to the
+        live state, acknowledging them in the live applier's group ``LIVE_GROUP`` in the same step: an
+        entry no longer pending there (already applied) is skipped. Returns how many were applied."""
+        if len(entry_ids) != len(events):
+            raise OnlineStoreError(f"{len(entry_ids)} entry ids for {len(events)} events")
+        now_ms = int(1000 * (time.time() if now is None else now))
+        applied = 0
+        for start in range(0, len(events), ACCEPT_CHUNK):
+            args: list[Any] = [self.live_prefix, now_ms, int(1000 * self.live_ttl_seconds), LIVE_MAX_ITEMS, LIVE_GROUP]
+            for j in range(start, min(start + ACCEPT_CHUNK, len(events))):
+                args += (entry_ids[j], events.user_ids[j], events.item_ids[j], events.event_types[j], events.timestamps_ms[j])
+            applied += int(self._apply(keys=[self.key_events, self.key_event_stats], args=args))
+        return applied
+
+    def live_items(self, user_id: ids.IdValue, kind: str = ids.INT) -> "np.ndarray":
+        members = self.client.zrevrange(f"{self.live_prefix}s:{ids.to_text(user_id)}", 0, -1)
+        return ids.from_fields(members, kind, strict=False)
+
+    def live_counts(
+        self, entity: str, entity_ids: Iterable[ids.IdValue], event_types: Iterable[str] = (), *, now: Optional[float] = None
+    ) -> list[dict[str, dict[str, int]]]:
+        """Per id, ``{event type: {window: count}}`` (see :meth:`OnlineStore.live_counts`); ``event_types``
+        default: the settings' accepted types. One pipeline of ``HMGET`` over the buckets of both windows."""
+        import numpy as np
+
+        from recsys.online.store import LIVE_WINDOWS
+
+        if entity not in ("users", "items"):
+            raise OnlineStoreError(f"live counters exist for 'users' and 'items', not {entity!r}")
+        texts = [ids.to_text(i) for i in entity_ids]
+        if not event_types:
+            from recsys.settings import get_settings
+
+            event_types = get_settings().event_type_list
+        types = list(event_types)
+        if not texts or not types:
+            return [{} for _ in texts]
+        fields = [f"{t}|{i}" for i in texts for t in types]
+        now_ms = int(1000 * (time.time() if now is None else now))
+        pipe = self.client.pipeline(transaction=False)
+        sizes = []
+        for granularity, bucket_ms, window_ms in COUNTER_BUCKETS:
+            newest, oldest = now_ms // bucket_ms, (now_ms - window_ms) // bucket_ms
+            for bucket in range(oldest, newest + 1):
+                pipe.hmget(f"{self.live_prefix}c:{entity[0]}:{granularity}:{bucket}", fields)
+            sizes.append(newest - oldest + 1)
+        replies = pipe.execute()
+        totals = []
+        at = 0
+        for size in sizes:
+            block = np.array([[int(v) if v is not None else 0 for v in reply] for reply in replies[at : at + size]])
+            totals.append(block.sum(axis=0).reshape(len(texts), len(types)))
+            at += size
+        out = []
+        for row in range(len(texts)):
+            counts = {}
+            for col, event_type in enumerate(types):
+                windows = {name: int(total[row, col]) for name, total in zip(LIVE_WINDOWS, totals)}
+                if any(windows.values()):
+                    counts[event_type] = windows
+            out.append(counts)
+        return out
+
+    def event_stats(self) -> dict[str, int]:
+        """Totals of the event log (accepted, refused, landed) and the newest accept/landing times (ms)."""
+        return {as_text(k): int(v) for k, v in self.client.hgetall(self.key_event_stats).items()}
 
     # --- precomputed lists (offline mode) -----------------------------------------------------
     def new_batch(self, label: str) -> str:

@@ -12,6 +12,10 @@ One backend per module: :mod:`recsys.online.redis_store` is the Redis one. The c
   trained on, whatever a newer refresh made current. Serving pins the feature versions it reads
   (:meth:`OnlineStore.pin`); garbage collection keeps their newest versions;
 * the unavailable-items set is not versioned: operations change it live;
+* the live layer is not versioned either: :meth:`OnlineStore.accept_events` appends events to the
+  event log, :meth:`OnlineStore.apply_events` (the live applier) applies them to each user's live
+  items and the live counters; readers compose a user's live items with the version they read, so a
+  refresh never wipes them;
 * ids are raw ids of the version's kinds (:mod:`recsys.data.ids`): arguments are ints or strs,
   looked up by their text; results are int64 arrays (int ids) or object arrays of str (text ids).
 
@@ -135,6 +139,9 @@ class UserRows:
     columns: dict[str, "np.ndarray"]  # unknown users hold the OOV code / 0.0
     seen: Optional[list["np.ndarray"]]  # raw item ids per user (when asked for)
     unavailable: Optional["np.ndarray"] = None  # the whole unavailable set (raw ids), when asked for and small
+    live: Optional[list["np.ndarray"]] = None
+    """Per user, the raw item ids of their live events (not yet in any online version's batch data),
+    newest first, distinct (when asked for)."""
 
 
 @dataclass
@@ -168,6 +175,39 @@ class ItemTable:
         pos = np.searchsorted(self.ids, raw_ids)
         clipped = np.minimum(pos, len(self.ids) - 1)
         return np.where(self.ids[clipped] == raw_ids, clipped, -1).astype(np.int64)
+
+
+@dataclass
+class EventBatch:
+    """Validated interaction events, column by column (:func:`recsys.events.validation.validate_events`
+    makes them). Ids travel as their text, in the kinds they were validated against (``id_kinds``)."""
+
+    user_ids: list[str]
+    item_ids: list[str]
+    event_types: list[str]
+    timestamps_ms: list[int]  # unix milliseconds, UTC
+    request_ids: list[str]  # "" where the event names no recommendation request
+    id_kinds: ids.IdKinds = field(default_factory=ids.IdKinds)
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    """What :meth:`OnlineStore.accept_events` did: how many events, their ids in the event log."""
+
+    accepted: int
+    first_id: str = ""
+    last_id: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+LIVE_WINDOWS = {"1h": 3600, "24h": 86400}
+"""The sliding windows of the live counters: name -> seconds."""
 
 
 @dataclass(frozen=True)
@@ -261,11 +301,13 @@ class OnlineStore(abc.ABC):
         user_ids: Iterable["IdValue"],
         *,
         with_seen: bool = False,
+        with_live: bool = False,
         unavailable_up_to: int = 0,
         feature_version: Optional[str] = None,
     ) -> UserRows:
         """Features (and seen items) of ``user_ids`` from ONE version, in one round trip.
 
+        ``with_live``: the same trip also returns each user's live items (``UserRows.live``).
         ``unavailable_up_to`` > 0: the same trip also returns the whole unavailable set when it holds
         at most that many items (``UserRows.unavailable``; None when larger: ask
         :meth:`unavailable_flags`)."""
@@ -281,8 +323,38 @@ class OnlineStore(abc.ABC):
         """True for each raw item id that is in the unavailable set now (one round trip)."""
 
     @abc.abstractmethod
-    def user_ids(self, version: str) -> "np.ndarray":
-        """Raw ids of every user of ``version``, sorted, in the user id kind."""
+    def entity_ids(self, version: str, entity: str = "users") -> "np.ndarray":
+        """Raw ids of every user (``entity="users"``) or item (``"items"``) of ``version``, sorted, in their kind."""
+
+    # --- the live layer: events take effect at once (not versioned) ------------------------------
+    @abc.abstractmethod
+    def accept_events(self, events: EventBatch, *, inbox_ids: Iterable[str] = ()) -> AcceptResult:
+        """Append validated ``events`` to the event log (durable once this returns; visible once the live
+        applier applied them, :meth:`apply_events`). ``inbox_ids``: the raw inbox entry of each event,
+        acknowledged in the same step, so a crashed or overtaken worker neither loses nor repeats one."""
+
+    @abc.abstractmethod
+    def apply_events(self, entry_ids: list[str], events: EventBatch) -> int:
+        """Apply logged events (``entry_ids``: their log ids) to the live state (each user's live items,
+        the live counters), each exactly once: an entry is applied in the same step that acknowledges it
+        for the live applier. Returns how many were applied (already applied ones are skipped)."""
+
+    @abc.abstractmethod
+    def live_items(self, user_id: "IdValue", kind: str = ids.INT) -> "np.ndarray":
+        """Raw ids (of ``kind``) of the items of the user's live events, newest first, distinct."""
+
+    @abc.abstractmethod
+    def live_counts(
+        self, entity: str, entity_ids: Iterable["IdValue"], event_types: Iterable[str] = (), *, now: Optional[float] = None
+    ) -> list[dict[str, dict[str, int]]]:
+        """Per id (``entity``: ``"users"`` or ``"items"``), ``{event type: {window: count}}`` over the
+        sliding windows :data:`LIVE_WINDOWS` ending ``now`` (default: the settings' event types; types
+        without events are left out)."""
+
+    @abc.abstractmethod
+    def event_stats(self) -> dict[str, int]:
+        """Totals of the event log (``accepted``, ``applied``, ``refused``, ``landed``) and
+        ``last_accept_ms``, ``last_applied_ms``, ``last_landed_ms`` (unix ms; absent until it happened)."""
 
     # --- precomputed lists (offline mode): batches of per-user lists, one of them current --------
     @abc.abstractmethod

@@ -134,7 +134,7 @@ def _known_users(store: "OnlineStore") -> tuple[str, str, list[ids.IdValue]]:
     current = store.current()
     if current is None:
         raise BatchError("the online store has no current version: run `recsys online refresh` first")
-    return current.version, current.feature_version, store.user_ids(current.version).tolist()
+    return current.version, current.feature_version, store.entity_ids(current.version, "users").tolist()
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
