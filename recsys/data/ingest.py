@@ -5,18 +5,21 @@
 ``data_version`` is the first 12 hex digits of a sha256 over the normalized tables' content
 (column names, dtypes and values; not file bytes, so the same data as CSV or parquet, or written
 by another pyarrow version, gives the same version). Ingesting the same data twice is a no-op.
+
+Users first seen in live events (:attr:`InputTables.new_users`) are added to the users table here,
+with empty features (:func:`with_new_users`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from recsys import layout
-from recsys.data.contract import feature_columns
+from recsys.data.contract import feature_columns, nullable_features
 from recsys.data.validation import InputTables, validate_input
 from recsys.data.versioning import (
     MANIFEST,
@@ -30,6 +33,7 @@ from recsys.data.versioning import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    import numpy as np
     import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -51,11 +55,14 @@ class DataVersion(Version):
         return bool(self.manifest.get("has_labels"))
 
 
-def ingest(input_folder: Path, data_root: Optional[Path] = None) -> DataVersion:
+def ingest(
+    input_folder: Path, data_root: Optional[Path] = None, negative_event_types: Optional[Iterable[str]] = None
+) -> DataVersion:
     """Validate ``input_folder`` and write its data version under ``data_root`` atomically.
 
-    ``data_root`` defaults to the settings' ``data_root``. Raises ``DataValidationError`` (and
-    writes nothing) when the input breaks the contract.
+    ``data_root`` defaults to the settings' ``data_root``; ``negative_event_types`` (the live event
+    types labelled 0) to the settings' (see :func:`~recsys.data.validation.validate_input`). Raises
+    ``DataValidationError`` (and writes nothing) when the input breaks the contract.
     """
     if data_root is None:
         from recsys.settings import get_settings
@@ -64,7 +71,8 @@ def ingest(input_folder: Path, data_root: Optional[Path] = None) -> DataVersion:
     input_folder, data_root = Path(input_folder), Path(data_root)
     started = time.monotonic()
     log.info("validating %s", input_folder)
-    tables = validate_input(input_folder)
+    tables = validate_input(input_folder, negative_event_types)
+    tables = replace(tables, users=with_new_users(tables.users, tables.new_users))
 
     version = data_version_of(tables)
     target = layout.data_dir(data_root, version)
@@ -84,17 +92,85 @@ def ingest(input_folder: Path, data_root: Optional[Path] = None) -> DataVersion:
     return DataVersion(version, target, read_manifest(target), created=True)
 
 
-def data_version_of(tables: InputTables) -> str:
-    """The content hash of the normalized tables (12 hex digits)."""
+def with_new_users(users: "pd.DataFrame", new_users: list[Any]) -> "pd.DataFrame":
+    """``users`` followed by one row per new user (first seen live), every feature empty (null).
+
+    A feature's kind is its dtype (:func:`recsys.data.contract.feature_columns`) and must not change:
+    text columns take None, float columns NaN, and integer and boolean columns (categorical) become
+    pandas' nullable ``Int64``/``boolean`` (:func:`recsys.data.contract.nullable_features`), which
+    the ETL's ``Categorify`` encodes like any categorical null. Without new users the table is
+    returned as it is (its data version unchanged).
+    """
     import pandas as pd
 
+    if not len(new_users):
+        return users
+    users = nullable_features(users, "user_id")
+    added = {
+        column: pd.Series(list(new_users) if column == "user_id" else [None] * len(new_users), dtype=users[column].dtype)
+        for column in users.columns
+    }
+    return pd.concat([users, pd.DataFrame(added)], ignore_index=True)
+
+
+def data_version_of(tables: InputTables) -> str:
+    """The content hash of the normalized tables (12 hex digits)."""
     parts: list[Any] = []
     for name in TABLE_ORDER:
         frame = tables.tables()[name]
         parts.append({"table": name, "columns": [[c, str(frame[c].dtype)] for c in frame.columns]})
-        # hash_pandas_object hashes values (not memory layout): stable across pandas versions
-        parts.append(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        parts.append(_row_hashes(frame).tobytes())
     return content_hash(*parts)
+
+
+def _row_hashes(frame: "pd.DataFrame") -> "np.ndarray":
+    """``pandas.util.hash_pandas_object(frame, index=False)``, the same in both runtimes.
+
+    It hashes values, not memory layout, and numpy columns hash alike in pandas 1.5 and 2; nullable
+    (masked) columns (``Int64``, ``boolean``: the empty features of new users) do not, so those are
+    hashed as pandas 2 does (the value hashes, then pandas.NA's hash where null) and the column
+    hashes combined as pandas combines them (CPython's tuple hash).
+    """
+    import numpy as np
+    import pandas as pd
+
+    masked = [c for c in frame.columns if _is_masked(frame[c].dtype)]
+    if not masked:
+        return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    out = np.zeros(len(frame), dtype=np.uint64) + np.uint64(0x345678)
+    mult = np.uint64(1000003)
+    count = len(frame.columns)
+    with np.errstate(over="ignore"):
+        for i, column in enumerate(frame.columns):
+            out ^= _column_hashes(frame[column])
+            out *= mult
+            mult += np.uint64(82520 + 2 * (count - i))
+        out += np.uint64(97531)
+    return out
+
+
+def _is_masked(dtype: Any) -> bool:
+    import numpy as np
+    import pandas as pd
+
+    return (
+        isinstance(dtype, pd.api.extensions.ExtensionDtype)
+        and isinstance(getattr(dtype, "numpy_dtype", None), np.dtype)
+        and dtype.kind in "biuf"
+    )
+
+
+def _column_hashes(series: "pd.Series") -> "np.ndarray":
+    import numpy as np
+    import pandas as pd
+
+    if not _is_masked(series.dtype):
+        return pd.util.hash_pandas_object(series, index=False).to_numpy()
+    null = series.isna().to_numpy()
+    values = series.to_numpy(dtype=series.dtype.numpy_dtype, na_value=series.dtype.numpy_dtype.type(0))
+    hashes = pd.util.hash_array(values)
+    hashes[null] = np.uint64(hash(pd.NA))
+    return hashes
 
 
 def build_manifest(tables: InputTables, version: str) -> dict[str, Any]:
@@ -121,6 +197,7 @@ def build_manifest(tables: InputTables, version: str) -> dict[str, Any]:
         "ids": tables.id_kinds.to_dict(),
         "input_hashes": input_hashes,
         "time_range": {"min": timestamps.min().isoformat(), "max": timestamps.max().isoformat()},
+        "live_events": tables.live.to_dict(),
         "warnings": tables.warnings,
     }
 

@@ -187,28 +187,39 @@ def write_synthetic(out_dir: Path, config: SyntheticConfig = SyntheticConfig(), 
 def append_batch(folder: Path, config: SyntheticConfig) -> dict[str, int]:
     """A new batch of data arrives in an input folder written by :func:`write_synthetic`.
 
-    The batch's interactions start on the day after the newest one already there and are appended;
-    ``users`` and ``items`` take the batch's values (the same ids: a drifted batch changes users'
-    features, as a real population shifts). The folder is swapped atomically by the shared writer, like ``write_synthetic``.
-    Returns the rows of each table after the append.
+    The batch's interactions start on the day after the newest one of the folder's own files and
+    arrive as a new part, ``interactions/batch-<start>.parquet`` (docs/layouts.md: a table is its file
+    plus its parts), so live parts the landing consumer wrote there stay as they are. ``users`` and
+    ``items`` take the batch's values (the same ids: a drifted batch changes users' features, as a real
+    population shifts), each file replaced atomically. Returns the rows of each table after the append.
     """
     import dataclasses
+    import os
 
     import pandas as pd
 
-    from recsys.data.contract import read_table
-    from recsys.data.importing import write_input_folder
+    from recsys.data.contract import live_part, read_file, read_table, table_files
+    from recsys.data.importing import write_table
+    from recsys.data.versioning import write_json_atomic
 
     folder = Path(folder)
-    existing = read_table(folder, "interactions")
-    start = (pd.Timestamp(existing["timestamp"].max()).normalize() + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    own = [path for path in table_files(folder, "interactions") if live_part(path) is None]
+    newest = max(pd.to_datetime(read_file(path)["timestamp"]).max() for path in own)
+    start = (pd.Timestamp(newest).normalize() + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
     batch = generate_tables(dataclasses.replace(config, start=start))
-    interactions = pd.concat(
-        [existing, batch["interactions"].astype({"event_type": str})], ignore_index=True
-    )
-    tables = {"interactions": interactions, "users": batch["users"], "items": batch["items"]}
-    metadata = {"appended_batch": asdict(dataclasses.replace(config, start=start))}
-    return write_input_folder(folder, tables, force=True, metadata=metadata, metadata_file=GENERATOR_FILE)
+    targets = {
+        "interactions": folder / "interactions" / f"batch-{start}.parquet",
+        "users": folder / "users.parquet",
+        "items": folder / "items.parquet",
+    }
+    targets["interactions"].parent.mkdir(exist_ok=True)
+    for name, target in targets.items():
+        frame = batch[name].astype({"event_type": str}) if name == "interactions" else batch[name]
+        temp = target.with_name(f".{target.name}.tmp")  # hidden: readers never take a half-written file
+        write_table(frame, temp)
+        os.replace(temp, target)
+    write_json_atomic(folder / GENERATOR_FILE, {"appended_batch": asdict(dataclasses.replace(config, start=start))})
+    return {name: len(read_table(folder, name)) for name in targets}
 
 
 # ------------------------------------------------------------------------------------------

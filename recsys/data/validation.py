@@ -16,14 +16,21 @@ ints and strs is refused, naming a row of each, and so are two tables whose type
 naming both files. CSV id columns are read as text and adapt to the typed kind; when every table
 holding the column is CSV, the texts decide together (int when every one is an integer as written,
 :func:`recsys.data.ids.csv_int_mask`; else text, so ``"001"`` stays ``"001"``).
+
+Live rows (rows of a live part, :func:`recsys.data.contract.live_part`: events accepted live) follow
+the same checks, with four differences: a ``user_id`` missing from ``users`` is a new user (returned
+as :attr:`InputTables.new_users`; ingest adds it with empty features), a live row repeating an
+interaction (same user_id, item_id, timestamp, event_type) is dropped with a warning, live rows get
+``label`` from their ``event_type`` when the table has labels, and the table keeps ``event_type``
+only when the user's own files have it (or there are none).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from recsys.data import ids
 from recsys.data.contract import (
@@ -31,14 +38,18 @@ from recsys.data.contract import (
     ID_COLUMNS,
     LABEL,
     MIN_TIMESTAMP,
+    NULLABLE_TEXT,
     RESERVED_COLUMNS,
     TABLES,
     TEXT,
     TIMESTAMP,
     DataValidationError,
+    LivePart,
     TableSpec,
+    live_part,
     missing_table_message,
     read_file,
+    stream_id_key,
     table_files,
 )
 
@@ -48,7 +59,23 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InputTables", "DataValidationError", "validate_input"]
+__all__ = ["InputTables", "LiveEvents", "DataValidationError", "validate_input"]
+
+
+@dataclass(frozen=True)
+class LiveEvents:
+    """What the live parts brought (the data version manifest's ``"live_events"``; zeros without any)."""
+
+    parts: int = 0
+    rows: int = 0
+    """Rows read from live parts, duplicates included."""
+    new_users: int = 0
+    duplicates_dropped: int = 0
+    newest_stream_id: Optional[str] = None
+    """The newest stream entry id in any live part (None without live parts)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -65,6 +92,9 @@ class InputTables:
     """Things that did not stop validation (e.g. dropped extra interaction columns)."""
     id_kinds: ids.IdKinds = field(default_factory=ids.IdKinds)
     """The kinds of ``user_id`` and ``item_id`` (recorded as the data version manifest's ``"ids"``)."""
+    new_users: list[Any] = field(default_factory=list)
+    """Users first seen in live rows (missing from ``users``), sorted; ingest adds them with empty features."""
+    live: LiveEvents = field(default_factory=LiveEvents)
 
     @property
     def has_labels(self) -> bool:
@@ -75,8 +105,12 @@ class InputTables:
         return {"interactions": self.interactions, "users": self.users, "items": self.items}
 
 
-def validate_input(folder: Path) -> InputTables:
-    """Validate the input folder; return normalized tables or raise ``DataValidationError``."""
+def validate_input(folder: Path, negative_event_types: Optional[Iterable[str]] = None) -> InputTables:
+    """Validate the input folder; return normalized tables or raise ``DataValidationError``.
+
+    ``negative_event_types``: the event types whose live rows get label 0 (the others 1) when the
+    table has labels; default: the settings' ``negative_event_types`` (read only when needed).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataValidationError([f"{folder}: input folder does not exist"], folder)
@@ -90,6 +124,8 @@ def validate_input(folder: Path) -> InputTables:
             raw[name] = table
 
     kinds = _resolve_id_kinds(raw, problems)
+    if "interactions" in raw and raw["interactions"].live_rows.any():
+        _merge_live_columns(raw["interactions"], negative_event_types, warnings)
     normalized: dict[str, Any] = {}
     for name, table in raw.items():
         frame = _normalize_table(table, problems, warnings, kinds)
@@ -97,7 +133,7 @@ def validate_input(folder: Path) -> InputTables:
             normalized[name] = frame
 
     _check_feature_names(raw, problems)
-    _check_references(raw, normalized, problems)
+    new_users = _check_references(raw, problems)
 
     if problems:
         raise DataValidationError(problems, folder)
@@ -117,6 +153,8 @@ def validate_input(folder: Path) -> InputTables:
         files={name: table.files for name, table in raw.items()},
         warnings=warnings,
         id_kinds=ids.IdKinds(**{column: kinds[column].kind for column in ID_COLUMNS}),
+        new_users=new_users,
+        live=_live_summary(raw["interactions"], len(new_users)),
     )
 
 
@@ -134,6 +172,12 @@ class _RawTable:
     """index into ``files`` for each row."""
     offset: "np.ndarray"
     """position of each row within its file."""
+    live: list[Optional[LivePart]] = field(default_factory=list)
+    """for each file, its live-part metadata (None: one of the user's own files)."""
+    own_columns: set[str] = field(default_factory=set)
+    """the columns of the user's own (not live) files."""
+    dropped: Optional["np.ndarray"] = None
+    """True for each live row dropped as a repeat of another interaction (not in the output)."""
     valid_columns: dict[str, Any] = field(default_factory=dict)
     """contract column -> normalized values, for the columns that passed their checks."""
 
@@ -143,6 +187,18 @@ class _RawTable:
             return str(path.relative_to(self.folder))
         except ValueError:
             return str(path)
+
+    @property
+    def live_rows(self) -> "np.ndarray":
+        """True for each row read from a live part."""
+        import numpy as np
+
+        live_parts = [i for i, part in enumerate(self.live) if part is not None]
+        return np.isin(self.part, live_parts)
+
+    @property
+    def has_own_files(self) -> bool:
+        return any(part is None for part in self.live)
 
     @property
     def text_rows(self) -> "np.ndarray":
@@ -158,8 +214,11 @@ class _RawTable:
 
     @property
     def label(self) -> str:
-        """How messages name the whole table: its file, or its folder of parts."""
-        return self.file_label(0) if len(self.files) == 1 else f"{self.spec.name}/"
+        """How messages name the whole table: its file, its folder of parts, or both."""
+        if len(self.files) == 1:
+            return self.file_label(0)
+        single = self.files[0].parent == self.folder
+        return f"{self.file_label(0)} + {self.spec.name}/" if single else f"{self.spec.name}/"
 
     def locate(self, row: int) -> tuple[str, str]:
         """(file, 'row N' or 'line N') of a row of the concatenated frame."""
@@ -191,28 +250,45 @@ def _read(folder: Path, spec: TableSpec, problems: list[str]) -> Optional[_RawTa
     if not files:
         problems.append(missing_table_message(folder, spec.name))
         return None
-    frames = []
+    # The list is taken once: this table is exactly these files (ingest hashes the same list), and a
+    # part renamed into the folder from now on waits for the next run.
+    frames, live, own_columns = [], [], set()
     for path in files:
+        label = path.relative_to(folder) if path.is_relative_to(folder) else path
         try:
             frame = read_file(path)
         except Exception as exc:  # parser errors of any kind: report with the file name
-            label = path.relative_to(folder) if path.is_relative_to(folder) else path
             problems.append(f"{label}: cannot read the file: {_one_line(exc)}")
             return None
-        missing = [c for c in spec.required if c not in frame.columns]
+        try:
+            part = live_part(path) if spec.name == "interactions" else None
+        except ValueError as exc:
+            problems.append(f"{label}: {exc}")
+            return None
+        # a live part always carries event_type (its label follows from it)
+        required = list(spec.required) + (["event_type"] if part is not None else [])
+        missing = [c for c in required if c not in frame.columns]
         for column in missing:
-            label = path.relative_to(folder)
             problems.append(
                 f"{label}: missing required column '{column}' (columns found: {', '.join(map(str, frame.columns)) or 'none'})"
             )
         if missing:
             return None
+        if part is not None and part.rows != len(frame):
+            problems.append(f"{label}: the live part's metadata says recsys.events={part.rows} but it holds {len(frame)} rows")
+            return None
+        if part is None:
+            own_columns.update(map(str, frame.columns))
+        elif "label" in frame.columns:
+            frame = frame.drop(columns="label")  # never carried by live parts; live labels follow event_type
         frames.append(frame)
+        live.append(part)
     sizes = [len(f) for f in frames]
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     part = np.repeat(np.arange(len(frames), dtype=np.int32), sizes)
     offset = np.arange(len(frame), dtype=np.int64) - np.repeat(np.cumsum([0] + sizes[:-1]), sizes)
-    table = _RawTable(spec, folder, files, frame.reset_index(drop=True), part, offset)
+    table = _RawTable(spec, folder, files, frame.reset_index(drop=True), part, offset, live, own_columns)
+    table.dropped = np.zeros(len(frame), dtype=bool)
     if len(frame) == 0:
         problems.append(f"{table.label}: table is empty (0 rows)")
         return None
@@ -266,10 +342,13 @@ def _normalize_table(
 
     if spec.name == "interactions":
         keys = {c: out.get(c, table.frame[c]) for c in spec.contract_columns if c in table.frame.columns}
-        ok &= _check_duplicate_interactions(table, keys, problems)
+        ok &= _check_duplicate_interactions(table, keys, problems, warnings)
     if not ok:
         return None
-    return pd.DataFrame(out)
+    frame = pd.DataFrame(out)
+    if table.dropped.any():
+        frame = frame[~table.dropped].reset_index(drop=True)
+    return frame
 
 
 @dataclass(frozen=True)
@@ -518,6 +597,13 @@ def _check_text(table: _RawTable, column: str, problems: list[str]) -> Optional[
     return series.astype(str).astype(object).reset_index(drop=True)
 
 
+def _check_nullable_text(table: _RawTable, column: str, problems: list[str]) -> Optional["pd.Series"]:
+    """Any value -> str; nulls kept (None)."""
+    series = table.frame[column].astype(object)
+    present = series.notna()
+    return series.where(~present, series.astype(str)).where(present, None).reset_index(drop=True)
+
+
 def _check_label(table: _RawTable, column: str, problems: list[str]) -> Optional["pd.Series"]:
     """0/1 (or booleans) -> int8."""
     import numpy as np
@@ -537,7 +623,12 @@ def _check_label(table: _RawTable, column: str, problems: list[str]) -> Optional
     return numbers.astype("int8").reset_index(drop=True)
 
 
-_CHECKS = {TIMESTAMP: _check_timestamp, TEXT: _check_text, LABEL: _check_label}  # ids: _check_id
+_CHECKS = {  # ids: _check_id
+    TIMESTAMP: _check_timestamp,
+    TEXT: _check_text,
+    NULLABLE_TEXT: _check_nullable_text,
+    LABEL: _check_label,
+}
 
 
 def _check_unique(table: _RawTable, column: str, values: "pd.Series", problems: list[str]) -> bool:
@@ -553,28 +644,67 @@ def _check_unique(table: _RawTable, column: str, values: "pd.Series", problems: 
     return False
 
 
-def _check_duplicate_interactions(table: _RawTable, columns: dict[str, Any], problems: list[str]) -> bool:
+def _check_duplicate_interactions(
+    table: _RawTable, columns: dict[str, Any], problems: list[str], warnings: list[str]
+) -> bool:
+    """Repeated rows in the user's own files are a problem; a live row repeating an interaction is
+    the same event delivered twice: dropped (``table.dropped``) with a warning."""
     import numpy as np
     import pandas as pd
 
-    frame = pd.DataFrame(columns)
-    duplicated = frame.duplicated(keep="first").to_numpy()
+    # request_id attributes an event, it is not part of what the event is
+    frame = pd.DataFrame({c: v for c, v in columns.items() if c != "request_id"})
+    live = table.live_rows
+    if live.any():
+        # the same user, item, time and type (a live row's label follows from its type; without a
+        # kept event_type, the label is what still tells two events apart)
+        key = ["user_id", "item_id", "timestamp"]
+        key += ["event_type"] if "event_type" in frame.columns else ["label"] if "label" in frame.columns else []
+        # the user's rows first: a live row goes when its event is in the user's files or in an earlier live row
+        order = np.concatenate([np.flatnonzero(~live), np.flatnonzero(live)])
+        repeated = np.zeros(len(frame), dtype=bool)
+        repeated[order] = frame[key].iloc[order].duplicated(keep="first").to_numpy()
+        table.dropped = repeated & live
+        if table.dropped.any():
+            row = int(np.argmax(table.dropped))
+            original = _first_same(frame[key], row, ~table.dropped)
+            file_label, where = table.locate(row)
+            warnings.append(
+                f"{file_label}: {int(table.dropped.sum())} live event rows repeat an interaction (same "
+                f"{', '.join(key)}) and were dropped, e.g. {where}: {_shown(frame[key], row)} repeats "
+                f"{' '.join(table.locate(original))}"
+            )
+    if live.any():
+        duplicated = np.zeros(len(frame), dtype=bool)
+        duplicated[~live] = frame[~live].duplicated(keep="first").to_numpy()
+    else:
+        duplicated = frame.duplicated(keep="first").to_numpy()
     count = int(duplicated.sum())
     if count == 0:
         return True
     row = int(np.argmax(duplicated))
-    example = frame.iloc[row]
-    same = np.ones(len(frame), dtype=bool)
-    for column in frame.columns:
-        same &= (frame[column] == example[column]).to_numpy()
-    original = int(np.argmax(same))
+    original = _first_same(frame, row, ~live)
     file_label, where = table.locate(row)
-    shown = ", ".join(f"{c}={_show(example[c])}" for c in frame.columns)
     problems.append(
         f"{file_label}: {count} duplicate interaction rows (same {', '.join(frame.columns)}), "
-        f"e.g. {where}: {shown} repeats {' '.join(table.locate(original))}"
+        f"e.g. {where}: {_shown(frame, row)} repeats {' '.join(table.locate(original))}"
     )
     return False
+
+
+def _first_same(frame: "pd.DataFrame", row: int, among: "np.ndarray") -> int:
+    """The first row among ``among`` equal to ``row`` in every column of ``frame``."""
+    import numpy as np
+
+    example = frame.iloc[row]
+    same = among.copy()
+    for column in frame.columns:
+        same &= (frame[column] == example[column]).to_numpy()
+    return int(np.argmax(same))
+
+
+def _shown(frame: "pd.DataFrame", row: int) -> str:
+    return ", ".join(f"{c}={_show(frame[c].iloc[row])}" for c in frame.columns)
 
 
 def _normalize_feature(series: "pd.Series") -> "pd.Series":
@@ -612,10 +742,15 @@ def _check_feature_names(raw: dict[str, _RawTable], problems: list[str]) -> None
         )
 
 
-def _check_references(raw: dict[str, _RawTable], normalized: dict[str, Any], problems: list[str]) -> None:
+def _check_references(raw: dict[str, _RawTable], problems: list[str]) -> list[Any]:
+    """Interactions must reference known users and items; returns the new users (sorted): those only
+    live rows reference (a user first seen live is no mistake; one in the user's own files is)."""
+    import numpy as np
+
     interactions = raw.get("interactions")
     if interactions is None:
-        return
+        return []
+    new_users: list[Any] = []
     for entity, column in (("users", "user_id"), ("items", "item_id")):
         known_table = raw.get(entity)
         if known_table is None or column not in known_table.valid_columns:
@@ -625,17 +760,82 @@ def _check_references(raw: dict[str, _RawTable], normalized: dict[str, Any], pro
         # the normalized id columns exist even when another check of the table failed
         ids = interactions.valid_columns[column]
         known = known_table.valid_columns[column]
-        unknown = ~ids.isin(known).to_numpy()
+        unknown = ~ids.isin(known).to_numpy() & ~interactions.dropped
+        if column == "user_id":
+            new = unknown & interactions.live_rows
+            new_users = sorted(ids[new].unique().tolist())
+            unknown &= ~new
         count = int(unknown.sum())
         if count == 0:
             continue
         distinct = int(ids[unknown].nunique())
-        row = int(unknown.argmax())
+        row = int(np.argmax(unknown))
         file_label, where = interactions.locate(row)
         problems.append(
             f"{file_label}: column '{column}' has {count} rows referencing {distinct} {column} value(s) "
             f"missing from {known_table.label}, e.g. {where}: {column}={_show(ids.iloc[row])}"
         )
+    return new_users
+
+
+# --------------------------------------------------------------------------------------------
+# Live rows
+
+
+def _merge_live_columns(table: _RawTable, negative_event_types: Optional[Iterable[str]], warnings: list[str]) -> None:
+    """Fit the live rows into the columns of the user's own files, before the checks: live rows get
+    ``label`` from their ``event_type`` when the user's files have labels (0 for a negative type, else
+    1), and ``event_type`` is kept only when the user's files have it too (else the user's rows would
+    be null there). Without own files, the live parts' columns are the table's."""
+    import numpy as np
+
+    if not table.has_own_files:
+        return
+    if negative_event_types is None:
+        from recsys.settings import get_settings
+
+        negative_event_types = get_settings().negative_event_type_list
+    live = table.live_rows
+    negative = table.frame["event_type"].isin(list(negative_event_types)).to_numpy()
+    if "label" in table.own_columns:
+        # object: the user's column may be text or booleans; the label check normalizes it
+        table.frame["label"] = table.frame["label"].astype(object).where(~live, np.where(negative, 0, 1))
+    elif (live & negative).any():
+        # without labels every row is a positive: a shown-and-ignored event must not train as one
+        left_out = live & negative
+        warnings.append(
+            f"{table.label}: {int(left_out.sum())} live rows of event types {', '.join(sorted(negative_event_types))} "
+            f"were left out: the data has no label column, so they would count as engagements"
+        )
+        _keep_rows(table, ~left_out)
+        live = table.live_rows
+    frame = table.frame
+    if "event_type" not in table.own_columns:
+        own_file = table.file_label(table.live.index(None))
+        warnings.append(
+            f"{table.label}: the event_type of {int(live.sum())} live rows was not kept: "
+            f"{own_file} has no event_type column"
+        )
+        table.frame = frame.drop(columns="event_type")
+
+
+def _keep_rows(table: _RawTable, keep: "np.ndarray") -> None:
+    """Only the rows of ``keep`` stay in the table (each still located in its file)."""
+    table.frame = table.frame[keep].reset_index(drop=True)
+    table.part, table.offset, table.dropped = table.part[keep], table.offset[keep], table.dropped[keep]
+
+
+def _live_summary(table: _RawTable, new_users: int) -> LiveEvents:
+    parts = [part for part in table.live if part is not None]
+    if not parts:
+        return LiveEvents()
+    return LiveEvents(
+        parts=len(parts),
+        rows=sum(part.rows for part in parts),
+        new_users=new_users,
+        duplicates_dropped=int(table.dropped.sum()),
+        newest_stream_id=max((part.stream_last for part in parts), key=stream_id_key),
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import pandas as pd
 from merlin.io import Dataset
 
 from recsys.data import ids
-from recsys.data.contract import FeatureColumns, feature_columns
+from recsys.data.contract import FeatureColumns, feature_columns, nullable_features
 from recsys.data.versioning import MANIFEST, atomic_directory, content_hash, sha256_file, utc_now_iso, write_json_atomic
 from recsys.errors import RecsysError
 from recsys.layout import DATA_TABLES as TABLES, FeatureVersion, data_table, is_complete
@@ -120,8 +120,11 @@ def _build(
     staged = FeatureVersion(out_dir)  # the temporary folder, laid out like the version it becomes
     with _stage(progress, "read") as note:
         interactions = dd.read_parquet(data_table(data_dir, "interactions"))
-        users = pd.read_parquet(data_table(data_dir, "users")).reset_index(drop=True)
-        items = pd.read_parquet(data_table(data_dir, "items")).reset_index(drop=True)
+        # Nullable int/bool features: a workflow fitted on plain int64/bool refuses an empty value at
+        # transform time, and later data versions can hold empty ones (users first seen live), which
+        # the gate re-scores with this version's workflows. The encodings are the same either way.
+        users = nullable_features(pd.read_parquet(data_table(data_dir, "users")).reset_index(drop=True), USER_ID)
+        items = nullable_features(pd.read_parquet(data_table(data_dir, "items")).reset_index(drop=True), ITEM_ID)
         user_features, item_features = _check_tables(data_dir, interactions, users, items)
         has_labels = "label" in interactions.columns
         id_kinds = ids.IdKinds.from_dict(data_manifest.get("ids"), str(data_dir / MANIFEST))

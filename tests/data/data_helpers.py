@@ -44,3 +44,45 @@ def write_folder(folder: Path, tables: dict[str, pd.DataFrame], fmt: str) -> Pat
     for name, frame in tables.items():
         write_table(folder, name, frame, fmt)
     return folder
+
+
+def write_live_part(folder: Path, events: pd.DataFrame, stream_first: str, stream_last: str) -> Path:
+    """Write ``events`` into ``folder/interactions/`` as the landing consumer does (docs/layouts.md,
+    section 1): the contract's columns and types, its name and metadata, a hidden temp file renamed into place."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys.data.contract import LIVE_PART_COLUMNS, live_part_metadata, live_part_name
+
+    frame = events.assign(**({} if "request_id" in events else {"request_id": None}))[list(LIVE_PART_COLUMNS)]
+    ids = {c: pa.string() if frame[c].dtype == object else pa.int64() for c in ("user_id", "item_id")}
+    schema = pa.schema(
+        [("user_id", ids["user_id"]), ("item_id", ids["item_id"]), ("timestamp", pa.timestamp("ms")),
+         ("event_type", pa.string()), ("request_id", pa.string())]
+    )
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), **live_part_metadata(stream_first, stream_last, len(frame))}
+    )
+    parts = folder / "interactions"
+    parts.mkdir(parents=True, exist_ok=True)
+    path = parts / live_part_name(stream_first, len(frame))
+    temp = parts / f".{path.name}.tmp"
+    pq.write_table(table, temp)
+    os.replace(temp, path)
+    return path
+
+
+def live_events(user_ids: list, item_ids: list, hours: list, event_types: list, request_ids: list | None = None) -> pd.DataFrame:
+    """Live events on 2024-01-05 (after valid_tables' interactions), ``hours`` after midnight."""
+    return pd.DataFrame(
+        {
+            "user_id": user_ids,
+            "item_id": item_ids,
+            "timestamp": pd.Timestamp("2024-01-05") + pd.to_timedelta(hours, unit="h"),
+            "event_type": event_types,
+            "request_id": request_ids if request_ids is not None else [None] * len(user_ids),
+        }
+    )

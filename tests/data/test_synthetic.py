@@ -149,14 +149,23 @@ def test_an_appended_drifted_batch_follows_the_data_and_passes_validation(tmp_pa
     base = SyntheticConfig(n_users=300, n_items=80, n_interactions=4_000, days=10, seed=5)
     before = write_synthetic(folder, base)
     old = pd.read_parquet(folder / "interactions.parquet")
+    # a live event the landing consumer wrote meanwhile (a user first seen live, on the last day)
+    from data_helpers import write_live_part
+
+    live = pd.DataFrame({"user_id": [10**6], "item_id": [int(old["item_id"].iloc[0])],
+                         "timestamp": [old["timestamp"].max()], "event_type": ["click"]})
+    part = write_live_part(folder, live, "1-0", "1-0")
     rows = append_batch(folder, SyntheticConfig(n_users=300, n_items=80, n_interactions=1_000, days=3, seed=6, drift=1.0))
 
-    assert rows["interactions"] > before["interactions"] and rows["users"] == before["users"]
+    assert rows["interactions"] > before["interactions"] + 1 and rows["users"] == before["users"]
+    assert part.exists()  # live parts are left as they are
     tables = validate_input(folder)
+    assert tables.new_users and 10**6 in list(tables.new_users)
     new = tables.interactions[tables.interactions["timestamp"] > old["timestamp"].max()]
-    assert len(new) == rows["interactions"] - before["interactions"]
+    assert len(new) == rows["interactions"] - before["interactions"] - 1
     assert new["timestamp"].min() >= old["timestamp"].max().normalize() + pd.Timedelta(days=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["landing"]  # no staging folder left
+    assert not [p for p in folder.rglob(".*")]  # no temp file left
 
 
 def test_string_ids_give_the_same_data_with_text_ids(reference):

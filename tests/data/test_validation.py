@@ -421,3 +421,221 @@ def test_validation_is_fast_on_a_million_rows(tmp_path):
     elapsed = time.monotonic() - started
     assert len(tables.interactions) == n
     assert elapsed < 15, f"validation of 1M rows took {elapsed:.1f} s"
+
+
+# --------------------------------------------------------------------------------------------
+# A table is its single file plus its folder of parts; live parts (docs/layouts.md, section 1)
+
+
+def live_folder(tmp_path, mutate=None):
+    """valid_tables as parquet: interactions.parquet holds the user's own rows, live parts go beside it."""
+    from data_helpers import valid_tables, write_folder
+
+    tables = valid_tables()
+    if mutate is not None:
+        mutate(tables)
+    return write_folder(tmp_path / "in", tables, "parquet")
+
+
+def test_a_table_is_its_single_file_plus_its_parts(tmp_path):
+    from data_helpers import valid_tables, write_folder, write_table
+
+    tables = valid_tables()
+    inter = tables["interactions"]
+    tables["interactions"] = inter.iloc[:2]
+    folder = write_folder(tmp_path / "in", tables, "parquet")
+    (folder / "interactions.csv").write_text("not,read\n1,2\n")  # the parquet single file wins
+    write_table(folder / "interactions", "part-0", inter.iloc[2:], "parquet")
+    out = validate_input(folder)
+    assert out.interactions["user_id"].tolist() == [0, 1, 2, 0]
+    assert [p.relative_to(folder).as_posix() for p in out.files["interactions"]] == [
+        "interactions.parquet",
+        "interactions/part-0.parquet",
+    ]
+
+    write_table(folder / "interactions", "part-0", inter.iloc[2:].assign(item_id=[2, 42]), "parquet")
+    only_problem(folder, "interactions/part-0.parquet: column 'item_id'", "row 1: item_id=42")
+
+
+def test_live_part_name_and_metadata_round_trip(tmp_path):
+    from data_helpers import live_events, write_live_part
+
+    from recsys.data.contract import LivePart, is_live_part, live_part, live_part_metadata, live_part_name
+
+    assert live_part_name("1733520000000-0", 250) == "events-1733520000000-0-250.parquet"
+    path = write_live_part(tmp_path, live_events([0, 1], [1, 2], [1, 2], ["click", "view"]), "1733520000000-0", "1733520000999-3")
+    assert path.name == "events-1733520000000-0-2.parquet"
+    assert live_part(path) == LivePart("1733520000000-0", "1733520000999-3", 2) and is_live_part(path)
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # the temp file was renamed
+    plain = tmp_path / "plain.parquet"
+    pd.DataFrame({"a": [1]}).to_parquet(plain)
+    assert not is_live_part(plain) and not is_live_part(tmp_path / "part.csv")
+    for first, last in (("1733520000000", "1733520000000-1"), ("5-0", "4-9"), ("1-0", "x-1")):
+        with pytest.raises(ValueError):
+            live_part_metadata(first, last, 1)
+
+
+def test_live_rows_of_new_users_are_valid_and_labelled_by_event_type(tmp_path):
+    from data_helpers import live_events, write_live_part
+
+    folder = live_folder(tmp_path)
+    events = live_events([7, 0, 9, 7], [0, 1, 2, 2], [1, 2, 3, 4], ["impression", "click", "purchase", "view"],
+                         ["r-1", None, "r-2", None])
+    write_live_part(folder, events, "1704412800000-0", "1704423600000-0")
+    out = validate_input(folder, negative_event_types=["impression", "view"])
+    inter = out.interactions
+    assert len(inter) == 8 and out.new_users == [7, 9]
+    assert inter["label"].tolist() == [1, 0, 1, 1, 0, 1, 1, 0] and str(inter["label"].dtype) == "int8"
+    assert inter["request_id"].tolist() == [None] * 4 + ["r-1", None, "r-2", None]
+    assert len(out.users) == 3  # ingest adds the new users, validation only names them
+    assert out.live.to_dict() == {
+        "parts": 1, "rows": 4, "new_users": 2, "duplicates_dropped": 0, "newest_stream_id": "1704423600000-0"
+    }
+    assert not out.warnings
+
+
+def test_live_labels_default_to_the_settings_negative_event_types(tmp_path, monkeypatch):
+    from data_helpers import live_events, write_live_part
+
+    from recsys.settings import get_settings
+
+    folder = live_folder(tmp_path)
+    write_live_part(folder, live_events([0, 1], [1, 2], [1, 2], ["impression", "click"]), "1-0", "2-0")
+    monkeypatch.setenv("RECSYS_NEGATIVE_EVENT_TYPES", "click")
+    get_settings.cache_clear()
+    try:
+        labels = validate_input(folder).interactions["label"].tolist()[4:]
+    finally:
+        get_settings.cache_clear()
+    assert labels == [1, 0]
+
+
+def test_without_labels_live_rows_get_none_and_negative_types_are_left_out(tmp_path):
+    from data_helpers import live_events, write_live_part
+
+    folder = live_folder(tmp_path, lambda t: t.update(interactions=t["interactions"].drop(columns="label")))
+    write_live_part(folder, live_events([0, 1], [1, 2], [1, 2], ["impression", "click"]), "1-0", "2-0")
+    out = validate_input(folder, negative_event_types=["impression"])
+    assert not out.has_labels
+    assert list(out.interactions.columns) == ["user_id", "item_id", "timestamp", "event_type", "request_id"]
+    # an impression without labels would train as an engagement: only the click is kept
+    assert len(out.interactions) == 5 and out.interactions["event_type"].tolist()[-1] == "click"  # 4 own rows + the click
+    assert any("1 live rows of event types impression were left out" in w for w in out.warnings)
+
+
+def test_unknown_users_of_the_users_own_files_stay_an_error(tmp_path):
+    from data_helpers import live_events, write_live_part
+
+    def mutate(t):
+        t["interactions"]["user_id"] = [0, 99, 1, 0]
+
+    folder = live_folder(tmp_path, mutate)
+    write_live_part(folder, live_events([99, 7], [1, 2], [1, 2], ["click", "click"]), "1-0", "2-0")
+    message = only_problem(folder, "interactions.parquet: column 'user_id' has 1 rows referencing 1 user_id", "row 1: user_id=99")
+    assert "events-" not in message
+
+
+def test_unknown_items_in_live_rows_name_the_part_and_row(tmp_path):
+    from data_helpers import live_events, write_live_part
+
+    folder = live_folder(tmp_path)
+    write_live_part(folder, live_events([0, 7], [1, 42], [1, 2], ["click", "click"]), "1733520000000-0", "1733520000001-0")
+    only_problem(folder, "interactions/events-1733520000000-0-2.parquet: column 'item_id' has 1 rows", "row 1: item_id=42")
+
+
+def test_a_live_row_repeating_an_interaction_is_dropped_with_a_warning(tmp_path):
+    from data_helpers import live_events, write_live_part
+
+    folder = live_folder(tmp_path)
+    # repeats interactions.parquet row 1 (user 1, item 1, 2024-01-02 11:00, impression), then a new event
+    first = live_events([1, 2], [1, 0], [0, 1], ["impression", "click"]).assign(
+        timestamp=[pd.Timestamp("2024-01-02 11:00"), pd.Timestamp("2024-01-05 01:00")]
+    )
+    write_live_part(folder, first, "1-0", "2-0")
+    # the same event delivered twice (another part), and one at the same time of another type (kept)
+    again = live_events([2, 2], [0, 0], [1, 1], ["click", "purchase"])
+    write_live_part(folder, again, "3-0", "4-0")
+    out = validate_input(folder, negative_event_types=["impression"])
+    assert len(out.interactions) == 4 + 2
+    assert out.interactions["event_type"].tolist()[4:] == ["click", "purchase"]
+    assert out.live.duplicates_dropped == 2 and out.live.rows == 4
+    (warning,) = out.warnings
+    assert warning.startswith("interactions/events-1-0-2.parquet: 2 live event rows repeat an interaction")
+    assert "row 0: user_id=1" in warning and "repeats interactions.parquet row 1" in warning
+
+    def mutate(t):  # repeats among the user's own rows stay an error, live parts or not
+        t["interactions"] = pd.concat([t["interactions"], t["interactions"].iloc[[1]]], ignore_index=True)
+
+    folder = live_folder(tmp_path / "own", mutate)
+    write_live_part(folder, again, "3-0", "4-0")
+    only_problem(folder, "interactions.parquet: 1 duplicate interaction rows", "row 4")
+
+
+def test_own_files_without_event_type_keep_none_of_it(tmp_path):
+    from data_helpers import live_events, write_live_part
+
+    folder = live_folder(tmp_path, lambda t: t.update(interactions=t["interactions"].drop(columns="event_type")))
+    write_live_part(folder, live_events([0, 0], [1, 1], [1, 1], ["impression", "click"]), "1-0", "1-1")
+    out = validate_input(folder, negative_event_types=["impression"])
+    assert list(out.interactions.columns) == ["user_id", "item_id", "timestamp", "label", "request_id"]
+    assert out.interactions["label"].tolist()[4:] == [0, 1]  # same time, told apart by the label
+    assert any("event_type of 2 live rows was not kept: interactions.parquet has no event_type" in w for w in out.warnings)
+
+
+def test_only_live_parts_make_a_table(tmp_path):
+    from data_helpers import live_events, write_live_part
+
+    folder = live_folder(tmp_path)
+    (folder / "interactions.parquet").unlink()
+    write_live_part(folder, live_events([0, 5], [1, 2], [1, 2], ["click", "view"]), "1-0", "2-0")
+    out = validate_input(folder)
+    assert out.new_users == [5] and not out.has_labels and len(out.interactions) == 2
+
+
+@pytest.mark.parametrize(
+    "metadata, expected",
+    [
+        ({b"recsys.source": b"events"}, "recsys.stream_first is missing"),
+        ({b"recsys.source": b"events", b"recsys.stream_first": b"1-0", b"recsys.stream_last": b"1-0",
+          b"recsys.events": b"3"}, "recsys.events=3 but it holds 1 rows"),
+        ({b"recsys.source": b"events", b"recsys.stream_first": b"1-0", b"recsys.stream_last": b"yesterday",
+          b"recsys.events": b"1"}, "'yesterday' is not a stream entry id"),
+    ],
+    ids=["missing_key", "row_count", "bad_stream_id"],
+)
+def test_a_malformed_live_part_is_refused_naming_it(tmp_path, metadata, expected):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_helpers import live_events
+
+    folder = live_folder(tmp_path)
+    (folder / "interactions").mkdir()
+    table = pa.Table.from_pandas(live_events([0], [1], [1], ["click"]), preserve_index=False)
+    pq.write_table(table.replace_schema_metadata(metadata), folder / "interactions" / "events-1-0-1.parquet")
+    only_problem(folder, "interactions/events-1-0-1.parquet:", expected)
+
+
+def test_a_live_part_without_event_type_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_helpers import live_events
+
+    from recsys.data.contract import live_part_metadata
+
+    folder = live_folder(tmp_path)
+    (folder / "interactions").mkdir()
+    table = pa.Table.from_pandas(live_events([0], [1], [1], ["click"]).drop(columns="event_type"), preserve_index=False)
+    table = table.replace_schema_metadata(live_part_metadata("1-0", "1-0", 1))
+    pq.write_table(table, folder / "interactions" / "events-1-0-1.parquet")
+    only_problem(folder, "interactions/events-1-0-1.parquet: missing required column 'event_type'")
+
+
+def test_request_id_in_a_users_file_is_kept_with_its_nulls(make_input, fmt):
+    def mutate(t):
+        t["interactions"]["request_id"] = ["r-1", None, "r-2", None]
+
+    out = validate_input(make_input(mutate))
+    assert out.interactions["request_id"].tolist() == ["r-1", None, "r-2", None]
+    assert not out.warnings

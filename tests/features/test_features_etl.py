@@ -356,3 +356,73 @@ def test_string_ids_are_categorified_and_the_id_maps_keep_them_raw(tmp_path):
         actual[key].sort_values(key).reset_index(drop=True), expected[key].sort_values(key).reset_index(drop=True),
         check_dtype=False,
     )
+
+
+def test_new_live_users_with_empty_features_go_through_the_etl(tmp_path):
+    """A data version from the real ingest whose users table gained users first seen in live events:
+    their int, bool and text (categorical) and float (continuous) features are empty; the ETL keeps
+    every kind, encodes the empty categoricals as null (1) and the empty continuous as the mean (0),
+    and ignores request_id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features_helpers import END
+    from recsys.data.contract import LIVE_PART_COLUMNS, live_part_metadata, live_part_name
+    from recsys.data.ingest import ingest
+
+    landing = write_data_version(tmp_path / "in", n_users=30, n_interactions=400)
+    (landing / "manifest.json").unlink()
+    users = pd.read_parquet(landing / "users.parquet")
+    users["tier"] = (np.arange(len(users)) % 4).astype(np.int64)  # an int categorical beside the bool and text ones
+    users.to_parquet(landing / "users.parquet", index=False)
+    new_users = [1, 2]  # not in users.parquet
+    items = pd.read_parquet(landing / "items.parquet")["item_id"].to_numpy()
+    live = pd.DataFrame(
+        {
+            "user_id": new_users * 4,
+            "item_id": items[:8],
+            "timestamp": END - pd.to_timedelta([20, 15, 12, 10, 3, 2, 1, 0], unit="D"),  # train and validation
+            "event_type": ["click", "impression"] * 4,
+            "request_id": ["r-1", None] * 4,
+        }
+    )[list(LIVE_PART_COLUMNS)]
+    table = pa.Table.from_pandas(live, preserve_index=False)
+    table = table.cast(table.schema.set(table.schema.get_field_index("timestamp"), pa.field("timestamp", pa.timestamp("ms"))))
+    metadata = live_part_metadata("1711000000000-0", "1711800000000-0", 8)
+    table = table.replace_schema_metadata({**table.schema.metadata, **metadata})
+    before = ingest(landing, tmp_path / "data")  # the same landing before the live part: plain int/bool features
+    (landing / "interactions").mkdir()
+    pq.write_table(table, landing / "interactions" / live_part_name("1711000000000-0", 8))
+
+    version = ingest(landing, tmp_path / "data", negative_event_types=["impression"])
+    stored = pd.read_parquet(version.path / "users.parquet")
+    assert {str(stored[c].dtype) for c in ("tier", "is_premium")} == {"Int64", "boolean"}
+    assert stored.tail(2)[["country", "is_premium", "tier", "age"]].isna().all().all()
+    assert "request_id" in pd.read_parquet(version.path / "interactions.parquet").columns
+
+    result = run_etl(version.path, tmp_path / "features", ValidationSplit("time", 7), progress=lambda _m: None)
+    columns = result.manifest["columns"]
+    assert columns["user_categorical"] == ["country", "is_premium", "tier"] and columns["user_continuous"] == ["age"]
+    id_map = pd.read_parquet(result.path / "id_maps" / "users.parquet")
+    encoded = _read(result.path / "users")
+    new_rows = encoded[id_map["user_id_raw"].isin(new_users).to_numpy()]
+    assert len(new_rows) == 2 and (new_rows["user_id"] >= FIRST_KNOWN).all()  # an embedding of their own
+    assert (new_rows[["country", "is_premium", "tier"]] == 1).all().all()  # 1: null
+    assert (new_rows["age"] == 0.0).all()
+    known = encoded[~id_map["user_id_raw"].isin(new_users).to_numpy()]
+    assert (known[["country", "is_premium", "tier"]] >= FIRST_KNOWN).all().all()  # no other value became null
+    train, valid = _read(result.path / "train"), _read(result.path / "valid")
+    assert len(train) + len(valid) == version.manifest["rows"]["interactions"] == 408
+    assert "request_id" not in train.columns
+    assert set(new_rows["user_id"]) <= set(train["user_id"]) & set(valid["user_id"])
+
+    # the gate re-scores newer data with an older version's workflows (recsys.training.rescoring):
+    # one fitted before any user was new must take the empty int/bool features too
+    import nvtabular as nvt
+
+    older = run_etl(before.path, tmp_path / "features", ValidationSplit("time", 7), progress=lambda _m: None)
+    assert pd.read_parquet(before.path / "users.parquet")["tier"].dtype == np.int64
+    workflow = nvt.Workflow.load(str(older.workflow("user")))
+    again = workflow.transform(Dataset(stored[workflow.input_schema.column_names], cpu=True)).to_ddf().compute()
+    assert (again.tail(2)[["country", "is_premium", "tier"]] == 1).all().all()
+    assert (again.iloc[:-2][["country", "is_premium", "tier"]] >= FIRST_KNOWN).all().all()
