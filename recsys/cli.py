@@ -22,6 +22,8 @@ _GROUPS = [
     ("recsys.features.cli", "NVTabular ETL"),
     ("recsys.training.cli", "train and evaluate models"),
     ("recsys.online.cli", "Redis online feature store: refresh, status, unavailable items"),
+    ("recsys.events.cli", "live events: the event worker, status, refused inbox entries"),
+    ("recsys.api.cli", "the HTTP API for applications: serve, token, send-event"),
     ("recsys.serving.cli", "recommendations from the served model; publish, rollback, offline top-N"),
     ("recsys.monitoring.cli", "feature drift checks: check, list, show, history"),
     ("recsys.demo", "the end-to-end demo"),

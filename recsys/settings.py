@@ -198,9 +198,12 @@ class Settings:
     """... and as soon as it holds this many events."""
     events_claim_idle_seconds: float = 60.0
     """Entries a consumer read but did not acknowledge for this long are claimed by another (a crashed
-    consumer's work is not lost)."""
+    consumer's work is not lost). Keep it far longer than writing one part takes (milliseconds): a
+    consumer stalled longer than this between its checks and its rename could land a part twice."""
     events_metrics_port: int = 8311
     """Prometheus endpoint of the embedded event worker (the API serves ``/metrics`` on its own port)."""
+    events_worker_url: Optional[str] = None
+    """Metrics URL of an event worker run elsewhere (then the stack only checks it). Unset: the embedded one."""
 
     # --- drift monitoring (Evidently) ------------------------------------------------------
     drift_schedule: str = "@hourly"
@@ -302,6 +305,7 @@ class Settings:
             "airflow": self.airflow_url is None,
             "triton": self.triton_url is None,
             "api": self.api_url is None,
+            "events": self.events_worker_url is None,
         }
 
     def as_env(self) -> dict[str, str]:

@@ -16,7 +16,8 @@ from typing import Iterator
 import pytest
 
 # Settings a developer's shell may hold that would point the tests at their own services.
-_CLEARED = ("RECSYS_REDIS_URL", "RECSYS_AIRFLOW_URL", "RECSYS_AIRFLOW_PASSWORD", "RECSYS_TRITON_URL", "MLFLOW_TRACKING_URI")
+_CLEARED = ("RECSYS_REDIS_URL", "RECSYS_AIRFLOW_URL", "RECSYS_AIRFLOW_PASSWORD", "RECSYS_TRITON_URL", "MLFLOW_TRACKING_URI",
+            "RECSYS_API_URL", "RECSYS_API_TOKEN", "RECSYS_EVENTS_WORKER_URL")
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +40,8 @@ def stack_settings(tmp_path_factory) -> Iterator["Settings"]:  # noqa: F821
         "RECSYS_REDIS_PORT": str(free_port()),
         "RECSYS_MLFLOW_PORT": str(free_port()),
         "RECSYS_AIRFLOW_PORT": str(free_port()),
+        "RECSYS_API_PORT": str(free_port()),
+        "RECSYS_EVENTS_METRICS_PORT": str(free_port()),
         # Triton is not started here (tests/serving does), but its ports must never be a running demo's.
         **triton_ports_env(),
     }

@@ -11,7 +11,7 @@ def test_defaults_are_embedded_services_on_loopback(tmp_path):
     assert s.redis == "redis://127.0.0.1:6390/0"
     assert s.mlflow_uri == "http://127.0.0.1:5050"
     assert s.airflow == "http://127.0.0.1:8280"
-    assert s.embedded == {"redis": True, "mlflow": True, "airflow": True, "triton": True, "api": True}
+    assert s.embedded == {"redis": True, "mlflow": True, "airflow": True, "triton": True, "api": True, "events": True}
     assert s.api == "http://127.0.0.1:8310"
     assert s.triton_http == "http://127.0.0.1:8300"
     assert s.landing == tmp_path / "landing"
@@ -30,7 +30,7 @@ def test_external_services_come_from_settings():
     assert s.redis == "rediss://:pw@redis.internal:6380/2"
     assert s.mlflow_uri == "https://mlflow.internal"
     assert s.airflow == "https://airflow.internal"
-    assert s.embedded == {"redis": False, "mlflow": False, "airflow": False, "triton": False, "api": True}
+    assert s.embedded == {"redis": False, "mlflow": False, "airflow": False, "triton": False, "api": True, "events": True}
     assert s.triton_http == "http://triton.internal:8000"
 
 

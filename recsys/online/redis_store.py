@@ -27,7 +27,7 @@ Keys (``{p}`` is ``{<settings.online_key_prefix>}``, a Redis Cluster hash tag)::
     {p}:events:inbox        STREAM  raw events from producers on Redis (user_id, item_id, event_type,
                                     timestamp, request_id), validated by the event worker (group ``validate``)
     {p}:events:refused      STREAM  inbox entries validation refused: their fields + ``reason`` (capped ~10k)
-    {p}:events:parts        HASH    landing parts being written: part file name -> JSON {consumer, ids}
+    {p}:events:parts        HASH    landing parts being written: part file name -> JSON {consumer, ids, tmp}
     {p}:events:stats        HASH    accepted, applied, refused, landed (totals); last_accept_ms,
                                     last_applied_ms, last_landed_ms (unix ms)
     {p}:live:s:<U>          ZSET    raw item id -> newest event time (ms): the items of user U's live events

@@ -1,4 +1,5 @@
-"""The local stack: Redis, MLflow, Airflow and Triton, started by the project itself (no root, no Docker).
+"""The local stack: Redis, MLflow, Airflow, Triton, the recsys HTTP API and the event worker, started by
+the project itself (no root, no Docker).
 
 Each service is *embedded* (started here, bound to ``settings.host``, state, logs and PIDs under
 ``<home>/services/<name>/``) or *external* (its URL setting is set; then it is only health-checked).
@@ -23,12 +24,14 @@ from recsys.stack.service import Service, mask_url, stop_all
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = ("redis", "mlflow", "airflow", "triton")  # start order; stopped in reverse
+SERVICE_NAMES = ("redis", "mlflow", "airflow", "triton", "api", "events")  # start order; stopped in reverse
 
 
 def services(settings: Settings, only: Optional[Iterable[str]] = None) -> list[Service]:
     """The stack's services in start order (``only``: a subset by name)."""
     from recsys.stack.airflow import AirflowService
+    from recsys.stack.api import ApiService
+    from recsys.stack.events import EventWorkerService
     from recsys.stack.mlflow import MlflowService
     from recsys.stack.redis import RedisService
     from recsys.stack.triton import TritonService
@@ -37,7 +40,8 @@ def services(settings: Settings, only: Optional[Iterable[str]] = None) -> list[S
     unknown = [n for n in names if n not in SERVICE_NAMES]
     if unknown:
         raise ConfigError(f"unknown service {unknown[0]!r}; choose from {', '.join(SERVICE_NAMES)}")
-    classes = {"redis": RedisService, "mlflow": MlflowService, "airflow": AirflowService, "triton": TritonService}
+    classes = {"redis": RedisService, "mlflow": MlflowService, "airflow": AirflowService, "triton": TritonService,
+               "api": ApiService, "events": EventWorkerService}
     return [classes[n](settings) for n in SERVICE_NAMES if n in names]
 
 

@@ -83,6 +83,9 @@ def _print_table(report: dict) -> None:
     airflow = report.get("airflow")
     if airflow:
         print(f"\nAirflow UI {airflow['url']}  user: {airflow['user']}  password: {airflow['password_file']}")
+    api = report.get("api")
+    if api:
+        print(f"HTTP API   {api['url']}/docs  bearer token: {api['token_file']}")
 
 
 def _row(name: str, s: dict, url: str) -> tuple[str, ...]:

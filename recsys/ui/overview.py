@@ -100,6 +100,23 @@ def online_section(settings: Settings) -> dict[str, Any]:
     return status
 
 
+def freshness_section(settings: Settings) -> dict[str, Any]:
+    """How fresh the platform is: the figures of :func:`recsys.events.freshness.freshness` (the same the
+    API's and the event worker's ``/metrics`` show), each with its meaning, ages also in words."""
+    from recsys.events.freshness import FIELDS, freshness
+    from recsys.online.redis_store import RedisOnlineStore
+
+    with RedisOnlineStore.from_settings(settings) as store:
+        figures = freshness(store)
+    rows = []
+    for name, meaning in FIELDS.items():
+        value = figures.get(name)
+        shown = "never" if value is None and name.startswith("last_") else "none" if value is None else (
+            human_age(value) if name.endswith("_age_seconds") else str(value))
+        rows.append({"name": name, "value": value, "shown": shown, "meaning": meaning})
+    return {"figures": figures, "rows": rows}
+
+
 def drift_section(settings: Settings) -> dict[str, Any]:
     """The newest drift checks (with their report links) and whether the monitoring package exists."""
     from recsys.ui import drift
@@ -112,6 +129,7 @@ SECTIONS: dict[str, Callable[[Settings], Any]] = {
     "models": models_section,
     "serving": serving_section,
     "online": online_section,
+    "freshness": freshness_section,
 }
 
 

@@ -50,20 +50,22 @@ def test_an_accepted_event_is_logged_at_once_and_visible_once_applied(make_store
     assert stats["accepted"] == 2 and stats["applied"] == 2 and stats["last_applied_ms"] >= stats["last_accept_ms"]
 
 
-def test_each_logged_event_is_applied_exactly_once(make_store, redis_client):
-    from recsys.events.live import LiveApplier, entries_to_batch
+def test_each_logged_event_is_applied_exactly_once(make_store):
+    from recsys.events.live import LiveApplier
+    from recsys.events.log import EVENTS, part_columns
     from recsys.online.redis_store import LIVE_GROUP
 
     store = make_store()
     store.accept_events(batch([(1, 10, "view", 0), (1, 11, "view", 0)]))
     first, second = LiveApplier(store, "a", claim_idle_seconds=0), LiveApplier(store, "b", claim_idle_seconds=0)
     # "a" reads the entries and dies before applying; "b" claims and applies them
-    first._ensure_group()
-    read = redis_client.xreadgroup(LIVE_GROUP, "a", {store.key_events: ">"}, count=10)[0][1]
+    first.log.ensure_group(EVENTS, LIVE_GROUP)
+    read = first.log.read(EVENTS, LIVE_GROUP, "a", count=10)
+    assert len(read) == 2
     assert second.step() == 2
     # "a" comes back and applies what it had read: nothing is applied twice
-    entry_ids, events = entries_to_batch(read)
-    assert store.apply_events(entry_ids, events) == 0
+    (part,), _ = part_columns(read)
+    assert store.apply_events(part.entry_ids, part.to_batch()) == 0
     assert first.step() == 0
     counts = store.live_counts("items", [10], ["view"])[0]
     assert counts == {"view": {"1h": 1, "24h": 1}}

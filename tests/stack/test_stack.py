@@ -37,6 +37,8 @@ def own_settings(tmp_path):
         redis_port=free_port(),
         mlflow_port=free_port(),
         airflow_port=free_port(),
+        api_port=free_port(),
+        events_metrics_port=free_port(),
         **triton_ports(),
     )
 
@@ -52,10 +54,17 @@ def test_up_use_restart_down_with_all_services(own_settings, tmp_path, capsys):
         print(f"\n[stack] up from scratch: {elapsed:.1f} s; answering after {timings}")
 
     report = stack.status(s)
-    assert {name: r["answering"] for name, r in report.items()} == {"redis": True, "mlflow": True, "airflow": True, "triton": True}
+    assert {name: r["answering"] for name, r in report.items()} == {
+        "redis": True, "mlflow": True, "airflow": True, "triton": True, "api": True, "events": True}
     assert all(r["embedded"] and r["pid"] for r in report.values())
     assert all(c["answering"] and c["pid"] for c in report["airflow"]["components"].values())
     assert report["redis"]["log"] == str(s.services_root / "redis" / "redis.log")
+    # the HTTP API: its URL, and the file holding the token it generated (private, like Airflow's password)
+    from recsys.api.token import token_file
+
+    assert report["api"]["url"] == s.api and report["api"]["token_file"] == str(token_file(s))
+    assert stat.S_IMODE(token_file(s).stat().st_mode) == 0o600
+    assert report["events"]["log"] == str(s.services_root / "events" / "events.log")
 
     # Redis: real commands through redis-py.
     import redis
@@ -104,7 +113,7 @@ def test_up_use_restart_down_with_all_services(own_settings, tmp_path, capsys):
 
     # down: nothing answers, no process (server or worker) is left, no PID file either.
     stopped = stack.down(s)
-    assert set(stopped) == {"redis", "mlflow", "api-server", "scheduler", "dag-processor", "triggerer", "triton"}
+    assert set(stopped) == {"redis", "mlflow", "api-server", "scheduler", "dag-processor", "triggerer", "triton", "api", "events"}
     report = stack.status(s)
     assert not any(r["answering"] for r in report.values())
     assert all(r["pid"] is None for r in report.values())
@@ -149,12 +158,14 @@ def test_external_services_that_are_down_are_reported_and_not_started(tmp_path):
         airflow_url=f"http://127.0.0.1:{free_port()}",
         airflow_password="x",
         triton_url=f"http://127.0.0.1:{free_port()}",
+        api_url=f"http://127.0.0.1:{free_port()}",
+        events_worker_url=f"http://127.0.0.1:{free_port()}/metrics",
     )
     report = stack.status(s)
     for name, r in report.items():
         assert r["embedded"] is False and r["answering"] is False and r["pid"] is None, name
     assert "secret" not in report["redis"]["url"]
-    with pytest.raises(ServiceError, match="external service.*redis.*mlflow.*airflow.*triton"):
+    with pytest.raises(ServiceError, match="external service.*redis.*mlflow.*airflow.*triton.*api.*events"):
         stack.up(s)
     assert not s.services_root.exists()  # nothing was started or prepared
 
