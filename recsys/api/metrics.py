@@ -13,7 +13,7 @@ Counters and histograms of this process:
 - ``recsys_serving_stage_duration_seconds{stage}``: the four stages' times that Triton reports for
   each recommendation request.
 
-And, computed from Redis at scrape time (:class:`FreshnessCollector` over
+And, computed from Redis at scrape time (:class:`recsys.events.metrics.FreshnessCollector` over
 :func:`recsys.events.freshness.freshness`, so every process reports the same figures whoever
 accepted the events): ``recsys_freshness_<figure>`` for each number of
 :data:`recsys.events.freshness.FIELDS`, ``recsys_freshness_online_version_info{version}``, and
@@ -26,59 +26,19 @@ multiprocess mode); the freshness figures come from Redis either way.
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+
+from recsys.events.metrics import LAG_BUCKETS, FreshnessCollector
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from recsys.online.store import OnlineStore
 
-log = logging.getLogger(__name__)
-
 SOURCE = "api"
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-class FreshnessCollector(Collector):
-    """The figures of :func:`recsys.events.freshness.freshness`, read when Prometheus scrapes."""
-
-    def __init__(self, store: Callable[[], "OnlineStore"]):
-        self._store = store  # a callable: the app's store exists only once its lifespan started
-
-    def describe(self) -> list[Metric]:
-        return []  # figures are read at scrape time only (not when the collector is registered)
-
-    def collect(self) -> Iterator[Metric]:
-        from recsys.events.freshness import FIELDS, freshness
-
-        up = GaugeMetricFamily("recsys_freshness_up", "1 if Redis answered this scrape's freshness read, else 0")
-        try:
-            figures: dict[str, Any] = freshness(self._store())
-        except Exception as exc:  # a scrape must answer even when Redis does not
-            log.warning("metrics: freshness unavailable: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        for name, meaning in FIELDS.items():
-            value = figures.get(name)
-            if name == "online_version":
-                info = GaugeMetricFamily("recsys_freshness_online_version_info", meaning, labels=["version"])
-                if value is not None:
-                    info.add_metric([str(value)], 1)
-                yield info
-                continue
-            family = GaugeMetricFamily(f"recsys_freshness_{name}", meaning)
-            if value is not None:  # unknown (no event yet): no sample rather than a made-up number
-                family.add_metric([], float(value))
-            yield family
 
 
 class ApiMetrics:

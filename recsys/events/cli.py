@@ -89,9 +89,10 @@ def _status(args: argparse.Namespace) -> int:
     def age(seconds) -> str:
         return "never" if seconds is None else f"{seconds:.1f} s ago"
 
-    print(f"events: {f['events_accepted']} accepted, {f['events_refused']} refused (inbox), {f['events_landed']} landed, "
-          f"backlog {f['events_backlog']}")
-    print(f"newest event {age(f['last_event_age_seconds'])}, newest part {age(f['last_landed_age_seconds'])}")
+    print(f"events: {f['events_accepted']} accepted, {f['events_refused']} refused (inbox), {f['events_applied']} applied "
+          f"(not yet: {f['events_not_applied']}), {f['events_landed']} landed (backlog {f['events_backlog']})")
+    print(f"newest event {age(f['last_event_age_seconds'])}, newest applied {age(f['last_applied_age_seconds'])}, "
+          f"newest part {age(f['last_landed_age_seconds'])}")
     version_age = f["online_version_age_seconds"]
     current_for = f" (current for {version_age:.0f} s)" if version_age is not None else ""
     print(f"online version {f['online_version'] or '-'}{current_for}")

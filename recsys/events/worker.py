@@ -223,7 +223,7 @@ class InboxValidator:
 
 # --- metrics -----------------------------------------------------------------------------------------
 class WorkerMetrics:
-    """The event worker's Prometheus registry, named as the API's (:mod:`recsys.api.metrics`) so one
+    """The event worker's Prometheus registry, named as the API's (:mod:`recsys.api.metrics`, :mod:`recsys.events.metrics`) so one
     dashboard adds both ways in up (``source="inbox"`` here, ``"api"`` there); :meth:`serve` exposes it.
 
     ``recsys_events_accepted_total`` / ``recsys_events_refused_total``: inbox events this worker
@@ -236,7 +236,7 @@ class WorkerMetrics:
     def __init__(self, store: "RedisOnlineStore"):
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
-        from recsys.api.metrics import LAG_BUCKETS, FreshnessCollector
+        from recsys.events.metrics import LAG_BUCKETS, FreshnessCollector
 
         self.registry = r = CollectorRegistry()
         self.accepted_events = Counter("recsys_events_accepted", "events accepted into the event log", ["source"],
