@@ -1,4 +1,5 @@
-"""``recsys recommend`` (ask the running Triton for a user's recommendations, with display attributes) and
+"""``recsys recommend`` (ask the running Triton for a user's recommendations, with display attributes),
+``recsys similar`` (an item's most similar items, the same way) and
 ``recsys serving publish | rollback | history | precompute | precomputed``."""
 
 from __future__ import annotations
@@ -27,6 +28,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="read the offline (batch) recommendations from Redis; falls back to Triton for a user without them",
     )
     parser.set_defaults(func=_recommend)
+
+    similar = subparsers.add_parser(
+        "similar",
+        help="the items most similar to an item, from the served model (Triton)",
+        description="Ask the `recsys` model on Triton for the k items nearest to an item (cosine over the published "
+        "item embeddings; unavailable items and items the online version does not hold left out) and show each "
+        "item's display attributes from the online store.",
+    )
+    similar.add_argument("--item", required=True, help="raw item id, as your data has it (12, SKU-85123A, ...)")
+    similar.add_argument("-k", type=int, default=None, help="how many items (default: the model's default)")
+    similar.add_argument("--http", action="store_true", help="use HTTP instead of gRPC")
+    similar.add_argument("--timings", action="store_true", help="also show milliseconds per stage")
+    similar.add_argument("--json", action="store_true", help="machine-readable output")
+    similar.set_defaults(func=_similar)
 
     serving = subparsers.add_parser("serving", help="Triton model repository: publish, rollback, offline top-N")
     serving_sub = serving.add_subparsers(dest="serving_command", required=True)
@@ -129,14 +144,32 @@ def _recommend(args: argparse.Namespace) -> int:
             if args.timings:  # the same request's
                 timings = client.last_timings_ms
             user = ids.parse(user, client.id_kinds.user_id, "user_id")
-    if args.json:
-        out = {"user_id": user, "items": items}
+    return _show(items, timings, {"user_id": user} if args.json else f"no recommendations for user {args.user}")
+
+
+def _similar(args: argparse.Namespace) -> int:
+    from recsys.data import ids
+    from recsys.serving.client import RecommendClient
+    from recsys.settings import get_settings
+
+    with RecommendClient.from_settings(get_settings(), "http" if args.http else "grpc") as client:
+        items = client.similar_with_attributes(args.item, args.k, timings=args.timings)
+        timings = client.last_timings_ms if args.timings else {}
+        item = ids.parse(args.item, client.id_kinds.item_id, "item_id")
+    return _show(items, timings, {"item_id": item} if args.json else f"no similar items for item {args.item}")
+
+
+def _show(items: list, timings: dict, head) -> int:
+    """Print items (with attributes) as a table, or as JSON when ``head`` is the JSON answer's head
+    (a dict); a str ``head`` is what to print when there are no items."""
+    if isinstance(head, dict):
+        out = {**head, "items": items}
         if timings:
             out["timings_ms"] = timings
         print(json.dumps(out, indent=2, default=str))
         return 0
     if not items:
-        print(f"no recommendations for user {args.user}")
+        print(head)
         return 0
     attributes = [key for key in items[0] if key not in ("item_id", "score")]
     header = ["#", "item_id", "score", *attributes]

@@ -5,6 +5,8 @@
         client.recommend(1042, k=10)                       # [(item_id, score), ...] best first
         client.recommend("u-7f3a", k=10)                   # text ids: [("SKU-85123A", 0.93), ...]
         client.recommend_with_attributes(1042, k=10)       # [{"item_id", "score", **display attributes}, ...]
+        client.similar(12, k=10)                           # the item's nearest items: [(item_id, cosine), ...]
+        client.similar_with_attributes(12, k=10)
 
 Ids travel as text (BYTES tensors) for both kinds; the served config's ``parameters`` name the
 deployment's id kinds, so item ids come back as ints for an integer deployment and as str for a
@@ -54,6 +56,8 @@ class ServedContract:
     user_id_type: str = "BYTES"
     """The ``user_id`` tensor's type: BYTES, or INT64 for a version published before ids were text
     (a rollback may serve one): requests follow the served config."""
+    similar: bool = False
+    """The config has the ``item_id`` input (similar items); versions published before it do not."""
 
 
 def contract_of_config(config: Mapping[str, Any]) -> ServedContract:
@@ -67,7 +71,8 @@ def contract_of_config(config: Mapping[str, Any]) -> ServedContract:
     user = {t.get("name"): t for t in config.get("input", [])}.get(schema.USER_ID.name, {})
     data_type = str(user.get("data_type", user.get("dataType", schema.USER_ID.data_type)))
     kinds = ids.IdKinds.from_dict({"user_id": parameter(schema.USER_ID_KIND), "item_id": parameter(schema.ITEM_ID_KIND)})
-    return ServedContract(config_uses_batching(config), kinds, "INT64" if data_type == "TYPE_INT64" else "BYTES")
+    similar = any(t.get("name") == schema.ITEM_ID.name for t in config.get("input", []))
+    return ServedContract(config_uses_batching(config), kinds, "INT64" if data_type == "TYPE_INT64" else "BYTES", similar)
 
 
 def _model_config(triton: Any, model: str) -> dict:
@@ -111,6 +116,30 @@ def recommend_inputs(
         if batched is None:
             raise ValueError("recommend_inputs needs the served contract (or batched=)")
         contract = ServedContract(bool(batched))
+    if contract.user_id_type == "INT64":  # a version published before ids were text
+        user = ids.as_array([ids.parse(user_id, ids.INT, "user_id")], ids.INT)
+    else:
+        user = ids.to_triton([user_id])
+    return _inputs(module, contract, (schema.USER_ID, user, contract.user_id_type), k, context)
+
+
+def similar_inputs(
+    module: Any, item_id: Any, k: Optional[int] = None, context: Optional[dict[str, Any]] = None, *,
+    contract: ServedContract,
+) -> list:
+    """The input tensors of one similar-items request (``item_id`` instead of ``user_id``) to ``recsys``;
+    :class:`ServingError` when the served version has no ``item_id`` input (published before similar
+    items existed)."""
+    if not contract.similar:
+        raise ServingError(
+            f"the served {MODEL!r} version has no '{schema.ITEM_ID.name}' input: it was published before similar "
+            "items existed; publish again (recsys serving publish --force) to serve them"
+        )
+    return _inputs(module, contract, (schema.ITEM_ID, ids.to_triton([item_id]), None), k, context)
+
+
+def _inputs(module: Any, contract: ServedContract, identity: tuple, k: Optional[int], context: Optional[dict[str, Any]]) -> list:
+    """The id tensor ``identity`` (spec, value, wire type or None) plus the optional ``k`` and ``context``."""
 
     def tensor(spec: schema.TensorSpec, value: np.ndarray, wire_type: Optional[str] = None):
         shape = [1, *spec.dims] if contract.batched else list(spec.dims)
@@ -118,11 +147,7 @@ def recommend_inputs(
         tensor.set_data_from_numpy(value.reshape(shape))
         return tensor
 
-    if contract.user_id_type == "INT64":  # a version published before ids were text
-        user = ids.as_array([ids.parse(user_id, ids.INT, "user_id")], ids.INT)
-    else:
-        user = ids.to_triton([user_id])
-    inputs = [tensor(schema.USER_ID, user, contract.user_id_type)]
+    inputs = [tensor(*identity)]
     if k is not None:
         inputs.append(tensor(schema.K, np.array([k], dtype=np.int32)))
     if context is not None:
@@ -186,17 +211,30 @@ class RecommendClient:
 
         ``timings``: also fetch the per-stage milliseconds of this request into :attr:`last_timings_ms`.
         """
+        return self._ask(lambda: self._infer(user_id, k, context, timings), timings)
+
+    def similar(
+        self, item_id: ids.IdValue, k: Optional[int] = None, context: Optional[dict[str, Any]] = None, timings: bool = False,
+    ) -> list[tuple[ids.IdValue, float]]:
+        """The ``k`` items most similar to ``item_id`` (raw id, int or str): ``(item_id, cosine similarity)``
+        pairs, most similar first, without the item itself, unavailable items and items the online
+        version does not hold. ``k`` None: the model's default; ``context``: ``{"exclude_items": [...]}``.
+        An unknown item, or a version serving the popularity list, is a :class:`ServingError`."""
+        return self._ask(lambda: self._infer_similar(item_id, k, context, timings), timings)
+
+    def _ask(self, infer, timings: bool) -> list[tuple[ids.IdValue, float]]:
         from tritonclient.utils import InferenceServerException
 
         for attempt in range(2):
             try:
-                result = self._infer(user_id, k, context, timings)
+                result = infer()
                 break
             except InferenceServerException as exc:
                 # The model was reloaded with another contract (batching, id tensors) since we
                 # looked: ask again, once.
                 message = exc.message() or ""
-                if attempt == 0 and ("unexpected shape" in message or "data-type is" in message):
+                if attempt == 0 and ("unexpected shape" in message or "data-type is" in message
+                                     or "unexpected inference input" in message):
                     self._contract = None
                     continue
                 raise ServingError(f"Triton ({self.protocol}) {self.model!r}: {exc.message()}") from None
@@ -211,8 +249,17 @@ class RecommendClient:
         return self._served().id_kinds
 
     def _infer(self, user_id: ids.IdValue, k: Optional[int], context: Optional[dict[str, Any]], timings: bool):
+        return self._send(recommend_inputs(self._module, user_id, k, context, contract=self._served()), timings)
+
+    def _infer_similar(self, item_id: ids.IdValue, k: Optional[int], context: Optional[dict[str, Any]], timings: bool):
+        contract = self._served()
+        if not contract.similar:  # maybe reloaded since we looked: ask the served config once more
+            self._contract = None
+            contract = self._served()
+        return self._send(similar_inputs(self._module, item_id, k, context, contract=contract), timings)
+
+    def _send(self, inputs: list, timings: bool):
         m = self._module
-        inputs = recommend_inputs(m, user_id, k, context, contract=self._served())
         names = [schema.ITEM_IDS.name, schema.SCORES.name] + ([schema.TIMINGS_MS.name] if timings else [])
         outputs = [m.InferRequestedOutput(n) for n in names]
         if self.protocol == "grpc":
@@ -231,7 +278,16 @@ class RecommendClient:
     ) -> list[dict[str, Any]]:
         """:meth:`recommend` plus each item's display attributes from the online store (``timings``: as
         :meth:`recommend`, the same request's)."""
-        pairs = self.recommend(user_id, k, context, timings)
+        return self._with_attributes(self.recommend(user_id, k, context, timings))
+
+    def similar_with_attributes(
+        self, item_id: ids.IdValue, k: Optional[int] = None, context: Optional[dict[str, Any]] = None,
+        timings: bool = False,
+    ) -> list[dict[str, Any]]:
+        """:meth:`similar` plus each item's display attributes from the online store."""
+        return self._with_attributes(self.similar(item_id, k, context, timings))
+
+    def _with_attributes(self, pairs: list[tuple[ids.IdValue, float]]) -> list[dict[str, Any]]:
         if self._store is None:
             from recsys.online.redis_store import RedisOnlineStore
 

@@ -3,6 +3,7 @@
     engine = FourStageRecommender.load(version_dir)          # query tower, ranker, FAISS index, pipeline.json
     result = engine.recommend(user_id=1042, k=10)            # Recommendation(item_ids, scores, timings_ms, ...)
     results = engine.recommend_many([Query(1042, 10), Query(7, 5)])   # a batch: one pass of every stage
+    similar = engine.similar(item_id=12, k=10)               # the item's nearest items by cosine
 
 Ids are raw ids of the deployment's kinds (``pipeline.json``'s ``ids``, :mod:`recsys.data.ids`): a
 query's user id (and ``context.exclude_items``) may come as an int, a str or bytes and is parsed
@@ -10,12 +11,46 @@ into its kind (a bad one is that request's :class:`BadRequest`); answers hold it
 (int64, or an object array of str). Inside the stages items are table rows (int64) either way, so
 text ids cost only the lookups at the edges (:meth:`recsys.online.store.ItemTable.rows_of`).
 
-1. **retrieval**: the users' features (online store) -> query tower -> FAISS top ``candidates_k``;
-   an unknown user gets the popularity list instead (cold start);
-2. **filtering**: drop duplicates, items the user has seen, items excluded by the request's context,
-   items in the unavailable set, items the current online version does not hold;
-3. **scoring**: DLRM over user x candidate features; cold start keeps the popularity order;
+1. **retrieval**: the users' features and history (online store) -> query tower -> FAISS top
+   ``candidates_k``, merged with the second source (below); an unknown user gets the neighbours of
+   their live items, then the popularity list (cold start);
+2. **filtering**: drop duplicates, items the user has seen (batch data and live events), items
+   excluded by the request's context, items in the unavailable set, items the current online
+   version does not hold;
+3. **scoring**: DLRM over user x candidate features, fused with retrieval's order
+   (:mod:`recsys.serving.scoring`); cold start keeps retrieval's order;
 4. **ordering**: business rules (:mod:`recsys.serving.ordering`).
+
+**The live layer** (``pipeline.json`` ``live``; a version without it reads none). The users' read
+also returns each user's live items (events accepted since the batch data, newest first,
+:meth:`recsys.online.store.OnlineStore.accept_events`), and they count at once:
+
+- *filtering* drops the union of the version's seen list and the live items;
+- *history* (the query tower's and the ranker's ``history`` input) is the live items followed by
+  the seen list, first occurrence kept, cut to the history length: what the user did seconds ago
+  moves the query;
+- *a second candidate source*: the newest ``recent_items`` live items form a session vector, the
+  recency-weighted mean (weights 1, 1/2, 1/3, ...) of their unit item vectors without the prior slot
+  (:meth:`recsys.serving.index.ItemIndex.neighbours`), whose ``neighbours_k`` nearest items by
+  cosine (the session's own items left out) are merged with the query tower's list by
+  **interleaving**: tower 1st, neighbour 1st, tower 2nd, neighbour 2nd, ..., first occurrence kept,
+  then whichever list is longer, cut to ``candidates_k``. Why this rule: the two sources' scores are
+  not comparable (inner product with a popularity prior vs cosine), their ranks are; alternating
+  ranks gives the session's neighbours the same footing as the tower at every depth, so the ranker
+  and the fusion (which scores a candidate by its ranker probability and its merged position) see
+  both, while the list keeps its width (the ranker's cost and the fusion's ``1 - rank / K`` are
+  those of the tower-only path). A user without live items gets the tower's list untouched: the
+  same answer, item for item and score for score, as without the live read;
+- *an unknown user with live items* (unknown to the batch data) gets the neighbours of their
+  session, most similar first, then the popularity list, filtered the same way, in that order
+  (no ranker: their features are unknown). An unknown user without events: the popularity list.
+
+**Similar items** (a request with ``item_id`` instead of ``user_id``): the item's nearest items by
+cosine over the published embeddings without the prior slot, leaving out the item itself, items
+the request's context excludes, unavailable items and items the online version does not hold;
+``scores`` are the cosine similarities. One FAISS search for every such request of a batch, one
+read of the online store for all their neighbours. Popularity mode (no model) answers it with an
+error. Timings: retrieval is the search, filtering the read and the masks; no scoring or ordering.
 
 Where the time goes, and why it is spent this way:
 
@@ -25,8 +60,9 @@ Where the time goes, and why it is spent this way:
   rows per request. FAISS positions map to table rows once per (index, version) pair.
 - **Batches.** With Triton's dynamic batching (``settings.triton_batch_delay_us``) the model gets
   every request queued meanwhile in one call; the batch costs one Redis round trip in all (users,
-  seen items and, when it is small, the whole unavailable set, in one Lua script), one query-tower
-  call, one FAISS search and one ranker call over all candidates of all requests; filtering is
+  seen items, live items and, when it is small, the whole unavailable set, in one Lua script), one
+  query-tower call, one FAISS search (plus one cosine search for the sessions of users with live
+  items) and one ranker call over all candidates of all requests; filtering is
   numpy masks over a (requests x candidates) array. The fixed cost of a TensorFlow call (~0.3 ms of
   Python and runtime overhead) is paid once per batch instead of once per request.
 - **One version per batch, pinned.** The users' read resolves the newest online version of the
@@ -34,7 +70,7 @@ Where the time goes, and why it is spent this way:
   come from that version's in-memory table, so a request never mixes versions, and a newer feature
   version refreshed into Redis before its models serve is not read. When the version changes, the
   first batch that sees it loads its items (tables of the two latest versions are kept). Only the
-  unavailable set is read live: operations change it without a new version.
+  unavailable set and the users' live items are read live: neither belongs to a version.
 
 TensorFlow and FAISS run single-threaded (one Triton instance per core parallelizes better than
 threads inside one small call). Merlin runtime only.
@@ -71,6 +107,11 @@ KEPT_VERSIONS = 2
 """Item tables kept in memory: the current online version and the one before (a request in flight)."""
 UNAVAILABLE_READ_WHOLE = 10_000
 """An unavailable set up to this size comes whole with the users' read (no second round trip)."""
+SIMILAR_SLACK = 10
+"""Similar items: neighbours searched beyond ``k + 1`` (room for filtered ones); a request that still
+has fewer than ``k`` after filtering is searched again, 4x wider, until the index is exhausted."""
+SIMILAR_READ_ITEMS = 2000
+"""Similar items: neighbours looked up in the online store per read (version and unavailable flags)."""
 
 
 class BadRequest(RecsysError):
@@ -79,11 +120,14 @@ class BadRequest(RecsysError):
 
 @dataclass
 class Query:
-    """One request of a batch: raw user id (int, str or bytes), k (None: the default), optional context."""
+    """One request of a batch: raw user id (int, str or bytes) or, for similar items, a raw ``item_id``
+    (exactly one of them), k (None: the default), optional context."""
 
-    user_id: Any
+    user_id: Any = None
     k: Optional[int] = None
     context: Optional[dict[str, Any]] = None
+    item_id: Any = None
+    """Instead of ``user_id``: the raw id of an item whose most similar items are asked."""
 
 
 @dataclass
@@ -166,6 +210,11 @@ class FourStageRecommender:
         # Reads are pinned to the feature version the models were trained on: a newer feature version
         # refreshed into the online store (current) before its models are published is not read.
         self.feature_version: Optional[str] = pipeline.get("feature_version") or None
+        # The live layer (events since the batch data): read only by versions published with it.
+        live = pipeline.get("live")
+        self.read_live = isinstance(live, dict)
+        self.recent_items = max(0, int((live or {}).get("recent_items", 0)))
+        self.neighbours_k = max(0, int((live or {}).get("neighbours_k", 0)))
         self._catalogues: "OrderedDict[str, _Catalogue]" = OrderedDict()
         self.query_tower = self.ranker = self.index = None
         if self.mode == POPULARITY:
@@ -213,6 +262,8 @@ class FourStageRecommender:
                     feed[f"{HISTORY_INPUT}values"] = np.full(rows, 3, np.int64)
                     feed[f"{HISTORY_INPUT}offsets"] = np.arange(rows + 1, dtype=np.int64)
                 fn(feed)
+        if self.index is not None:
+            self.index.prepare_neighbours()  # the cosine index of the second source and similar items
         try:
             current = self.store.current(feature_version=self.feature_version)
             if current is not None:
@@ -227,6 +278,21 @@ class FourStageRecommender:
             return ids.parse(user_id, self.id_kinds.user_id, "user_id")
         except ids.IdError as exc:
             raise BadRequest(str(exc)) from None
+
+    def parse_item(self, item_id: Any) -> int:
+        """A similar-items request's item: its index position (:class:`BadRequest` if the id is not of
+        the item kind, the index does not hold it, or this version has no model)."""
+        if self.index is None:
+            raise BadRequest("similar items need a trained model, and this version serves the popularity list "
+                             "(popularity mode: no model beats the popularity baseline yet)")
+        try:
+            item = ids.parse(item_id, self.id_kinds.item_id, "item_id")
+        except ids.IdError as exc:
+            raise BadRequest(str(exc)) from None
+        position = int(self.index.positions_of(ids.as_array([item], self.id_kinds.item_id))[0])
+        if position < 0:
+            raise BadRequest(f"item_id {ids.show(item)} is unknown: the served model's index does not hold it")
+        return position
 
     def check_k(self, k: Optional[int]) -> int:
         if k is None:
@@ -243,34 +309,45 @@ class FourStageRecommender:
             raise result
         return result
 
+    def similar(self, item_id: Any, k: Optional[int] = None, context: Optional[dict[str, Any]] = None) -> Recommendation:
+        """The ``k`` items most similar to ``item_id`` (raw id), by cosine; ``scores`` are the similarities."""
+        result = self.recommend_many([Query(None, k, context, item_id=item_id)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
     def recommend_many(self, queries: Sequence[Query]) -> list[Union[Recommendation, Exception]]:
-        """Answer a batch of requests with one pass of each stage; a bad request gets its own
-        :class:`BadRequest` in its place (the others are answered). Other failures (Redis down, ...)
-        raise."""
+        """Answer a batch of requests (recommendations for a user, or similar items) with one pass of
+        each stage; a bad request gets its own :class:`BadRequest` in its place (the others are
+        answered). Other failures (Redis down, ...) raise."""
         answers: list[Union[Recommendation, Exception, None]] = [None] * len(queries)
-        valid: list[int] = []
-        users: list[ids.IdValue] = []
-        ks: list[int] = []
-        excludes: list[np.ndarray] = []
+        by_user: list[tuple[int, ids.IdValue, int, np.ndarray]] = []
+        by_item: list[tuple[int, int, int, np.ndarray]] = []
         for i, query in enumerate(queries):
             try:
-                user = self.parse_user(query.user_id)
+                if (query.user_id is None) == (query.item_id is None):
+                    raise BadRequest(
+                        "give exactly one of user_id (recommendations) and item_id (similar items), got "
+                        + ("both" if query.user_id is not None else "neither")
+                    )
                 k = self.check_k(query.k)
                 exclude = _exclusions(query.context, self.id_kinds.item_id)
+                if query.user_id is not None:
+                    by_user.append((i, self.parse_user(query.user_id), k, exclude))
+                else:
+                    by_item.append((i, self.parse_item(query.item_id), k, exclude))
             except BadRequest as exc:
                 answers[i] = exc
+        for batch, answer in ((by_user, self._recommend_batch), (by_item, self._similar_batch)):
+            if not batch:
                 continue
-            users.append(user)
-            ks.append(k)
-            excludes.append(exclude)
-            valid.append(i)
-        if valid:
+            slots, *columns = (list(column) for column in zip(*batch))
             try:
-                results = self._recommend_batch(users, ks, excludes)
+                results = answer(*columns)
             except _VersionGone:
                 # the version was collected between the users' read and its items' read: once more
-                results = self._recommend_batch(users, ks, excludes)
-            for i, result in zip(valid, results):
+                results = answer(*columns)
+            for i, result in zip(slots, results):
                 answers[i] = result
         return answers  # type: ignore[return-value]
 
@@ -299,30 +376,42 @@ class FourStageRecommender:
         clock = time.perf_counter
         t0 = clock()
         n_req, n_cand = len(user_ids), self.candidates_k
-        # --- 1. retrieval: one read of every user (+ seen items, + the unavailable set when small),
-        # one query-tower call and one FAISS search for the warm users; popularity for the cold ones
+        # --- 1. retrieval: one read of every user (+ seen items, live items, + the unavailable set when
+        # small), one query-tower call and one FAISS search for the warm users, one cosine search for the
+        # sessions of users with live items; popularity for the cold ones
         users = self.store.read_users(
-            user_ids, with_seen=True, unavailable_up_to=UNAVAILABLE_READ_WHOLE,
+            user_ids, with_seen=True, with_live=self.read_live, unavailable_up_to=UNAVAILABLE_READ_WHOLE,
             feature_version=self.feature_version,
         )
         catalogue = self._catalogue(users.version)
         table = catalogue.table
+        empty = ids.empty(self.id_kinds.item_id)
+        live = users.live if users.live is not None else [empty] * n_req
         # candidates as table rows, one line per request (-1: no candidate in that slot)
         candidates = np.full((n_req, n_cand), -1, dtype=np.int64)
         # popularity mode: no model; every user is answered like a cold one (seen items are still filtered)
         warm = users.found if self.mode == MODELS else np.zeros(n_req, dtype=bool)
-        history = self._histories(users, table, warm) if self.history_length else None
+        history = self._histories(users, live, table, warm) if self.history_length else None
         if warm.any():
             query = self.query_tower(_feed(self.query_tower, lambda c: users.columns[c][warm], history))
             positions = self.index.search_positions(query, n_cand)
             candidates[warm, : positions.shape[1]] = np.where(positions >= 0, catalogue.row_of_position[positions], -1)
-        if not warm.all():
-            popular = catalogue.popularity_rows[:n_cand]
-            candidates[~warm, : len(popular)] = popular
+        neighbours = self._session_neighbours(live, catalogue) if self.mode == MODELS else {}
+        for i in range(n_req):
+            if warm[i]:
+                if i in neighbours:  # the second source, interleaved with the tower's list
+                    merged = _interleave(candidates[i], neighbours[i])[:n_cand]
+                    candidates[i] = -1
+                    candidates[i, : len(merged)] = merged
+            else:  # cold: the session's neighbours (if any), then the popularity list
+                cold = catalogue.popularity_rows[:n_cand]
+                if i in neighbours:
+                    cold = _distinct(np.concatenate([neighbours[i], cold]))[:n_cand]
+                candidates[i, : len(cold)] = cold
         t1 = clock()
-        # --- 2. filtering: masks over the whole batch (FAISS positions and the popularity list are unique)
+        # --- 2. filtering: masks over the whole batch (every candidate line holds each row once)
         keep = candidates >= 0
-        banned = [table.rows_of(np.concatenate([users.seen[i], excludes[i]])) for i in range(n_req)]
+        banned = [table.rows_of(np.concatenate([users.seen[i], live[i], excludes[i]])) for i in range(n_req)]
         if any(len(b) for b in banned):
             # (request, row) pairs as one number each: one np.isin for the batch
             width = len(table) + 1
@@ -362,7 +451,7 @@ class FourStageRecommender:
             rows = candidates[i, keep[i]]
             if warm[i]:
                 request_scores = scores[i, keep[i]].astype(np.float32)
-            else:  # cold start: popularity order, as a score in (0, 1], 1 for the most popular
+            else:  # cold start: retrieval's order, as a score in (0, 1], 1 for the first
                 request_scores = (1.0 - np.arange(len(rows), dtype=np.float32) / max(len(rows), 1)).astype(np.float32)
             raw = table.ids[rows]
             chosen, final_scores = order(
@@ -373,16 +462,115 @@ class FourStageRecommender:
         timings["ordering"] = 1000 * (clock() - t3)
         return answers
 
+    def _session_neighbours(self, live: list[np.ndarray], catalogue: _Catalogue) -> dict[int, np.ndarray]:
+        """``{request: table rows}``: the ``neighbours_k`` nearest items (cosine, most similar first) of
+        the session of each request with live items: the recency-weighted mean of its newest
+        ``recent_items`` items' unit vectors (weights 1, 1/2, 1/3, ...). The session's own items are
+        left out; rows the online version does not hold are dropped. One FAISS search for the batch."""
+        if not (self.neighbours_k and self.recent_items) or self.index is None:
+            return {}
+        recent = [items[: self.recent_items] for items in live]
+        lengths = np.array([len(r) for r in recent])
+        if not lengths.any():
+            return {}
+        # every request's recent items in one lookup; items the model does not know carry no vector
+        positions = self.index.positions_of(np.concatenate([r for r in recent if len(r)]))
+        owner = np.repeat(np.arange(len(live)), lengths)
+        rank = np.arange(len(positions)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # 0: the newest
+        known = positions >= 0
+        positions, owner, rank = positions[known], owner[known], rank[known]
+        who = np.unique(owner)
+        if not len(who):
+            return {}
+        line = np.searchsorted(who, owner)  # the session each item belongs to
+        weights = np.zeros((len(who), len(positions)), dtype=np.float32)  # sessions x their items
+        weights[line, np.arange(len(positions))] = 1.0 / (1.0 + rank)
+        sessions = weights @ self.index.unit_vectors[positions]
+        found, _similarity = self.index.neighbours(sessions, self.neighbours_k + self.recent_items)
+        # leave out each session's own items: (session, position) pairs as one number each, one np.isin
+        total = len(self.index) + 1
+        own = np.isin(np.arange(len(who))[:, None] * total + found, line * total + positions) | (found < 0)
+        out = {}
+        for n, i in enumerate(who.tolist()):
+            rows = catalogue.row_of_position[found[n][~own[n]][: self.neighbours_k]]
+            out[i] = rows[rows >= 0]
+        return out
 
-    def _histories(self, users: UserRows, table: ItemTable, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(values, offsets) of the warm users' histories: their seen items (newest first in the online store)
-        as encoded item ids of this version, at most ``history_length`` (recsys.features.history)."""
+    def _similar_batch(self, positions: list[int], ks: list[int], excludes: list[np.ndarray]) -> list[Recommendation]:
+        """Similar items for a batch of items (index positions): one cosine search, one online read."""
+        clock = time.perf_counter
+        n_req, total = len(positions), len(self.index)
+        width = min(total, max(ks) + 1 + SIMILAR_SLACK)
+        pending = np.arange(n_req)
+        chosen: list[Optional[tuple[np.ndarray, np.ndarray]]] = [None] * n_req
+        version, retrieval_ms, filtering_ms = "", 0.0, 0.0
+        while len(pending):
+            t0 = clock()
+            found, similarity = self.index.neighbours(self.index.unit_vectors[np.asarray(positions)[pending]], width)
+            t1 = clock()
+            distinct = np.unique(found[found >= 0])
+            raw = self.index.raw_ids[distinct]
+            held, off_sale, version = self._item_flags(raw)
+            servable = np.zeros(total + 1, dtype=bool)  # the extra last slot answers position -1
+            servable[distinct[held & ~off_sale]] = True
+            retry = []
+            for line, request in enumerate(pending):
+                keep = servable[found[line]] & (found[line] != positions[request])
+                if len(excludes[request]):
+                    keep &= ~np.isin(self.index.raw_ids[np.maximum(found[line], 0)], excludes[request])
+                picked = found[line][keep][: ks[request]]
+                chosen[request] = (picked, similarity[line][keep][: ks[request]])
+                if len(picked) < ks[request] and width < total:
+                    retry.append(request)
+            retrieval_ms += 1000 * (t1 - t0)
+            filtering_ms += 1000 * (clock() - t1)
+            pending = np.asarray(retry, dtype=np.int64)
+            width = min(total, 4 * width)
+        timings = dict(zip(STAGES, (retrieval_ms, filtering_ms, 0.0, 0.0)))
+        return [Recommendation(self.index.raw_ids[picked], scores.astype(np.float32), timings, False, version)
+                for picked, scores in chosen]
+
+    def _item_flags(self, raw_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """(held by the online version, in the unavailable set, the version) for each raw item id: one
+        read of the online store per :data:`SIMILAR_READ_ITEMS` ids."""
+        held, off_sale, version = np.zeros(len(raw_ids), bool), np.zeros(len(raw_ids), bool), ""
+        for start in range(0, max(len(raw_ids), 1), SIMILAR_READ_ITEMS):
+            part = raw_ids[start: start + SIMILAR_READ_ITEMS]
+            rows = self.store.read(None, part, feature_version=self.feature_version)
+            held[start: start + len(part)] = rows.item_found
+            off_sale[start: start + len(part)] = rows.unavailable
+            version = rows.version
+        return held, off_sale, version
+
+    def _histories(self, users: UserRows, live: list[np.ndarray], table: ItemTable, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values, offsets) of the warm users' histories as encoded item ids of this version, at most
+        ``history_length`` (recsys.features.history): their live items (newest first), then their seen
+        items (newest first in the online store), each item once."""
         codes = table.columns[self.item_id_column]
         lists = []
         for i in np.flatnonzero(warm):
             rows = table.rows_of(users.seen[i])
+            if len(live[i]):  # without live items the seen list is used as it is (distinct already)
+                rows = _distinct(np.concatenate([table.rows_of(live[i]), rows]))
             lists.append(codes[rows[rows >= 0]])
         return truncate(lists, self.history_length)
+
+
+def _distinct(rows: np.ndarray) -> np.ndarray:
+    """``rows`` without -1 and repeats, first occurrences in order."""
+    rows = rows[rows >= 0]
+    first = _first_occurrences(rows)
+    return rows if first is None else rows[first]
+
+
+def _interleave(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Rows of ``first`` and ``second`` alternately (first[0], second[0], first[1], ...), then the rest of
+    the longer one; -1 dropped, each row once (its first occurrence)."""
+    n = min(len(first), len(second))
+    merged = np.empty(len(first) + len(second), dtype=np.int64)
+    merged[0: 2 * n: 2], merged[1: 2 * n: 2] = first[:n], second[:n]
+    merged[2 * n:] = first[n:] if len(first) > n else second[n:]
+    return _distinct(merged)
 
 
 def _feed(fn: "SavedModelFunction", column: Any, history: Optional[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:

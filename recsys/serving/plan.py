@@ -38,6 +38,17 @@ class PublishPlan:
         return MODELS if self.champion else POPULARITY
 
     @property
+    def prior_slot(self) -> bool:
+        """The champion's item vectors end with the popularity prior (its training chose a prior
+        weight: :func:`recsys.serving.index.prior_slot_of` of the retrieval run's metrics); recorded
+        in the published index's ``index.json``."""
+        from recsys.serving.index import prior_slot_of
+
+        if not self.champion or "retrieval" not in self.champion.models:
+            return False
+        return prior_slot_of(self.champion.metrics.get(self.champion.models["retrieval"].name, {}))
+
+    @property
     def key(self) -> dict[str, str]:
         """``{model name: version}``: what identifies a published set (the no-op check)."""
         return self.champion.versions if self.champion else {}

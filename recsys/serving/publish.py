@@ -193,6 +193,7 @@ def _publish_staged(s: Settings, repo: TritonRepository, staging: Path, plan: Pu
         "champions": {m.role: {**asdict(m), "feature_version": plan.feature_version, "data_version": plan.data_version}
                       for m in plan.champion.models.values()} if plan.champion else {},
         "ranker_weight": plan.champion.ranker_weight if plan.champion else 1.0,
+        "prior_slot": plan.prior_slot,
         "airflow_run": airflow_run, "created_at": now_iso(), "artifacts_sha256": digests,
         "smoke_user_id": smoke_user_id if smoke_user_id is not None else smoke_user(s, plan.feature_version),
     }

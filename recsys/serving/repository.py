@@ -104,6 +104,10 @@ def pipeline_from_settings(
     ``ranker_weight``: the scoring stage's blend of the ranker with retrieval's order
     (:mod:`recsys.serving.scoring`), as the champion's training run chose it. The history length is not a
     setting: :func:`write_model_versions` reads it from the query tower it publishes.
+    ``live``: how the served model uses the live layer (events since the batch data): the newest
+    ``recent_items`` live items of a user form the session whose ``neighbours_k`` nearest items are
+    retrieval's second candidate source (0: none). A version without ``live`` (published before the
+    live layer) does not read it at all.
     """
     from recsys.data import ids
     from recsys.serving.ordering import OrderingRules, parse_boosts
@@ -141,6 +145,7 @@ def pipeline_from_settings(
         # null in pipeline.json: batching off (also what versions written before the setting mean)
         "batch_delay_us": settings.triton_batch_delay_us if batching_enabled(settings.triton_batch_delay_us) else None,
         "ordering": rules.to_dict(),
+        "live": {"recent_items": int(settings.live_recent_items), "neighbours_k": int(settings.live_neighbours_k)},
     }
 
 
@@ -300,7 +305,8 @@ def four_stage_config(
 def floor_config(instances: int = 1):
     """``recsys_floor``: the same id tensors as ``recsys`` (BYTES), so benchmark requests match."""
     echo = dataclasses.replace(schema.ITEM_IDS, dims=schema.USER_ID.dims)  # the user id, echoed
-    return model_config(FLOOR, [schema.USER_ID], [echo], instances=instances)
+    user = dataclasses.replace(schema.USER_ID, optional=False)  # the floor always echoes a user id
+    return model_config(FLOOR, [user], [echo], instances=instances)
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -311,6 +317,7 @@ def write_version_folders(
     pipeline: Mapping[str, Any],
     lineage: Optional[Mapping[str, Any]] = None,
     flavour: str = "python",
+    prior_slot: bool = False,
 ) -> list[str]:
     """Write version ``version`` of the four published models COMPLETELY into ``repo_dir``, a
     repository-shaped folder (a staging folder): each ``<model>/<version>/`` with its files,
@@ -320,8 +327,10 @@ def write_version_folders(
     repository (:func:`write_model_versions` does). Returns the model names, dependencies first
     (the order they load in). ``exports``: ``query_tower``, ``item_embeddings``, ``dlrm`` paths
     (:func:`exports_from_run`); ``pipeline``: :func:`pipeline_from_settings`; ``lineage``: written
-    into each version (``created_at`` added when missing, ``models`` and ``model`` set). If any model
-    fails, the version folders this call wrote are removed again.
+    into each version (``created_at`` added when missing, ``models`` and ``model`` set). ``prior_slot``:
+    the item vectors end with the popularity prior (:func:`recsys.serving.index.prior_slot_of` of the
+    training run's metrics), recorded in the index's ``index.json``. If any model fails, the version
+    folders this call wrote are removed again.
     """
     if flavour not in FLAVOURS:
         raise RepositoryError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
@@ -340,7 +349,8 @@ def write_version_folders(
         # The index is built once (the slow part) and copied to the two models that use it.
         index_dir = _version_dir(repo_dir, ITEM_INDEX, version)
         (index_dir / "index").mkdir()
-        meta = _build_index(Path(exports["item_embeddings"]), index_dir / "index", str(pipeline.get("faiss_index", "auto")))
+        meta = _build_index(Path(exports["item_embeddings"]), index_dir / "index", str(pipeline.get("faiss_index", "auto")),
+                            prior_slot)
         dim = _embedding_dim(query_tower)
         if meta["dim"] != dim:
             raise RepositoryError(
@@ -409,17 +419,19 @@ def write_model_versions(
     flavour: str = "python",
     lineage: Optional[Mapping[str, Any]] = None,
     activate: bool = True,
+    prior_slot: bool = False,
 ) -> list[Path]:
     """Write version ``version`` of the four published models into ``repo_dir``; return the version folders.
 
     :func:`write_version_folders` into a staging folder beside the repository, then each version
     folder renamed into place, so nothing is half-written. ``activate``: also point each model's
     ``config.pbtxt`` at this version (the next load serves it); otherwise call
-    :func:`activate_version` later. Refuses to overwrite an existing version.
+    :func:`activate_version` later. Refuses to overwrite an existing version. ``prior_slot``: see
+    :func:`write_version_folders`.
     """
     return _write_staged(
         repo_dir, version, PUBLISHED_MODELS, activate,
-        lambda staging: write_version_folders(exports, staging, version, pipeline, lineage, flavour),
+        lambda staging: write_version_folders(exports, staging, version, pipeline, lineage, flavour, prior_slot),
     )
 
 
@@ -565,10 +577,10 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _build_index(embeddings: Path, out_dir: Path, kind: str) -> dict:
+def _build_index(embeddings: Path, out_dir: Path, kind: str, prior_slot: bool = False) -> dict:
     from recsys.serving.index import build_index
 
-    return build_index(embeddings, out_dir, kind)
+    return build_index(embeddings, out_dir, kind, prior_slot=prior_slot)
 
 
 # --- what publishing writes and keeps ---------------------------------------------------------------
@@ -589,11 +601,14 @@ class RepositoryWriter(Protocol):
 def four_stage_writer(exports: Path, staging: Path, version: int, settings: Settings, lineage: dict[str, Any]) -> list[str]:
     """The default writer: the four published models (query tower, ranker, item index, recsys).
 
-    Their ``pipeline.json`` freezes the settings and the feature version's columns.
+    Their ``pipeline.json`` freezes the settings and the feature version's columns; the index's
+    ``index.json`` records whether the item vectors carry the prior slot (``lineage["prior_slot"]``,
+    from the champion's run metrics: :attr:`recsys.serving.plan.PublishPlan.prior_slot`).
     """
     manifest = _features_manifest(settings, lineage)
     pipeline = pipeline_from_settings(settings, manifest, ranker_weight=float(lineage.get("ranker_weight", 1.0)))
-    return write_version_folders(exports_from_run(exports), staging, version, pipeline, lineage)
+    return write_version_folders(exports_from_run(exports), staging, version, pipeline, lineage,
+                                 prior_slot=bool(lineage.get("prior_slot", False)))
 
 
 def popularity_writer(exports: Path, staging: Path, version: int, settings: Settings, lineage: dict[str, Any]) -> list[str]:

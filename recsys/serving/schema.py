@@ -5,9 +5,12 @@ Every side of the wire reads it from here: :mod:`recsys.serving.repository` gene
 in Triton's stub with the Merlin interpreter) parses its inputs and writes its outputs by these
 names, and :mod:`recsys.serving.client` builds its requests from them.
 
-Request: ``user_id`` BYTES [1] (the raw id's text, whatever its kind); optional ``k`` INT32 [1];
-optional ``context`` BYTES [1] (a JSON object). Response: ``item_ids`` BYTES [<=k], ``scores``
-FP32 [<=k], ``timings_ms`` FP32 [len(STAGES)] (only when asked). With dynamic batching every tensor
+Request: exactly one of ``user_id`` BYTES [1] (recommendations for that user) and ``item_id``
+BYTES [1] (the items most similar to that one), each the raw id's text whatever its kind; optional
+``k`` INT32 [1]; optional ``context`` BYTES [1] (a JSON object). Both ids are declared optional in
+the config (Triton then accepts either); the model answers a request with both or neither with a
+clear error. Response: ``item_ids`` BYTES [<=k], ``scores`` FP32 [<=k] (for ``item_id``: cosine
+similarities), ``timings_ms`` FP32 [len(STAGES)] (only when asked). With dynamic batching every tensor
 carries a leading batch dimension (the config's ``max_batch_size`` > 0; the dims here exclude it).
 The config's ``parameters`` :data:`USER_ID_KIND` / :data:`ITEM_ID_KIND` name the deployment's id
 kinds (:mod:`recsys.data.ids`), so clients read integers back from an integer deployment.
@@ -40,10 +43,12 @@ class TensorSpec:
         return "BYTES" if self.data_type == "TYPE_STRING" else self.data_type.removeprefix("TYPE_")
 
 
-USER_ID = TensorSpec("user_id", "TYPE_STRING", (1,))
+USER_ID = TensorSpec("user_id", "TYPE_STRING", (1,), optional=True)
+ITEM_ID = TensorSpec("item_id", "TYPE_STRING", (1,), optional=True)
+"""Similar items: the raw id of the item whose neighbours are asked (instead of ``user_id``)."""
 K = TensorSpec("k", "TYPE_INT32", (1,), optional=True)
 CONTEXT = TensorSpec("context", "TYPE_STRING", (1,), optional=True)
-INPUTS = (USER_ID, K, CONTEXT)
+INPUTS = (USER_ID, ITEM_ID, K, CONTEXT)
 
 ITEM_IDS = TensorSpec("item_ids", "TYPE_STRING", (-1,))
 SCORES = TensorSpec("scores", "TYPE_FP32", (-1,))

@@ -4,8 +4,10 @@
 interpreter, one epoch): a data version, a feature version and a run folder (docs/layouts.md 2-4).
 ``serving_settings`` (session): the shared stack's Redis + a Triton of our own, in a home of our own
 (so it never meets the Triton other test modules start in the shared home), with the feature
-version refreshed into the online store. Settings are passed explicitly; the process environment is
-not changed.
+version refreshed into the online store. ``served`` (session): version 1 of every published model
+of the trained run written into that Triton's repository and loaded (the floor model too);
+``client``: a :class:`~recsys.serving.client.RecommendClient` of it. Settings are passed explicitly;
+the process environment is not changed.
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ def serving_base(stack_settings, tmp_path_factory):
 def trained_run(serving_base) -> dict:
     """Synthetic data -> data version -> feature version -> a short training run (real pipeline) whose
     two-tower beats the popularity baseline, so the champion gate promotes it."""
+    from recsys.serving.index import prior_slot_of
+
     trained = merlin_trained_run(serving_base, "run-1")
-    return {**trained, "manifest": json.loads((trained["features_dir"] / "manifest.json").read_text())}
+    metrics = json.loads((trained["run_dir"] / "metrics.json").read_text())["metrics"]
+    # prior_slot: the exported item vectors end with the popularity prior (what publishing records)
+    return {**trained, "manifest": json.loads((trained["features_dir"] / "manifest.json").read_text()),
+            "prior_slot": prior_slot_of(metrics)}
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +67,29 @@ def store(serving_settings):
     client = RedisOnlineStore.from_settings(serving_settings)
     yield client
     client.client.close()
+
+
+@pytest.fixture(scope="session")
+def served(serving_settings, trained_run):
+    """Version 1 of every published model written and loaded; the floor model too."""
+    from recsys.serving import control, repository
+
+    s = serving_settings
+    repo = s.triton_repo
+    pipeline = repository.pipeline_from_settings(s, trained_run["manifest"])
+    written = repository.write_model_versions(
+        repository.exports_from_run(trained_run["run_dir"]), repo, 1, pipeline, lineage={"source": "tests/serving"},
+        prior_slot=trained_run["prior_slot"],
+    )
+    repository.write_floor_model(repo)
+    for model in ("recsys_floor", *repository.PUBLISHED_MODELS):
+        control.load_model(s, model)
+    return {"settings": s, "written": written, "pipeline": pipeline}
+
+
+@pytest.fixture(scope="session")
+def client(served):
+    from recsys.serving.client import RecommendClient
+
+    with RecommendClient(served["settings"], "grpc") as c:
+        yield c

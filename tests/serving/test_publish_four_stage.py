@@ -62,6 +62,10 @@ def test_real_champions_publish_serve_and_a_corrupt_ranker_is_refused(publish_se
     assert len(served_before) == 5
     lineage = json.loads((s.triton_repo / "recsys" / "1" / "lineage.json").read_text())
     assert lineage["champions"]["ranking"]["run_id"] == run_id and lineage["airflow_run"] == "recsys_publish/e2e"
+    # whether the item vectors end with the popularity prior: from the champion's run metrics to index.json
+    for model in ("recsys", "recsys_item_index"):
+        index_meta = json.loads((s.triton_repo / model / "1" / "index" / "index.json").read_text())
+        assert index_meta["prior_slot"] is trained_run["prior_slot"] is lineage["prior_slot"]
     assert MlflowClient(s.mlflow_uri).get_model_version(s.ranking_model_name, "1").tags["triton.version"] == "1"
 
     # A better-scored champion whose ranker SavedModel is corrupt bytes.

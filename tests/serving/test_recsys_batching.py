@@ -38,7 +38,8 @@ def batched(serving_base, trained_run, tmp_path_factory):
         try:
             pipeline = repository.pipeline_from_settings(s, trained_run["manifest"])
             assert pipeline["batch_delay_us"] == 20_000
-            repository.write_model_versions(repository.exports_from_run(trained_run["run_dir"]), s.triton_repo, 1, pipeline)
+            repository.write_model_versions(repository.exports_from_run(trained_run["run_dir"]), s.triton_repo, 1, pipeline,
+                                            prior_slot=trained_run["prior_slot"])
             config = repository.read_config(s.triton_repo / "recsys" / "config.pbtxt")
             assert config.dynamic_batching.max_queue_delay_microseconds == 20000 and config.max_batch_size == 64
             control.load_model(s, "recsys")

@@ -1,7 +1,7 @@
 """The four-stage ``recsys`` model on a real Triton, reading a real Redis online store.
 
-Exports come from the real ETL and training on tiny synthetic data (tests/serving/conftest.py).
-Version 1 serves the default rules; version 2 (max 2 per category, a boost) is published and
+Exports come from the real ETL and training on tiny synthetic data (tests/serving/conftest.py);
+version 1 is the session's ``served`` fixture. Version 1 serves the default rules; version 2 (max 2 per category, a boost) is published and
 loaded later, then rolled back to 1.
 """
 
@@ -20,27 +20,6 @@ from recsys.settings import replace
 from shared_helpers import patched_environ
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-@pytest.fixture(scope="module")
-def served(serving_settings, trained_run):
-    """Version 1 of every published model written and loaded; the floor model too."""
-    s = serving_settings
-    repo = s.triton_repo
-    pipeline = repository.pipeline_from_settings(s, trained_run["manifest"])
-    written = repository.write_model_versions(
-        repository.exports_from_run(trained_run["run_dir"]), repo, 1, pipeline, lineage={"source": "tests/serving"}
-    )
-    repository.write_floor_model(repo)
-    for model in ("recsys_floor", *repository.PUBLISHED_MODELS):
-        control.load_model(s, model)
-    return {"settings": s, "written": written, "pipeline": pipeline}
-
-
-@pytest.fixture(scope="module")
-def client(served):
-    with RecommendClient(served["settings"], "grpc") as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +139,8 @@ def test_deterministic_with_exploration_off(client, users):
         ({"context": np.array([b'{"exclude_items": ["SKU-1"]}'], dtype=object)}, "exclude_items: item_id 'SKU-1' is not an integer id"),
         ({"user_id": np.array([1.5], np.float32)}, "expects 'BYTES'"),  # wrong dtype: Triton refuses it
         ({"user_id": np.array([7], np.int64)}, "expects 'BYTES'"),  # ids are text on the wire, integers too
-        ({"user_id": None}, "user_id"),  # missing
+        ({"user_id": None}, "request has 0 inputs"),  # nothing at all: Triton refuses it
+        ({"user_id": None, "k": np.array([5], np.int32)}, "give exactly one of 'user_id'"),  # missing
         ({"user_id": np.zeros(0, object)}, "shape"),  # empty
         # a text id sent to an integer deployment: the model's own error, the instance keeps serving
         ({"user_id": np.array([b"abc"], dtype=object)}, "user_id 'abc' is not an integer id; this deployment's user ids are integers"),
@@ -202,7 +182,8 @@ def test_ordering_rules_of_a_new_version_then_rollback(served, client, users, st
     rules = replace(s, max_per_category=2, boosts=f"{promoted}=100", triton_batch_delay_us=-1)
     pipeline = repository.pipeline_from_settings(rules, trained_run["manifest"])
     assert pipeline["batch_delay_us"] is None
-    repository.write_model_versions(repository.exports_from_run(trained_run["run_dir"]), s.triton_repo, 2, pipeline)
+    repository.write_model_versions(repository.exports_from_run(trained_run["run_dir"]), s.triton_repo, 2, pipeline,
+                                    prior_slot=trained_run["prior_slot"])
     assert repository.read_config(s.triton_repo / "recsys" / "2" / "config.pbtxt").max_batch_size == 0
     control.load_model(s, "recsys")
     assert control.model_ready(s, "recsys", 2) and not control.model_ready(s, "recsys", 1)

@@ -65,7 +65,10 @@ def test_python_flavour_layout_configs_and_index(exports, pipeline, tmp_path):
         assert column in ranker
     config = _config(tmp_path / "recsys" / "config.pbtxt")
     stages = _tensors(config)
-    assert stages["user_id"] == ("TYPE_STRING", [1], False)  # ids are text on the wire
+    # ids are text on the wire; a request gives a user (recommendations) or an item (similar items)
+    assert stages["user_id"] == ("TYPE_STRING", [1], True) and stages["item_id"] == ("TYPE_STRING", [1], True)
+    floor = _tensors(_config(repository.write_floor_model(tmp_path) / "config.pbtxt"))
+    assert floor["user_id"] == ("TYPE_STRING", [1], False)  # the floor always echoes a user
     assert stages["item_ids"] == ("TYPE_STRING", [-1], False)
     assert config.parameters["item_id_kind"].string_value == "int"
     assert stages["k"] == ("TYPE_INT32", [1], True)
@@ -75,8 +78,10 @@ def test_python_flavour_layout_configs_and_index(exports, pipeline, tmp_path):
     # the settings frozen at publish, and the history length the exported query tower was trained with
     written = json.loads((tmp_path / "recsys" / "3" / "pipeline.json").read_text())
     assert written == json.loads(json.dumps({**pipeline, "history_length": 100})) and written["mode"] == "models"
+    assert written["live"] == {"recent_items": 20, "neighbours_k": 50}  # the live layer's settings, frozen
     # no temporary folders left behind
     assert not [p for p in tmp_path.rglob(".*tmp*")]
+    assert repository.model_versions(tmp_path, "recsys_floor") == [1]
     assert repository.model_versions(tmp_path, "recsys") == [3]
     assert repository.served_version(tmp_path, "recsys") == 3
 
@@ -129,11 +134,13 @@ def test_tensorflow_flavour_writes_native_savedmodel_configs(exports, pipeline, 
 def test_index_files(exports, pipeline, vector_width, tmp_path):
     import pyarrow.parquet as pq
 
-    repository.write_model_versions(exports, tmp_path, 1, pipeline)
+    repository.write_model_versions(exports, tmp_path, 1, pipeline, prior_slot=True)
     index_dir = tmp_path / "recsys_item_index" / "1" / "index"
     meta = json.loads((index_dir / "index.json").read_text())
     table = pq.read_table(exports["item_embeddings"])
     assert meta["kind"] == "flat" and meta["items"] == table.num_rows and meta["dim"] == vector_width
+    assert meta["prior_slot"] is True  # the vectors' layout travels with them (both copies of the index)
+    assert json.loads((tmp_path / "recsys" / "1" / "index" / "index.json").read_text()) == meta
     assert np.load(index_dir / "item_ids.npy").tolist() == table.column("item_id_raw").to_pylist()
     assert (tmp_path / "recsys" / "1" / "index" / "items.faiss").read_bytes() == (index_dir / "items.faiss").read_bytes()
 
@@ -225,3 +232,28 @@ def test_clients_read_the_served_contract_from_either_config_form():
     # a version published before ids were text (a rollback may serve it): INT64 requests, int ids
     legacy = contract_of_config({"max_batch_size": 0, "input": [{"name": "user_id", "data_type": "TYPE_INT64"}]})
     assert not legacy.batched and legacy.user_id_type == "INT64" and legacy.id_kinds.to_dict()["item_id"] == "int"
+    # similar items: only a config with the item_id input serves them; an older one is a clear error
+    assert not contract.similar and not legacy.similar
+    now = contract_of_config({**grpc_json, "input": [*grpc_json["input"], {"name": "item_id", "data_type": "TYPE_STRING"}]})
+    assert now.similar
+
+
+def test_similar_requests_follow_the_served_contract():
+    import tritonclient.grpc as grpcclient
+
+    from recsys.serving.client import ServedContract, similar_inputs
+    from recsys.serving.control import ServingError
+
+    batched = similar_inputs(grpcclient, "SKU-1", 5, contract=ServedContract(True, similar=True))
+    assert [(t.name(), t.shape(), t.datatype()) for t in batched] == [("item_id", [1, 1], "BYTES"), ("k", [1, 1], "INT32")]
+    plain = similar_inputs(grpcclient, 12, contract=ServedContract(False, similar=True))
+    assert [(t.name(), t.shape()) for t in plain] == [("item_id", [1])]
+    with pytest.raises(ServingError, match="published before similar items existed; publish again"):
+        similar_inputs(grpcclient, 12, contract=ServedContract(True))
+
+
+def test_the_prior_slot_follows_the_runs_prior_weight():
+    from recsys.serving.index import prior_slot_of
+
+    assert prior_slot_of({"retrieval_prior_weight": 0.25}) and not prior_slot_of({"retrieval_prior_weight": 0.0})
+    assert not prior_slot_of({}) and not prior_slot_of(None)  # a run from before the prior: no slot

@@ -11,12 +11,14 @@ ids. Real Redis and MLflow of the session's stack.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from recsys.serving.control import ServingError
 from recsys.settings import replace
 from shared_helpers import log_trained_run, merlin_trained_run, patched_environ, running_triton, triton_ports
 
@@ -130,6 +132,36 @@ def test_exclusions_and_unavailable_items_by_text_id(deployment, client, store):
         finally:
             assert main(["online", "unavailable", "remove", first[0]]) == 0
     assert [item for item, _ in client.recommend(user, 6)] == first
+
+
+def test_similar_items_and_live_events_by_text_id(deployment, client, store):
+    from recsys.events.live import apply_pending
+    from recsys.events.validation import EventRules, validate_events
+
+    item = deployment["items"][4]
+    similar = client.similar(item, 5)
+    assert len(similar) == 5 and item not in [i for i, _ in similar]
+    assert all(type(i) is str and i in set(deployment["items"]) for i, _ in similar)
+    assert [s for _, s in similar] == sorted((s for _, s in similar), reverse=True)
+    with pytest.raises(ServingError, match="item_id 'SKU-nothing' is unknown"):
+        client.similar("SKU-nothing")
+    # a text user's live event filters that item at once; an unknown text user with events gets neighbours
+    user, newcomer = deployment["users"][3], "u-newcomer"
+    bought = client.recommend(user, 5)[0][0]
+    rules = EventRules.from_store(store, deployment["settings"])
+    store.accept_events(validate_events([
+        {"user_id": user, "item_id": bought, "event_type": "purchase", "timestamp": time.time()},
+        {"user_id": newcomer, "item_id": item, "event_type": "view", "timestamp": time.time()},
+    ], rules))
+    apply_pending(store)
+    try:
+        assert bought not in [i for i, _ in client.recommend(user, 5)]
+        fresh = [i for i, _ in client.recommend(newcomer, 5)]
+        assert item not in fresh and fresh != store.popularity(5).tolist()
+        assert set(fresh) & {i for i, _ in client.similar(item, 20)}
+    finally:
+        for who in (user, newcomer):
+            store.client.delete(f"{store.live_prefix}s:{who}")
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ The request/response tensors are declared in :mod:`recsys.serving.schema` (the c
 clients use the same declaration; the stub imports it through the Merlin interpreter's ``recsys``).
 Request: ``user_id`` BYTES [1], the raw id's UTF-8 text (``b"1042"``, ``b"u-7f3a"``), parsed into
 the deployment's user id kind (pipeline.json ``ids``; a text id sent to an integer deployment is a
-bad request); optional ``k`` INT32 [1] (default and maximum from pipeline.json); optional
-``context`` BYTES [1], a JSON object (``{"exclude_items": [raw ids]}``). With dynamic batching
+bad request), or instead ``item_id`` BYTES [1] (similar items: that item's nearest items, scores
+are cosine similarities); exactly one of the two; optional ``k`` INT32 [1] (default and maximum
+from pipeline.json); optional ``context`` BYTES [1], a JSON object (``{"exclude_items": [raw ids]}``). With dynamic batching
 (``max_batch_size`` > 0) the same tensors carry the batch dimension: [1, 1].
 Response: ``item_ids`` BYTES [<=k] (raw ids as text, for both kinds: the config's ``parameters``
 ``user_id_kind`` / ``item_id_kind`` tell clients to read integers back), ``scores`` FP32 [<=k];
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from recsys.serving.schema import CONTEXT, ITEM_IDS, K, SCORES, STAGES, TIMINGS_MS, USER_ID
+from recsys.serving.schema import CONTEXT, ITEM_ID, ITEM_IDS, K, SCORES, STAGES, TIMINGS_MS, USER_ID
 
 
 class TritonPythonModel:
@@ -71,14 +72,18 @@ class TritonPythonModel:
 
     def _parse(self, request):
         user = pb_utils.get_input_tensor_by_name(request, USER_ID.name)
-        if user is None:
+        item = pb_utils.get_input_tensor_by_name(request, ITEM_ID.name)
+        if (user is None) == (item is None):
             raise self.bad_request(
-                f"input '{USER_ID.name}' ({USER_ID.wire_type}: the raw id's text, shape {list(USER_ID.dims)}) is missing"
+                f"give exactly one of '{USER_ID.name}' (recommendations for a user) and '{ITEM_ID.name}' (similar "
+                f"items), each {USER_ID.wire_type} shape {list(USER_ID.dims)}: the raw id's text; got "
+                + ("both" if user is not None else "neither")
             )
-        user_array = user.as_numpy()  # BYTES: an object array of bytes
-        user_ids = user_array.reshape(-1)
-        if user_ids.size != 1:
-            raise self.bad_request(f"{USER_ID.name} must hold exactly one id, got {user_ids.size}")
+        spec, tensor = (USER_ID, user) if user is not None else (ITEM_ID, item)
+        id_array = tensor.as_numpy()  # BYTES: an object array of bytes
+        id_values = id_array.reshape(-1)
+        if id_values.size != 1:
+            raise self.bad_request(f"{spec.name} must hold exactly one id, got {id_values.size}")
         k_tensor = pb_utils.get_input_tensor_by_name(request, K.name)
         k = None
         if k_tensor is not None:
@@ -99,7 +104,9 @@ class TritonPythonModel:
                         raise self.bad_request(f"{CONTEXT.name} is not valid JSON ({exc.msg} at character {exc.pos}): {text[:80]!r}")
         # [1, 1]: the request came through the dynamic batcher; its outputs get the batch dimension too.
         # The engine parses the id into the deployment's kind (a bad one is this request's error).
-        return self.query(user_ids[0], k, context), user_array.ndim == 2
+        if spec is USER_ID:
+            return self.query(id_values[0], k, context), id_array.ndim == 2
+        return self.query(None, k, context, item_id=id_values[0]), id_array.ndim == 2
 
     def _respond(self, request, result, with_batch_dim):
         if isinstance(result, self.bad_request):
