@@ -88,6 +88,14 @@ def build_catalogue(work: Path, items: int, users: int, interactions: int, embed
     return built
 
 
+def prior_slot(built: dict) -> bool:
+    """Whether the catalogue's training run exported vectors with the popularity prior slot (its metrics.json)."""
+    from recsys.layout import RunExports
+    from recsys.serving.index import prior_slot_of
+
+    return prior_slot_of(json.loads(RunExports(Path(built["run_dir"])).metrics.read_text()).get("metrics", {}))
+
+
 # --- 2. perf_analyzer ----------------------------------------------------------------------------
 def perf_analyzer_env(scratch: Path) -> dict:
     """Environment for perf_analyzer: a folder on LD_LIBRARY_PATH with the two libraries it needs."""
@@ -251,7 +259,8 @@ def main() -> None:
                 log(f"  model version {version}: {mode} (batch delay {delay})")
                 pipeline = repository.pipeline_from_settings(replace(s, triton_batch_delay_us=delay), manifest)
                 repository.write_model_versions(repository.exports_from_run(Path(built["run_dir"])), s.triton_repo,
-                                                version, pipeline, lineage={"source": "bench/serving.py"})
+                                                version, pipeline, lineage={"source": "bench/serving.py"},
+                                                prior_slot=prior_slot(built))
                 began = time.perf_counter()
                 control.load_model(s, repository.FOUR_STAGE)
                 runs = {"model_version": version, "dynamic_batching_delay_us": delay,

@@ -43,12 +43,33 @@ def _merlin_job_logging() -> None:
 
 
 def ingest_landing(landing: Optional[str] = None) -> dict:
-    """Validate the landing folder and snapshot it as a data version (no-op if that version exists)."""
+    """Validate the landing folder and snapshot it as a data version (no-op if that version exists),
+    after the live events accepted so far are landed there (:func:`land_events`)."""
     from recsys.data.ingest import ingest
 
     s = get_settings()
+    landed = land_events()
     version = ingest(Path(landing) if landing else s.landing, s.data_root)
-    return {"data_version": version.version, "path": str(version.path)}
+    return {"data_version": version.version, "path": str(version.path), "live_events": landed}
+
+
+def land_events() -> dict:
+    """Have the landing consumers write the events accepted so far into the landing folder
+    (:func:`recsys.events.landing.land_accepted_events`, ``settings.events_land_timeout_seconds``).
+    Without Redis nothing was accepted live: nothing to wait for."""
+    import redis
+
+    from recsys.events.landing import land_accepted_events
+    from recsys.events.redis_log import RedisEventLog
+    from recsys.online.redis_store import RedisOnlineStore
+
+    s = get_settings()
+    try:
+        with RedisOnlineStore.from_settings(s) as store:
+            return land_accepted_events(RedisEventLog(store), s.events_land_timeout_seconds)
+    except redis.ConnectionError as exc:
+        log.warning("live events not landed before ingesting: Redis does not answer (%s)", exc)
+        return {"requested": False, "error": str(exc)}
 
 
 def build_features(data_dir: str) -> dict:
@@ -297,6 +318,7 @@ def drift_check(airflow_run: Optional[str] = None) -> dict:
     from recsys.monitoring.check import run_drift_check
     from recsys.tracking.champions import NoChampionError
 
+    land_events()  # the check ingests the landing folder: with the live events accepted so far
     try:  # the check ingests the landing folder (validated and hashed once; a no-op when unchanged)
         summary = run_drift_check(airflow_run=airflow_run)
     except NoChampionError as exc:

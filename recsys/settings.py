@@ -202,6 +202,9 @@ class Settings:
     consumer stalled longer than this between its checks and its rename could land a part twice."""
     events_metrics_port: int = 8311
     """Prometheus endpoint of the embedded event worker (the API serves ``/metrics`` on its own port)."""
+    events_land_timeout_seconds: float = 30.0
+    """Before ingesting the landing folder, the ETL and drift checks ask the landing consumers to write what
+    they hold and wait this long for it, so the data version holds every event accepted before (0: don't ask)."""
     events_worker_url: Optional[str] = None
     """Metrics URL of an event worker run elsewhere (then the stack only checks it). Unset: the embedded one."""
 

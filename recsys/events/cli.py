@@ -33,6 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
 
+    land = sub.add_parser("land", help="have the landing consumers write what they hold now, and wait for it",
+                          description="What recsys_etl and the drift check do before ingesting the landing folder: "
+                          "every event accepted before this command is in the folder when it returns (exit 1 if "
+                          "not within --timeout: is the event worker running?).")
+    land.add_argument("--timeout", type=float, default=None, help="seconds (default RECSYS_EVENTS_LAND_TIMEOUT_SECONDS)")
+    land.set_defaults(func=_land)
+
     refused = sub.add_parser("refused", help="the newest inbox entries validation refused, with the reasons")
     refused.add_argument("-n", "--count", type=int, default=20, help="how many (default 20)")
     refused.add_argument("--json", action="store_true", help="machine-readable output")
@@ -44,6 +51,23 @@ def _log() -> "RedisEventLog":
     from recsys.online.redis_store import RedisOnlineStore
 
     return RedisEventLog(RedisOnlineStore.from_settings())
+
+
+def _land(args: argparse.Namespace) -> int:
+    from recsys.events.landing import land_accepted_events
+    from recsys.settings import get_settings
+
+    timeout = args.timeout if args.timeout is not None else get_settings().events_land_timeout_seconds
+    answer = land_accepted_events(_log(), max(timeout, 0.001))
+    if answer.get("through") is None:
+        print("the event log is empty: nothing to land")
+    elif answer["landed"]:
+        print(f"every event accepted up to {answer['through']} is in the landing folder ({answer['seconds']} s)")
+    else:
+        print(f"not every event accepted up to {answer['through']} is landed after {answer['seconds']} s: "
+              "is the event worker running? (`recsys stack status`, its log under <home>/services/events/)")
+        return 1
+    return 0
 
 
 def _worker(args: argparse.Namespace) -> int:

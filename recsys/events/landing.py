@@ -116,6 +116,7 @@ class LandingConsumer:
         self._cursor: Optional[str] = None  # reading own pending entries after this id; None: new ones
         self._next_claim = 0.0
         self._started = False
+        self._flush_handled = 0  # the newest flush request (unix ms) this consumer answered
 
     @classmethod
     def from_settings(
@@ -162,6 +163,14 @@ class LandingConsumer:
                 block_ms = min(block_ms, max(int(1000 * (self._oldest + self.flush_seconds - now)), 1))
             self._read(">", block_ms)
         written = self.flush() if self._due() else []
+        requested = self.log.flush_requested()
+        if requested > self._flush_handled and self._cursor is None:
+            # asked to write what it holds (an ETL is about to ingest): read what is there, write it all
+            while self._read(">"):
+                if len(self._buffer) >= self.part_max_rows:
+                    written += self.flush()
+            written += self.flush()
+            self._flush_handled = requested
         self._hold_buffer()
         return written
 
@@ -334,6 +343,29 @@ class LandingConsumer:
         if self.on_part is not None:
             self.on_part(part)
         return part
+
+
+def land_accepted_events(event_log: EventLog, timeout_seconds: float) -> dict[str, Any]:
+    """Ask the landing consumers to write what they hold and wait (up to ``timeout_seconds``) until every
+    event accepted before the request is in the landing folder: what an ETL or a drift check calls
+    before ingesting, so its data version holds every event accepted before it started. No running
+    consumer is no error (the events land in a later data version): the answer says what happened."""
+    if timeout_seconds <= 0:
+        return {"requested": False}
+    began = time.monotonic()
+    requested_ms, newest = event_log.request_flush()
+    if not newest:
+        return {"requested": True, "landed": True, "through": None, "seconds": 0.0}
+    while not event_log.landed_through(newest):
+        if time.monotonic() - began > timeout_seconds:
+            log.warning("events accepted up to %s are not all in the landing folder after %.0f s (is the event "
+                        "worker running? `recsys stack status`); this data version goes without the rest, the "
+                        "next one takes them", newest, timeout_seconds)
+            return {"requested": True, "landed": False, "through": newest, "seconds": round(time.monotonic() - began, 3)}
+        time.sleep(0.1)
+    seconds = round(time.monotonic() - began, 3)
+    log.info("every event accepted up to %s is in the landing folder (%.2f s after asking)", newest, seconds)
+    return {"requested": True, "landed": True, "through": newest, "seconds": seconds}
 
 
 # --- the part file ---------------------------------------------------------------------------------

@@ -165,6 +165,20 @@ class EventLog(abc.ABC):
     def parts(self) -> list[PartIntent]:
         """Every part in progress (intents recorded and neither committed nor dropped)."""
 
+    @abc.abstractmethod
+    def request_flush(self) -> tuple[int, str]:
+        """Ask every landing consumer to write what it holds now; returns the request's time (unix ms)
+        and the newest entry of the event log then ("" when the log is empty)."""
+
+    @abc.abstractmethod
+    def flush_requested(self) -> int:
+        """The time (unix ms) of the newest flush request (0: none)."""
+
+    @abc.abstractmethod
+    def landed_through(self, entry_id: str) -> bool:
+        """True if every event log entry up to ``entry_id`` is landed: the landing group was given all of
+        them and acknowledged each (False while no landing consumer ever created the group)."""
+
     # --- housekeeping and figures -------------------------------------------------------------------
     @abc.abstractmethod
     def trim(self, stream: str) -> int:

@@ -221,6 +221,31 @@ class RedisEventLog(EventLog):
         raw = self.client.hgetall(self.store.key_parts)
         return sorted((PartIntent.from_json(as_text(k), as_text(v)) for k, v in raw.items()), key=lambda p: p.name)
 
+    def request_flush(self) -> tuple[int, str]:
+        import time
+
+        now_ms = int(time.time() * 1000)
+        newest = self.client.xrevrange(self.store.key_events, count=1)
+        self.client.set(self.store.key_flush, now_ms)
+        return now_ms, as_text(newest[0][0]) if newest else ""
+
+    def flush_requested(self) -> int:
+        return int(self.client.get(self.store.key_flush) or 0)
+
+    def landed_through(self, entry_id: str) -> bool:
+        import redis
+
+        key = self.store.key_events
+        try:
+            group = next((g for g in self.client.xinfo_groups(key) if as_text(g["name"]) == LANDING_GROUP), None)
+        except redis.ResponseError:  # no log yet: nothing to land
+            return True
+        if group is None:
+            return False  # no landing consumer ever ran: the log's entries are not landed
+        if stream_id_key(as_text(group["last-delivered-id"])) < stream_id_key(entry_id):
+            return False  # not all of them were read yet
+        return not self.client.xpending_range(key, LANDING_GROUP, min="-", max=entry_id, count=1)
+
     # --- housekeeping and figures -------------------------------------------------------------
     def trim(self, stream: str) -> int:
         import redis

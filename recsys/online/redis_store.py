@@ -28,6 +28,7 @@ Keys (``{p}`` is ``{<settings.online_key_prefix>}``, a Redis Cluster hash tag)::
                                     timestamp, request_id), validated by the event worker (group ``validate``)
     {p}:events:refused      STREAM  inbox entries validation refused: their fields + ``reason`` (capped ~10k)
     {p}:events:parts        HASH    landing parts being written: part file name -> JSON {consumer, ids, tmp}
+    {p}:events:flush        STRING  the newest request (unix ms) that landing consumers write what they hold now
     {p}:events:stats        HASH    accepted, applied, refused, landed (totals); last_accept_ms,
                                     last_applied_ms, last_landed_ms (unix ms)
     {p}:live:s:<U>          ZSET    raw item id -> newest event time (ms): the items of user U's live events
@@ -422,6 +423,7 @@ class RedisOnlineStore(OnlineStore):
         self.key_refused = f"{tag}:events:refused"
         self.key_parts = f"{tag}:events:parts"
         self.key_event_stats = f"{tag}:events:stats"
+        self.key_flush = f"{tag}:events:flush"
         self.live_prefix = f"{tag}:live:"
         self._read = client.register_script(_READ)
         self._read_users = client.register_script(_READ_USERS)

@@ -123,3 +123,31 @@ def test_validate_input_accepts_the_live_parts(kind, store, event_log, settings)
     new = sorted(Counter(r[0] for b in batches for r in rows(b) if r[0] not in set(user_ids)))
     assert tables.new_users == new and tables.live.new_users == len(new) > 0
     assert tables.live.newest_stream_id == max((p.last for p in parts), key=lambda i: tuple(map(int, i.split("-"))))
+
+
+def test_an_etl_about_to_ingest_gets_every_event_accepted_before_it(store, event_log, settings, tmp_path):
+    """A worker holding events for a long flush interval writes them when asked (what `recsys_etl` and the
+    drift check do before ingesting); without a running consumer the ask times out, saying so."""
+    from events_helpers import event_batch, landed, rows, start_worker, wait_for
+    from recsys.events.landing import land_accepted_events
+    from recsys.settings import replace
+
+    patient = replace(settings, events_flush_seconds=3600, events_part_max_rows=100_000)
+    assert land_accepted_events(event_log, 1.0) == {"requested": True, "landed": True, "through": None, "seconds": 0.0}
+    batch = event_batch(40)
+    store.accept_events(batch)
+    lonely = land_accepted_events(event_log, 0.5)  # nobody consumes yet
+    assert lonely["requested"] and lonely["landed"] is False
+    log = tmp_path / "worker.log"
+    worker = start_worker(patient, "patient", log)
+    try:
+        wait_for(lambda: event_log.groups(EVENTS) and event_log.groups(EVENTS)[0].pending, 30, "the worker reading",
+                 log=log, process=worker)
+        assert landed(patient.landing)[0] == []  # held for the hour-long flush interval
+        answer = land_accepted_events(event_log, 30)
+        assert answer["landed"] is True and answer["through"]
+        assert sorted(landed(patient.landing)[0]) == sorted(rows(batch))
+        assert land_accepted_events(event_log, 0) == {"requested": False}
+    finally:
+        worker.terminate()
+        worker.wait(30)
