@@ -428,10 +428,10 @@ def main() -> None:
         stack.down(s, only=["events", "api", "triton", "redis"])
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result["load_average_at_end"] = loadavg()
+    from recsys.data.versioning import write_json_atomic
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json_atomic(args.out, result)
     log(f"wrote {args.out}")
     shutil.rmtree(scratch, ignore_errors=True)
 

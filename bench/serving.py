@@ -277,10 +277,10 @@ def main() -> None:
     finally:
         stack.down(s, only=["triton", "redis"])
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    from recsys.data.versioning import write_json_atomic
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json_atomic(args.out, result)
     log(f"wrote {args.out}")
     shutil.rmtree(scratch, ignore_errors=True)
 

@@ -1,10 +1,14 @@
-"""``recsys demo``: the whole offline loop on embedded defaults, driven through Airflow like a user would.
+"""``recsys demo``: the whole loop on embedded defaults, driven through Airflow and the HTTP API like a user would.
 
-1. start the local stack (Redis, MLflow, Airflow);
+1. start the local stack (Redis, MLflow, Airflow, Triton, the HTTP API, the event worker);
 2. put synthetic data in the landing folder (unless data is already there);
 3. run ``recsys_etl`` through Airflow's REST API; its features Asset starts ``recsys_train`` by itself;
-4. wait for training and the champion gate, then print the models' metrics beside the popularity baseline
-   and where to look (MLflow, Airflow, logs).
+4-5. wait for training and the champion gate, then for publishing;
+6. recommendations served by Triton;
+7. live events through the HTTP API: a purchase leaves the buyer's next answer, similar items, a user the
+   batch data never saw gets recommendations from a few views;
+8-10. a drifted batch arrives, drift checks trigger retraining (its data version takes in the live events
+   too), the new champion serves; the models' metrics beside the popularity baseline and where to look.
 
 Running it again is safe: the same data gives the same data and feature versions, so nothing is retrained
 unless there is no champion yet. The stack keeps running (``make down`` stops it).
@@ -13,16 +17,17 @@ unless there is no champion yet. The stack keeps running (``make down`` stops it
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from datetime import datetime, timezone
-from typing import Optional
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional
 
 from recsys.settings import Settings, get_settings
 
 ETL_DAG, TRAIN_DAG = "recsys_etl", "recsys_train"
 REFRESH_DAG, PUBLISH_DAG, DRIFT_DAG = "recsys_feature_refresh", "recsys_publish", "recsys_drift"
-STEPS = 9
+STEPS = 10
 
 
 def _step(text: str) -> None:
@@ -30,8 +35,9 @@ def _step(text: str) -> None:
 
 
 def _landing_has_data(settings: Settings) -> bool:
-    landing = settings.landing
-    return landing.exists() and any(landing.glob("interactions*"))
+    from recsys.data.contract import table_files
+
+    return bool(table_files(settings.landing, "interactions"))
 
 
 def _newest_run(
@@ -134,6 +140,95 @@ def _show_recommendations(settings: Settings, users: Optional[list] = None, k: i
     return users
 
 
+def _items_table(items: list[dict], columns: tuple[str, ...] = ("title", "category", "brand")) -> str:
+    """An API answer's items as an indented table (item id, score, a few display attributes)."""
+    import pandas as pd
+
+    rows = [{"item_id": i["item_id"], "score": i["score"],
+             **{c: (i.get("attributes") or {}).get(c) for c in columns if c in (i.get("attributes") or {})}} for i in items]
+    return "    " + pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.3f}").replace("\n", "\n    ")
+
+
+def _wait_until(condition, timeout: float = 10.0) -> float:
+    """Seconds until ``condition()`` held (polled every 10 ms), or raise after ``timeout``."""
+    began = time.perf_counter()
+    while not condition():
+        if time.perf_counter() - began > timeout:
+            from recsys.errors import ServiceError
+
+            raise ServiceError(f"not visible after {timeout:.0f} s: is the event worker running? "
+                               "(`recsys stack status`, `recsys events status`)")
+        time.sleep(0.01)
+    return time.perf_counter() - began
+
+
+def _live_events(settings: Settings, users: list) -> Optional[Any]:
+    """Live events through the HTTP API while the models serve: a purchase leaves the buyer's next
+    recommendations, similar items, and a user the batch data has never seen; returns that user."""
+    from recsys.api.client import ApiClient, ApiError
+
+    _step(f"7/{STEPS} live events through the HTTP API ({settings.api}/docs): each takes effect within milliseconds")
+    buyer, unknown = users[0], users[-1]
+    with ApiClient.from_settings(settings) as api:
+        before = api.recommendations(buyer, k=5)
+        bought = before["items"][0]["item_id"]
+        print(f"  GET /v1/recommendations/{buyer}?k=5 (request {before['request_id']}):")
+        print(_items_table(before["items"]))
+        sent = api.send_events([{"user_id": buyer, "item_id": bought, "event_type": "purchase", "timestamp": time.time(),
+                                 "request_id": before["request_id"]}])
+        after: dict = {}
+
+        def gone() -> bool:
+            after.update(api.recommendations(buyer, k=5))
+            return bought not in [i["item_id"] for i in after["items"]]
+
+        seconds = _wait_until(gone)
+        print(f"\n  POST /v1/events: user {buyer} bought item {bought} (202, log entry {sent['first_id']}); "
+              f"{1000 * seconds:.0f} ms later it is gone from their recommendations:")
+        print(_items_table(after["items"]))
+        try:
+            similar = api.similar(bought, k=5)["items"]
+        except ApiError as exc:  # popularity mode: no model, no embeddings
+            print(f"\n  GET /v1/items/{bought}/similar: {exc}")
+            return None
+        print(f"\n  GET /v1/items/{bought}/similar?k=5 (neighbours in the published item embeddings):")
+        print(_items_table(similar))
+        popular = [i["item_id"] for i in api.recommendations(unknown, k=5)["items"]]
+        viewed = [i["item_id"] for i in similar[:3]]
+        api.send_events([{"user_id": unknown, "item_id": item, "event_type": "view", "timestamp": time.time()}
+                         for item in viewed])
+        fresh: dict = {}
+
+        def personal() -> bool:
+            fresh.update(api.recommendations(unknown, k=5))
+            return [i["item_id"] for i in fresh["items"]] != popular
+
+        seconds = _wait_until(personal)
+        print(f"\n  user {unknown}, unknown to the batch data, viewed items {viewed}; {1000 * seconds:.0f} ms later "
+              f"their recommendations come from those views (neighbours), not the popularity list {popular}:")
+        print(_items_table(fresh["items"]))
+        counts = api.activity("items", bought)["counts"]
+        print(f"\n  GET /v1/items/{bought}/activity: {json.dumps(counts)}")
+    print(f"\n  the event worker writes them into {settings.landing / 'interactions'} as parquet parts (at least every "
+          f"{settings.events_flush_seconds:.0f} s, and when an ETL or a drift check is about to ingest); "
+          "`recsys events status` shows the figures, so does the Airflow view")
+    return unknown
+
+
+def _live_events_landed(settings: Settings, new_user: Any) -> None:
+    """Where the live events went offline: the newest data version's ``live_events``, the new user in it."""
+    from recsys.data.versioning import latest_version
+
+    version = latest_version(settings.data_root)
+    if version is None:
+        return
+    live = version.manifest.get("live_events") or {}
+    print(f"\n  data version {version.version} (the retrain's) holds {live.get('rows', 0)} live events from "
+          f"{live.get('parts', 0)} landed part(s), {live.get('new_users', 0)} user(s) first seen live"
+          + (f" (user {new_user} among them: now a batch user, with an embedding of their own)" if new_user is not None
+             and live.get("new_users") else ""))
+
+
 def _publish_after(client, settings: Settings, train_run: dict, timeout: float) -> None:
     """Wait for what a finished training run set off: publishing when it made a new champion."""
     gate = {t["task_id"]: t for t in client.task_instances(TRAIN_DAG, train_run["dag_run_id"])}
@@ -145,12 +240,12 @@ def _publish_after(client, settings: Settings, train_run: dict, timeout: float) 
     _run_and_wait(client, PUBLISH_DAG, publish_run["dag_run_id"], timeout, settings)
 
 
-def _drift_loop(client, settings: Settings, args: argparse.Namespace, users: list[int]) -> None:
+def _drift_loop(client, settings: Settings, args: argparse.Namespace, users: list[int], new_user: Any = None) -> None:
     """A drifted batch arrives; drift checks notice it; retraining and publishing follow by themselves."""
     from recsys.data.synthetic import SyntheticConfig, append_batch
     from recsys.monitoring.store import list_checks
 
-    _step(f"7/{STEPS} a drifted batch arrives in {settings.landing}: users' features and tastes shift")
+    _step(f"8/{STEPS} a drifted batch arrives in {settings.landing}: users' features and tastes shift")
     generator = settings.landing / "generator.json"
     if generator.exists() and "appended_batch" in generator.read_text():
         print("  it already arrived in an earlier run; the drift history is in the Airflow view (below)")
@@ -168,7 +263,7 @@ def _drift_loop(client, settings: Settings, args: argparse.Namespace, users: lis
     print(f"  landing folder now holds {rows['interactions']:,} interactions ({days} new, drifted days)")
 
     _step(
-        f"8/{STEPS} {DRIFT_DAG}: Evidently checks of the newest week against the champion's training window "
+        f"9/{STEPS} {DRIFT_DAG}: Evidently checks of the newest week against the champion's training window "
         f"(retrain after {settings.drift_consecutive_checks} drifted checks in a row)"
     )
     triggered = None
@@ -188,8 +283,9 @@ def _drift_loop(client, settings: Settings, args: argparse.Namespace, users: lis
     _run_and_wait(client, TRAIN_DAG, train_run["dag_run_id"], args.timeout, settings)
     _publish_after(client, settings, train_run, args.timeout)
 
-    _step(f"9/{STEPS} the same users' recommendations after the drift-triggered retrain")
+    _step(f"10/{STEPS} the same users' recommendations after the drift-triggered retrain")
     _show_recommendations(settings, users)
+    _live_events_landed(settings, new_user)
     print(
         f"\n  drift reports: Airflow view {settings.airflow}/plugin/recsys, MLflow experiment "
         f"{settings.monitoring_experiment_name!r}, files under {settings.monitoring_root}/checks/"
@@ -203,7 +299,8 @@ def run_demo(args: argparse.Namespace) -> int:
     settings = get_settings()
     began = time.monotonic()
 
-    _step(f"1/{STEPS} starting the local stack (Redis, MLflow, Airflow, Triton); logs under " + str(settings.services_root))
+    _step(f"1/{STEPS} starting the local stack (Redis, MLflow, Airflow, Triton, the HTTP API, the event worker); logs under "
+          + str(settings.services_root))
     timings = stack.up(settings)
     for name, seconds in timings.items():
         print(f"  {name} answering after {seconds:.1f} s")
@@ -214,8 +311,12 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         from recsys.data.synthetic import SyntheticConfig, write_synthetic
 
+        # the history ends three weeks ago: the drifted batch (step 8) fills those weeks, and the live
+        # events of step 7 are stamped now, after both
+        start = (datetime.now(timezone.utc) - timedelta(days=args.days + 3 * settings.validation_days)).strftime("%Y-%m-%d")
         config = SyntheticConfig(
-            n_users=args.users, n_items=args.items, n_interactions=args.interactions, days=args.days, seed=args.seed
+            n_users=args.users, n_items=args.items, n_interactions=args.interactions, days=args.days, seed=args.seed,
+            start=start,
         )
         rows = write_synthetic(settings.landing, config, overwrite=True)
         print("  generated " + ", ".join(f"{n:,} {table}" for table, n in rows.items()))
@@ -276,7 +377,9 @@ def run_demo(args: argparse.Namespace) -> int:
     _step(f"6/{STEPS} recommendations served by Triton (retrieval, filtering, scoring, ordering)")
     shown = _show_recommendations(settings)
 
-    _drift_loop(client, settings, args, shown)
+    new_user = _live_events(settings, shown)
+
+    _drift_loop(client, settings, args, shown, new_user)
 
     _step(f"done in {time.monotonic() - began:.0f} s. Champion models (validation window, whole catalogue):")
     _print_metrics(settings)
@@ -285,6 +388,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"{settings.retrieval_model_name!r} and {settings.ranking_model_name!r})"
         f"\n  Airflow: {settings.airflow}  (user {settings.airflow_user!r}; password: `recsys stack status`)"
         f"\n  Triton:  {settings.triton_http}  (`recsys recommend --user <id>`; repository {settings.triton_repo})"
+        f"\n  API:     {settings.api}/docs  (bearer token: `recsys api token`; events: `recsys events status`)"
         f"\n  Logs:    {settings.services_root}/<service>/"
         "\n  The stack keeps running; `make down` stops it."
     )

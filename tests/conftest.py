@@ -71,3 +71,13 @@ def airflow_settings(stack_settings) -> Iterator["Settings"]:  # noqa: F821
         yield stack_settings
     finally:
         stack.down(stack_settings, only=["airflow"])
+
+
+@pytest.fixture
+def redis_client(stack_settings):
+    """A redis-py client of the session's Redis."""
+    import redis
+
+    client = redis.Redis.from_url(stack_settings.redis)
+    yield client
+    client.close()

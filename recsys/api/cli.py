@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     send = sub.add_parser("send-event", help="send one interaction event through POST /v1/events",
                           description="Send one event to the recsys API (settings.api) with its bearer token; the "
-                          "event takes effect at once (e.g. a purchased item leaves the user's recommendations).")
+                          "event takes effect milliseconds later (e.g. a purchased item leaves the user's "
+                          "recommendations), once the event worker applied it.")
     send.add_argument("--user", required=True, help="raw user id (1042, u-7f3a, ...)")
     send.add_argument("--item", required=True, help="raw item id, in the served catalogue")
     send.add_argument("--type", required=True, dest="event_type", help="event type, one of RECSYS_EVENT_TYPES")
@@ -53,33 +54,15 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _send_event(args: argparse.Namespace) -> int:
-    import httpx
+    from recsys.api.client import ApiClient
 
-    from recsys.api.token import api_token
-    from recsys.errors import RecsysError, ServiceError
-    from recsys.settings import get_settings
-
-    s = get_settings()
     event = {"user_id": args.user, "item_id": args.item, "event_type": args.event_type,
              "timestamp": _timestamp(args.timestamp)}
     if args.request_id:
         event["request_id"] = args.request_id
-    url = f"{s.api}/v1/events"
-    try:
-        response = httpx.post(url, json={"events": [event]}, timeout=30,
-                              headers={"Authorization": f"Bearer {api_token(s)}"})
-    except httpx.HTTPError as exc:
-        raise ServiceError(f"the recsys API at {url} is not answering ({exc}); start it with `recsys stack up`") from None
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"detail": response.text}
-    if response.status_code == 202:
-        print(json.dumps(body, indent=2))
-        return 0
-    reasons = "; ".join(f"{p['field']}: {p['reason']}" for p in body.get("problems", [])) if isinstance(body, dict) else ""
-    detail = body.get("detail", body) if isinstance(body, dict) else body
-    raise RecsysError(f"the API refused the event ({response.status_code}): {reasons or detail}")
+    with ApiClient.from_settings() as api:
+        print(json.dumps(api.send_events([event]), indent=2))
+    return 0
 
 
 def _timestamp(text: str):

@@ -318,6 +318,38 @@ def to_text(value: Any) -> str:
     return str(int(value))
 
 
+class Positions:
+    """Where each id of an array stands, looked up for many ids at once (-1: not there).
+
+    int ids: one stable argsort, then ``searchsorted`` per lookup; text ids: one dict (measured faster
+    than a binary search over str objects for the few hundred ids a request asks about). Built once per
+    array: the online version's item table, the index's ids, the served catalogue."""
+
+    def __init__(self, values: Any, kind: str):
+        import numpy as np
+
+        self.kind = check_kind(kind)
+        self._size = len(values)
+        if kind == INT:
+            values = as_array(values, INT)
+            self._order = np.argsort(values, kind="stable")
+            self._sorted = values[self._order]
+        else:
+            self._of = dict(zip(as_array(values, kind).tolist(), range(len(values))))
+
+    def __call__(self, wanted: Any) -> "np.ndarray":
+        import numpy as np
+
+        if self.kind != INT:
+            get = self._of.get
+            return np.fromiter((get(i, -1) for i in wanted), dtype=np.int64, count=len(wanted))
+        wanted = as_array(wanted, INT)
+        if self._size == 0:
+            return np.full(wanted.shape, -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._sorted, wanted), self._size - 1)
+        return np.where(self._sorted[at] == wanted, self._order[at], -1).astype(np.int64)
+
+
 def as_python(values: Iterable[Any]) -> list[IdValue]:
     """Ids as Python ints / strs (what redis-py and json take; numpy scalars are not)."""
     if hasattr(values, "tolist"):

@@ -135,7 +135,6 @@ class LandingConsumer:
         """Create the group, recover this consumer's intents, read its pending entries next."""
         import pyarrow.parquet  # noqa: F401  (now rather than in the first part: it takes half a second)
 
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.log.ensure_group(EVENTS, LANDING_GROUP)
         for intent in self.log.parts():
             if intent.consumer == self.consumer:
@@ -317,6 +316,8 @@ class LandingConsumer:
             return None
         tmp, path = self.folder / intent.tmp, self.folder / name
         try:
+            # made with the first part, not at start: an empty folder would look like a table to the demo
+            self.folder.mkdir(parents=True, exist_ok=True)
             write_part_file(tmp, columns)
             if not self.log.fence_part(intent):
                 log.warning("landing consumer %s: part %s was taken over by another consumer; not renaming it",

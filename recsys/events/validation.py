@@ -141,11 +141,12 @@ def validate_events(raw: Any, rules: EventRules, *, now: Optional[float] = None)
         request = event.get("request_id")
         if request is not None and not _valid_request_id(request):
             problems.append(EventProblem(n, "request_id", f"{_show(request)} is not text of 1 to {MAX_REQUEST_ID} printable characters"))
+        if item is not None:  # checked against the catalogue below, whatever else is wrong with the event
+            items.append(item)
+            item_index.append(n)
         if len(problems) > before:
             continue
         users.append(ids.to_text(user))
-        items.append(item)
-        item_index.append(n)
         kinds.append(kind)
         stamps.append(stamp)
         requests.append(request or "")
@@ -157,7 +158,7 @@ def validate_events(raw: Any, rules: EventRules, *, now: Optional[float] = None)
     if problems:
         problems.sort(key=lambda p: p.index)
         raise EventsRefused(problems, len(raw))
-    return EventBatch(users, [ids.to_text(i) for i in items], kinds, stamps, requests, rules.id_kinds)
+    return EventBatch(users, [ids.to_text(i) for i in items], kinds, stamps, requests, rules.id_kinds)  # all valid: items align
 
 
 def _parse_id(value: Any, kind: str, column: str, n: int, problems: list[EventProblem]) -> Optional[ids.IdValue]:
@@ -263,18 +264,7 @@ class CatalogueCache:
         return self._rules
 
 
-def _membership(sorted_ids: "np.ndarray", kind: str) -> Callable[["np.ndarray"], "np.ndarray"]:
-    """A test of membership in ``sorted_ids`` (searchsorted for ints, a set for text)."""
-    import numpy as np
-
-    if kind != ids.INT:
-        members = frozenset(sorted_ids.tolist())
-        return lambda values: np.fromiter((v in members for v in values), dtype=bool, count=len(values))
-
-    def known(values: "np.ndarray") -> "np.ndarray":
-        if len(sorted_ids) == 0:
-            return np.zeros(len(values), dtype=bool)
-        pos = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
-        return sorted_ids[pos] == values
-
-    return known
+def _membership(catalogue: "np.ndarray", kind: str) -> Callable[["np.ndarray"], "np.ndarray"]:
+    """A test of membership in ``catalogue``."""
+    positions = ids.Positions(catalogue, kind)
+    return lambda values: positions(values) >= 0

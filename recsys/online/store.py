@@ -153,28 +153,16 @@ class ItemTable:
     columns: dict[str, "np.ndarray"]
     popularity: "np.ndarray"  # raw item ids, most popular first
     kind: str = ids.INT  # of the raw item ids
-    _row_of: Optional[dict] = field(default=None, repr=False, compare=False)
+    _row_of: Optional[ids.Positions] = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def rows_of(self, raw_ids: "np.ndarray") -> "np.ndarray":
         """Row of each raw item id in this table (int64), -1 for ids the version does not hold."""
-        import numpy as np
-
-        if self.kind != ids.INT:
-            # text ids: one dict lookup each (measured faster than a binary search over str objects
-            # or fixed-width unicode for the few hundred ids a request asks about)
-            if self._row_of is None:
-                self._row_of = dict(zip(self.ids.tolist(), range(len(self.ids))))
-            get = self._row_of.get
-            return np.fromiter((get(i, -1) for i in raw_ids), dtype=np.int64, count=len(raw_ids))
-        raw_ids = ids.as_array(raw_ids, ids.INT)
-        if len(self.ids) == 0:
-            return np.full(raw_ids.shape, -1, dtype=np.int64)
-        pos = np.searchsorted(self.ids, raw_ids)
-        clipped = np.minimum(pos, len(self.ids) - 1)
-        return np.where(self.ids[clipped] == raw_ids, clipped, -1).astype(np.int64)
+        if self._row_of is None:
+            self._row_of = ids.Positions(self.ids, self.kind)
+        return self._row_of(raw_ids)
 
 
 @dataclass

@@ -226,22 +226,9 @@ class ItemIndex:
     # --- item-to-item: cosine over the vectors without the prior slot ----------------------------
     def positions_of(self, raw_ids) -> "object":
         """Index position of each raw item id (int64), -1 for ids the index does not hold."""
-        import numpy as np
-
-        if self.id_kind != ids.INT:
-            if self._position_of is None:
-                self._position_of = dict(zip(self.raw_ids.tolist(), range(len(self.raw_ids))))
-            get = self._position_of.get
-            return np.fromiter((get(i, -1) for i in raw_ids), dtype=np.int64, count=len(raw_ids))
-        raw_ids = ids.as_array(raw_ids, ids.INT)
         if self._position_of is None:
-            order = np.argsort(self.raw_ids, kind="stable")
-            self._position_of = (order, self.raw_ids[order])
-        order, sorted_ids = self._position_of
-        if len(order) == 0:
-            return np.full(raw_ids.shape, -1, dtype=np.int64)
-        at = np.minimum(np.searchsorted(sorted_ids, raw_ids), len(order) - 1)
-        return np.where(sorted_ids[at] == raw_ids, order[at], -1).astype(np.int64)
+            self._position_of = ids.Positions(self.raw_ids, self.id_kind)
+        return self._position_of(raw_ids)
 
     @property
     def unit_vectors(self) -> "object":

@@ -43,7 +43,7 @@ def test_send_event_goes_through_the_api(environ, store, capsys):
     assert run("api", "send-event", "--user", "1003", "--item", "5011", "--type", "click") == 0
     assert json.loads(capsys.readouterr().out)["accepted"] == 1
     assert log_length(store) == before + 1
-    with pytest.raises(RecsysError, match=r"refused the event \(422\): event_type: 'like' is not one of"):
+    with pytest.raises(RecsysError, match=r"the API answered 422: event 0: event_type: 'like' is not one of"):
         run("api", "send-event", "--user", "1003", "--item", "5011", "--type", "like")
     with pytest.raises(RecsysError, match=r"item_id: 424242 is not in the served catalogue"):
         run("api", "send-event", "--user", "1003", "--item", "424242", "--type", "view", "--timestamp", "now")

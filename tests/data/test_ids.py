@@ -154,3 +154,17 @@ def test_triton_bytes_tensors():
     assert ids.from_triton(ids.to_triton(["SKU-é"]).reshape(1, -1), "string").tolist() == ["SKU-é"]
     assert ids.from_triton(np.array([[3, 4]], dtype=np.int64), "int").tolist() == [3, 4]  # an INT64 answer of old
     assert ids.from_triton(np.array([3], dtype=np.int64), "string").tolist() == ["3"]
+
+
+@pytest.mark.parametrize("kind", [ids.INT, ids.STRING])
+def test_positions_find_each_id_where_it_stands(kind):
+    import numpy as np
+
+    values = [30, 10, 20] if kind == ids.INT else ["c", "a", "b"]
+    absent = 99 if kind == ids.INT else "z"
+    positions = ids.Positions(ids.as_array(values, kind), kind)
+    asked = [values[2], absent, values[0], values[1], values[2]]
+    assert positions(ids.as_array(asked, kind)).tolist() == [2, -1, 0, 1, 2]
+    assert positions(ids.empty(kind)).tolist() == []
+    assert ids.Positions(ids.empty(kind), kind)(ids.as_array([values[0]], kind)).tolist() == [-1]
+    assert positions(ids.as_array(asked, kind)).dtype == np.int64

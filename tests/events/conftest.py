@@ -9,15 +9,6 @@ import pytest
 
 
 @pytest.fixture
-def redis_client(stack_settings):
-    import redis
-
-    client = redis.Redis.from_url(stack_settings.redis)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def prefix(redis_client):
     """This test's key prefix (its keys are deleted afterwards)."""
     name = f"events-{uuid.uuid4().hex[:8]}"

@@ -59,6 +59,7 @@ def test_every_problem_is_reported_with_its_index_and_nothing_passes():
         event(event_type="like"),                  # 3: unknown type
         event(timestamp=NOW - 7200),               # 4: too old
         event(timestamp=NOW + 3600, user_id=-1),   # 5: two problems
+        event(event_type="buy", item_id=98),       # 6: two problems, one of them the catalogue's
     ], rules(max_batch=10))
     by_index = {}
     for index, field, reason in found:
@@ -70,6 +71,7 @@ def test_every_problem_is_reported_with_its_index_and_nothing_passes():
     assert by_index[4][0][0] == "timestamp" and "older than" in by_index[4][0][1]
     assert sorted(f for f, _ in by_index[5]) == ["timestamp", "user_id"]
     assert "in the future" in dict(by_index[5])["timestamp"] and "negative" in dict(by_index[5])["user_id"]
+    assert sorted(f for f, _ in by_index[6]) == ["event_type", "item_id"]
 
 
 @pytest.mark.parametrize(

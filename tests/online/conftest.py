@@ -8,15 +8,6 @@ import pytest
 
 
 @pytest.fixture
-def redis_client(stack_settings):
-    import redis
-
-    client = redis.Redis.from_url(stack_settings.redis)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def make_store(redis_client):
     """Build RedisOnlineStore objects on the session Redis; each test gets its own key prefix."""
     from recsys.online.redis_store import RedisOnlineStore
