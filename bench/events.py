@@ -314,7 +314,12 @@ def main() -> None:
         # catching up with what was accepted, then the HTTP API with everything running
         log("1. accept throughput")
         n_batches = 50 if args.quick else 200
-        accept = {"ceiling": [], "store": [], "applier": [], "api": []}
+        accept = {"ceiling": [], "store": [], "applier": [], "api": [],
+                  "conditions": "Redis' RDB snapshots off during this part (a snapshot's fork during one measurement "
+                                "and not the other would decide the ratio); the event worker stopped during the "
+                                "ceiling and the store's accept"}
+        saving = store.client.config_get("save")["save"]
+        store.client.config_set("save", "")
         for r in range(rounds):
             stack.down(s, only=["events"])
             accept["ceiling"].append(xadd_ceiling(s.redis_port, None, n_batches * 1000))
@@ -332,6 +337,7 @@ def main() -> None:
             log(f"  round {r + 1}: ceiling 1 client {accept['ceiling'][-1]['clients_1']:,.0f}/s, store accept "
                 f"{accept['store'][-1]['events_per_s']:,.0f}/s, applier {accept['applier'][-1]['events_per_s']:,.0f}/s, "
                 f"API {accept['api'][-1]['events_per_s']:,.0f}/s")
+        store.client.config_set("save", saving)
         med = lambda rows, key: statistics.median(row[key] for row in rows)  # noqa: E731
         accept["median"] = {
             "ceiling_1_client_per_s": med(accept["ceiling"], "clients_1"),

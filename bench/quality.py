@@ -13,6 +13,10 @@ Writes bench/results/quality.json and prints a table. One run, one split, everyt
    (``recsys.jobs.train_and_log`` in the Merlin runtime, as the ``recsys_train`` DAG runs it) -> the
    champion gate -> the online store and publishing to Triton (``recsys.serving.publish``) -> every
    test user's top 10 read back from the served ``recsys`` model over gRPC, many requests in flight.
+   Then the **live replay** (the recency signal, measured): each test user's test ratings in time
+   order, the first half sent as live events (accepted and applied, as the API and the event worker
+   do), the second half to find; the same users asked without the events (the first half left out
+   through the request context) and with them.
    A local stack of its own (Redis, MLflow, Triton) in a scratch RECSYS_HOME on free ports, stopped
    at the end. Training parameters are the product's own defaults unless ``--train-param`` says
    otherwise; ``--tune N`` runs the product's Optuna search first (``tune_trials``, within
@@ -383,8 +387,10 @@ def stack_settings(home: Path, validation_days: Optional[int] = None):
     return settings
 
 
-def served_top_k(settings, user_ids: list[int], k: int, concurrency: int) -> tuple[dict[int, list[int]], float, str]:
-    """Each user's top k from the served ``recsys`` model, ``concurrency`` gRPC requests in flight."""
+def served_top_k(settings, user_ids: list[int], k: int, concurrency: int,
+                 exclude: Optional[dict[int, list[int]]] = None) -> tuple[dict[int, list[int]], float, str]:
+    """Each user's top k from the served ``recsys`` model, ``concurrency`` gRPC requests in flight
+    (``exclude``: items a user's request leaves out, through its context)."""
     import tritonclient.grpc as grpcclient
 
     from recsys.serving.client import MODEL, recommend_inputs, recommendation_arrays, served_contract
@@ -400,8 +406,9 @@ def served_top_k(settings, user_ids: list[int], k: int, concurrency: int) -> tup
     def one(user: int) -> list[int]:
         if not hasattr(local, "client"):
             local.client = grpc_client(settings)
-        result = local.client.infer(MODEL, recommend_inputs(grpcclient, user, k, contract=contract), outputs=outputs,
-                                    client_timeout=REQUEST_TIMEOUT_S)
+        context = {"exclude_items": exclude[user]} if exclude and exclude.get(user) else None
+        result = local.client.infer(MODEL, recommend_inputs(grpcclient, user, k, context, contract=contract),
+                                    outputs=outputs, client_timeout=REQUEST_TIMEOUT_S)
         return recommendation_arrays(result, contract)[0].astype(np.int64).tolist()
 
     began = time.perf_counter()
@@ -410,6 +417,32 @@ def served_top_k(settings, user_ids: list[int], k: int, concurrency: int) -> tup
     seconds = time.perf_counter() - began
     first.close()
     return answers, seconds, server_version
+
+
+def live_replay(settings, sessions: dict[int, list[int]], k: int, concurrency: int) -> dict[str, Any]:
+    """The recency signal, measured: each user's test ratings in time order; the first half arrives as
+    live events (accepted and applied as the API and the event worker do), the second half is what to
+    find. The same users are asked twice for their top ``k``: without the events (the first half only
+    left out, through the request context) and after them (the live layer filters it and feeds it to
+    retrieval: the history input and the neighbours of the recent items)."""
+    from recsys.data import ids
+    from recsys.events.live import apply_pending
+    from recsys.online.redis_store import RedisOnlineStore
+    from recsys.online.store import EventBatch
+
+    first = {user: items[: len(items) // 2] for user, items in sessions.items()}
+    users = sorted(first)
+    without, _, _ = served_top_k(settings, users, k, concurrency, exclude=first)
+    now_ms = int(time.time() * 1000)
+    events = [(user, item, now_ms - 1000 * (len(items) - n)) for user, items in first.items() for n, item in enumerate(items)]
+    batch = EventBatch([str(u) for u, _, _ in events], [str(i) for _, i, _ in events], ["rating"] * len(events),
+                       [t for _, _, t in events], [""] * len(events), ids.IdKinds())
+    with RedisOnlineStore.from_settings(settings) as store:
+        store.accept_events(batch)
+        applied = apply_pending(store)
+    with_live, _, _ = served_top_k(settings, users, k, concurrency)
+    return {"without": without, "with": with_live, "events": applied,
+            "rest": {user: items[len(items) // 2:] for user, items in sessions.items()}}
 
 
 def run_product(args, train_dir: Path, home: Path, checked: dict, timings: dict) -> dict:
@@ -469,6 +502,10 @@ def run_product(args, train_dir: Path, home: Path, checked: dict, timings: dict)
         product["triton_server_version"] = server_version
         log(f"  {len(answers)} users' top {K} from Triton in {seconds:.1f} s ({len(answers) / seconds:.0f} req/s)")
         product["answers"] = answers
+        with timed("live_replay", timings):
+            product["live_replay"] = live_replay(settings, args.live_sessions, K, args.concurrency)
+        log(f"  live replay: {product['live_replay']['events']} events of {len(args.live_sessions)} users applied, "
+            f"their top {K} asked without and with them ({timings['live_replay']} s)")
     finally:
         with timed("stack_down", timings):
             stack.down(settings)
@@ -608,10 +645,33 @@ def main() -> None:
     # -- the product
     log("the product, end to end")
     args.test_user_ids = [int(users[u]) for u in sorted(full.relevant)]
+    # each test user's catalogue test ratings in time order (the live replay's sessions), 2 or more of them
+    tested = np.flatnonzero(test & (item_pos >= 0))
+    seconds_of = ratings["timestamp"].astype(np.int64).to_numpy()
+    ordered = tested[np.lexsort((seconds_of[tested], user_of_row[tested]))]
+    sessions: dict[int, list[int]] = {}
+    for row in ordered:
+        sessions.setdefault(int(user_of_row[row]), []).append(int(movie_of_row[row]))
+    args.live_sessions = {user: items for user, items in sessions.items() if len(items) >= 2}
     product = run_product(args, scratch / "movielens-train", scratch / "home", checked, timings)
     answers = product.pop("answers")
     position = pd.Series(np.arange(len(catalogue)), index=catalogue)
-    lists = {int(np.searchsorted(users, user)): [int(position.get(i, -1)) for i in items] for user, items in answers.items()}
+
+    def as_lists(by_user: dict[int, list[int]]) -> dict[int, list[int]]:
+        return {int(np.searchsorted(users, user)): [int(position.get(i, -1)) for i in items] for user, items in by_user.items()}
+
+    lists = as_lists(answers)
+    replay = product.pop("live_replay")
+    rest = {int(np.searchsorted(users, user)): {int(position[i]) for i in items} for user, items in replay["rest"].items()}
+    product["live_replay"] = {
+        "what": "each test user's test ratings in time order: the first half sent as live events, the second half to find",
+        "users": len(rest), "events": replay["events"],
+        "without_live_events": evaluate_lists(as_lists(replay["without"]), rest, len(catalogue)),
+        "with_live_events": evaluate_lists(as_lists(replay["with"]), rest, len(catalogue)),
+    }
+    gain = {m: round(product["live_replay"]["with_live_events"][m] / product["live_replay"]["without_live_events"][m], 3)
+            for m in ("recall_at_10", "ndcg_at_10") if product["live_replay"]["without_live_events"][m]}
+    product["live_replay"]["with_over_without"] = gain
     product["metrics"] = evaluate_lists(lists, full.relevant, len(catalogue))
     product["short_lists"] = int(sum(1 for items in lists.values() if len(items) < K))
     # the protocol's candidates exclude what the user rated in training; the served model filters them itself
@@ -671,6 +731,13 @@ def table(result: dict) -> str:
                  + ", ".join(f"{k} {v['recall_at_10']}/{v['ndcg_at_10']}" for k, v in result["earlier_reports_test_tuned"].items()) + ")")
     lines.append(f"recsys / best validation-tuned peer ({ratio['best_peer']}): recall@10 {ratio['recall_at_10']}, "
                  f"ndcg@10 {ratio['ndcg_at_10']}, coverage {ratio['coverage']}")
+    replay = result["product"].get("live_replay")
+    if replay:
+        lines.append(f"live replay ({replay['users']} users, {replay['events']} events: the first half of each one's test "
+                     f"ratings sent as live events, the second half to find): recall@10 / ndcg@10 without "
+                     f"{replay['without_live_events']['recall_at_10']:.4f} / {replay['without_live_events']['ndcg_at_10']:.4f}, "
+                     f"with {replay['with_live_events']['recall_at_10']:.4f} / {replay['with_live_events']['ndcg_at_10']:.4f} "
+                     f"({replay['with_over_without']})")
     ts = result["product"]["own_validation_metrics"]
     keys = ("pipeline_recall_at_10", "recall_at_10", "popularity_recall_at_10", "ndcg_at_10", "popularity_ndcg_at_10",
             "gap_recall_at_10", "auc", "gap_auc", "logloss")
