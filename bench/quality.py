@@ -16,7 +16,8 @@ Writes bench/results/quality.json and prints a table. One run, one split, everyt
    Then the **live replay** (the recency signal, measured): each test user's test ratings in time
    order, the first half sent as live events (accepted and applied, as the API and the event worker
    do), the second half to find; the same users asked without the events (the first half left out
-   through the request context) and with them.
+   through the request context) and with them; and the same events sent under new user ids (unknown
+   to the batch data), asked before them (the popularity list) and after.
    A local stack of its own (Redis, MLflow, Triton) in a scratch RECSYS_HOME on free ports, stopped
    at the end. Training parameters are the product's own defaults unless ``--train-param`` says
    otherwise; ``--tune N`` runs the product's Optuna search first (``tune_trials``, within
@@ -419,12 +420,19 @@ def served_top_k(settings, user_ids: list[int], k: int, concurrency: int,
     return answers, seconds, server_version
 
 
-def live_replay(settings, sessions: dict[int, list[int]], k: int, concurrency: int) -> dict[str, Any]:
-    """The recency signal, measured: each user's test ratings in time order; the first half arrives as
-    live events (accepted and applied as the API and the event worker do), the second half is what to
-    find. The same users are asked twice for their top ``k``: without the events (the first half only
-    left out, through the request context) and after them (the live layer filters it and feeds it to
-    retrieval: the history input and the neighbours of the recent items)."""
+NEW_USER_OFFSET = 10_000_000
+"""The live replay's new users: test user u sends their events again as user u + this (unknown to the batch data)."""
+
+
+def live_replay(settings, sessions: dict[int, list[int]], trained: dict[int, list[int]], k: int,
+                concurrency: int) -> dict[str, Any]:
+    """The recency signal, measured. Each test user's test ratings in time order: the first half arrives
+    as live events (accepted and applied, as the API and the event worker do), the second half is what
+    to find. Known users: the same users asked without the events (the first half left out through the
+    request context) and after them (the live layer filters them and feeds them to retrieval). New users:
+    the same events sent again under new ids, unknown to the batch data, asked before them (the
+    popularity list) and after; both times the user's training ratings are left out through the context,
+    since a newcomer's answer is not to be judged on what only the batch data knows."""
     from recsys.data import ids
     from recsys.events.live import apply_pending
     from recsys.online.redis_store import RedisOnlineStore
@@ -432,17 +440,24 @@ def live_replay(settings, sessions: dict[int, list[int]], k: int, concurrency: i
 
     first = {user: items[: len(items) // 2] for user, items in sessions.items()}
     users = sorted(first)
+    newcomers = {user + NEW_USER_OFFSET: user for user in users}
     without, _, _ = served_top_k(settings, users, k, concurrency, exclude=first)
+    new_without, _, _ = served_top_k(settings, sorted(newcomers), k, concurrency,
+                                     exclude={n: trained.get(u, []) + first[u] for n, u in newcomers.items()})
     now_ms = int(time.time() * 1000)
-    events = [(user, item, now_ms - 1000 * (len(items) - n)) for user, items in first.items() for n, item in enumerate(items)]
+    events = [(who, item, now_ms - 1000 * (len(items) - n)) for user, items in first.items()
+              for who in (user, user + NEW_USER_OFFSET) for n, item in enumerate(items)]
     batch = EventBatch([str(u) for u, _, _ in events], [str(i) for _, i, _ in events], ["rating"] * len(events),
                        [t for _, _, t in events], [""] * len(events), ids.IdKinds())
     with RedisOnlineStore.from_settings(settings) as store:
         store.accept_events(batch)
         applied = apply_pending(store)
     with_live, _, _ = served_top_k(settings, users, k, concurrency)
-    return {"without": without, "with": with_live, "events": applied,
-            "rest": {user: items[len(items) // 2:] for user, items in sessions.items()}}
+    new_with, _, _ = served_top_k(settings, sorted(newcomers), k, concurrency,
+                                  exclude={n: trained.get(u, []) for n, u in newcomers.items()})
+    back = lambda answers: {newcomers[n]: items for n, items in answers.items()}  # noqa: E731
+    return {"without": without, "with": with_live, "new_without": back(new_without), "new_with": back(new_with),
+            "events": applied, "rest": {user: items[len(items) // 2:] for user, items in sessions.items()}}
 
 
 def run_product(args, train_dir: Path, home: Path, checked: dict, timings: dict) -> dict:
@@ -503,7 +518,7 @@ def run_product(args, train_dir: Path, home: Path, checked: dict, timings: dict)
         log(f"  {len(answers)} users' top {K} from Triton in {seconds:.1f} s ({len(answers) / seconds:.0f} req/s)")
         product["answers"] = answers
         with timed("live_replay", timings):
-            product["live_replay"] = live_replay(settings, args.live_sessions, K, args.concurrency)
+            product["live_replay"] = live_replay(settings, args.live_sessions, args.trained_items, K, args.concurrency)
         log(f"  live replay: {product['live_replay']['events']} events of {len(args.live_sessions)} users applied, "
             f"their top {K} asked without and with them ({timings['live_replay']} s)")
     finally:
@@ -653,6 +668,9 @@ def main() -> None:
     for row in ordered:
         sessions.setdefault(int(user_of_row[row]), []).append(int(movie_of_row[row]))
     args.live_sessions = {user: items for user, items in sessions.items() if len(items) >= 2}
+    args.trained_items = {}
+    for row in np.flatnonzero(~test):
+        args.trained_items.setdefault(int(user_of_row[row]), []).append(int(movie_of_row[row]))
     product = run_product(args, scratch / "movielens-train", scratch / "home", checked, timings)
     answers = product.pop("answers")
     position = pd.Series(np.arange(len(catalogue)), index=catalogue)
@@ -663,15 +681,21 @@ def main() -> None:
     lists = as_lists(answers)
     replay = product.pop("live_replay")
     rest = {int(np.searchsorted(users, user)): {int(position[i]) for i in items} for user, items in replay["rest"].items()}
+    figures = {name: evaluate_lists(as_lists(replay[name]), rest, len(catalogue))
+               for name in ("without", "with", "new_without", "new_with")}
+
+    def ratio(a: dict, b: dict) -> dict:
+        return {m: round(a[m] / b[m], 3) for m in ("recall_at_10", "ndcg_at_10") if b[m]}
+
     product["live_replay"] = {
-        "what": "each test user's test ratings in time order: the first half sent as live events, the second half to find",
+        "what": "each test user's test ratings in time order: the first half sent as live events, the second half "
+                "to find; known users, and the same events sent again under new ids (unknown to the batch data)",
         "users": len(rest), "events": replay["events"],
-        "without_live_events": evaluate_lists(as_lists(replay["without"]), rest, len(catalogue)),
-        "with_live_events": evaluate_lists(as_lists(replay["with"]), rest, len(catalogue)),
+        "known_users": {"without_live_events": figures["without"], "with_live_events": figures["with"],
+                        "with_over_without": ratio(figures["with"], figures["without"])},
+        "new_users": {"popularity_before_events": figures["new_without"], "after_events": figures["new_with"],
+                      "after_over_before": ratio(figures["new_with"], figures["new_without"])},
     }
-    gain = {m: round(product["live_replay"]["with_live_events"][m] / product["live_replay"]["without_live_events"][m], 3)
-            for m in ("recall_at_10", "ndcg_at_10") if product["live_replay"]["without_live_events"][m]}
-    product["live_replay"]["with_over_without"] = gain
     product["metrics"] = evaluate_lists(lists, full.relevant, len(catalogue))
     product["short_lists"] = int(sum(1 for items in lists.values() if len(items) < K))
     # the protocol's candidates exclude what the user rated in training; the served model filters them itself
@@ -733,11 +757,16 @@ def table(result: dict) -> str:
                  f"ndcg@10 {ratio['ndcg_at_10']}, coverage {ratio['coverage']}")
     replay = result["product"].get("live_replay")
     if replay:
-        lines.append(f"live replay ({replay['users']} users, {replay['events']} events: the first half of each one's test "
-                     f"ratings sent as live events, the second half to find): recall@10 / ndcg@10 without "
-                     f"{replay['without_live_events']['recall_at_10']:.4f} / {replay['without_live_events']['ndcg_at_10']:.4f}, "
-                     f"with {replay['with_live_events']['recall_at_10']:.4f} / {replay['with_live_events']['ndcg_at_10']:.4f} "
-                     f"({replay['with_over_without']})")
+        known, new = replay["known_users"], replay["new_users"]
+
+        def pair(m: dict) -> str:
+            return f"{m['recall_at_10']:.4f} / {m['ndcg_at_10']:.4f}"
+
+        lines.append(f"live replay ({replay['users']} users, {replay['events']} events; the first half of each one's test "
+                     f"ratings sent as live events, the second half to find), recall@10 / ndcg@10: known users without "
+                     f"{pair(known['without_live_events'])}, with {pair(known['with_live_events'])} "
+                     f"({known['with_over_without']}); the same events from new users: popularity before them "
+                     f"{pair(new['popularity_before_events'])}, after {pair(new['after_events'])} ({new['after_over_before']})")
     ts = result["product"]["own_validation_metrics"]
     keys = ("pipeline_recall_at_10", "recall_at_10", "popularity_recall_at_10", "ndcg_at_10", "popularity_ndcg_at_10",
             "gap_recall_at_10", "auc", "gap_auc", "logloss")

@@ -13,8 +13,16 @@ from recsys.data import ids
 from recsys.events.live import apply_pending
 from recsys.online.store import EventBatch
 
-NOW = float(int(time.time()))  # counter buckets expire by the real clock: "now" must be now
+NOW = float(int(time.time()))  # counter buckets and live items expire by the real clock: "now" must be now
 MS = int(NOW * 1000)
+
+
+@pytest.fixture(autouse=True)
+def fresh_now():
+    """Each test's own "now" (the suite may have run for minutes since this module was imported)."""
+    global NOW, MS
+    NOW = float(int(time.time()))
+    MS = int(NOW * 1000)
 
 
 def accept(store, events, kinds=ids.IdKinds(), **kwargs):
