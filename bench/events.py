@@ -6,11 +6,12 @@ the event worker, on free ports), the 10k-item catalogue of bench/serving.py (bu
 
 1. **accept throughput**: ``redis-benchmark`` XADD of the event log's entry shape (6 fields, the same
    value sizes) with one pipelined client (``-c 1 -P 64``) and with 8, the ceiling; beside it, in
-   alternating rounds: the online store's accept (``RedisOnlineStore.accept_events``, batches of
-   1000, one client: what Redis takes; the event worker is stopped meanwhile, as during the
-   ceiling, so both see an otherwise idle Redis), the live applier's rate catching up with those
+   alternating rounds, the online store's accept (``RedisOnlineStore.accept_events``, batches of
+   1000, one client: what Redis takes). (a) On a Redis of its own (the embedded service, nothing else
+   on it): the goal's figure, store accept >= 0.5x of one pipelined client. (b) On the serving stack's
+   Redis (the event worker stopped meanwhile), then the live applier's rate catching up with those
    events once the worker starts, and the HTTP API's ``POST /v1/events`` (1000 events per request:
-   JSON, validation, accept; everything running). Goal: store accept >= 0.5x of one pipelined client.
+   JSON, validation, accept; everything running).
 2. **accept-to-visible**: background events flow through the API at 1k and then 5k events/s (random
    users and items); probes: a user's current top item is bought through the API, then the user's
    recommendations are asked of Triton (gRPC) until the item is gone. p50/p99 of the time from the
@@ -323,10 +324,30 @@ def main() -> None:
         # catching up with what was accepted, then the HTTP API with everything running
         log("1. accept throughput")
         n_batches = 50 if args.quick else 200
-        accept = {"ceiling": [], "store": [], "applier": [], "api": [],
-                  "conditions": "Redis' RDB snapshots off during this part (a snapshot's fork during one measurement "
-                                "and not the other would decide the ratio); the event worker stopped during the "
-                                "ceiling and the store's accept"}
+        # 1a. on a Redis of its own (the embedded service's binary and configuration, snapshots off): the
+        # accept path against Redis' own XADD rate, alternating, nothing else on the server
+        alone = replace(s, home=scratch / "redis-alone", redis_port=free_port())
+        stack.up(alone, only=["redis"])
+        try:
+            own = RedisOnlineStore.from_settings(alone)
+            own.client.config_set("save", "")
+            alone_rounds = {"ceiling": [], "store": []}
+            for r in range(rounds):
+                alone_rounds["ceiling"].append(xadd_ceiling(alone.redis_port, None, n_batches * 1000))
+                own.client.delete("ceiling:events")
+                alone_rounds["store"].append(store_accept_rate(own, rules, event_batches(users, items, n_batches, 1000, seed=r)))
+                log(f"  alone, round {r + 1}: ceiling 1 client {alone_rounds['ceiling'][-1]['clients_1']:,.0f}/s, store "
+                    f"accept {alone_rounds['store'][-1]['events_per_s']:,.0f}/s")
+            own.close()
+        finally:
+            stack.down(alone, only=["redis"])
+        # 1b. on the serving stack's Redis (holding the online version, the live state and the log): the same
+        # accept with the event worker stopped, the live applier catching up, and the HTTP API
+        accept = {"ceiling": [], "store": [], "applier": [], "api": [], "alone": alone_rounds,
+                  "conditions": "1a (alone): a Redis of its own, nothing else on it; 1b: the serving stack's Redis, "
+                                "the event worker stopped during the ceiling and the store's accept. Redis' RDB "
+                                "snapshots off in both (a snapshot's fork during one measurement and not the other "
+                                "would decide the ratio)"}
         saving = store.client.config_get("save")["save"]
         store.client.config_set("save", "")
         for r in range(rounds):
@@ -348,6 +369,13 @@ def main() -> None:
                 f"API {accept['api'][-1]['events_per_s']:,.0f}/s")
         store.client.config_set("save", saving)
         med = lambda rows, key: statistics.median(row[key] for row in rows)  # noqa: E731
+        accept["alone_median"] = {
+            "ceiling_1_client_per_s": med(alone_rounds["ceiling"], "clients_1"),
+            "ceiling_8_clients_per_s": med(alone_rounds["ceiling"], "clients_8"),
+            "store_accept_per_s": med(alone_rounds["store"], "events_per_s"),
+        }
+        accept["alone_median"]["store_over_ceiling_1_client"] = round(
+            accept["alone_median"]["store_accept_per_s"] / accept["alone_median"]["ceiling_1_client_per_s"], 3)
         accept["median"] = {
             "ceiling_1_client_per_s": med(accept["ceiling"], "clients_1"),
             "ceiling_8_clients_per_s": med(accept["ceiling"], "clients_8"),

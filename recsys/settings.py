@@ -188,7 +188,8 @@ class Settings:
     """A user's live state (seen items since the batch, recent items) expires this long after their last
     event; it must outlast the batch path (ETL + refresh) that brings those events into an online version."""
     live_neighbours_k: int = 50
-    """Retrieval's second candidate source: this many neighbours of the user's recent items (0: off)."""
+    """A user unknown to the batch data who sent events is answered by the models, their events as history;
+    with a model without a history input, by this many cosine neighbours of their recent items instead."""
     events_consumer_name: str = ""
     """Name of this landing consumer in the consumer group (empty: the host name). Run more processes
     with distinct names to share the stream."""

@@ -11,9 +11,9 @@ into its kind (a bad one is that request's :class:`BadRequest`); answers hold it
 (int64, or an object array of str). Inside the stages items are table rows (int64) either way, so
 text ids cost only the lookups at the edges (:meth:`recsys.online.store.ItemTable.rows_of`).
 
-1. **retrieval**: the users' features and history (online store) -> query tower -> FAISS top
-   ``candidates_k``, then the second source (below); a user unknown to the batch data is answered
-   the same way from their live items (below), or, without any, with the popularity list (cold start);
+1. **retrieval**: the users' features and history (online store, live events first) -> query tower
+   -> FAISS top ``candidates_k``; a user unknown to the batch data is answered the same way from their
+   live items (below), or, without any, with the popularity list (cold start);
 2. **filtering**: drop duplicates, items the user has seen (batch data and live events), items
    excluded by the request's context, items in the unavailable set, items the current online
    version does not hold;
@@ -33,19 +33,20 @@ also returns each user's live items (events accepted since the batch data, newes
   their events are the history both towers read, their id and features the out-of-vocabulary
   codes. On MovieLens (bench/quality.py's live replay: test users sent under new ids with the
   first half of their test ratings as events) this found 1.39x the popularity list's recall@10
-  (0.0761 vs 0.0548), where the session's cosine neighbours below found 0.97x. A model without a
-  history input answers them with those neighbours, then the popularity list; an unknown user
-  without events gets the popularity list;
-- *a second candidate source*: the newest ``recent_items`` live items form a session vector, the
-  recency-weighted mean (weights 1, 1/2, 1/3, ...) of their unit item vectors without the prior slot
-  (:meth:`recsys.serving.index.ItemIndex.neighbours`), whose ``neighbours_k`` nearest items by
-  cosine (the session's own items left out) follow the query tower's list (first occurrence kept,
-  cut to ``candidates_k``): they fill a list filtering left short, and the ranker may lift them.
-  Rejected: interleaving them with the tower's list (tower 1st, neighbour 1st, ...), which on the
-  same replay cost 23% of recall@10 (0.0893 vs 0.1161: cosine neighbours in the two-tower's space
-  are weaker candidates than the tower's own, and the fusion's position term then favoured them;
-  one neighbour every 10 tower items still cost 3%). A user without live items gets the tower's list
-  untouched: the same answer, item for item and score for score, as without the live read.
+  (0.0761 vs 0.0548), where the cosine neighbours of their session found 0.97x. Only a model
+  without a history input answers them with those neighbours (the newest ``recent_items`` live items
+  form a session vector, the recency-weighted mean, weights 1, 1/2, 1/3, ..., of their unit item
+  vectors without the prior slot; its ``neighbours_k`` nearest items by cosine,
+  :meth:`recsys.serving.index.ItemIndex.neighbours`), then the popularity list. An unknown user
+  without events gets the popularity list.
+
+Rejected, measured on the same replay: the session's neighbours as a second candidate source for
+known users. Interleaved with the tower's list (tower 1st, neighbour 1st, ...) they cost 23% of
+recall@10 (0.0893 vs 0.1161; one neighbour every 10 tower items still cost 3%): cosine neighbours in
+the two-tower's space are weaker candidates than the tower's own, and the fusion's position term
+favoured them. After the tower's list they changed nothing (it fills ``candidates_k`` by itself)
+and cost ~12% of a batch's time. A user without live items gets exactly the answer, item for item
+and score for score, of the path without the live read.
 
 **Similar items** (a request with ``item_id`` instead of ``user_id``): the item's nearest items by
 cosine over the published embeddings without the prior slot, leaving out the item itself, items
@@ -63,8 +64,7 @@ Where the time goes, and why it is spent this way:
 - **Batches.** With Triton's dynamic batching (``settings.triton_batch_delay_us``) the model gets
   every request queued meanwhile in one call; the batch costs one Redis round trip in all (users,
   seen items, live items and, when it is small, the whole unavailable set, in one Lua script), one
-  query-tower call, one FAISS search (plus one cosine search for the sessions of users with live
-  items) and one ranker call over all candidates of all requests; filtering is
+  query-tower call, one FAISS search and one ranker call over all candidates of all requests; filtering is
   numpy masks over a (requests x candidates) array. The fixed cost of a TensorFlow call (~0.3 ms of
   Python and runtime overhead) is paid once per batch instead of once per request.
 - **One version per batch, pinned.** The users' read resolves the newest online version of the
@@ -265,7 +265,7 @@ class FourStageRecommender:
                     feed[f"{HISTORY_INPUT}offsets"] = np.arange(rows + 1, dtype=np.int64)
                 fn(feed)
         if self.index is not None:
-            self.index.prepare_neighbours()  # the cosine index of the second source and similar items
+            self.index.prepare_neighbours()  # the cosine index of similar items (and a history-less model's newcomers)
         try:
             current = self.store.current(feature_version=self.feature_version)
             if current is not None:
@@ -379,8 +379,8 @@ class FourStageRecommender:
         t0 = clock()
         n_req, n_cand = len(user_ids), self.candidates_k
         # --- 1. retrieval: one read of every user (+ seen items, live items, + the unavailable set when
-        # small), one query-tower call and one FAISS search for the warm users, one cosine search for the
-        # sessions of users with live items; popularity for the cold ones
+        # small), one query-tower call and one FAISS search for the warm users (newcomers with events among
+        # them); popularity for the cold ones
         users = self.store.read_users(
             user_ids, with_seen=True, with_live=self.read_live, unavailable_up_to=UNAVAILABLE_READ_WHOLE,
             feature_version=self.feature_version,
@@ -402,18 +402,15 @@ class FourStageRecommender:
             query = self.query_tower(_feed(self.query_tower, lambda c: users.columns[c][warm], history))
             positions = self.index.search_positions(query, n_cand)
             candidates[warm, : positions.shape[1]] = np.where(positions >= 0, catalogue.row_of_position[positions], -1)
-        neighbours = self._session_neighbours(live, catalogue) if self.mode == MODELS else {}
-        for i in range(n_req):
-            if warm[i]:
-                if i in neighbours:  # the second source, after the tower's list (see the module docstring)
-                    merged = _distinct(np.concatenate([candidates[i], neighbours[i]]))[:n_cand]
-                    candidates[i] = -1
-                    candidates[i, : len(merged)] = merged
-            else:  # cold: the session's neighbours (if any: a model without history), then the popularity list
-                cold = catalogue.popularity_rows[:n_cand]
-                if i in neighbours:
-                    cold = _distinct(np.concatenate([neighbours[i], cold]))[:n_cand]
-                candidates[i, : len(cold)] = cold
+        # cold requests: a newcomer's session neighbours (their events, a model without a history input),
+        # then the popularity list
+        cold_live = [items if not warm[i] else items[:0] for i, items in enumerate(live)]
+        neighbours = self._session_neighbours(cold_live, catalogue) if self.mode == MODELS else {}
+        for i in np.flatnonzero(~warm).tolist():
+            cold = catalogue.popularity_rows[:n_cand]
+            if i in neighbours:
+                cold = _distinct(np.concatenate([neighbours[i], cold]))[:n_cand]
+            candidates[i, : len(cold)] = cold
         t1 = clock()
         # --- 2. filtering: masks over the whole batch (every candidate line holds each row once)
         keep = candidates >= 0

@@ -104,10 +104,10 @@ def pipeline_from_settings(
     ``ranker_weight``: the scoring stage's blend of the ranker with retrieval's order
     (:mod:`recsys.serving.scoring`), as the champion's training run chose it. The history length is not a
     setting: :func:`write_model_versions` reads it from the query tower it publishes.
-    ``live``: how the served model uses the live layer (events since the batch data): the newest
-    ``recent_items`` live items of a user form the session whose ``neighbours_k`` nearest items are
-    retrieval's second candidate source (0: none). A version without ``live`` (published before the
-    live layer) does not read it at all.
+    ``live``: how the served model uses the live layer (events since the batch data): read at all (a
+    version without ``live``, published before the live layer, does not); for a newcomer when the model
+    has no history input, the newest ``recent_items`` live items form the session whose ``neighbours_k``
+    nearest items answer them (recsys.serving.engine).
     """
     from recsys.data import ids
     from recsys.serving.ordering import OrderingRules, parse_boosts

@@ -202,7 +202,7 @@ from recsys.online.redis_store import RedisOnlineStore
 from recsys.serving.engine import FourStageRecommender, Query, configure_tensorflow_threads
 
 configure_tensorflow_threads()
-version_dir, users, item = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+version_dir, users, item, newcomer = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
 store = RedisOnlineStore.from_settings()
 pipeline = json.loads((version_dir / "pipeline.json").read_text())
 assert "live" in pipeline
@@ -211,6 +211,9 @@ answers = {}
 for name, settings in (("live", pipeline), ("no_live", without)):
     engine = FourStageRecommender(version_dir, store, settings)
     answers[name] = [[r.item_ids.tolist(), r.scores.tolist()] for r in engine.recommend_many([Query(u, 20) for u in users])]
+# a model without a history input answers a newcomer with the cosine neighbours of their events' session
+historyless = FourStageRecommender(version_dir, store, {**pipeline, "history_length": 0})
+answers["newcomer"] = historyless.recommend(newcomer, 10).item_ids.tolist()
 popular = FourStageRecommender(version_dir, store, {**pipeline, "mode": "popularity"})
 try:
     popular.similar(item, 5)
@@ -220,17 +223,21 @@ print(json.dumps(answers))
 """
 
 
-def test_users_without_live_items_get_exactly_the_answer_of_the_old_path(served, client, users, live, trained_run):
+def test_users_without_live_items_get_exactly_the_answer_of_the_old_path(served, client, users, live, trained_run,
+                                                                          vectors):
     """The engine with the live layer and the engine without it (a version published before it), side by
-    side in the Merlin interpreter on the same online store; and the served answers."""
+    side in the Merlin interpreter on the same online store; and the served answers. And a model without
+    a history input answers a newcomer with their session's cosine neighbours."""
     s = served["settings"]
     with_events = users[5]
-    live([{"user_id": with_events, "item_id": item, "event_type": "click"}
-          for item in items_of(client.recommend(with_events, 3))])
+    clicked = items_of(client.recommend(with_events, 3))
+    live([{"user_id": with_events, "item_id": item, "event_type": "click"} for item in clicked])
+    newcomer = 990_000_009
+    live([{"user_id": newcomer, "item_id": item, "event_type": "view"} for item in clicked])
     asked = [*users[2:5], with_events, 987_654_321]  # three warm users, one with events, one unknown
     done = subprocess.run(
         [str(s.merlin_python), "-c", ENGINE_SIDE_BY_SIDE, str(s.triton_repo / "recsys" / "1"), json.dumps(asked),
-         json.dumps(int(users[0]))],
+         json.dumps(int(users[0])), json.dumps(newcomer)],
         env={**os.environ, **s.as_env()}, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -244,3 +251,13 @@ def test_users_without_live_items_get_exactly_the_answer_of_the_old_path(served,
         served_now = client.recommend(user, 20)
         assert items_of(served_now) == without[0] and np.allclose([sc for _, sc in served_now], without[1], atol=1e-7)
     assert "BadRequest: similar items need a trained model" in answers["popularity_similar"]
+    # a history-less model's newcomer: the nearest items of their session (recency weights 1, 1/2, 1/3, newest first)
+    got = answers["newcomer"]
+    position = {item: n for n, item in enumerate(vectors["ids"].tolist())}
+    unit = vectors["plain"] / np.linalg.norm(vectors["plain"], axis=1, keepdims=True)
+    session = sum(unit[position[item]] / (j + 1) for j, item in enumerate(clicked[::-1]))
+    similarity = cosines(vectors, session)
+    similarity[[position[i] for i in clicked]] = -np.inf
+    tenth = np.sort(similarity)[::-1][9]
+    assert len(got) == 10 and not set(clicked) & set(got)
+    assert all(similarity[position[item]] >= tenth - 1e-5 for item in got), "not the session's nearest items"
