@@ -205,7 +205,7 @@ def _live_events(settings: Settings, users: list) -> Optional[Any]:
 
         seconds = _wait_until(personal)
         print(f"\n  user {unknown}, unknown to the batch data, viewed items {viewed}; {1000 * seconds:.0f} ms later "
-              f"their recommendations come from those views (neighbours), not the popularity list {popular}:")
+              f"their recommendations come from those views (the models read them as their history), not the popularity list {popular}:")
         print(_items_table(fresh["items"]))
         counts = api.activity("items", bought)["counts"]
         print(f"\n  GET /v1/items/{bought}/activity: {json.dumps(counts)}")

@@ -183,7 +183,8 @@ class Settings:
     events_max_batch: int = 10_000
     """Most events in one ``POST /v1/events`` (and one accept)."""
     live_recent_items: int = 20
-    """The recent-items sequence of a user: the newest N distinct items of their live events."""
+    """The recent-items sequence of a user: the newest N distinct items of their live events, which lead the
+    history the models read (all of them are filtered as seen)."""
     live_ttl_hours: float = 168.0
     """A user's live state (seen items since the batch, recent items) expires this long after their last
     event; it must outlast the batch path (ETL + refresh) that brings those events into an online version."""

@@ -26,9 +26,9 @@ also returns each user's live items (events accepted since the batch data, newes
 :meth:`recsys.online.store.OnlineStore.accept_events`), and they count at once:
 
 - *filtering* drops the union of the version's seen list and the live items;
-- *history* (the query tower's and the ranker's ``history`` input) is the live items followed by
-  the seen list, first occurrence kept, cut to the history length: what the user did seconds ago
-  moves the query;
+- *history* (the query tower's and the ranker's ``history`` input) is the recent-items sequence (the
+  newest ``recent_items`` live items) followed by the seen list, first occurrence kept, cut to the
+  history length: what the user did seconds ago moves the query;
 - *a user unknown to the batch data who sent events* is answered by the models like a known one:
   their events are the history both towers read, their id and features the out-of-vocabulary
   codes. On MovieLens (bench/quality.py's live replay: test users sent under new ids with the
@@ -547,14 +547,15 @@ class FourStageRecommender:
 
     def _histories(self, users: UserRows, live: list[np.ndarray], table: ItemTable, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(values, offsets) of the warm users' histories as encoded item ids of this version, at most
-        ``history_length`` (recsys.features.history): their live items (newest first), then their seen
-        items (newest first in the online store), each item once."""
+        ``history_length`` (recsys.features.history): their newest ``recent_items`` live items (newest
+        first), then their seen items (newest first in the online store), each item once."""
         codes = table.columns[self.item_id_column]
         lists = []
         for i in np.flatnonzero(warm):
             rows = table.rows_of(users.seen[i])
             if len(live[i]):  # without live items the seen list is used as it is (distinct already)
-                rows = _distinct(np.concatenate([table.rows_of(live[i]), rows]))
+                recent = live[i][: self.recent_items] if self.recent_items else live[i]  # the recent-items sequence
+                rows = _distinct(np.concatenate([table.rows_of(recent), rows]))
             lists.append(codes[rows[rows >= 0]])
         return truncate(lists, self.history_length)
 
