@@ -32,8 +32,8 @@ also returns each user's live items (events accepted since the batch data, newes
 - *a user unknown to the batch data who sent events* is answered by the models like a known one:
   their events are the history both towers read, their id and features the out-of-vocabulary
   codes. On MovieLens (bench/quality.py's live replay: test users sent under new ids with the
-  first half of their test ratings as events) this found 1.39x the popularity list's recall@10
-  (0.0761 vs 0.0548), where the cosine neighbours of their session found 0.97x. Only a model
+  first half of their test ratings as events) this found 1.38x the popularity list's recall@10
+  (0.0757 vs 0.0548), where the cosine neighbours of their session found 0.97x. Only a model
   without a history input answers them with those neighbours (the newest ``recent_items`` live items
   form a session vector, the recency-weighted mean, weights 1, 1/2, 1/3, ..., of their unit item
   vectors without the prior slot; its ``neighbours_k`` nearest items by cosine,
@@ -394,7 +394,7 @@ class FourStageRecommender:
         # popularity mode: no model; every user is answered like a cold one (seen items are still filtered).
         # A user unknown to the batch data who sent events is answered by the models too: their events are
         # the history both towers read (their id and features take the out-of-vocabulary codes, as the read
-        # fills them), which measured 1.39x the popularity list's recall on MovieLens (bench/README.md)
+        # fills them), which measured 1.38x the popularity list's recall on MovieLens (bench/README.md)
         has_live = np.fromiter((len(items) > 0 for items in live), dtype=bool, count=n_req)
         warm = (users.found | (has_live & bool(self.history_length))) if self.mode == MODELS else np.zeros(n_req, dtype=bool)
         history = self._histories(users, live, table, warm) if self.history_length else None
