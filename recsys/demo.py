@@ -251,23 +251,28 @@ def _drift_loop(client, settings: Settings, args: argparse.Namespace, users: lis
         print("  it already arrived in an earlier run; the drift history is in the Airflow view (below)")
         return
     # Three weeks: longer than the validation window, so a retrain also *learns* from the new world
-    # (a batch shorter than the validation window would all be held out for validation).
+    # (a batch shorter than the validation window would all be held out for validation). It arrives in
+    # as many parts as the hysteresis needs drifted checks: a check of data it already judged is no new
+    # evidence, so each check judges a new data version.
     days = 3 * settings.validation_days
-    rows = append_batch(
-        settings.landing,
-        SyntheticConfig(
-            n_users=args.users, n_items=args.items, n_interactions=args.interactions * days // args.days,
-            days=days, seed=args.seed + 1, drift=1.0,
-        ),
-    )
-    print(f"  landing folder now holds {rows['interactions']:,} interactions ({days} new, drifted days)")
+    parts = max(1, settings.drift_consecutive_checks)
+    part_days = [days // parts + (1 if i < days % parts else 0) for i in range(parts)]
+    print(f"  {days} days of drifted data arrive in {parts} part(s) of {', '.join(map(str, part_days))} days")
 
     _step(
-        f"9/{STEPS} {DRIFT_DAG}: Evidently checks of the newest week against the champion's training window "
-        f"(retrain after {settings.drift_consecutive_checks} drifted checks in a row)"
+        f"9/{STEPS} {DRIFT_DAG}: after each arrival, Evidently checks the newest week against the champion's "
+        f"training window (retrain after {settings.drift_consecutive_checks} drifted checks of new data in a row)"
     )
     triggered = None
-    for _ in range(settings.drift_consecutive_checks + 1):
+    for i, n_days in enumerate(part_days):
+        rows = append_batch(
+            settings.landing,
+            SyntheticConfig(
+                n_users=args.users, n_items=args.items, n_interactions=args.interactions * n_days // args.days,
+                days=n_days, seed=args.seed + 1 + i, drift=1.0,
+            ),
+        )
+        print(f"  part {i + 1}/{parts}: the landing folder now holds {rows['interactions']:,} interactions")
         run = client.dag_run(DRIFT_DAG, client.trigger(DRIFT_DAG))
         _run_and_wait(client, DRIFT_DAG, run["dag_run_id"], args.timeout, settings)
         check = list_checks(1, settings)[0]

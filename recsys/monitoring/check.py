@@ -99,6 +99,7 @@ def run_drift_check(
         drift,
         store.read_history(s),
         champion_run_id=champion.run_id,
+        data_version=current.data_version,
         now=now,
         required_consecutive=s.drift_consecutive_checks,
         cooldown_hours=s.drift_cooldown_hours,

@@ -3,7 +3,10 @@
 A single noisy check must not retrain, and a lasting drift must not retrain on every check:
 
 * **hysteresis**: retrain only when drift was found in ``required_consecutive`` checks in a row, all
-  against the same champion (a new champion starts a new streak: it was trained on newer data);
+  against the same champion (a new champion starts a new streak: it was trained on newer data), on
+  as many different data versions: the streak counts evidence, not repetitions (two checks of one
+  data version, seconds apart, are one piece of evidence; a check that judges the data version the
+  previous check judged does not extend the streak, and its reason says so);
 * **cooldown**: at most one drift-triggered retrain per ``cooldown_hours``, counted from the last
   check that triggered one (whichever champion it judged).
 """
@@ -23,7 +26,8 @@ class Decision:
     """This check found drift (share of drifted features >= the threshold)."""
     trigger: bool
     consecutive: int
-    """Checks in a row with drift against this champion, this one included (0 without drift)."""
+    """Different data versions in the run of drifted checks against this champion, this one included
+    (0 without drift)."""
     required_consecutive: int
     cooldown_until: Optional[str]
     """ISO time (UTC) before which no drift-triggered retrain may start, when a cooldown is running."""
@@ -47,6 +51,7 @@ def decide(
     previous: Sequence[Mapping],
     *,
     champion_run_id: str,
+    data_version: Optional[str] = None,
     now: datetime,
     required_consecutive: int,
     cooldown_hours: float,
@@ -54,18 +59,31 @@ def decide(
     """Decide whether this check triggers a retrain.
 
     ``previous`` are the earlier checks' history entries, oldest first; each needs ``drift`` (bool),
-    ``trigger`` (bool), ``champion_run_id`` and ``checked_at`` (ISO time).
+    ``trigger`` (bool), ``champion_run_id`` and ``checked_at`` (ISO time), and ``current_data_version``
+    (the data version it judged; an entry without one counts as different evidence). ``data_version``
+    is the data version this check judged.
     """
     required = max(1, int(required_consecutive))
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
 
     consecutive = 0
+    last = previous[-1] if previous else None
+    # The previous check, when it judged this same data version (and found drift, against this champion).
+    repeated = None
+    if (drift and last is not None and data_version is not None and last.get("drift")
+            and last.get("champion_run_id") == champion_run_id and last.get("current_data_version") == data_version):
+        repeated = last
     if drift:
+        seen = {data_version}
         consecutive = 1
         for entry in reversed(previous):
             if not entry.get("drift") or entry.get("champion_run_id") != champion_run_id:
                 break
+            judged = entry.get("current_data_version")
+            if judged is not None and judged in seen:
+                continue  # the same evidence again
+            seen.add(judged)
             consecutive += 1
 
     last_trigger = next((e for e in reversed(previous) if e.get("trigger")), None)
@@ -81,8 +99,15 @@ def decide(
     if not drift:
         return outcome(False, "no drift")
     streak = f"drift in {consecutive} of {required} required consecutive checks"
+    if repeated is not None:
+        streak += (
+            f" (data version {data_version} was judged by the previous check "
+            f"{repeated.get('check_id', '?')} too: not new evidence, the streak is not extended)"
+        )
     if consecutive < required:
         return outcome(False, streak)
+    if repeated is not None and repeated.get("trigger"):
+        return outcome(False, f"{streak}; that check already triggered the retrain this evidence calls for")
     if cooldown_until is not None:
         return outcome(
             False,

@@ -34,10 +34,12 @@ def drift_world(stack_settings, tmp_path_factory) -> dict:
         "reference": root / "landing-reference",
         "same": root / "landing-same",
         "drifted": root / "landing-drifted",
+        "drifted-later": root / "landing-drifted-later",  # more drifted data: a second data version
     }
     write_synthetic(landings["reference"], BASE)
     write_synthetic(landings["same"], _with(BASE, n_interactions=9_000, start=LATER))
     write_synthetic(landings["drifted"], _with(BASE, n_interactions=9_000, start=LATER, drift=1.0))
+    write_synthetic(landings["drifted-later"], _with(BASE, n_interactions=9_000, start=LATER, drift=1.0, seed=6))
 
     s = replace(stack_settings, home=root / "home")
     data = ingest(landings["reference"], s.data_root)

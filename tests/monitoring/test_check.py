@@ -68,22 +68,28 @@ def test_drifted_data_triggers(monitored):
 
 def test_hysteresis_and_cooldown_over_real_checks(monitored):
     s = monitored("drifted", drift_consecutive_checks=2, drift_cooldown_hours=24.0)
+    later = monitored("drifted-later", drift_consecutive_checks=2, drift_cooldown_hours=24.0)
     same = monitored("same", drift_consecutive_checks=2, drift_cooldown_hours=24.0)
     first = run_drift_check(same, now=T0)
     assert not first["drift"]
     second = run_drift_check(s, now=T0 + timedelta(hours=1))
     assert second["drift"] and not second["trigger"]
     assert "drift in 1 of 2 required consecutive checks" in second["reason"]
-    third = run_drift_check(s, now=T0 + timedelta(hours=2))
+    # the same data checked again is the same evidence: the streak does not grow, and the reason says so
+    repeat = run_drift_check(s, now=T0 + timedelta(hours=1, minutes=1))
+    assert repeat["drift"] and not repeat["trigger"] and repeat["consecutive"] == 1
+    assert f"data version {second['current_data_version']} was judged by the previous check" in repeat["reason"]
+    third = run_drift_check(later, now=T0 + timedelta(hours=2))
+    assert third["current_data_version"] != second["current_data_version"]
     assert third["trigger"] and "drift in 2 of 2 required consecutive checks: retrain" in third["reason"]
     fourth = run_drift_check(s, now=T0 + timedelta(hours=3))
     assert fourth["drift"] and not fourth["trigger"]
     assert "cooling down until 2026-03-02T14:00:00Z" in fourth["reason"]
-    fifth = run_drift_check(s, now=T0 + timedelta(hours=27))
+    fifth = run_drift_check(later, now=T0 + timedelta(hours=27))
     assert fifth["trigger"]
     history = store.list_checks(None, s)
-    assert [c["trigger"] for c in history] == [True, False, True, False, False]  # newest first
-    assert [c["reason"] for c in history] == [c["reason"] for c in (fifth, fourth, third, second, first)]
+    assert [c["trigger"] for c in history] == [True, False, True, False, False, False]  # newest first
+    assert [c["reason"] for c in history] == [c["reason"] for c in (fifth, fourth, third, repeat, second, first)]
 
 
 def test_missing_feature_column_in_current_data_is_a_clear_error_and_no_trigger(monitored, tmp_path):

@@ -52,3 +52,32 @@ def test_cooldown_after_a_triggered_retrain():
 def test_one_required_check_and_no_cooldown_trigger_every_time():
     d = _decide(True, [_entry(0.1, True, trigger=True)], required=1, cooldown=0)
     assert d.trigger and d.consecutive == 2
+
+
+def _judged(entry: dict, data_version: str) -> dict:
+    return {**entry, "current_data_version": data_version}
+
+
+def test_checks_of_the_same_data_version_are_one_piece_of_evidence():
+    # The demo's case: two checks seconds apart on one data version must not make a streak of two.
+    again = decide(True, [_judged(_entry(0.01, True, check_id="20260301T115900Z-aaaaaa"), "v1")],
+                   champion_run_id="run-a", data_version="v1", now=NOW, required_consecutive=2, cooldown_hours=24)
+    assert not again.trigger and again.consecutive == 1
+    assert "data version v1 was judged by the previous check 20260301T115900Z-aaaaaa too" in again.reason
+    assert "not new evidence" in again.reason
+    # new data that still drifts does extend it, and repeats further back are not counted twice
+    history = [_judged(_entry(3, True), "v1"), _judged(_entry(2, True), "v1")]
+    new = decide(True, history, champion_run_id="run-a", data_version="v2", now=NOW, required_consecutive=2,
+                 cooldown_hours=24)
+    assert new.trigger and new.consecutive == 2 and "not new evidence" not in new.reason
+    three = decide(True, history, champion_run_id="run-a", data_version="v2", now=NOW, required_consecutive=3,
+                   cooldown_hours=24)
+    assert not three.trigger and three.consecutive == 2
+
+
+def test_a_repeat_of_the_check_that_triggered_does_not_trigger_again():
+    history = [_judged(_entry(2, True), "v1"), _judged(_entry(1, True, trigger=True, check_id="x"), "v2")]
+    d = decide(True, history, champion_run_id="run-a", data_version="v2", now=NOW, required_consecutive=2,
+               cooldown_hours=0)
+    assert not d.trigger and d.consecutive == 2
+    assert "already triggered" in d.reason
