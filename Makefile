@@ -3,6 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3.11
+comma := ,
 UV_VERSION := 0.13.8
 ENVS := .envs
 UV := $(ENVS)/bootstrap/bin/uv
@@ -15,13 +16,14 @@ MERLIN_ONLY := tests/features tests/training
 MERLIN_TESTS := tests/data $(MERLIN_ONLY)
 CONTROL_TESTS := tests $(addprefix --ignore=,$(MERLIN_ONLY))
 
-.PHONY: help envs chromium demo test down status bench clean
+.PHONY: help envs peers chromium demo test down status bench clean
 
 help:
 	@echo "make demo   build both environments, start the local stack, run the pipeline through Airflow"
 	@echo "make test   build both environments and run the whole test suite"
 	@echo "make down   stop the local stack        make status   show the local services"
-	@echo "make bench  run the benchmarks (JSON in bench/results/)"
+	@echo "make bench  run the benchmarks (JSON in bench/results/); one or some: make bench BENCH=serving,events;"
+	@echo "            each one's quick mode: make bench QUICK=1 (<name>-quick.json); what runs: make bench LIST=1"
 
 # uv itself, pinned, in a small bootstrap venv: nothing is installed outside this folder.
 $(UV):
@@ -37,6 +39,9 @@ $(ENVS)/%/.synced: pyproject.toml uv.lock | $(UV)
 	@touch $@
 
 envs: $(ENVS)/control/.synced $(ENVS)/merlin/.synced
+
+# The classical peers of the benchmarks (implicit ALS, Feast): a third environment, built on demand by bench/run_all.py.
+peers: $(ENVS)/peers/.synced
 
 # The UI test (tests/ui) drives a real headless Chromium: Debian's package, installed when missing
 # (CI runs as root; elsewhere through passwordless sudo). If it cannot be installed, `make test` goes on
@@ -64,8 +69,11 @@ down:
 status: envs
 	@$(CONTROL)/recsys stack status
 
+# bench/run_all.py lists every benchmark with its interpreter and prerequisites, installs what is missing
+# (the peers environment through `make peers`, Debian's redis-tools and wrk through apt-get as root or
+# `sudo -n`, else a warning), runs them one after another and keeps going past a failure.
 bench: envs
-	@$(CONTROL)/python bench/run_all.py
+	@$(CONTROL)/python bench/run_all.py $(subst $(comma), ,$(BENCH)) $(if $(QUICK),--quick) $(if $(LIST),--list)
 
 clean: down
 	rm -rf .recsys

@@ -73,7 +73,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in each window")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS / "drift.json")
     args = parser.parse_args()
+    if args.rows < 1000 or args.repeats < 1:
+        parser.error("--rows must be >= 1000 and --repeats >= 1")
 
     from recsys.monitoring.drift import measure_drift
     from recsys.settings import Settings
@@ -121,9 +124,10 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "drift.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

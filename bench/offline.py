@@ -54,11 +54,13 @@ def main() -> None:
     parser.add_argument("--train-interactions", type=int, default=1_000_000, help="size of the training benchmark")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--out", type=Path, default=RESULTS / "offline.json")
     args = parser.parse_args()
 
     from recsys.data.ingest import ingest
     from recsys.data.synthetic import SyntheticConfig, write_synthetic
     from recsys.features.etl import run_etl
+    from recsys.features.split import ValidationSplit
     from recsys.training.pipeline import TrainParams, train_models
 
     scratch = Path(tempfile.mkdtemp(prefix="recsys-bench-offline-"))
@@ -79,7 +81,7 @@ def main() -> None:
         print(f"ingest: {seconds:.1f} s", flush=True)
 
         # 3. ETL and its floor, in the same run
-        fv, etl_seconds = _timed(run_etl, data.path, scratch / "features", 7)
+        fv, etl_seconds = _timed(run_etl, data.path, scratch / "features", ValidationSplit(days=7))
         floor_dir = scratch / "floor"
         floor_dir.mkdir()
         floor_seconds = pyarrow_floor(data.path, fv.path, floor_dir)
@@ -99,7 +101,7 @@ def main() -> None:
         small = SyntheticConfig(n_users=50_000, n_items=10_000, n_interactions=args.train_interactions, days=35, seed=2)
         write_synthetic(scratch / "landing-small", small)
         small_data = ingest(scratch / "landing-small", scratch / "data")
-        small_fv = run_etl(small_data.path, scratch / "features", 7)
+        small_fv = run_etl(small_data.path, scratch / "features", ValidationSplit(days=7))
         trained, seconds = _timed(train_models, small_fv.path, scratch / "run", TrainParams(epochs=args.epochs))
         result["training"] = {
             "interactions": args.train_interactions,
@@ -115,8 +117,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "offline.json"
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 

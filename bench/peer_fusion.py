@@ -9,10 +9,12 @@ ALS 32 factors / reg 0.1 / 30 iterations / alpha 2, what quality.py's validation
 The weight is chosen on validation; every weight's test figure is recorded too.
 
     .envs/control/bin/python bench/peer_fusion.py     # ~1 min; writes bench/results/peer_fusion.json
+    .envs/control/bin/python bench/peer_fusion.py --data PATH/ml-latest-small --out /tmp/fusion.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -35,10 +37,17 @@ def zscored(scores: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=quality.DEFAULT_DATA, help="ml-latest-small folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=quality.RESULTS / "peer_fusion.json")
+    args = parser.parse_args()
+    if not (args.data / "ratings.csv").is_file():
+        raise SystemExit(f"error: {args.data} holds no ratings.csv (pass --data PATH to ml-latest-small)")
+
     import pandas as pd
 
     started = time.time()
-    ratings = quality.load_movielens(quality.DEFAULT_DATA)["ratings"]
+    ratings = quality.load_movielens(args.data)["ratings"]
     users_of_row = ratings["userId"].astype(np.int64).to_numpy()
     movies_of_row = ratings["movieId"].astype(np.int64).to_numpy()
     rng = np.random.default_rng(42)  # the same draws, in the same order, as quality.py's full run
@@ -69,10 +78,10 @@ def main() -> None:
         "test_ease_alone": figures["test"]["0.0"],
         "test_best_weight_on_test": max(figures["test"].values(), key=lambda m: m["recall_at_10"]),
     }
-    quality.RESULTS.mkdir(parents=True, exist_ok=True)
-    (quality.RESULTS / "peer_fusion.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     quality.log(f"weight chosen on validation {chosen}: test recall@10 {result['test_at_chosen_weight']['recall_at_10']:.4f} "
-                f"vs EASE alone {result['test_ease_alone']['recall_at_10']:.4f}; wrote {quality.RESULTS / 'peer_fusion.json'}")
+                f"vs EASE alone {result['test_ease_alone']['recall_at_10']:.4f}; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -46,27 +46,26 @@ environment are started as subprocesses):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CONTROL_BIN, RESULTS, ROOT, loadavg, log, merlin, scratch_stack, serve_champion, timed  # noqa: E402
+
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-latest-small"
-CONTROL_BIN = ROOT / ".envs" / "control" / "bin"
-MERLIN_PYTHON = ROOT / ".envs" / "merlin" / "bin" / "python"
 PEERS_PYTHON = ROOT / ".envs" / "peers" / "bin" / "python"
 ALS_PEER = ROOT / "bench" / "als_peer" / "als_peer.py"
 K = 10
@@ -84,23 +83,6 @@ GRIDS = {
 # Figures earlier reports quoted for this data, with parameters tuned on the test split.
 EARLIER_REPORTS = {"ease": {"recall_at_10": 0.165, "ndcg_at_10": 0.402}, "als": {"recall_at_10": 0.138, "ndcg_at_10": 0.343},
                    "popularity": {"recall_at_10": 0.070, "ndcg_at_10": 0.212}}
-
-
-def log(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-@contextlib.contextmanager
-def timed(name: str, timings: dict[str, float]) -> Iterator[None]:
-    began = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = round(time.perf_counter() - began, 2)
 
 
 # --- 1. the split ----------------------------------------------------------------------------------
@@ -297,13 +279,6 @@ def _log_tuned(name: str, result: dict) -> None:
 
 
 # --- 4. the product --------------------------------------------------------------------------------
-_MERLIN_CALL = """
-import json, sys
-from recsys import jobs
-result = getattr(jobs, sys.argv[1])(*json.loads(sys.argv[2]))
-print("BENCH-RESULT " + json.dumps(result, default=str), flush=True)
-"""
-
 _MERLIN_PREFLIGHT = """
 import json, sys
 from importlib.metadata import version
@@ -326,24 +301,6 @@ print("BENCH-RESULT " + json.dumps({"defaults": known, "params": params, "versio
 """
 
 
-def merlin(code: str, *argv: str, env: dict) -> dict:
-    """Run ``code`` in the Merlin runtime; its progress (stderr) goes to ours, its result is the BENCH-RESULT line."""
-    run = subprocess.run([str(MERLIN_PYTHON), "-c", code, *argv], env=env, stdout=subprocess.PIPE, text=True)
-    lines = run.stdout.splitlines()
-    errors = [line[len("BENCH-ERROR "):] for line in lines if line.startswith("BENCH-ERROR ")]
-    if errors:
-        raise SystemExit(f"error: {errors[-1]}")
-    results = [line[len("BENCH-RESULT "):] for line in lines if line.startswith("BENCH-RESULT ")]
-    if run.returncode != 0 or not results:
-        raise SystemExit(f"the Merlin runtime failed (exit {run.returncode}):\n" + "\n".join(lines[-30:]))
-    return json.loads(results[-1])
-
-
-def merlin_job(function: str, *args: Any, env: dict) -> dict:
-    """A ``recsys.jobs`` function in the Merlin runtime, the way Airflow's external_python task runs it."""
-    return merlin(_MERLIN_CALL, function, json.dumps(list(args)), env=env)
-
-
 def parse_train_params(pairs: list[str], tune: Optional[int]) -> dict[str, str]:
     overrides = {}
     for pair in pairs:
@@ -360,32 +317,6 @@ def preflight(overrides: dict[str, str], env: dict) -> dict:
     """Check the training parameters against the product's own (fails fast, before anything starts)."""
     checked = merlin(_MERLIN_PREFLIGHT, json.dumps(overrides), env=env)
     return {**checked, "overrides": overrides}
-
-
-def stack_settings(home: Path, validation_days: Optional[int] = None):
-    """Settings of a scratch home whose services run on free ports; the process environment follows them
-    (``recsys.jobs`` reads ``get_settings()``, and child processes inherit it)."""
-    from recsys.settings import get_settings, load_settings
-    from recsys.stack.service import free_port
-
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # publishing downloads artifacts: no progress bars
-    for key in ("RECSYS_REDIS_URL", "RECSYS_AIRFLOW_URL", "RECSYS_TRITON_URL", "MLFLOW_TRACKING_URI",
-                "RECSYS_LANDING_DIR", "RECSYS_TRITON_REPOSITORY"):
-        os.environ.pop(key, None)
-    if validation_days is not None:
-        os.environ["RECSYS_VALIDATION_DAYS"] = str(validation_days)
-    os.environ.update({
-        "RECSYS_HOME": str(home), "RECSYS_HOST": "127.0.0.1",
-        "RECSYS_REDIS_PORT": str(free_port()), "RECSYS_MLFLOW_PORT": str(free_port()),
-        "RECSYS_AIRFLOW_PORT": str(free_port()),  # not started; never a running demo's port
-        "RECSYS_TRITON_HTTP_PORT": str(free_port()), "RECSYS_TRITON_GRPC_PORT": str(free_port()),
-        "RECSYS_TRITON_METRICS_PORT": str(free_port()),
-    })
-    get_settings.cache_clear()
-    settings = load_settings()
-    os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_uri
-    get_settings.cache_clear()
-    return settings
 
 
 def served_top_k(settings, user_ids: list[int], k: int, concurrency: int,
@@ -465,10 +396,10 @@ def run_product(args, train_dir: Path, home: Path, checked: dict, timings: dict)
 
     ``checked``: :func:`preflight`'s answer (the training parameters, as the product resolved them).
     """
-    from recsys import jobs, stack
+    from recsys import stack
     from recsys.tracking import runs
 
-    settings = stack_settings(home, args.validation_days)
+    settings = scratch_stack(home, args.validation_days)
     env = {**os.environ, **settings.as_env()}
     overrides = checked["overrides"]
     log(f"stack in {home}: Redis :{settings.redis_port}, MLflow :{settings.mlflow_port}, Triton gRPC :{settings.triton_grpc_port}")
@@ -484,25 +415,10 @@ def run_product(args, train_dir: Path, home: Path, checked: dict, timings: dict)
                 raise SystemExit(f"recsys data import-movielens failed:\n{run.stdout}\n{run.stderr[-3000:]}")
         product["import"] = run.stdout.strip().splitlines()[:2]
         log(f"  import: {product['import'][0]} ({timings['import']} s)")
-        with timed("ingest", timings):
-            data = jobs.ingest_landing()
-        log(f"  ingest: data version {data['data_version']} ({timings['ingest']} s)")
-        with timed("etl", timings):
-            features = merlin_job("build_features", data["path"], env=env)
-        log(f"  ETL: feature version {features['feature_version']}, rows {features['rows']} ({timings['etl']} s)")
         airflow_run = f"bench_quality/{time.strftime('%Y%m%dT%H%M%S')}"
-        with timed("train_and_log", timings):
-            trained = merlin_job("train_and_log", features["path"], checked["params"], airflow_run,
-                                 {runs.TAG_TRIGGER: "bench/quality.py"}, env=env)
-        log(f"  training + MLflow run {trained['run_id']} ({timings['train_and_log']} s)")
-        with timed("champion_gate", timings):
-            gate = jobs.champion_gate(trained["run_id"])
-        with timed("online_store", timings):
-            online = jobs.ensure_online_features(features["feature_version"], data["data_version"])
-        with timed("publish", timings):
-            published = jobs.publish_champions(airflow_run)
-        log(f"  gate: new champion {gate['new_champion']}; online store {online['online_version']}; "
-            f"Triton version {published['version']} ({timings['champion_gate'] + timings['online_store'] + timings['publish']:.1f} s)")
+        served = serve_champion(None, checked["params"], airflow_run, "bench/quality.py", env, timings)
+        data, features, trained = served["data"], served["features"], served["trained"]
+        gate, published = served["gate"], served["published"]
         logged = runs.run_metrics(runs.client(settings.mlflow_uri), trained["run_id"])
         product.update({
             "data_version": data["data_version"], "feature_version": features["feature_version"],

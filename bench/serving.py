@@ -41,15 +41,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MERLIN_PYTHON, RESULTS, ROOT, loadavg, log  # noqa: E402,F401  (events.py imports loadavg, log from here)
+
 PERF_ANALYZER = ROOT / ".envs" / "control" / "bin" / "perf_analyzer"
-MERLIN_PYTHON = ROOT / ".envs" / "merlin" / "bin" / "python"
 UNKNOWN_USER_SHARE = 0.05
-
-
-def log(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
 # --- 1. catalogues ------------------------------------------------------------------------------
@@ -176,10 +172,6 @@ def perf_analyzer(env: dict, grpc_url: str, model: str, concurrency: int, data: 
     log(f"  {model:13s} c={concurrency:<3d} {result['throughput_per_s']:8.1f} infer/s  p50 {result['p50_ms']:7.2f} ms  "
         f"p99 {result['p99_ms']:7.2f} ms")
     return result
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 # --- 3. the run ---------------------------------------------------------------------------------
