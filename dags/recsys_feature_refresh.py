@@ -6,8 +6,10 @@ Runs when a new feature version exists (the ``recsys_features`` Asset, emitted b
 The schedule is a safety net: it catches a feature version made outside Airflow (``recsys etl``), a
 Redis that lost its data, and collects retired online versions once their grace period is over.
 Choosing it trades freshness against write load: every real refresh writes all changed rows into
-the same Redis the serving path reads (pipelined batches; readers' p99 is measured in
-``bench/online_store.py``), so a very frequent schedule buys little. Refreshing the version that is
+the same Redis the serving path reads, paced so that readers' p99 stays within
+``RECSYS_ONLINE_REFRESH_READ_BUDGET`` times its idle value (measured in ``bench/online_store.py``;
+the task log shows the rate the refresh reached and how long it paused), so a very frequent schedule
+buys little. Refreshing the version that is
 already current is a no-op (unless the run's ``force`` parameter is set), so frequent runs cost one
 Redis read.
 
@@ -64,10 +66,10 @@ def recsys_feature_refresh():
             collect=False,
         )
         logging.getLogger("recsys_feature_refresh").info(
-            "online version %s (%s%s): %s rows written, %s copied, in %.2fs (%s rows/s)",
+            "online version %s (%s%s): %s rows written, %s copied, in %.2fs (%s rows/s); pacing: %s",
             result["version"], result["mode"], ", skipped: already current" if result["skipped"] else "",
             result["rows_written"], result["users_copied"] + result["items_copied"], result["seconds"],
-            result["rows_per_second"],
+            result["rows_per_second"], result["pacing"],
         )
         return result
 

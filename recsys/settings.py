@@ -109,7 +109,12 @@ class Settings:
     online_key_prefix: str = "recsys"
     """Every key of the online store starts with ``{<prefix>}:`` (one hash tag: one Redis Cluster slot)."""
     online_batch_size: int = 1000
-    """Refresh: entities written per pipeline (one round trip each)."""
+    """Refresh: entities written per pipeline (one round trip each); a paced refresh's largest unit."""
+    online_refresh_read_budget: float = 2.0
+    """Refresh pacing: readers' p99 latency while a refresh writes may be at most this many times its idle
+    value (measured by probe reads before and during the refresh; recsys.online.pacing). The refresh
+    shortens its write units and pauses between them to stay within it, and reports the rate it reached.
+    0: no pacing (full speed)."""
     online_gc_grace_seconds: int = 3600
     """An online version that stopped being current is deleted this long afterwards."""
     online_refresh_schedule: str = "@hourly"

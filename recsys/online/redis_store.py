@@ -48,8 +48,8 @@ One hash per entity kind per version (not one key per entity): a version is a ha
 retiring one is a few ``UNLINK`` calls (freed off the main thread) instead of a scan over 100k keys,
 and a hash field costs far less memory than a key. A read of 100 items is one ``HMGET``.
 
-Versioning. A refresh writes version V completely under its own keys (pipelined batches of
-``batch_size`` entities, ``transaction=False``), then one Lua script switches ``current`` to V if it
+Versioning. A refresh writes version V completely under its own keys (pipelined units of at most
+``batch_size`` entities, ``transaction=False``; paced against readers' latency, see "Pacing"), then one Lua script switches ``current`` to V if it
 still holds the version the refresh started from (compare-and-set: two concurrent refreshes cannot
 silently overwrite each other). Readers run one Lua script that reads ``current`` and that version's
 rows in the same atomic step, so every read comes from exactly one version. A refresh that fails
@@ -98,6 +98,14 @@ garbage collector would have to keep bases alive, and chains of layers would nee
 a few hundred thousand entities the server-side copy costs tens of milliseconds, spread over many
 small scripts, which readers do not notice. A change of column layout falls back to a full refresh.
 
+Pacing (:mod:`recsys.online.pacing` decides, the refresh obeys). Redis runs one command at a time and
+the machine's cores are shared, so a refresh at full speed makes readers wait (their p99 was 6.8x its
+idle value). Given a read budget, a refresh first times probe reads (the users script serving runs,
+for one user), then sends one probe while each write unit (an ``HSET`` pipeline, or one copy script)
+is in flight, and the pacer shortens the units and pauses between them so that readers' p99 stays
+within budget x the idle p99. Full and incremental refreshes share it: the copy scripts of an
+incremental refresh are units too (a script runs whole, so a short one is a short wait).
+
 The live layer (events take effect within milliseconds; not versioned). Two steps, each one Lua
 script, so accepting never waits for the effects and the effects happen exactly once:
 
@@ -140,6 +148,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from recsys.data import ids
+from recsys.online.pacing import RefreshPacer
 from recsys.online.snapshot import EntityRows, RowLayout, Snapshot
 from recsys.online.store import (
     AcceptResult,
@@ -159,7 +168,7 @@ from recsys.online.store import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from typing import Mapping
+    from typing import Callable, Mapping
 
     import numpy as np
     import redis
@@ -188,6 +197,10 @@ MAX_ITEMS_PER_READ = 4000
 MAX_USERS_PER_READ = 4000  # users per bulk read: Lua's unpack() limit is ~8000 values
 FIELDS_PER_COMMAND = 100  # Lua's unpack() limit is ~8000 values
 BATCH_KEY_SUFFIXES = ("r", "meta")
+PROGRESS_SECONDS = 30.0
+"""A refresh logs its progress every tenth of an entity kind, and at least this often (a paced one can be slow)."""
+PROBE_USERS = 16
+"""A paced refresh's probe reads cycle through this many users of the snapshot."""
 
 
 # KEYS: version pointer (current or a feature version's), unavailable. ARGV: version key prefix, user id ("" for none), "1" to read seen items, item ids (text)...
@@ -486,6 +499,7 @@ class RedisOnlineStore(OnlineStore):
         incremental: bool = False,
         force: bool = False,
         on_batch: Optional[BatchHook] = None,
+        read_budget: float = 0.0,
     ) -> RefreshResult:
         started = time.time()
         base = self.current()
@@ -509,6 +523,8 @@ class RedisOnlineStore(OnlineStore):
             if reason:
                 log.info("incremental refresh not possible (%s): writing in full", reason)
 
+        pacer = RefreshPacer(read_budget, self.batch_size, self._probe(snapshot))
+        pacer.measure_idle()  # before the first write: what readers wait when nothing is written
         version = f"{snapshot.feature_version}-{int(self.client.incr(self.key_seq))}"
         self.client.zadd(self.key_writing, {version: started})
         result = RefreshResult(version, snapshot.feature_version, mode, reason=reason)
@@ -516,7 +532,7 @@ class RedisOnlineStore(OnlineStore):
             result.base_version = base.version
         try:
             self._write_meta(version, snapshot, mode, result.base_version, started)
-            self._write_entities(version, base, snapshot, mode, result, on_batch)
+            self._write_entities(version, base, snapshot, mode, result, on_batch, pacer)
             self._write_blobs(version, snapshot)
             switched, found = self._switch(
                 keys=[
@@ -535,14 +551,28 @@ class RedisOnlineStore(OnlineStore):
             self._delete_version(version)
             raise
         result.seconds = time.time() - started
+        result.pacing = pacer.report()
         log.info(
             "online version %s is current (%s, feature version %s): %d users and %d items written, "
-            "%d + %d copied, %d + %d deleted, in %.2fs (%.0f rows/s)",
+            "%d + %d copied, %d + %d deleted, in %.2fs (%.0f rows/s; %s)",
             version, mode, snapshot.feature_version, result.users_written, result.items_written,
             result.users_copied, result.items_copied, result.users_deleted, result.items_deleted,
-            result.seconds, snapshot.rows / max(result.seconds, 1e-9),
+            result.seconds, result.rows / max(result.seconds, 1e-9), pacer.summary(),
         )
         return result
+
+    def _probe(self, snapshot: Snapshot) -> "Callable[[], Any]":
+        """A read like serving's, for pacing a refresh: the users script for one user (features, seen and
+        live items) of what is current, cycling through :data:`PROBE_USERS` users of ``snapshot``. On its
+        own connection of the pool, so it can be sent while a write unit is in flight."""
+        import itertools
+
+        users = snapshot.users.ids
+        step = max(1, len(users) // PROBE_USERS)
+        sample = ids.as_python(users[::step][:PROBE_USERS]) or ["0"]
+        fields = itertools.cycle([ids.to_text(u) for u in sample])
+        keys = [self.key_current, self.key_unavailable]
+        return lambda: self._read_users(keys=keys, args=[self.version_prefix, "1", 0, self.live_prefix, next(fields)])
 
     def _incremental_blocker(self, base: Optional[VersionInfo], snapshot: Snapshot) -> str:
         """Why an incremental refresh over ``base`` is impossible ("" when it is possible)."""
@@ -582,6 +612,7 @@ class RedisOnlineStore(OnlineStore):
         mode: str,
         result: RefreshResult,
         on_batch: Optional[BatchHook],
+        pacer: RefreshPacer,
     ) -> None:
         for kind, rows, (features_key, extra_key), hashes_key in (
             ("users", snapshot.users, ("u", "s"), "hu"),
@@ -591,7 +622,7 @@ class RedisOnlineStore(OnlineStore):
             if mode == "incremental":
                 assert base is not None
                 write, copy, deleted = _diff(rows, self._hashes(base.version, hashes_key))
-                copied = self._copy_unchanged(base.version, version, (features_key, extra_key), copy)
+                copied = self._copy_unchanged(base.version, version, (features_key, extra_key), copy, pacer)
                 if copied != len(copy):
                     raise OnlineStoreError(
                         f"base version {base.version} lacks {len(copy) - copied} of the {kind} it lists "
@@ -600,7 +631,7 @@ class RedisOnlineStore(OnlineStore):
                 setattr(result, f"{kind}_copied", copied)
                 setattr(result, f"{kind}_deleted", deleted)
             id_kind = snapshot.id_kinds.of("user_id" if kind == "users" else "item_id")
-            written = self._write_rows(version, kind, rows, id_kind, write, (features_key, extra_key), on_batch)
+            written = self._write_rows(version, kind, rows, id_kind, write, (features_key, extra_key), on_batch, pacer)
             setattr(result, f"{kind}_written", written)
 
     def _write_rows(
@@ -612,13 +643,16 @@ class RedisOnlineStore(OnlineStore):
         positions: list[int],
         suffixes: tuple[str, str],
         on_batch: Optional[BatchHook],
+        pacer: RefreshPacer,
     ) -> int:
+        """Write the rows at ``positions`` in units the pacer sizes (one round trip each, a probe read
+        timed while it is in flight, then the pacer's pause)."""
         features_key, extra_key = (self.key(version, s).encode() for s in suffixes)
         fields = ids.field_bytes(rows.ids, id_kind)
         written = 0
-        every = max(1, len(positions) // self.batch_size // 10)  # ~10 progress lines
-        for n, start in enumerate(range(0, len(positions), self.batch_size)):
-            batch = positions[start : start + self.batch_size]
+        progress = _Progress(f"{version}: %d / %d {kind} written", len(positions), pacer)
+        for start, stop in pacer.units(len(positions)):
+            batch = positions[start:stop]
             commands = []
             # HSET key f1 v1 f2 v2 ... of at most FIELDS_PER_COMMAND fields: Redis runs each command as
             # soon as it has read it, so short commands let readers' requests in between.
@@ -628,16 +662,17 @@ class RedisOnlineStore(OnlineStore):
                     features += (fields[i], rows.features[i])
                     extra += (fields[i], rows.extra[i])
                 commands += (features, extra)
-            self._send_pipelined(commands)
+            self._send_pipelined(commands, during=pacer.sample)
             written += len(batch)
             if on_batch is not None:
                 on_batch(kind, written)
-            if n % every == 0:
-                log.info("%s: %d / %d %s written", version, written, len(positions), kind)
+            progress(written)
         return written
 
-    def _send_pipelined(self, commands: list[Any]) -> list[Any]:
-        """Send commands in one round trip, check every reply, return the replies.
+    def _send_pipelined(self, commands: list[Any], during: "Optional[Callable[[], Any]]" = None) -> list[Any]:
+        """Send commands in one round trip, check every reply, return the replies. ``during`` is called
+        once the commands are sent, before their replies are read (a paced refresh's probe read: what a
+        reader arriving while Redis runs them waits; a cluster client calls it after the replies).
 
         redis-py's command packing costs ~25 us per argument in Python, which made it the bottleneck of
         refreshes and of accepting events; hiredis (a dependency of ``redis[hiredis]``) frames each
@@ -651,7 +686,10 @@ class RedisOnlineStore(OnlineStore):
             pipe = self.client.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)
-            return pipe.execute()
+            replies = pipe.execute()
+            if during is not None:
+                during()
+            return replies
         pack = hiredis.pack_command
         payload = b"".join(pack(command if isinstance(command, tuple) else tuple(command)) for command in commands)
         pool = self.client.connection_pool
@@ -659,6 +697,8 @@ class RedisOnlineStore(OnlineStore):
         try:
             connection.connect()  # no-op when connected
             connection.send_packed_command([payload], check_health=False)
+            if during is not None:
+                during()
             # Replies come from the connection's own parser when it has one: Connection.read_response's
             # per-call bookkeeping (health checks, error texts) was 2 us of the 5 us an accepted event cost.
             read = getattr(getattr(connection, "_parser", None), "read_response", None) or connection.read_response
@@ -678,16 +718,19 @@ class RedisOnlineStore(OnlineStore):
                     raise failed
         return replies
 
-    def _copy_unchanged(self, base: str, version: str, suffixes: tuple[str, str], raw_ids: list[ids.IdValue]) -> int:
+    def _copy_unchanged(
+        self, base: str, version: str, suffixes: tuple[str, str], raw_ids: list[ids.IdValue], pacer: RefreshPacer
+    ) -> int:
+        """Copy the rows of ``raw_ids`` from the base version server-side: one script per unit the pacer
+        sizes (a script runs whole, readers wait behind it: short units keep that wait short)."""
         keys = [self.key(base, suffixes[0]), self.key(version, suffixes[0]), self.key(base, suffixes[1]), self.key(version, suffixes[1])]
+        self.client.script_load(_COPY_FIELDS)  # EVALSHA below: sent as one framed command per unit
         copied = 0
-        step = min(self.batch_size, 2000)  # each script call stays short (readers wait behind it)
-        batches = [raw_ids[i : i + step] for i in range(0, len(raw_ids), step)]
-        for start in range(0, len(batches), 16):
-            pipe = self.client.pipeline(transaction=False)
-            for batch in batches[start : start + 16]:
-                self._copy(keys=keys, args=batch, client=pipe)
-            copied += sum(int(n) for n in pipe.execute()) // 2  # two hashes per entity
+        progress = _Progress(f"{version}: %d / %d unchanged entities copied from {base}", len(raw_ids), pacer)
+        for start, stop in pacer.units(len(raw_ids)):
+            reply = self._send_pipelined([("EVALSHA", self._copy.sha, len(keys), *keys, *raw_ids[start:stop])], during=pacer.sample)
+            copied += int(reply[0]) // 2  # two hashes per entity
+            progress(stop)
         return copied
 
     def _write_blobs(self, version: str, snapshot: Snapshot) -> None:
@@ -1210,6 +1253,26 @@ class RedisOnlineStore(OnlineStore):
             "unavailable_items": int(self.client.scard(self.key_unavailable)),
             "grace_seconds": self.grace_seconds,
         }
+
+
+class _Progress:
+    """Progress lines of one loop of a refresh: every tenth of ``total`` and every :data:`PROGRESS_SECONDS`,
+    with the pacer's speed (``message`` takes the count done and ``total``)."""
+
+    def __init__(self, message: str, total: int, pacer: RefreshPacer) -> None:
+        self.message, self.total, self.pacer = message, total, pacer
+        self.step = max(1, total // 10)
+        self.next_count = self.step
+        self.began = self.last = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if done < self.next_count and now - self.last < PROGRESS_SECONDS and done < self.total:
+            return
+        rate = done / max(now - self.began, 1e-9)
+        log.info(self.message + " (%.0f/s; %s)", done, self.total, rate, self.pacer.state)
+        self.next_count = (done // self.step + 1) * self.step
+        self.last = now
 
 
 def _diff(rows: EntityRows, old: tuple["np.ndarray", "np.ndarray"]) -> tuple[list[int], list[ids.IdValue], int]:

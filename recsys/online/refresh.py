@@ -37,10 +37,12 @@ def refresh_online_store(
     collect: bool = True,
     settings: Optional[Settings] = None,
 ) -> dict:
-    """Write a feature version (default: the newest) to Redis as the current online version.
+    """Write a feature version (default: the newest) to Redis as the current online version, paced
+    against readers' latency (``settings.online_refresh_read_budget``, :mod:`recsys.online.pacing`).
 
     Then (``collect``) deletes versions retired longer than the grace period. Returns what was done: version,
-    mode, rows written/copied/deleted, seconds, rows per second, and the versions removed.
+    mode, rows written/copied/deleted, seconds, rows per second, how the refresh paced itself (``pacing``:
+    the limit, probe latencies, seconds paused, the unit and duty it reached), and the versions removed.
     """
     from recsys import layout
     from recsys.data.versioning import read_manifest
@@ -56,7 +58,7 @@ def refresh_online_store(
     read_seconds = time.perf_counter() - started
     store = RedisOnlineStore.from_settings(s)
     try:
-        result = store.refresh(snapshot, incremental=incremental, force=force)
+        result = store.refresh(snapshot, incremental=incremental, force=force, read_budget=s.online_refresh_read_budget)
         if collect:
             result.removed_versions = store.collect_garbage()
     finally:
@@ -64,12 +66,12 @@ def refresh_online_store(
     out = result.to_dict()
     out["read_seconds"] = round(read_seconds, 3)
     out["features_dir"] = str(folder)
-    out["rows"] = snapshot.rows
-    out["rows_per_second"] = round(snapshot.rows / result.seconds, 1) if result.seconds else None
     log.info(
-        "online refresh %s: version %s (%s) from %s, %d rows written in %.2fs, removed %s",
-        "skipped" if result.skipped else "done", result.version, result.mode, folder,
-        result.rows_written, result.seconds, result.removed_versions,
+        "online refresh %s: version %s (%s) from %s, %d rows written, %d copied, in %.2fs (%s rows/s; paused %ss), "
+        "removed %s",
+        "skipped" if result.skipped else "done", result.version, result.mode, folder, result.rows_written,
+        result.users_copied + result.items_copied, result.seconds, result.rows_per_second,
+        result.pacing.get("paused_seconds", 0), result.removed_versions,
     )
     return out
 

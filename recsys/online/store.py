@@ -4,7 +4,8 @@ One backend per module: :mod:`recsys.online.redis_store` is the Redis one. The c
 
 * a refresh writes a whole new *online version* from a :class:`~recsys.online.snapshot.Snapshot`
   and then makes it current with one atomic switch; a failed refresh leaves the current version
-  untouched and removes what it wrote;
+  untouched and removes what it wrote; given a read budget, it paces its writes so readers' p99
+  latency stays within that many times its idle value (:mod:`recsys.online.pacing`);
 * every read resolves the current version once and reads only that version's data, so a reader
   never sees two versions mixed;
 * a read given ``feature_version=F`` resolves the newest version written from feature version F
@@ -100,14 +101,30 @@ class RefreshResult:
     seconds: float = 0.0
     reason: str = ""
     removed_versions: list[str] = field(default_factory=list)
+    pacing: dict[str, Any] = field(default_factory=dict)
+    """How the refresh paced itself against readers (:meth:`recsys.online.pacing.RefreshPacer.report`):
+    the budget, the probes' limit and latencies, seconds spent writing and paused, the unit (entities
+    per round trip) and duty it ended at and the slowest it went."""
 
     @property
     def rows_written(self) -> int:
         return self.users_written + self.items_written
 
+    @property
+    def rows(self) -> int:
+        """Rows of the new version: written plus copied server-side."""
+        return self.rows_written + self.users_copied + self.items_copied
+
+    @property
+    def rows_per_second(self) -> Optional[float]:
+        """Rows of the new version per second of the whole refresh (None when skipped)."""
+        return round(self.rows / self.seconds, 1) if self.seconds > 0 and not self.skipped else None
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["rows_written"] = self.rows_written
+        out["rows"] = self.rows
+        out["rows_per_second"] = self.rows_per_second
         return out
 
 
@@ -220,8 +237,13 @@ class OnlineStore(abc.ABC):
         incremental: bool = False,
         force: bool = False,
         on_batch: Optional[BatchHook] = None,
+        read_budget: float = 0.0,
     ) -> RefreshResult:
-        """Write ``snapshot`` as a new version and make it current (no-op if already current)."""
+        """Write ``snapshot`` as a new version and make it current (no-op if already current).
+
+        ``read_budget`` > 0: pace the writes so that readers' p99 latency while the refresh runs stays
+        within that many times its idle value (:mod:`recsys.online.pacing`; the refresh job passes
+        ``settings.online_refresh_read_budget``); 0: write at full speed."""
 
     @abc.abstractmethod
     def collect_garbage(self, now: Optional[float] = None) -> list[str]:
