@@ -52,6 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import build_catalogue, input_data, loadavg, log, perf_analyzer, perf_analyzer_env, prior_slot  # noqa: E402
+from recsys import credentials  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -333,7 +334,7 @@ def main() -> None:
             own.client.config_set("save", "")
             alone_rounds = {"ceiling": [], "store": []}
             for r in range(rounds):
-                alone_rounds["ceiling"].append(xadd_ceiling(alone.redis_port, None, n_batches * 1000))
+                alone_rounds["ceiling"].append(xadd_ceiling(alone.redis_port, credentials.ensure(alone, credentials.REDIS_PASSWORD), n_batches * 1000))
                 own.client.delete("ceiling:events")
                 alone_rounds["store"].append(store_accept_rate(own, rules, event_batches(users, items, n_batches, 1000, seed=r)))
                 log(f"  alone, round {r + 1}: ceiling 1 client {alone_rounds['ceiling'][-1]['clients_1']:,.0f}/s, store "
@@ -352,7 +353,7 @@ def main() -> None:
         store.client.config_set("save", "")
         for r in range(rounds):
             stack.down(s, only=["events"])
-            accept["ceiling"].append(xadd_ceiling(s.redis_port, None, n_batches * 1000))
+            accept["ceiling"].append(xadd_ceiling(s.redis_port, credentials.ensure(s, credentials.REDIS_PASSWORD), n_batches * 1000))
             store.client.delete("ceiling:events")
             backlog_before = store.event_stats().get("applied", 0)
             accept["store"].append(store_accept_rate(store, rules, event_batches(users, items, n_batches, 1000, seed=r)))

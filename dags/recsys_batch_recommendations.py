@@ -44,9 +44,10 @@ def recsys_batch_recommendations():
     def precompute(*, params=None, dag_run=None) -> dict:
         from recsys import jobs
 
-        return jobs.precompute_recommendations(
-            f"{dag_run.dag_id}/{dag_run.run_id}", force=bool(params.get("force")), top_n=params.get("top_n")
-        )
+        with jobs.failing_fast():
+            return jobs.precompute_recommendations(
+                f"{dag_run.dag_id}/{dag_run.run_id}", force=bool(params.get("force")), top_n=params.get("top_n")
+            )
 
     @task(outlets=[PRECOMPUTED])
     def announce_batch(batch: dict, *, outlet_events=None) -> dict:

@@ -42,7 +42,8 @@ def recsys_drift():
     def check(*, dag_run=None) -> dict:
         from recsys import jobs
 
-        return jobs.drift_check(f"{dag_run.dag_id}/{dag_run.run_id}")
+        with jobs.failing_fast():
+            return jobs.drift_check(f"{dag_run.dag_id}/{dag_run.run_id}")
 
     @task(outlets=[DRIFT])
     def announce_drift(result: dict, *, outlet_events=None) -> dict:

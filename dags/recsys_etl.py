@@ -30,7 +30,8 @@ def recsys_etl():
     def ingest() -> dict:
         from recsys import jobs
 
-        return jobs.ingest_landing()
+        with jobs.failing_fast():
+            return jobs.ingest_landing()
 
     @task.external_python(python=str(settings.merlin_python), execution_timeout=timedelta(hours=2))
     def build_features(data_version: dict) -> dict:

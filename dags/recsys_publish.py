@@ -38,20 +38,23 @@ def recsys_publish():
     def plan() -> dict:
         from recsys import jobs
 
-        return jobs.publish_plan()
+        with jobs.failing_fast():
+            return jobs.publish_plan()
 
     @task(execution_timeout=timedelta(hours=1))
     def online_store(plan: dict) -> dict:
         from recsys import jobs
 
-        return jobs.ensure_online_features(plan["feature_version"], plan["data_version"])
+        with jobs.failing_fast():
+            return jobs.ensure_online_features(plan["feature_version"], plan["data_version"])
 
     @task(execution_timeout=timedelta(minutes=30))
     def publish(plan: dict, online: dict, *, params=None, dag_run=None) -> dict:
         from recsys import jobs
 
         # Exactly what the plan resolved (Redis was prepared for it); refused if the champion moved since.
-        return jobs.publish_champions(f"{dag_run.dag_id}/{dag_run.run_id}", force=bool(params.get("force")), plan=plan)
+        with jobs.failing_fast():
+            return jobs.publish_champions(f"{dag_run.dag_id}/{dag_run.run_id}", force=bool(params.get("force")), plan=plan)
 
     @task(outlets=[SERVING])
     def announce_serving(published: dict, *, outlet_events=None) -> dict:

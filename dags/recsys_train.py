@@ -47,16 +47,17 @@ def recsys_train():
         from recsys import jobs
 
         events = triggering_asset_events or {}
-        return jobs.training_plan(
-            f"{dag_run.dag_id}/{dag_run.run_id}",
-            feature_version=params.get("feature_version"),
-            epochs=params.get("epochs"),
-            tune_trials=params.get("tune"),
-            tune_timeout_seconds=60 * float(params["tune_timeout_minutes"]) if params.get("tune_timeout_minutes") else None,
-            drift_check=params.get("drift_check"),
-            drift_events=[dict(e.extra or {}) for e in events.get(DRIFT, [])],
-            feature_events=[dict(e.extra or {}) for e in events.get(FEATURES, [])],
-        )
+        with jobs.failing_fast():
+            return jobs.training_plan(
+                f"{dag_run.dag_id}/{dag_run.run_id}",
+                feature_version=params.get("feature_version"),
+                epochs=params.get("epochs"),
+                tune_trials=params.get("tune"),
+                tune_timeout_seconds=60 * float(params["tune_timeout_minutes"]) if params.get("tune_timeout_minutes") else None,
+                drift_check=params.get("drift_check"),
+                drift_events=[dict(e.extra or {}) for e in events.get(DRIFT, [])],
+                feature_events=[dict(e.extra or {}) for e in events.get(FEATURES, [])],
+            )
 
     @task.external_python(python=str(settings.merlin_python), execution_timeout=timedelta(hours=2))
     def features(plan: dict) -> dict:
@@ -78,7 +79,8 @@ def recsys_train():
     def champion_gate(trained: dict) -> dict:
         from recsys import jobs
 
-        return jobs.champion_gate(trained["run_id"])
+        with jobs.failing_fast():
+            return jobs.champion_gate(trained["run_id"])
 
     @task(outlets=[CHAMPION])
     def announce_champion(gate: dict, *, outlet_events=None) -> dict:

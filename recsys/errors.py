@@ -5,7 +5,13 @@ class RecsysError(Exception):
     """Base class for errors that carry a message meant for the user."""
 
 
-class ConfigError(RecsysError):
+class InputError(RecsysError):
+    """The input or the configuration is wrong: the same call fails the same way again, so a retry
+    cannot help. Airflow fails such a task at once, without its retries (:func:`recsys.jobs.failing_fast`);
+    anything else (a service down, a timeout) is retried."""
+
+
+class ConfigError(InputError):
     """A setting is missing or invalid."""
 
 

@@ -13,13 +13,30 @@ from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from recsys import layout
 from recsys.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def failing_fast() -> Iterator[None]:
+    """Around the work of an Airflow task of the control plane: bad input or configuration
+    (:class:`~recsys.errors.InputError`: a validation error, a missing column, a bad setting) fails the
+    task at once with its message (``AirflowFailException``: no retries, one alert); anything else
+    propagates and is retried (a service down, a timeout)."""
+    from recsys.errors import InputError
+
+    try:
+        yield
+    except InputError as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{type(exc).__name__}: {exc} (bad input or configuration: not retried)") from exc
 
 
 def _merlin_job_logging() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from recsys.data.versioning import MANIFEST
-from recsys.errors import RecsysError
+from recsys.errors import InputError
 
 if TYPE_CHECKING:
     from recsys.settings import Settings
@@ -55,7 +55,7 @@ def is_complete(folder: Path) -> bool:
 SPLITS = ("train", "valid", "users", "items")
 
 
-class FeatureVersionError(RecsysError):
+class FeatureVersionError(InputError):
     """A feature version folder is missing a part or does not follow the layout."""
 
 

@@ -34,5 +34,5 @@ def run_in_merlin_runtime(argv: list[str]) -> int:
             f"the Merlin runtime interpreter {python} does not exist; set RECSYS_MERLIN_PYTHON "
             "or build it with `UV_PROJECT_ENVIRONMENT=.envs/merlin uv sync --extra merlin`"
         )
-    env = {**os.environ, **settings.as_env(), _REEXEC_MARK: "1"}
+    env = {**settings.child_env(), _REEXEC_MARK: "1"}
     return subprocess.call([str(python), "-m", "recsys.cli", *argv], env=env)

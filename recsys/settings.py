@@ -43,11 +43,19 @@ class Settings:
     # --- services: every one can be external; the embedded default binds to loopback ---
     host: str = "127.0.0.1"
     redis_url: Optional[str] = None
-    """e.g. ``rediss://:password@redis.example:6380/0``. Unset: the embedded redis-server."""
+    """e.g. ``rediss://redis.example:6380/0``. Unset: the embedded redis-server."""
     redis_port: int = 6390
+    redis_password: Optional[str] = None
+    """Password every Redis client sends (``AUTH``). Unset: the embedded Redis's, generated at its first
+    start into ``<home>/services/redis/password`` (mode 0600); an external Redis without one needs none."""
     mlflow_tracking_uri: Optional[str] = None
     """Read from ``MLFLOW_TRACKING_URI`` (MLflow's own variable). Unset: the embedded server."""
     mlflow_port: int = 5050
+    mlflow_tracking_username: str = "admin"
+    """User every MLflow client authenticates as (``MLFLOW_TRACKING_USERNAME``, MLflow's own variable)."""
+    mlflow_tracking_password: Optional[str] = None
+    """Its password (``MLFLOW_TRACKING_PASSWORD``). Unset: the embedded server's admin password, generated at
+    its first start into ``<home>/services/mlflow/password`` (mode 0600); an external server without auth needs none."""
     airflow_url: Optional[str] = None
     """Base URL of an external Airflow API server. Unset: the embedded one."""
     airflow_port: int = 8280
@@ -130,6 +138,10 @@ class Settings:
     """Also the gRPC port of an external Triton (on the host of ``triton_url``)."""
     triton_ca_file: Optional[Path] = None
     """PEM bundle that verifies an ``https://`` ``triton_url``'s certificate (TLS for HTTP and gRPC)."""
+    triton_control_key: Optional[str] = None
+    """Key of Triton's model-repository API (load, unload, index) and its logging and trace settings (header
+    ``recsys-control-key``): only publishing holds it; inference stays open. Unset: the embedded Triton's, generated at its first start into
+    ``<home>/services/triton/control_key`` (mode 0600); an external Triton without a restriction needs none."""
     triton_metrics_port: int = 8302
     triton_repository: Optional[Path] = None
     """Triton model repository. Default: ``<home>/triton/repository``."""
@@ -328,12 +340,22 @@ class Settings:
             env[env_name(f.name)] = str(value)
         return env
 
+    def child_env(self, base: Optional[dict[str, str]] = None) -> dict[str, str]:
+        """The environment of a child process of these settings: ``base`` (default ``os.environ``) with
+        every setting's variable replaced by :meth:`as_env` (a variable of a setting unset here is
+        removed: a service of another home must not inherit this shell's password or URL)."""
+        env = dict(os.environ if base is None else base)
+        for f in fields(self):
+            env.pop(env_name(f.name), None)
+        env.update(self.as_env())
+        return env
+
     def public_dict(self) -> dict[str, Any]:
         """Settings without secrets, for logs and ``recsys settings``."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if ("password" in f.name or "token" in f.name) and value:
+            if any(word in f.name for word in ("password", "token", "key", "secret")) and value and not f.name.endswith("_prefix"):
                 value = "***"
             elif f.name.endswith("_url") and value:
                 value = _mask_credentials(value)
@@ -359,8 +381,8 @@ def _mask_credentials(url: str) -> str:
 
 
 def env_name(name: str) -> str:
-    """The environment variable of setting ``name`` (``RECSYS_<NAME>``; MLflow's own for the tracking URI)."""
-    return "MLFLOW_TRACKING_URI" if name == "mlflow_tracking_uri" else f"RECSYS_{name.upper()}"
+    """The environment variable of setting ``name`` (``RECSYS_<NAME>``; MLflow's own for its client's URI and user)."""
+    return name.upper() if name.startswith("mlflow_tracking_") else f"RECSYS_{name.upper()}"
 
 
 def _parse(raw: str, annotation: Any, name: str) -> Any:

@@ -17,7 +17,8 @@ import pytest
 
 # Settings a developer's shell may hold that would point the tests at their own services.
 _CLEARED = ("RECSYS_REDIS_URL", "RECSYS_AIRFLOW_URL", "RECSYS_AIRFLOW_PASSWORD", "RECSYS_TRITON_URL", "MLFLOW_TRACKING_URI",
-            "RECSYS_API_URL", "RECSYS_API_TOKEN", "RECSYS_EVENTS_WORKER_URL")
+            "RECSYS_API_URL", "RECSYS_API_TOKEN", "RECSYS_EVENTS_WORKER_URL", "RECSYS_REDIS_PASSWORD",
+            "RECSYS_TRITON_CONTROL_KEY", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @pytest.fixture(scope="session")
@@ -49,9 +50,22 @@ def stack_settings(tmp_path_factory) -> Iterator["Settings"]:  # noqa: F821
         settings = load_settings()
         try:
             stack.up(settings, only=["redis", "mlflow"])
-            # MLflow's own variable, for code that uses the mlflow library's default tracking URI.
+            # MLflow's own variables, for code that uses the mlflow library's defaults: the URI, and the
+            # user and password of the embedded server's basic auth (children started by tests inherit them).
             os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_uri
+            # The services' generated secrets as settings: tests often give the shared services a
+            # settings object of another home (replace(stack_settings, home=...)), whose own secret
+            # files would not be these services'. Children (tasks, Triton, the API) inherit them.
+            from recsys import credentials
+
+            os.environ["RECSYS_REDIS_PASSWORD"] = credentials.ensure(settings, credentials.REDIS_PASSWORD)
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = credentials.ensure(settings, credentials.MLFLOW_PASSWORD)
+            os.environ["RECSYS_TRITON_CONTROL_KEY"] = credentials.ensure(settings, credentials.TRITON_CONTROL_KEY)
             get_settings.cache_clear()
+            settings = load_settings()
+            from recsys.tracking.runs import authenticate
+
+            authenticate(settings)
             yield settings
         finally:
             stack.down(settings)
@@ -76,8 +90,8 @@ def airflow_settings(stack_settings) -> Iterator["Settings"]:  # noqa: F821
 @pytest.fixture
 def redis_client(stack_settings):
     """A redis-py client of the session's Redis."""
-    import redis
+    from recsys.online.redis_store import client as redis_client_of
 
-    client = redis.Redis.from_url(stack_settings.redis)
+    client = redis_client_of(stack_settings)
     yield client
     client.close()

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from recsys.data import ids
-from recsys.errors import RecsysError
+from recsys.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
 
 
-class DataValidationError(RecsysError):
+class DataValidationError(InputError):
     """Input data breaks the contract. ``problems`` lists every problem found, one line each."""
 
     def __init__(self, problems: list[str], folder: Optional[Path] = None):

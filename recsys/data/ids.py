@@ -43,7 +43,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Union
 
-from recsys.errors import RecsysError
+from recsys.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -79,7 +79,7 @@ _TYPED_INT = re.compile(r"-?[0-9]+")
 IdValue = Union[int, str]
 
 
-class IdError(RecsysError, ValueError):
+class IdError(InputError, ValueError):
     """An id is not valid for its kind (the message names the id and the kind)."""
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
-from recsys.errors import RecsysError
+from recsys.errors import InputError, RecsysError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -38,7 +38,7 @@ METADATA_FILE = "import.json"
 """Written beside the tables: which importer, from which files, what was detected and dropped."""
 
 
-class InputFormatError(RecsysError):
+class InputFormatError(InputError):
     """A source file of an import is missing or malformed. ``problems``: one line each."""
 
     def __init__(self, problems: Union[str, Iterable[str]]):

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recsys.errors import RecsysError
+from recsys.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -64,7 +64,7 @@ GENERATOR_FILE = "generator.json"
 """Written beside the tables: the configuration that generated them."""
 
 
-class SyntheticConfigError(RecsysError):
+class SyntheticConfigError(InputError):
     """A generator parameter is out of range."""
 
 

@@ -37,7 +37,7 @@ from merlin.io import Dataset
 from recsys.data import ids
 from recsys.data.contract import FeatureColumns, feature_columns, nullable_features
 from recsys.data.versioning import MANIFEST, atomic_directory, content_hash, sha256_file, utc_now_iso, write_json_atomic
-from recsys.errors import RecsysError
+from recsys.errors import InputError
 from recsys.layout import DATA_TABLES as TABLES, FeatureVersion, data_table, is_complete
 from recsys.features.split import SplitError, ValidationSplit, plan_split
 from recsys.features.workflows import (
@@ -62,7 +62,7 @@ warnings.filterwarnings("ignore", message="Initializing an NVTabular Dataset in 
 _RESERVED = {USER_ID, ITEM_ID, TIMESTAMP, TARGET, "label", "event_type"}
 
 
-class EtlError(RecsysError):
+class EtlError(InputError):
     """The data version cannot be turned into features (names the file, column and a value)."""
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from recsys.errors import RecsysError
+from recsys.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -48,7 +48,7 @@ DEFINITION_VERSION = 2
 MIN_WARM_SHARE = 0.5
 
 
-class SplitError(RecsysError):
+class SplitError(InputError):
     """The split is misconfigured or leaves nothing to train or to validate on."""
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from recsys import layout
 from recsys.data.contract import FeatureColumns
 from recsys.data.versioning import MANIFEST
-from recsys.errors import RecsysError
+from recsys.errors import InputError
 from recsys.layout import FeatureVersion, data_table, is_complete
 from recsys.settings import Settings
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 log = logging.getLogger(__name__)
 
 
-class DriftDataError(RecsysError):
+class DriftDataError(InputError):
     """A window cannot be compared: no rows, missing columns, or a missing version."""
 
 

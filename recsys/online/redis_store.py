@@ -49,10 +49,11 @@ retiring one is a few ``UNLINK`` calls (freed off the main thread) instead of a 
 and a hash field costs far less memory than a key. A read of 100 items is one ``HMGET``.
 
 Versioning. A refresh writes version V completely under its own keys (pipelined units of at most
-``batch_size`` entities, ``transaction=False``; paced against readers' latency, see "Pacing"), then one Lua script switches ``current`` to V if it
-still holds the version the refresh started from (compare-and-set: two concurrent refreshes cannot
-silently overwrite each other). Readers run one Lua script that reads ``current`` and that version's
-rows in the same atomic step, so every read comes from exactly one version. A refresh that fails
+``batch_size`` entities, ``transaction=False``; paced against readers' latency, see "Pacing"), then
+one Lua script switches ``current`` to V if it still holds the version the refresh started from
+(compare-and-set: two concurrent refreshes cannot silently overwrite each other). Readers run one Lua
+script that reads ``current`` and that version's rows in the same atomic step, so every read comes
+from exactly one version. A refresh that fails
 (an exception, a bad row, a lost connection) deletes V's keys and leaves ``current`` untouched; a
 refresh whose process died is collected later from ``{p}:writing``. A retired version stays
 readable for the grace period, then :meth:`RedisOnlineStore.collect_garbage` unlinks it.
@@ -392,8 +393,18 @@ return removed
 """
 
 
+def client(settings: "Settings", *, cluster: bool = False, **kwargs: Any) -> "redis.Redis":
+    """The redis-py client of ``settings.redis``, authenticated with ``settings.redis_password`` or the
+    embedded Redis's generated password (:mod:`recsys.credentials`). Every Redis client is made here."""
+    from recsys import credentials
+
+    return connect(settings.redis, cluster=cluster,
+                   password=credentials.client_value(settings, credentials.REDIS_PASSWORD), **kwargs)
+
+
 def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> "redis.Redis":
-    """A redis-py client for ``url`` (``redis://``, ``rediss://`` for TLS, password and db in the URL)."""
+    """A redis-py client for ``url`` (``redis://``, ``rediss://`` for TLS, password and db in the URL;
+    a password in the URL wins over ``password=``)."""
     import redis
 
     if cluster:
@@ -461,7 +472,7 @@ class RedisOnlineStore(OnlineStore):
 
         s = settings or get_settings()
         return cls(
-            connect(s.redis, cluster=cluster),
+            client(s, cluster=cluster),
             prefix=s.online_key_prefix,
             batch_size=s.online_batch_size,
             grace_seconds=s.online_gc_grace_seconds,
@@ -728,7 +739,8 @@ class RedisOnlineStore(OnlineStore):
         copied = 0
         progress = _Progress(f"{version}: %d / %d unchanged entities copied from {base}", len(raw_ids), pacer)
         for start, stop in pacer.units(len(raw_ids)):
-            reply = self._send_pipelined([("EVALSHA", self._copy.sha, len(keys), *keys, *raw_ids[start:stop])], during=pacer.sample)
+            command = ("EVALSHA", self._copy.sha, len(keys), *keys, *raw_ids[start:stop])
+            reply = self._send_pipelined([command], during=pacer.sample)
             copied += int(reply[0]) // 2  # two hashes per entity
             progress(stop)
         return copied

@@ -8,7 +8,10 @@ Publishing calls these after writing a model version into the repository:
 
 Uses ``tritonclient.http`` (present in both runtimes) through :mod:`recsys.serving.triton_client`:
 the repository API (load, unload, index) with its model-control timeout, health and readiness with
-the short probe timeout.
+the short probe timeout. The repository API is behind a key (the embedded Triton is started with
+``--http-restricted-api`` / ``--grpc-restricted-protocol``; :data:`CONTROL_HEADER`): these functions
+send the key of the settings (``RECSYS_TRITON_CONTROL_KEY`` or the embedded Triton's generated one);
+inference, health and metadata need none.
 """
 
 from __future__ import annotations
@@ -21,8 +24,22 @@ from recsys.serving.triton_client import http_client
 from recsys.settings import Settings
 
 
+CONTROL_HEADER = "recsys-control-key"
+"""Header (HTTP) and metadata key (gRPC, lower case) carrying the key of Triton's restricted APIs."""
+RESTRICTED_APIS = ("model-repository", "logging", "trace")
+"""Triton's API groups behind the key: loading and unloading models, and the server's own settings."""
+
+
 class ServingError(RecsysError):
     """Triton refused a request or a model did not load or answer."""
+
+
+def control_headers(settings: Settings) -> dict[str, str]:
+    """The headers of a model-control request: the key, if Triton has one."""
+    from recsys import credentials
+
+    key = credentials.client_value(settings, credentials.TRITON_CONTROL_KEY)
+    return {CONTROL_HEADER: key} if key else {}
 
 
 def server_ready(settings: Settings) -> bool:
@@ -51,7 +68,7 @@ def load_model(settings: Settings, name: str) -> None:
 
     client = http_client(settings, control=True)
     try:
-        client.load_model(name)
+        client.load_model(name, headers=control_headers(settings))
     except InferenceServerException as exc:
         raise ServingError(f"Triton at {settings.triton_http} could not load model {name!r}: {exc.message()}") from None
     finally:
@@ -64,7 +81,7 @@ def unload_model(settings: Settings, name: str) -> None:
 
     client = http_client(settings, control=True)
     try:
-        client.unload_model(name)
+        client.unload_model(name, headers=control_headers(settings))
     except InferenceServerException as exc:
         raise ServingError(f"Triton at {settings.triton_http} could not unload {name!r}: {exc.message()}") from None
     finally:
@@ -97,6 +114,6 @@ def repository_index(settings: Settings) -> list[dict[str, Any]]:
     """Triton's view of the repository: ``[{"name", "version", "state", "reason"}, ...]``."""
     client = http_client(settings, control=True)
     try:
-        return list(client.get_model_repository_index())
+        return list(client.get_model_repository_index(headers=control_headers(settings)))
     finally:
         client.close()

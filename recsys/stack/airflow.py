@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from recsys import credentials
 from recsys.errors import ConfigError, ServiceError
 from recsys.settings import PROJECT_ROOT, Settings
 from recsys.stack.service import ManagedProcess, Service, connect_host, http_ok, tail
@@ -88,8 +89,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     """
     home = airflow_home(settings)
     host = connect_host(settings.host)
-    env = dict(os.environ)
-    env.update(settings.as_env())
+    env = settings.child_env()
     bin_dir = str(Path(sys.executable).parent)  # `airflow` and the task runner live here
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     # Tunables a user may override in their own environment (AIRFLOW__SECTION__KEY).
@@ -114,9 +114,21 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             "AIRFLOW__API__WORKERS": "1",
             # Task processes report to the API server through this URL.
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{host}:{settings.airflow_port}/execution/",
+            # The JWT secret (Airflow generates 16 bytes; PyJWT wants 64 for HS512) and the session key,
+            # read from their 0600 files by Airflow's `_CMD` options: never in an environment or airflow.cfg.
+            "AIRFLOW__API_AUTH__JWT_SECRET_CMD": _cat(credentials.AIRFLOW_JWT_SECRET, settings),
+            "AIRFLOW__API__SECRET_KEY_CMD": _cat(credentials.AIRFLOW_SECRET_KEY, settings),
         }
     )
     return env
+
+
+def _cat(secret: "credentials.Secret", settings: Settings) -> str:
+    """A `_CMD` option printing ``secret`` (generated at the first call)."""
+    import shlex
+
+    credentials.ensure(settings, secret)
+    return f"cat {shlex.quote(str(secret.path(settings)))}"
 
 
 @dataclass
@@ -131,9 +143,11 @@ class AirflowService(Service):
         airflow_bin = str(Path(sys.executable).parent / "airflow")
         commands = {
             "api-server": [airflow_bin, "api-server", "--host", s.host, "--port", str(s.airflow_port), "--workers", "1"],
-            "scheduler": [airflow_bin, "scheduler"],
+            # No log servers: they bind every interface (0.0.0.0:8793/8794, not configurable) and serve
+            # logs to remote API servers; here the API server reads the task logs from the shared folder.
+            "scheduler": [airflow_bin, "scheduler", "--skip-serve-logs"],
             "dag-processor": [airflow_bin, "dag-processor"],
-            "triggerer": [airflow_bin, "triggerer"],
+            "triggerer": [airflow_bin, "triggerer", "--skip-serve-logs"],
         }
         env = airflow_env(s)
         self.processes = [

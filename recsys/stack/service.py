@@ -132,6 +132,8 @@ class ManagedProcess:
     env: Optional[dict[str, str]] = None
     """Full environment for the program (default: this process's environment)."""
     cwd: Optional[Path] = None
+    secrets: tuple[str, ...] = ()
+    """Values on the command line that the log's start line shows as ``***``."""
 
     @property
     def log_file(self) -> Path:
@@ -198,7 +200,7 @@ class ManagedProcess:
             return existing
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as logf:
-            logf.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(self.command)}\n".encode())
+            logf.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {self.shown_command()}\n".encode())
             logf.flush()
             proc = subprocess.Popen(
                 self.command,
@@ -215,6 +217,13 @@ class ManagedProcess:
         tmp.replace(self.pid_file)
         log.info("%s: started (pid %d), log %s", self.name, proc.pid, self.log_file)
         return proc.pid
+
+    def shown_command(self) -> str:
+        """The command line for logs and status, secrets masked."""
+        text = " ".join(self.command)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def wait_healthy(self, timeout: float, poll: float = 0.5) -> None:
         """Wait until the health check passes; raise :class:`ServiceError` if it exits or times out."""

@@ -12,6 +12,11 @@ local cache) and the python-backend stub for the Merlin interpreter's Python ver
   serving; publishing loads new versions through the repository API
   (``POST /v2/repository/models/<name>/load``);
 - HTTP, gRPC and metrics bound to ``settings.host`` on the ports of the settings;
+- the repository API (load, unload, index) and the server's logging and trace settings behind a key
+  (``--http-restricted-api`` / ``--grpc-restricted-protocol``), generated at the first start into
+  ``services/triton/control_key`` (mode 0600): only publishing sends it; inference stays open on
+  loopback. Triton takes the key only on its command line, where ``ps`` shows it to local users of
+  this machine (not to the network): docs/security.md;
 - the settings as environment variables, so the models find Redis (``recsys.settings``).
 
 Only the python backend ships in that wheel; see docs/serving.md for the GPU flavour.
@@ -100,7 +105,8 @@ class TritonService(Service):
     def __post_init__(self) -> None:
         if self.embedded:
             self.processes = [
-                ManagedProcess("triton", self._command(), self.directory, health=self.answering, env=None)
+                ManagedProcess("triton", self._command(), self.directory, health=self.answering, env=None,
+                               secrets=(self._control_key(),))
             ]
 
     # --- layout -----------------------------------------------------------------------
@@ -136,7 +142,21 @@ class TritonService(Service):
             # a model that fails to load must not take the server down with it
             "--exit-on-error=false",
             "--log-verbose=0",
+            *self._restrictions(),
         ]
+
+    def _control_key(self) -> str:
+        from recsys import credentials
+
+        return credentials.ensure(self.settings, credentials.TRITON_CONTROL_KEY)
+
+    def _restrictions(self) -> list[str]:
+        from recsys.serving.control import CONTROL_HEADER, RESTRICTED_APIS
+
+        key = self._control_key()
+        apis = ",".join(RESTRICTED_APIS)
+        return [f"--http-restricted-api={apis}:{CONTROL_HEADER}={key}",
+                f"--grpc-restricted-protocol={apis}:{CONTROL_HEADER}={key}"]
 
     def prepare(self) -> None:
         """Copy the server out of the wheel (once) and make the repository folder; set the environment."""
@@ -158,7 +178,7 @@ class TritonService(Service):
             (tmp / "source.json").write_text(json.dumps(source))
             shutil.rmtree(self.server_copy, ignore_errors=True)
             tmp.rename(self.server_copy)
-        env = {**os.environ, **s.as_env()}
+        env = s.child_env()
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (str(bundle.libs_dir), str(bundle.python_libdir), env.get("LD_LIBRARY_PATH", "")) if p
         )

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from recsys.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +27,32 @@ TAG_STOP_REASON = "recsys.{model}.stop_reason"  # why early stopping ended each 
 
 
 def client(tracking_uri: Optional[str] = None):
+    """An ``MlflowClient`` of ``tracking_uri`` (default: the settings'), authenticated (:func:`authenticate`)."""
     import mlflow
     from mlflow import MlflowClient
 
     from recsys.settings import get_settings
 
+    authenticate()
     uri = tracking_uri or get_settings().mlflow_uri
     # Also the process-wide URI: MLflow resolves `mlflow-artifacts:` locations (artifact upload and
     # download through the server) from it, not from the client's own URI.
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def authenticate(settings: Optional["Settings"] = None) -> None:
+    """Give this process's MLflow client its user and password (MLflow reads them from
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` at each request): the settings', or the
+    embedded server's generated password. The process's own settings name the server's home."""
+    from recsys import credentials
+    from recsys.settings import get_settings
+
+    s = settings or get_settings()
+    password = credentials.client_value(s, credentials.MLFLOW_PASSWORD)
+    if password:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = s.mlflow_tracking_username
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
 
 
 def experiment_id(mlflow_client, name: str) -> str:

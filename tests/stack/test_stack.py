@@ -16,7 +16,7 @@ from recsys import stack
 from recsys.errors import ServiceError
 from recsys.settings import load_settings, replace
 from recsys.stack.service import ManagedProcess, free_port
-from shared_helpers import triton_ports
+from shared_helpers import patched_environ, triton_ports
 
 
 def _alive(pid: int) -> bool:
@@ -30,8 +30,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture()
 def own_settings(tmp_path):
-    """A home and ports of its own, so stopping this stack cannot disturb the shared one."""
-    return load_settings(
+    """A home and ports of its own, so stopping this stack cannot disturb the shared one (stopped after
+    the test whatever happened, so a failed test leaves no service running)."""
+    settings = load_settings(
         {},
         home=tmp_path / "home",
         redis_port=free_port(),
@@ -41,6 +42,8 @@ def own_settings(tmp_path):
         events_metrics_port=free_port(),
         **triton_ports(),
     )
+    yield settings
+    stack.down(settings)
 
 
 @pytest.mark.slow
@@ -66,27 +69,39 @@ def test_up_use_restart_down_with_all_services(own_settings, tmp_path, capsys):
     assert stat.S_IMODE(token_file(s).stat().st_mode) == 0o600
     assert report["events"]["log"] == str(s.services_root / "events" / "events.log")
 
-    # Redis: real commands through redis-py.
+    # Redis: real commands through redis-py, authenticated with the generated password (0600)
     import redis
 
-    r = redis.Redis.from_url(s.redis)
+    from recsys import credentials
+    from recsys.online.redis_store import client
+
+    assert stat.S_IMODE(credentials.REDIS_PASSWORD.path(s).stat().st_mode) == 0o600
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(s.redis).ping()  # no password: refused
+    r = client(s)
     assert r.ping() is True
     r.set("stack-test", "42")
     assert r.get("stack-test") == b"42"
     r.close()
 
     # MLflow: clients on 127.0.0.1 and on localhost both pass the server's host check,
-    # and artifacts are uploaded through the server.
+    # and artifacts are uploaded through the server; a caller without this home's password is refused.
+    import httpx
     from mlflow import MlflowClient
 
-    for base in (s.mlflow_uri, f"http://localhost:{s.mlflow_port}"):
-        client = MlflowClient(base)
-        exp_id = client.create_experiment(f"stack-test-{base.split('//')[1].split(':')[0]}")
-        assert client.get_experiment(exp_id).artifact_location.startswith("mlflow-artifacts:")
-    run = client.create_run(exp_id)
-    (tmp_path / "hello.txt").write_text("hi")
-    client.log_artifact(run.info.run_id, str(tmp_path / "hello.txt"))
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["hello.txt"]
+    from recsys.tracking.runs import authenticate
+
+    assert httpx.get(f"{s.mlflow_uri}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
+    with patched_environ({"MLFLOW_TRACKING_USERNAME": None, "MLFLOW_TRACKING_PASSWORD": None}):
+        authenticate(s)  # this stack's password, for the block only (the session's stack has its own)
+        for base in (s.mlflow_uri, f"http://localhost:{s.mlflow_port}"):
+            client = MlflowClient(base)
+            exp_id = client.create_experiment(f"stack-test-{base.split('//')[1].split(':')[0]}")
+            assert client.get_experiment(exp_id).artifact_location.startswith("mlflow-artifacts:")
+        run = client.create_run(exp_id)
+        (tmp_path / "hello.txt").write_text("hi")
+        client.log_artifact(run.info.run_id, str(tmp_path / "hello.txt"))
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["hello.txt"]
     assert list((s.services_root / "mlflow" / "artifacts").rglob("hello.txt"))
 
     # Airflow: token, DAG list, the GPU pool; the password file is private.
@@ -101,6 +116,16 @@ def test_up_use_restart_down_with_all_services(own_settings, tmp_path, capsys):
         assert af.pool(s.gpu_pool)["slots"] == s.gpu_pool_slots
     with pytest.raises(ServiceError, match="wrong password"):
         AirflowClient(s.airflow, s.airflow_user, "not-the-password").token()
+
+    # Security by default: every listening socket on loopback, every service refuses a caller without
+    # its secret, the secrets are private files and no log holds one (tests/stack/security_checks.py).
+    from security_checks import (
+        assert_every_listening_socket_is_on_loopback,
+        assert_every_service_needs_its_secret_and_no_log_holds_one,
+    )
+
+    assert_every_listening_socket_is_on_loopback(s)
+    assert_every_service_needs_its_secret_and_no_log_holds_one(s)
 
     # `up` again: a no-op, the very same processes keep running.
     pids_before = {name: r["pid"] for name, r in stack.status(s).items()}
