@@ -16,6 +16,7 @@ Only the standard library is used here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -39,6 +40,15 @@ class VersionNotFoundError(RecsysError):
     """A version folder or its manifest is missing."""
 
 
+class StorageError(RecsysError):
+    """Writing a version ran out of room (disk full, quota, file-size limit) or the folder is read-only.
+    Nothing changed: the half-written folder was removed. Not bad input: a retry after room is made works."""
+
+
+# Errors of the storage, not of the content: named as such, with the version that could not be written.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
 @dataclass(frozen=True)
 class Version:
     """One complete version folder: its name, where it is, and its manifest."""
@@ -50,6 +60,43 @@ class Version:
     @property
     def created_at(self) -> str:
         return str(self.manifest.get("created_at", ""))
+
+
+def raise_storage_error(exc: BaseException, target: Path) -> None:
+    """If ``exc`` is the storage's (disk full, quota, file-size limit, read-only), raise it again as a
+    :class:`StorageError` naming ``target``, the version that could not be written; else return.
+    For writers that clean up their own half-written folder (``atomic_directory``, publishing's staging)."""
+    cause, seen = exc, set()
+    while cause is not None and id(cause) not in seen:  # a library may wrap it (MLflow's download does)
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _STORAGE_ERRNOS:
+            raise StorageError(
+                f"could not write {target}: {os.strerror(cause.errno)} ({cause}); nothing was changed: "
+                f"the half-written folder was removed and earlier versions are intact"
+            ) from exc
+        cause = cause.__cause__ or cause.__context__
+    probe = _storage_problem(Path(target).parent)
+    if probe is not None:  # the writer lost the storage's error (NVTabular's dask writers do): ask the disk
+        raise StorageError(
+            f"could not write {target}: {os.strerror(probe.errno)} (a 1 MiB probe write failed the same way "
+            f"after: {type(exc).__name__}: {exc}); nothing was changed: the half-written folder was removed "
+            f"and earlier versions are intact"
+        ) from exc
+
+
+def _storage_problem(folder: Path) -> Optional[OSError]:
+    """The storage's error if a 1 MiB write into ``folder`` fails now (disk full, quota, file-size limit)."""
+    probe = folder / f".storage-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return exc if exc.errno in _STORAGE_ERRNOS else None
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
 
 
 @contextlib.contextmanager
@@ -67,8 +114,9 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise_storage_error(exc, target)
         raise
     if target.exists():
         log.info("%s already exists; discarding the new copy", target)

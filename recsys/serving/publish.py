@@ -174,6 +174,12 @@ def publish(*, force: bool = False, airflow_run: str = "", plan: Optional[Publis
         try:
             return _publish_staged(s, repo, staging, plan, writer, smoke_test or default_smoke_test, airflow_run, force,
                                    smoke_user_id)
+        except Exception as exc:
+            from recsys.data.versioning import raise_storage_error
+
+            shutil.rmtree(staging, ignore_errors=True)
+            raise_storage_error(exc, repo.path)
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -354,3 +354,37 @@ def test_publish_pins_the_new_feature_version_before_loading_and_releases_the_ol
     assert pins_while_loading[-1] == {"fvB": "triton v2 serving", "fvA": "triton v1 rolling back"}
     assert store.pins() == {"fvA": "triton v1 serving"}
     store.client.close()
+
+
+def test_a_full_disk_while_writing_a_version_is_a_clear_error_and_the_old_version_keeps_serving(fresh):
+    """A real file-size limit (RLIMIT_FSIZE of this process, lowered while the second version's files are
+    written): every write beyond 64 bytes fails as on a full disk. The error names the repository and
+    says nothing changed; no version folder, staging folder or history record is left of it."""
+    import resource
+
+    from recsys.data.versioning import StorageError
+    from recsys.serving.history import read_history
+    from recsys.serving.publish import publish
+    from recsys.serving.repository import model_versions
+
+    s, tag, tmp = fresh
+    writer = ToyWriter(f"f{tag}")
+    log_champion_run(s, "fv1", 0.5, tmp=tmp)
+    publish(writer=writer, smoke_test=smoke(writer.models), settings=s, airflow_run="run-1")
+    log_champion_run(s, "fv1", 0.6, tmp=tmp)  # a better champion: version 2 to write
+
+    def writer_on_a_full_disk(*args, **kwargs):
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
+        try:
+            return writer(*args, **kwargs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    with pytest.raises(StorageError, match=rf"could not write {s.triton_repo}.*File too large.*nothing was changed"):
+        publish(writer=writer_on_a_full_disk, smoke_test=smoke(writer.models), settings=s, airflow_run="run-2")
+    for model in writer.models:
+        assert model_versions(s.triton_repo, model) == [1]
+        assert ask(s, model) == 101
+    assert [h["version"] for h in read_history(s.triton_repo)] == [1]
+    assert not [p for p in s.triton_repo.parent.rglob("*") if ".staging" in p.name and any(p.iterdir())]
