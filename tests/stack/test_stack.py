@@ -19,6 +19,10 @@ from recsys.stack.service import ManagedProcess, free_port
 from shared_helpers import patched_environ, triton_ports
 
 
+PROJECT_DAGS = {"recsys_etl", "recsys_feature_refresh", "recsys_train", "recsys_publish", "recsys_batch_recommendations",
+                "recsys_drift"}
+
+
 def _alive(pid: int) -> bool:
     import psutil
 
@@ -112,7 +116,11 @@ def test_up_use_restart_down_with_all_services(own_settings, tmp_path, capsys):
     assert report["airflow"]["password_file"] == str(password_file(s))
     with AirflowClient.from_settings(s) as af:
         assert af.token().count(".") == 2  # a JWT
-        assert all("dag_id" in d and "is_paused" in d for d in af.dags())
+        # the dag-processor parses the project's DAGs, and the API lists them
+        for dag_id in PROJECT_DAGS:
+            af.wait_for_dag(dag_id, timeout=120, poll=1)
+        dags = af.dags()
+        assert PROJECT_DAGS <= {d["dag_id"] for d in dags} and all(isinstance(d["is_paused"], bool) for d in dags)
         assert af.pool(s.gpu_pool)["slots"] == s.gpu_pool_slots
     with pytest.raises(ServiceError, match="wrong password"):
         AirflowClient(s.airflow, s.airflow_user, "not-the-password").token()
@@ -136,13 +144,38 @@ def test_up_use_restart_down_with_all_services(own_settings, tmp_path, capsys):
     assert time.monotonic() - began < 15
     assert {name: r["pid"] for name, r in stack.status(s).items()} == pids_before
 
+    # restart: down, then up again: other processes, and what the services held is still there.
+    api_token = token_file(s).read_text()
+    _down_and_nothing_left(s, all_pids)
+    began = time.monotonic()
+    stack.up(s)
+    with capsys.disabled():
+        print(f"[stack] up again after down: {time.monotonic() - began:.1f} s")
+    report = stack.status(s)
+    assert all(r["answering"] for r in report.values()), report
+    restarted_pids = stack.pids(s)
+    assert len(restarted_pids) == len(all_pids) and not set(restarted_pids) & set(all_pids)
+    assert r.get("stack-test") == b"42"  # Redis: from its append-only file
+    r.close()
+    with patched_environ({"MLFLOW_TRACKING_USERNAME": None, "MLFLOW_TRACKING_PASSWORD": None}):
+        authenticate(s)  # MLflow: the same password, its runs and artifacts
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["hello.txt"]
+        assert client.get_experiment(exp_id).lifecycle_stage == "active"
+    with AirflowClient.from_settings(s) as af:  # Airflow: the same password, the same metadata
+        assert af.pool(s.gpu_pool)["slots"] == s.gpu_pool_slots
+    assert token_file(s).read_text() == api_token  # the API keeps its token
+
     # down: nothing answers, no process (server or worker) is left, no PID file either.
+    _down_and_nothing_left(s, restarted_pids)
+
+
+def _down_and_nothing_left(s, pids: list[int]) -> None:
     stopped = stack.down(s)
     assert set(stopped) == {"redis", "mlflow", "api-server", "scheduler", "dag-processor", "triggerer", "triton", "api", "events"}
     report = stack.status(s)
     assert not any(r["answering"] for r in report.values())
     assert all(r["pid"] is None for r in report.values())
-    assert [pid for pid in all_pids if _alive(pid)] == []
+    assert [pid for pid in pids if _alive(pid)] == []
     assert list(s.services_root.rglob("*.pid")) == []
 
 
@@ -293,11 +326,13 @@ def test_airflow_fixture_serves_the_api_and_the_cli_env_reaches_the_same_databas
     s = airflow_settings
     with AirflowClient.from_settings(s) as af:
         assert af.pool(s.gpu_pool)["slots"] == s.gpu_pool_slots
-        api_dags = sorted(d["dag_id"] for d in af.dags())
+        # the dag-processor parses the project's DAGs, and the API lists them
+        for dag_id in PROJECT_DAGS:
+            af.wait_for_dag(dag_id, timeout=120, poll=1)
+        assert PROJECT_DAGS <= {d["dag_id"] for d in af.dags()}
     # The airflow CLI, run with airflow_env(), sees the running instance's metadata database.
     out = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "airflow"), "pools", "get", s.gpu_pool, "-o", "json"],
         env=airflow_env(s), capture_output=True, text=True, check=True, timeout=120,
     ).stdout
     assert json.loads(out)[0]["slots"] == str(s.gpu_pool_slots)  # the CLI prints strings
-    assert isinstance(api_dags, list)

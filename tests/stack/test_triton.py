@@ -1,5 +1,5 @@
 """The embedded Triton: started from the nvidia-pytriton wheel's server, explicit model control with
-the repository's models loaded at start, loopback only, a model asked, stopped."""
+the repository's models loaded at start, loopback only, a model asked, restarted, stopped."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def triton_settings(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_triton_starts_loads_the_floor_model_infers_and_stops(triton_settings):
+def test_triton_starts_loads_the_floor_model_infers_restarts_and_stops(triton_settings):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
@@ -39,7 +39,7 @@ def test_triton_starts_loads_the_floor_model_infers_and_stops(triton_settings):
         # the server copy with the python-backend stub for the Merlin interpreter
         assert (s.services_root / "triton" / "server" / "backends" / "python" / "triton_python_backend_stub").exists()
 
-        # what the repository serves is loaded at start (a restarted stack keeps serving) ...
+        # what the repository serves is loaded at start ...
         assert control.model_ready(s, "recsys_floor", 1)
         # ... and explicit model control loads (here: reloads) through the repository API
         control.load_model(s, "recsys_floor")
@@ -67,6 +67,21 @@ def test_triton_starts_loads_the_floor_model_infers_and_stops(triton_settings):
         # up again: a no-op
         stack.up(s, only=["triton"])
         assert stack.status(s)["triton"]["pid"] == pid
+
+        # a restarted Triton keeps serving: stopped, started again, the repository's model answers
+        # without being loaded by hand
+        assert stack.down(s, only=["triton"]) == ["triton"]
+        halted = stack.status(s)["triton"]
+        assert not halted["answering"] and halted["pid"] is None
+        stack.up(s, only=["triton"])
+        restarted = stack.status(s)["triton"]
+        assert restarted["answering"] and restarted["pid"] != pid
+        assert control.model_ready(s, "recsys_floor", 1)
+        http = http_client(s)
+        tensor = httpclient.InferInput("user_id", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([b"after-restart"], dtype=object))
+        assert http.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [b"after-restart"]
+        http.close()
     finally:
         stopped = stack.down(s, only=["triton"])
     assert stopped == ["triton"]
