@@ -3,7 +3,7 @@
 Its own home and Triton (one instance, a 20 ms queue delay so concurrent requests surely meet in one
 batch), the real exports of tests/serving/conftest.py, the real Redis online store. Answers given in
 batches must equal the answers to the same requests sent one by one; a bad request in a batch fails
-alone; a new online version (refresh) is picked up by the in-memory item table.
+alone; a new online version with other items (refresh) is picked up by the in-memory item table.
 """
 
 from __future__ import annotations
@@ -110,16 +110,37 @@ def test_a_bad_request_in_a_batch_fails_alone(batched, users):
 
 
 def test_a_new_online_version_and_unavailable_items_are_seen(batched, users, trained_run):
-    from recsys.online.refresh import refresh_online_store
+    """The model keeps each online version's items in memory; a refresh to a version with other items
+    (one item gone) must change the very next answer, and a refresh back must bring it back."""
+    import dataclasses
+
+    from recsys.online.snapshot import build_snapshot
     from recsys.serving.client import RecommendClient
 
     s, store = batched
+    snapshot = build_snapshot(trained_run["features_dir"], trained_run["data_dir"], popularity_size=s.online_popularity_size)
     with RecommendClient(s) as client:
         before = client.recommend(users[2], 10)
+        gone = before[0][0]
+        # a new version of the same feature version without the user's top item: the model reads it
+        # (items the version does not hold are filtered) only if it reloaded its item table
+        keep = snapshot.items.ids != gone
+        items = dataclasses.replace(
+            snapshot.items, ids=snapshot.items.ids[keep], hashes=snapshot.items.hashes[keep],
+            features=[f for f, k in zip(snapshot.items.features, keep) if k],
+            extra=[e for e, k in zip(snapshot.items.extra, keep) if k],
+        )
         old = store.current().version
-        refresh_online_store(str(trained_run["features_dir"]), str(trained_run["data_dir"]), force=True, settings=s)
-        assert store.current().version != old
-        assert client.recommend(users[2], 10) == before  # same features, now read from the new version
+        store.refresh(dataclasses.replace(snapshot, items=items, popularity=snapshot.popularity[snapshot.popularity != gone]),
+                      force=True)
+        assert store.current().version != old and store.current().feature_version == snapshot.feature_version
+        without = client.recommend(users[2], 10)
+        assert gone not in {item for item, _ in without}
+        assert [item for item, _ in without[:9]] == [item for item, _ in before[1:]]  # the rest keeps its order
+        np.testing.assert_allclose([sc for _, sc in without[:9]], [sc for _, sc in before[1:]], atol=1e-6)
+        # back to every item: a third version, the first answer again
+        store.refresh(snapshot, force=True)
+        assert client.recommend(users[2], 10) == before
         taken = [item for item, _ in before[:2]]
         store.add_unavailable(taken)
         try:

@@ -30,7 +30,39 @@ def users(store, trained_run):
     return [int(u) for u in ids[:40]]
 
 
-def test_every_model_is_ready_and_answers(served):
+def _ask(s, model: str, columns: dict) -> dict:
+    """One request to version 1 of ``model`` over gRPC: ``columns`` typed as its config.pbtxt says (an
+    optional input left out when absent); its outputs by name."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc import model_config_pb2 as pb
+    from tritonclient.utils import np_to_triton_dtype
+
+    config = repository.read_config(s.triton_repo / model / "1" / "config.pbtxt")
+    dtypes = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32}
+    tensors = []
+    for spec in config.input:
+        if spec.name not in columns:
+            assert spec.optional, f"{model} needs {spec.name}"
+            continue
+        value = np.ascontiguousarray(columns[spec.name], dtype=dtypes[pb.DataType.Name(spec.data_type)])
+        tensor = grpcclient.InferInput(spec.name, list(value.shape), np_to_triton_dtype(value.dtype))
+        tensor.set_data_from_numpy(value)
+        tensors.append(tensor)
+    client = grpc_client(s)
+    try:
+        result = client.infer(model, tensors, model_version="1")
+    finally:
+        client.close()
+    return {spec.name: result.as_numpy(spec.name) for spec in config.output}
+
+
+def test_every_model_is_ready_and_answers(served, store, users, trained_run, client):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from recsys.features.history import truncate
+
     s = served["settings"]
     index = {m["name"]: m for m in control.repository_index(s)}
     for model in ("recsys_floor", *repository.PUBLISHED_MODELS):
@@ -41,6 +73,63 @@ def test_every_model_is_ready_and_answers(served):
     for part in ("model.py", "config.pbtxt", "lineage.json", "pipeline.json", "query_tower", "ranker", "index/items.faiss"):
         assert (stages / part).exists(), part
     assert repository.served_version(s.triton_repo, "recsys") == 1
+
+    # Each stage model answers a request of its own, built from the online store's rows as the four-stage
+    # model builds its own: the users' features and histories (their seen items, newest first, as encoded ids).
+    pipeline = json.loads((stages / "pipeline.json").read_text())
+    asked = users[:3]
+    rows = store.read_users(asked, with_seen=True, with_live=True, feature_version=pipeline["feature_version"])
+    assert rows.found.all() and not any(len(items) for items in rows.live)  # known users, no live events
+    table = store.read_item_table(rows.version)
+    item_code = table.columns[pipeline["item_columns"][0]]
+    seen_rows = [table.rows_of(seen) for seen in rows.seen]
+    history = truncate([item_code[r[r >= 0]] for r in seen_rows], pipeline["history_length"])
+    assert len(history[0]) > 0  # the histories are not empty
+
+    # recsys_query_tower: one query vector per user; with the popularity prior slot its last value is 1
+    user_columns = {name: rows.columns[name] for name in pipeline["user_columns"]}
+    (queries,) = _ask(s, "recsys_query_tower", {**user_columns, "history__values": history[0],
+                                                 "history__offsets": history[1]}).values()
+    dim = repository.read_config(s.triton_repo / "recsys_item_index" / "1" / "config.pbtxt").input[0].dims[-1]
+    assert queries.shape == (len(asked), dim) and queries.dtype == np.float32 and np.isfinite(queries).all()
+    if trained_run["prior_slot"]:
+        np.testing.assert_allclose(queries[:, -1], 1.0)
+    assert len({tuple(np.round(q, 5)) for q in queries}) == len(asked)  # another user, another query
+
+    # recsys_item_index: the candidates_k best items by inner product with the first user's query, exactly
+    # what the exported item vectors give (a flat index: exact search)
+    embeddings = pq.read_table(trained_run["run_dir"] / "retrieval" / "item_embeddings.parquet")
+    exact = dict(zip(embeddings.column("item_id_raw").to_pylist(),
+                     np.array(embeddings.column("embedding").to_pylist(), dtype=np.float64) @ queries[0]))
+    k = pipeline["candidates_k"]
+    answer = _ask(s, "recsys_item_index", {"query": queries[:1], "k": np.array([k], np.int32)})
+    found, scores = np.array([int(i) for i in answer["item_ids"]]), answer["scores"]
+    assert len(found) == len(set(found.tolist())) == min(k, len(exact)) and set(found.tolist()) <= set(exact)
+    np.testing.assert_allclose(scores, [exact[i] for i in found], rtol=1e-4, atol=1e-4)  # each item's own score
+    np.testing.assert_allclose(scores, sorted(exact.values(), reverse=True)[: len(found)], rtol=1e-4, atol=1e-4)
+
+    # recsys_ranker: a click probability for each of the first user's unseen candidates ...
+    candidates = table.rows_of(found)
+    candidates = candidates[(candidates >= 0) & ~np.isin(candidates, seen_rows[0])]
+    n = len(candidates)
+    values = history[0][: history[1][1]]
+    ranker_columns = {
+        **{name: np.repeat(column[:1], n) for name, column in user_columns.items()},
+        **{name: table.columns[name][candidates] for name in pipeline["item_columns"]},
+        "history__values": np.tile(values, n), "history__offsets": np.arange(n + 1) * len(values),
+    }
+    (clicks,) = _ask(s, "recsys_ranker", ranker_columns).values()
+    assert clicks.shape == (n, 1) and ((clicks > 0) & (clicks < 1)).all()
+    assert np.ptp(clicks) > 0.01  # the items' features move it
+    # ... and the four-stage model's answer is the ranker's best ten of them, with the ranker's probabilities
+    # (this version blends nothing in: ranker_weight 1, no ordering rules)
+    assert pipeline["scoring"]["ranker_weight"] == 1.0 and not pipeline["ordering"]["boosts"]
+    probability = dict(zip(table.ids[candidates].tolist(), clicks[:, 0].tolist()))
+    served_pairs = client.recommend(asked[0], 10)
+    np.testing.assert_allclose([score for _, score in served_pairs], [probability[item] for item, _ in served_pairs],
+                               atol=1e-5)
+    left_out = [p for item, p in probability.items() if item not in {i for i, _ in served_pairs}]
+    assert served_pairs[-1][1] >= max(left_out) - 1e-5
 
 
 def test_recommend_end_to_end_over_grpc_and_http(served, client, users, store):
