@@ -42,15 +42,18 @@ class Settings:
 
     # --- services: every one can be external; the embedded default binds to loopback ---
     host: str = "127.0.0.1"
+    """Address the embedded services bind to and their default URLs use (loopback: not reachable from other hosts)."""
     redis_url: Optional[str] = None
     """e.g. ``rediss://redis.example:6380/0``. Unset: the embedded redis-server."""
     redis_port: int = 6390
+    """Port of the embedded redis-server."""
     redis_password: Optional[str] = None
     """Password every Redis client sends (``AUTH``). Unset: the embedded Redis's, generated at its first
     start into ``<home>/services/redis/password`` (mode 0600); an external Redis without one needs none."""
     mlflow_tracking_uri: Optional[str] = None
     """Read from ``MLFLOW_TRACKING_URI`` (MLflow's own variable). Unset: the embedded server."""
     mlflow_port: int = 5050
+    """Port of the embedded MLflow tracking server."""
     mlflow_tracking_username: str = "admin"
     """User every MLflow client authenticates as (``MLFLOW_TRACKING_USERNAME``, MLflow's own variable)."""
     mlflow_tracking_password: Optional[str] = None
@@ -59,7 +62,9 @@ class Settings:
     airflow_url: Optional[str] = None
     """Base URL of an external Airflow API server. Unset: the embedded one."""
     airflow_port: int = 8280
+    """Port of the embedded Airflow API server (the UI, the REST API and the tasks' execution API)."""
     airflow_user: str = "admin"
+    """User the project logs in to Airflow as; the embedded Airflow creates it with the admin role."""
     airflow_password: Optional[str] = None
     """Unset: the embedded Airflow generates one (see ``recsys stack status``)."""
     dask_scheduler_address: Optional[str] = None
@@ -82,6 +87,7 @@ class Settings:
     batch_size: int = 0
     """0: chosen from the number of training rows (about 200 steps per epoch, between 256 and 8192)."""
     embedding_dim: int = 64
+    """Width of every embedding table of both models (the two-tower's query and item vectors, the DLRM's features)."""
     learning_rate: float = 0.001
     """Adam's; with L2 1e-4 and dropout 0.2 the best of the settings tried on MovieLens (bench/README.md)."""
     lr_patience: int = 2
@@ -103,15 +109,22 @@ class Settings:
     tune_timeout_seconds: float = 3600.0
     """The search stops after this long, whatever the number of trials done."""
     seed: int = 42
+    """Seeds training (TensorFlow, negative sampling, the tuning sampler) and the drift check's row sampling."""
     gpu_pool: str = "gpu"
+    """Airflow pool of the GPU-bound training tasks (``recsys_train``), so production can route them to GPU workers."""
     gpu_pool_slots: int = 1
+    """Slots of that pool: training tasks that may run at once (the embedded Airflow creates the pool)."""
     retrieval_model_name: str = "recsys-retrieval"
+    """MLflow registered model of the two-tower retrieval model (the ``champion`` alias marks the served version)."""
     ranking_model_name: str = "recsys-ranking"
+    """MLflow registered model of the DLRM ranker, promoted together with the retrieval model."""
     retrieval_primary_metric: str = "pipeline_recall_at_10"
     """What the champion gate compares (and holds above the popularity baseline's): ``pipeline_recall_at_10``,
     retrieval's candidates ordered by the scoring stage, what users get; or ``recall_at_10``, the two-tower alone."""
     ranking_primary_metric: str = "auc"
+    """What the champion gate compares for the ranker: a metric the training run logs, e.g. ``auc``."""
     experiment_name: str = "recsys"
+    """MLflow experiment of the training runs."""
 
     # --- online feature store (Redis) -------------------------------------------------------
     online_key_prefix: str = "recsys"
@@ -134,6 +147,7 @@ class Settings:
     triton_url: Optional[str] = None
     """HTTP base URL of an external Triton, e.g. ``http://triton.example:8000``. Unset: the embedded one."""
     triton_http_port: int = 8300
+    """HTTP port of the embedded Triton (health, model control, HTTP inference)."""
     triton_grpc_port: int = 8301
     """Also the gRPC port of an external Triton (on the host of ``triton_url``)."""
     triton_ca_file: Optional[Path] = None
@@ -143,6 +157,7 @@ class Settings:
     ``recsys-control-key``): only publishing holds it; inference stays open. Unset: the embedded Triton's, generated at its first start into
     ``<home>/services/triton/control_key`` (mode 0600); an external Triton without a restriction needs none."""
     triton_metrics_port: int = 8302
+    """Prometheus metrics port of the embedded Triton."""
     triton_repository: Optional[Path] = None
     """Triton model repository. Default: ``<home>/triton/repository``."""
     triton_instances: int = 2
@@ -155,7 +170,9 @@ class Settings:
     candidates_k: int = 200
     """Retrieval: candidates taken from the FAISS index before filtering and ranking."""
     recommend_default_k: int = 10
+    """Items in an answer when the request does not ask for a number."""
     recommend_max_k: int = 100
+    """Most items one request may ask for (a larger k is refused)."""
     faiss_index: str = "auto"
     """``flat`` (exact inner product), ``ivf`` (approximate), or ``auto``: IVF from 50,000 items."""
     max_per_category: int = 0
@@ -183,6 +200,7 @@ class Settings:
     api_url: Optional[str] = None
     """Base URL of an external recsys HTTP API, e.g. ``https://recs.example``. Unset: the embedded one."""
     api_port: int = 8310
+    """Port of the embedded recsys HTTP API."""
     api_token: Optional[str] = None
     """Bearer token the HTTP API requires. Unset: generated at its first start, kept in
     ``<home>/services/api/token`` (mode 0600; ``recsys stack status`` names the file)."""

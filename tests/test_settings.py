@@ -58,13 +58,21 @@ def test_urls_with_passwords_are_masked():
 
 
 def test_settings_command_lists_every_variable_with_its_meaning(capsys):
+    import json
+    from dataclasses import fields
+
     from recsys.cli import main
+    from recsys.settings import Settings, env_name
     from recsys.settings_cli import setting_docs
 
-    assert "State directory" in setting_docs()["home"]
+    # every setting is documented where it is declared (the docstring under its field) ...
+    docs = setting_docs()
+    assert [f.name for f in fields(Settings) if not docs.get(f.name, "").strip()] == []
+    assert "State directory" in docs["home"]
+    # ... and `recsys settings` lists each one's variable with that meaning
     assert main(["settings", "--json"]) == 0
-    import json
-
     rows = {r["variable"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {env_name(f.name) for f in fields(Settings)}
+    assert {name: rows[env_name(name)]["meaning"] for name in docs} == docs
     assert "RECSYS_HOME" in rows and "MLFLOW_TRACKING_URI" in rows and "RECSYS_CANDIDATES_K" in rows
     assert "Dask" in rows["RECSYS_DASK_SCHEDULER_ADDRESS"]["meaning"]
