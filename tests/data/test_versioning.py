@@ -60,6 +60,97 @@ def test_write_json_atomic_and_read_manifest(tmp_path):
         read_manifest(tmp_path / "missing")
 
 
+def test_write_json_atomic_failing_mid_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "manifest.json"
+    write_json_atomic(path, {"version": 1})
+    written_when_it_failed = []
+
+    class FailsHalfWay:
+        """Serialized after a megabyte of the new file went out: the write fails part-way through."""
+
+        def __str__(self):
+            (partial,) = [p for p in tmp_path.iterdir() if p != path]
+            written_when_it_failed.append(partial.stat().st_size)
+            raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_json_atomic(path, {"a": "x" * 1_000_000, "b": FailsHalfWay()})
+    assert written_when_it_failed[0] > 1_000_000  # the new content was half on disk
+    assert read_manifest(tmp_path) == {"version": 1}  # readers still see the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # the half file is gone
+
+
+def _v1(root):
+    with atomic_directory(root / "v1") as tmp:
+        (tmp / "data.bin").write_bytes(b"one" * 1000)
+        write_json_atomic(tmp / "manifest.json", {"created_at": utc_now_iso(), "name": "v1"})
+    return (root / "v1" / "data.bin").read_bytes()
+
+
+def test_atomic_directory_whose_final_rename_fails_leaves_the_earlier_version_and_no_half_folder(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from recsys.data import versioning
+
+    root = tmp_path / "versions"
+    v1_data = _v1(root)
+
+    def rename_fails(src, dst):
+        raise OSError(errno.EIO, "Input/output error", str(dst))
+
+    monkeypatch.setattr(versioning.os, "rename", rename_fails)
+    with pytest.raises(OSError, match="Input/output error"):
+        with atomic_directory(root / "v2") as tmp:
+            (tmp / "data.bin").write_bytes(b"two" * 1000)
+            write_json_atomic(tmp / "manifest.json", {"created_at": utc_now_iso(), "name": "v2"})
+    monkeypatch.setattr(versioning.os, "rename", os.rename)
+    assert sorted(p.name for p in root.iterdir()) == ["v1"]  # no v2, not even a temporary one
+    assert [v.version for v in list_versions(root)] == ["v1"]
+    assert (root / "v1" / "data.bin").read_bytes() == v1_data
+
+
+def test_atomic_directory_of_a_killed_writer_leaves_the_earlier_version_and_no_half_version(tmp_path):
+    """A writer SIGKILLed half-way (nothing of it runs after the kill): readers see the earlier version only."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = tmp_path / "versions"
+    v1_data = _v1(root)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from recsys.data.versioning import atomic_directory\n"
+            "with atomic_directory(Path(sys.argv[1]) / 'v2') as tmp:\n"
+            "    (tmp / 'data.bin').write_bytes(b'two' * 1000)\n"
+            "    print('half', flush=True)\n"
+            "    time.sleep(60)\n"
+            "    (tmp / 'manifest.json').write_text('{}')\n"
+        ), str(root)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert writer.stdout.readline() == "half\n"
+        os.kill(writer.pid, signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+    assert writer.returncode == -signal.SIGKILL
+    leftovers = sorted(p.name for p in root.iterdir() if p.name != "v1")
+    assert len(leftovers) == 1 and leftovers[0].startswith(".v2.tmp-")  # the half write: hidden, never "v2"
+    assert [v.version for v in list_versions(root)] == ["v1"] and latest_version(root).version == "v1"
+    assert (root / "v1" / "data.bin").read_bytes() == v1_data
+    with pytest.raises(VersionNotFoundError):
+        get_version(root, "v2")
+    # the next writer of v2 is not in the leftover's way
+    with atomic_directory(root / "v2") as tmp:
+        write_json_atomic(tmp / "manifest.json", {"created_at": utc_now_iso(), "name": "v2"})
+    assert latest_version(root).version == "v2"
+
+
 def test_hashes(tmp_path):
     f = tmp_path / "f.bin"
     f.write_bytes(b"abc")

@@ -286,13 +286,12 @@ def test_unknown_ids_are_refused_with_an_example(data_dir, tmp_path):
 
 
 def test_runs_on_a_version_written_by_the_data_package(tmp_path):
-    """Contract check with the real ingest (skipped while the data package lacks these modules)."""
-    synthetic = pytest.importorskip("recsys.data.synthetic")
-    ingest = pytest.importorskip("recsys.data.ingest")
-    synthetic.write_synthetic(
-        tmp_path / "in", synthetic.SyntheticConfig(n_users=150, n_items=40, n_interactions=2_000, days=14)
-    )
-    version = ingest.ingest(tmp_path / "in", tmp_path / "data")
+    """Contract check with the real ingest: a data version the data package writes is what the ETL reads."""
+    from recsys.data.ingest import ingest
+    from recsys.data.synthetic import SyntheticConfig, write_synthetic
+
+    write_synthetic(tmp_path / "in", SyntheticConfig(n_users=150, n_items=40, n_interactions=2_000, days=14))
+    version = ingest(tmp_path / "in", tmp_path / "data")
     result = run_etl(version.path, tmp_path / "features", ValidationSplit("time", 3), progress=lambda _m: None)
     assert result.manifest["data_version"] == version.version
     assert result.manifest["rows"]["train"] + result.manifest["rows"]["valid"] == len(

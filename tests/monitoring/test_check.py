@@ -30,14 +30,7 @@ def test_same_distribution_does_not_trigger_and_the_check_is_kept(monitored):
     check_id = summary["check_id"]
     assert store.get_check(check_id, s) == summary
     assert [c["check_id"] for c in store.list_checks(10, s)] == [check_id]
-    report = store.report_path(check_id, s)
-    html = report.read_text(encoding="utf-8")
-    parser = HTMLParser()
-    parser.feed(html)  # parses
-    parser.close()
-    assert "<html" in html.lower()
-    for feature in FEATURES:
-        assert feature in html, feature
+    _assert_report_shows(store.report_path(check_id, s), summary)
     frame = store.history_frame(s)
     assert set(frame["feature"]) == FEATURES and len(frame) == len(FEATURES)
     assert pd.api.types.is_datetime64_any_dtype(frame["checked_at"])
@@ -57,6 +50,7 @@ def test_drifted_data_triggers(monitored):
     s = monitored("drifted")
     summary = run_drift_check(s, now=T0, airflow_run="recsys_drift/manual_1")
     assert summary["drift"] is True and summary["trigger"] is True, summary["features"]
+    _assert_report_shows(store.report_path(summary["check_id"], s), summary)
     assert {"age_bucket", "device", "category", "price_band"} <= set(summary["drifted_features"])
     assert "gender" not in summary["drifted_features"]  # the drifted batch keeps the gender mix
     assert summary["share"] >= s.drift_share
@@ -64,6 +58,59 @@ def test_drifted_data_triggers(monitored):
     again = run_drift_check(s, now=T0 + timedelta(minutes=5), airflow_run="recsys_drift/manual_1")
     assert again["check_id"] == summary["check_id"]
     assert len(store.list_checks(None, s)) == 1
+
+
+class _Scripts(HTMLParser):
+    """The text of every ``<script>`` element of a page, and whether the page's ``</html>`` came."""
+
+    def __init__(self):
+        super().__init__()
+        self.scripts: list[str] = []
+        self.closed = False
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "script":
+            self._in_script = True
+            self.scripts.append("")
+
+    def handle_endtag(self, tag):
+        self._in_script = self._in_script and tag != "script"
+        self.closed = self.closed or tag == "html"
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.scripts[-1] += data
+
+
+def _assert_report_shows(path, summary) -> None:
+    """The HTML report is a whole page showing this check: Evidently's dashboard data (the JSON its page
+    script draws) holds every feature with the method, score and verdict of the summary."""
+    import json
+    import re
+
+    page = _Scripts()
+    page.feed(path.read_text(encoding="utf-8"))
+    page.close()
+    assert page.closed, f"{path}: no </html>"
+    data = next(script for script in page.scripts if re.search(r"var metric_\w+ = ", script))
+    name = re.search(r"var (metric_\w+) = ", data)
+    dashboard, _end = json.JSONDecoder().raw_decode(data, name.end())
+    assert any(f"drawDashboard({name.group(1)}," in script for script in page.scripts)  # the page draws it
+
+    def widgets(items):
+        for widget in items:
+            yield widget
+            yield from widgets(widget.get("widgets", []))
+
+    (table,) = [w for w in widgets(dashboard["widgets"]) if w["type"] == "big_table"]
+    rows = {row["column_name"]: row for row in table["params"]["data"]}
+    assert set(rows) == FEATURES
+    for feature in summary["features"]:
+        row = rows[feature["feature"]]
+        assert row["stattest_name"] == feature["method"], feature
+        assert row["drift_score"] == pytest.approx(feature["score"], abs=1e-5), feature
+        assert row["data_drift"] == ("Detected" if feature["drifted"] else "Not Detected"), feature
 
 
 def test_hysteresis_and_cooldown_over_real_checks(monitored):

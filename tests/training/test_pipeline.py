@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -67,12 +68,22 @@ def test_metrics_json_holds_every_metric_and_the_history(run):
     assert 0 < result.metrics["pipeline_recall_at_10"] <= 1
 
 
-def test_two_tower_beats_popularity(run):
+def test_two_tower_beats_popularity(run, feature_dir):
     metrics = run[0].metrics
     assert metrics["recall_at_10"] > metrics["popularity_recall_at_10"]
     assert metrics["ndcg_at_10"] > metrics["popularity_ndcg_at_10"]
-    # cold users (shared out-of-vocabulary code) are left out of the top-k protocol
-    assert run[0].users_evaluated <= 300
+    # ... over every user it can be judged on: each user with a training positive and a validation positive
+    # among items they did not have in training; the cold users (validation rows only) are left out
+    fv = FeatureVersion.open(feature_dir)
+    user, item, target = fv.user_id, fv.item_id, fv.target
+    train, valid = (fv.frame(split, [user, item, target]) for split in ("train", "valid"))
+    had = train.groupby(user)[item].agg(set)
+    known = set(train.loc[train[target] == 1, user])
+    new_positives = valid[(valid[target] == 1) & valid[user].isin(known)].groupby(user)[item].agg(set)
+    judged = sum(bool(items - had.get(u, set())) for u, items in new_positives.items())
+    cold = set(valid[user]) - set(train[user])
+    assert len(cold) == 5 and 250 < judged <= 300  # the fixture: 300 warm users, 5 cold ones
+    assert run[0].users_evaluated == judged
 
 
 def test_ranking_auc_on_sampled_negatives(run):
@@ -157,7 +168,13 @@ def test_cli_from_the_control_plane_reexecs_in_merlin_and_trains_on_labels(label
     if not control_python.exists():
         pytest.skip("control-plane environment not built")
     out = tmp_path / "cli_run"
-    env = {**os.environ, "RECSYS_HOME": str(tmp_path / "home")}
+    # The Merlin interpreter the control plane re-executes with (RECSYS_MERLIN_PYTHON): this runtime's own,
+    # behind a wrapper that records each call, so the re-execution shows.
+    calls, merlin = tmp_path / "merlin-calls.txt", tmp_path / "merlin-python"
+    merlin.write_text(f'#!/bin/sh\necho "$RECSYS_IN_MERLIN_RUNTIME $*" >> {shlex.quote(str(calls))}\n'
+                      f'exec {shlex.quote(sys.executable)} "$@"\n')
+    merlin.chmod(0o755)
+    env = {**os.environ, "RECSYS_HOME": str(tmp_path / "home"), "RECSYS_MERLIN_PYTHON": str(merlin)}
     env.pop("RECSYS_IN_MERLIN_RUNTIME", None)
     proc = subprocess.run(
         [str(control_python), "-m", "recsys.cli", "train", "--features", str(labelled_feature_dir),
@@ -171,4 +188,6 @@ def test_cli_from_the_control_plane_reexecs_in_merlin_and_trains_on_labels(label
     assert metrics["params"]["epochs"] == 5
     assert "train vs validation: DLRM auc" in proc.stdout and "retrieval: " in proc.stdout
     assert metrics["metrics"]["auc"] > 0.6  # real shown-but-ignored labels, no sampled negatives
-    assert sys.executable  # the test itself runs in the Merlin runtime
+    # the control plane ran the very same command once in the Merlin interpreter, marked as re-executed
+    (call,) = calls.read_text().splitlines()
+    assert call.startswith(f"1 -m recsys.cli train --features {labelled_feature_dir} --out {out} --epochs 5 "), call
