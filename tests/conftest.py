@@ -62,11 +62,19 @@ def stack_settings(tmp_path_factory) -> Iterator["Settings"]:  # noqa: F821
             os.environ["MLFLOW_TRACKING_PASSWORD"] = credentials.ensure(settings, credentials.MLFLOW_PASSWORD)
             os.environ["RECSYS_TRITON_CONTROL_KEY"] = credentials.ensure(settings, credentials.TRITON_CONTROL_KEY)
             get_settings.cache_clear()
-            settings = load_settings()
+            from recsys.settings import replace
             from recsys.tracking.runs import authenticate
 
-            authenticate(settings)
-            yield settings
+            # (not load_settings(): MLFLOW_TRACKING_URI in the environment would make MLflow look
+            # external, and the `stack.down` below would leave the embedded server running)
+            with_secrets = replace(
+                settings,
+                redis_password=os.environ["RECSYS_REDIS_PASSWORD"],
+                mlflow_tracking_password=os.environ["MLFLOW_TRACKING_PASSWORD"],
+                triton_control_key=os.environ["RECSYS_TRITON_CONTROL_KEY"],
+            )
+            authenticate(with_secrets)
+            yield with_secrets
         finally:
             stack.down(settings)
 
