@@ -24,7 +24,8 @@ RECSYS_HOME under the temp dir, on free ports, stopped at the end (``recsys stac
    service's processes (the server and its children: Triton's python-backend stubs, MLflow's workers,
    each Airflow component separately) at the start (the model served, before the load), every 30 s,
    and at the end (the load stopped, once the versions the last publish replaced are unloaded). The
-   load goes on past ``--minutes`` while an operation still runs, so every one is measured under load.
+   load goes on past ``--minutes`` until every scheduled operation is done, so each one is measured
+   under load (one that takes longer than its interval delays the next, which still runs).
 
 Goals: 0 failed requests; every service's RSS at the end within 10% of the start.
 
@@ -241,20 +242,23 @@ class Operator(threading.Thread):
         super().__init__(daemon=True, name=name)
         self.op, self.argv, self.every, self.end, self.load = name, argv, every, end, load
         self.runs: list[dict[str, Any]] = []
-        self.busy = False
+        self.finished = threading.Event()
+        """Set once every scheduled run is done (a run that overran delays the next, which still runs)."""
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.finished.set()
+
+    def _run(self) -> None:
         n = 1
         while n * self.every < self.end and not self.load.stop.is_set():
             wait = self.load.started + n * self.every - time.perf_counter()
             if wait > 0 and self.load.stop.wait(wait):
                 return
             began = time.perf_counter()
-            self.busy = True
-            try:
-                done = recsys_cli(*self.argv, check=False)
-            finally:
-                self.busy = False
+            done = recsys_cli(*self.argv, check=False)
             seconds = time.perf_counter() - began
             row: dict[str, Any] = {"n": n, "scheduled_s": n * self.every, "started_s": round(began - self.load.started, 1),
                                    "seconds": round(seconds, 1), "exit": done.returncode}
@@ -386,12 +390,14 @@ def main() -> None:
         tick, last = 10.0, 0.0
         overrun_logged = False
         while True:
-            # the load goes on past the end while an operation still runs: every one is measured under load
+            # the load goes on past the end until every scheduled operation is done: each one is measured
+            # under load (one that overran its interval delays the next)
             now = time.perf_counter() - load.started
-            if now >= seconds and (not any(op.busy for op in operators) or now >= seconds + 900):
+            pending = [op.op for op in operators if not op.finished.is_set()]
+            if now >= seconds and (not pending or now >= seconds + 900):
                 break
             if now >= seconds and not overrun_logged:
-                log(f"  {now:5.0f} s: the load goes on until the running {', '.join(op.op for op in operators if op.busy)} ends")
+                log(f"  {now:5.0f} s: the load goes on until the scheduled {' and '.join(pending)} runs are done")
                 overrun_logged = True
             time.sleep(tick - (now % tick) if now >= seconds else min(tick - (now % tick), seconds - now))
             now = time.perf_counter() - load.started
