@@ -70,7 +70,12 @@ class MlflowService(Service):
             f"database_uri = sqlite:///{self.directory / 'basic_auth.db'}\n"
             f"admin_username = {s.mlflow_tracking_username}\n"
             f"admin_password = {password}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            # MLflow checks a password with a slow hash (~0.45 s a request here): a publish's download of
+            # a champion (~120 requests) took ~60 s more. A verified user/password pair is remembered for
+            # 5 minutes by the server process (a changed password is seen at once by the worker that
+            # changed it: one worker here).
+            "auth_cache_ttl_seconds = 300\n",
         )
         self.processes[0].env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = credentials.ensure(s, credentials.MLFLOW_FLASK_SECRET)
 
