@@ -63,14 +63,14 @@ def airflow_token(settings) -> str:
 
 
 def airflow_jwt_secret(settings) -> str:
-    """The embedded Airflow's JWT signing secret (``[api_auth] jwt_secret`` of its airflow.cfg)."""
-    import configparser
+    """The embedded Airflow's JWT signing secret: the 64-byte file its components read through
+    ``AIRFLOW__API_AUTH__JWT_SECRET_CMD`` (the 16-byte ``jwt_secret`` Airflow wrote into airflow.cfg is
+    not used: the environment's option wins)."""
+    from recsys import credentials
 
-    from recsys.stack.airflow import airflow_home
-
-    config = configparser.ConfigParser(interpolation=None)
-    config.read(airflow_home(settings) / "airflow.cfg")
-    return config["api_auth"]["jwt_secret"]
+    credentials.ensure(settings, credentials.AIRFLOW_JWT_SECRET)
+    # Byte for byte what `cat` prints to Airflow (its _CMD options keep the file's final newline).
+    return credentials.AIRFLOW_JWT_SECRET.path(settings).read_text()
 
 
 def decode_unverified(token: str) -> dict[str, Any]:
