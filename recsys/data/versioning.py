@@ -75,6 +75,8 @@ def raise_storage_error(exc: BaseException, target: Path) -> None:
                 f"the half-written folder was removed and earlier versions are intact"
             ) from exc
         cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, RecsysError):
+        return  # our own message already says what is wrong: no probe write on that path
     probe = _storage_problem(Path(target).parent)
     if probe is not None:  # the writer lost the storage's error (NVTabular's dask writers do): ask the disk
         raise StorageError(

@@ -106,7 +106,7 @@ class TritonService(Service):
         if self.embedded:
             self.processes = [
                 ManagedProcess("triton", self._command(), self.directory, health=self.answering, env=None,
-                               secrets=(self._control_key(),))
+                               secrets=(self._control_key(),))  # read once: cached below
             ]
 
     # --- layout -----------------------------------------------------------------------
@@ -148,7 +148,9 @@ class TritonService(Service):
     def _control_key(self) -> str:
         from recsys import credentials
 
-        return credentials.ensure(self.settings, credentials.TRITON_CONTROL_KEY)
+        if not hasattr(self, "_key"):  # one read of the key file per service object (command + log mask)
+            self._key = credentials.ensure(self.settings, credentials.TRITON_CONTROL_KEY)
+        return self._key
 
     def _restrictions(self) -> list[str]:
         from recsys.serving.control import CONTROL_HEADER, RESTRICTED_APIS

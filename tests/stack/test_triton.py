@@ -21,11 +21,10 @@ def triton_settings(tmp_path):
 @pytest.mark.timeout(300)
 def test_triton_starts_loads_the_floor_model_infers_restarts_and_stops(triton_settings):
     import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
 
     from recsys.serving import control
     from recsys.serving.repository import write_floor_model
-    from recsys.serving.triton_client import grpc_client, http_client
+    from recsys.serving.triton_client import grpc_client
 
     s = triton_settings
     write_floor_model(s.triton_repo)
@@ -45,11 +44,7 @@ def test_triton_starts_loads_the_floor_model_infers_restarts_and_stops(triton_se
         control.load_model(s, "recsys_floor")
         assert control.model_ready(s, "recsys_floor", 1)
 
-        http = http_client(s)
-        tensor = httpclient.InferInput("user_id", [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([b"7"], dtype=object))
-        assert http.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [b"7"]
-        http.close()
+        assert _floor_over_http(s, b"7") == [b"7"]
         grpc = grpc_client(s)
         tensor = grpcclient.InferInput("user_id", [1], "BYTES")
         tensor.set_data_from_numpy(np.array([b"u-9"], dtype=object))
@@ -77,11 +72,7 @@ def test_triton_starts_loads_the_floor_model_infers_restarts_and_stops(triton_se
         restarted = stack.status(s)["triton"]
         assert restarted["answering"] and restarted["pid"] != pid
         assert control.model_ready(s, "recsys_floor", 1)
-        http = http_client(s)
-        tensor = httpclient.InferInput("user_id", [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([b"after-restart"], dtype=object))
-        assert http.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist() == [b"after-restart"]
-        http.close()
+        assert _floor_over_http(s, b"after-restart") == [b"after-restart"]
     finally:
         stopped = stack.down(s, only=["triton"])
     assert stopped == ["triton"]
@@ -109,3 +100,19 @@ def test_busy_port_is_refused(triton_settings):
         sock.listen(1)
         with pytest.raises(ServiceError, match=str(s.triton_grpc_port)):
             stack.up(s, only=["triton"])
+
+
+def _floor_over_http(s, user: bytes) -> list:
+    """``recsys_floor``'s answer over HTTP for one user id (the floor model echoes it)."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from recsys.serving.triton_client import http_client
+
+    http = http_client(s)
+    try:
+        tensor = httpclient.InferInput("user_id", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([user], dtype=object))
+        return http.infer("recsys_floor", [tensor]).as_numpy("item_ids").tolist()
+    finally:
+        http.close()
