@@ -101,11 +101,12 @@ small scripts, which readers do not notice. A change of column layout falls back
 
 Pacing (:mod:`recsys.online.pacing` decides, the refresh obeys). Redis runs one command at a time and
 the machine's cores are shared, so a refresh at full speed makes readers wait (their p99 was 6.8x its
-idle value). Given a read budget, a refresh first times probe reads (the users script serving runs,
-for one user), then sends one probe while each write unit (an ``HSET`` pipeline, or one copy script)
-is in flight, and the pacer shortens the units and pauses between them so that readers' p99 stays
-within budget x the idle p99. Full and incremental refreshes share it: the copy scripts of an
-incremental refresh are units too (a script runs whole, so a short one is a short wait).
+idle value). Given a read budget, a child process times probe reads (the users script serving runs,
+for one user) every few milliseconds from before the first write to the switch, each tagged whether
+a write unit (an ``HSET`` pipeline, or one copy script) was in flight, and the pacer shortens the
+units and pauses between them so that readers' p99 stays within the budget x its idle value. Full and
+incremental refreshes share it: the copy scripts of an incremental refresh are units too (a script
+runs whole, so a short one is a short wait).
 
 The live layer (events take effect within milliseconds; not versioned). Two steps, each one Lua
 script, so accepting never waits for the effects and the effects happen exactly once:
@@ -143,13 +144,14 @@ versions over shards (a tag per version) would cost readers a second round trip 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from recsys.data import ids
-from recsys.online.pacing import RefreshPacer
+from recsys.online.pacing import ForkedProber, RefreshPacer
 from recsys.online.snapshot import EntityRows, RowLayout, Snapshot
 from recsys.online.store import (
     AcceptResult,
@@ -169,7 +171,7 @@ from recsys.online.store import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from typing import Callable, Mapping
+    from typing import Callable, Iterator, Mapping
 
     import numpy as np
     import redis
@@ -534,33 +536,32 @@ class RedisOnlineStore(OnlineStore):
             if reason:
                 log.info("incremental refresh not possible (%s): writing in full", reason)
 
-        pacer = RefreshPacer(read_budget, self.batch_size, self._probe(snapshot))
-        pacer.measure_idle()  # before the first write: what readers wait when nothing is written
         version = f"{snapshot.feature_version}-{int(self.client.incr(self.key_seq))}"
         self.client.zadd(self.key_writing, {version: started})
         result = RefreshResult(version, snapshot.feature_version, mode, reason=reason)
         if base is not None and mode == "incremental":
             result.base_version = base.version
-        try:
-            self._write_meta(version, snapshot, mode, result.base_version, started)
-            self._write_entities(version, base, snapshot, mode, result, on_batch, pacer)
-            self._write_blobs(version, snapshot)
-            switched, found = self._switch(
-                keys=[
-                    self.key_current, self.key_writing, self.key_retired, self.key(version, "meta"),
-                    self.pointer_key(snapshot.feature_version),
-                ],
-                args=[base.version if base else "", version, time.time()],
-            )
-            if not int(switched):
-                raise ConcurrentRefreshError(
-                    f"online version {as_text(found)} became current while {version} was being written "
-                    f"(expected {base.version if base else 'none'}); {version} was discarded"
+        with self._pacer(snapshot, read_budget) as pacer:
+            try:
+                self._write_meta(version, snapshot, mode, result.base_version, started)
+                self._write_entities(version, base, snapshot, mode, result, on_batch, pacer)
+                self._write_blobs(version, snapshot)
+                switched, found = self._switch(
+                    keys=[
+                        self.key_current, self.key_writing, self.key_retired, self.key(version, "meta"),
+                        self.pointer_key(snapshot.feature_version),
+                    ],
+                    args=[base.version if base else "", version, time.time()],
                 )
-        except BaseException:
-            log.warning("refresh of %s failed: removing its keys; %s stays current", version, base.version if base else "nothing")
-            self._delete_version(version)
-            raise
+                if not int(switched):
+                    raise ConcurrentRefreshError(
+                        f"online version {as_text(found)} became current while {version} was being written "
+                        f"(expected {base.version if base else 'none'}); {version} was discarded"
+                    )
+            except BaseException:
+                log.warning("refresh of %s failed: removing its keys; %s stays current", version, base.version if base else "nothing")
+                self._delete_version(version)
+                raise
         result.seconds = time.time() - started
         result.pacing = pacer.report()
         log.info(
@@ -572,10 +573,26 @@ class RedisOnlineStore(OnlineStore):
         )
         return result
 
+    @contextlib.contextmanager
+    def _pacer(self, snapshot: Snapshot, read_budget: float) -> "Iterator[RefreshPacer]":
+        """The refresh's pacer (:mod:`recsys.online.pacing`): with a budget, its prober runs in a forked
+        child for the refresh's duration and the idle latencies are measured before anything is written."""
+        prober = ForkedProber(self._probe(snapshot)) if read_budget > 0 else None
+        try:
+            started = prober is not None and prober.start()
+            pacer = RefreshPacer(read_budget, self.batch_size, prober if started else None)
+            if prober is not None and not started:
+                pacer.note = "no pacing: no prober on this platform"
+            pacer.measure_idle()
+            yield pacer
+        finally:
+            if prober is not None:
+                prober.close()
+
     def _probe(self, snapshot: Snapshot) -> "Callable[[], Any]":
         """A read like serving's, for pacing a refresh: the users script for one user (features, seen and
-        live items) of what is current, cycling through :data:`PROBE_USERS` users of ``snapshot``. On its
-        own connection of the pool, so it can be sent while a write unit is in flight."""
+        live items) of what is current, cycling through :data:`PROBE_USERS` users of ``snapshot`` (run by
+        the prober's child process, on its own connections)."""
         import itertools
 
         users = snapshot.users.ids
@@ -656,8 +673,7 @@ class RedisOnlineStore(OnlineStore):
         on_batch: Optional[BatchHook],
         pacer: RefreshPacer,
     ) -> int:
-        """Write the rows at ``positions`` in units the pacer sizes (one round trip each, a probe read
-        timed while it is in flight, then the pacer's pause)."""
+        """Write the rows at ``positions`` in units the pacer sizes (one round trip each, then the pacer's pause)."""
         features_key, extra_key = (self.key(version, s).encode() for s in suffixes)
         fields = ids.field_bytes(rows.ids, id_kind)
         written = 0
@@ -673,17 +689,15 @@ class RedisOnlineStore(OnlineStore):
                     features += (fields[i], rows.features[i])
                     extra += (fields[i], rows.extra[i])
                 commands += (features, extra)
-            self._send_pipelined(commands, during=pacer.sample)
+            self._send_pipelined(commands)
             written += len(batch)
             if on_batch is not None:
                 on_batch(kind, written)
             progress(written)
         return written
 
-    def _send_pipelined(self, commands: list[Any], during: "Optional[Callable[[], Any]]" = None) -> list[Any]:
-        """Send commands in one round trip, check every reply, return the replies. ``during`` is called
-        once the commands are sent, before their replies are read (a paced refresh's probe read: what a
-        reader arriving while Redis runs them waits; a cluster client calls it after the replies).
+    def _send_pipelined(self, commands: list[Any]) -> list[Any]:
+        """Send commands in one round trip, check every reply, return the replies.
 
         redis-py's command packing costs ~25 us per argument in Python, which made it the bottleneck of
         refreshes and of accepting events; hiredis (a dependency of ``redis[hiredis]``) frames each
@@ -697,10 +711,7 @@ class RedisOnlineStore(OnlineStore):
             pipe = self.client.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)
-            replies = pipe.execute()
-            if during is not None:
-                during()
-            return replies
+            return pipe.execute()
         pack = hiredis.pack_command
         payload = b"".join(pack(command if isinstance(command, tuple) else tuple(command)) for command in commands)
         pool = self.client.connection_pool
@@ -708,8 +719,6 @@ class RedisOnlineStore(OnlineStore):
         try:
             connection.connect()  # no-op when connected
             connection.send_packed_command([payload], check_health=False)
-            if during is not None:
-                during()
             # Replies come from the connection's own parser when it has one: Connection.read_response's
             # per-call bookkeeping (health checks, error texts) was 2 us of the 5 us an accepted event cost.
             read = getattr(getattr(connection, "_parser", None), "read_response", None) or connection.read_response
@@ -740,7 +749,7 @@ class RedisOnlineStore(OnlineStore):
         progress = _Progress(f"{version}: %d / %d unchanged entities copied from {base}", len(raw_ids), pacer)
         for start, stop in pacer.units(len(raw_ids)):
             command = ("EVALSHA", self._copy.sha, len(keys), *keys, *raw_ids[start:stop])
-            reply = self._send_pipelined([command], during=pacer.sample)
+            reply = self._send_pipelined([command])
             copied += int(reply[0]) // 2  # two hashes per entity
             progress(stop)
         return copied

@@ -5,22 +5,23 @@ from __future__ import annotations
 import time
 
 import pytest
-from online_helpers import changed_tables, snapshot, tables
+from online_helpers import snapshot, tables
 
 from recsys.online import pacing
-from recsys.online.pacing import RefreshPacer
+from recsys.online.pacing import ForkedProber, RefreshPacer
 
 MS = 0.001
 
 
 class FakeMachine:
-    """A fake clock, sleep and probe: a probe costs ``idle`` seconds, or ``during`` while a unit is in
-    flight (the fake writer sets ``writing``); a unit costs ``work`` seconds of the clock."""
+    """A fake clock, sleep and probe source: a probe is sent every ``interval`` seconds of the clock and
+    takes ``idle`` seconds, or ``during`` when a unit is in flight at its start; a unit costs ``work``."""
 
-    def __init__(self, idle: float = 1 * MS, during: float = 1 * MS, work: float = 2 * MS) -> None:
+    def __init__(self, idle: float = 1 * MS, during: float = 1 * MS, work: float = 2 * MS, interval: float = 2 * MS):
         self.now = 0.0
-        self.idle, self.during, self.work = idle, during, work
-        self.writing = False
+        self.idle, self.during, self.work, self.interval = idle, during, work, interval
+        self.changes = [(0.0, False)]  # (time, a unit is in flight from then on)
+        self.next_probe = 0.0
         self.slept: list[float] = []
         self.probes = 0
 
@@ -31,22 +32,28 @@ class FakeMachine:
         self.slept.append(seconds)
         self.now += seconds
 
-    def probe(self) -> None:
-        self.probes += 1
-        self.now += self.during if self.writing else self.idle
+    # the ProbeSource
+    def writing(self, on: bool) -> None:
+        self.changes.append((self.now, on))
+
+    def samples(self) -> list[tuple[float, bool]]:
+        out = []
+        while self.next_probe <= self.now:
+            during = [on for at, on in self.changes if at <= self.next_probe][-1]
+            out.append((self.during if during else self.idle, during))
+            self.next_probe += self.interval
+        self.probes += len(out)
+        return out
 
     def pacer(self, budget: float = 2.0, max_unit: int = 1000, **kwargs) -> RefreshPacer:
-        return RefreshPacer(budget, max_unit, self.probe, clock=self.clock, sleep=self.sleep, **kwargs)
+        return RefreshPacer(budget, max_unit, self, clock=self.clock, sleep=self.sleep, **kwargs)
 
     def write(self, pacer: RefreshPacer, total: int) -> list[int]:
         """Drive ``pacer.units(total)`` as a refresh does; returns each unit's size."""
         sizes = []
         for start, stop in pacer.units(total):
             sizes.append(stop - start)
-            self.writing = True
             self.now += self.work
-            pacer.sample()
-            self.writing = False
         return sizes
 
 
@@ -54,64 +61,119 @@ def test_the_pacer_slows_down_when_probes_exceed_the_budget_and_speeds_back_up()
     machine = FakeMachine(idle=1 * MS, during=5 * MS)  # writing makes a read 5x slower: over 2x
     pacer = machine.pacer()
     pacer.measure_idle()
-    assert machine.probes == pacing.IDLE_PROBES and pacer.limit == pytest.approx(2 * MS)
+    assert machine.probes >= pacing.IDLE_PROBES and pacer.limit == pytest.approx(2 * MS)
+    assert len(machine.slept) <= pacing.IDLE_PROBES // 5 + 1  # waited ~0.4 s of the clock for them, no more
 
+    machine.slept.clear()
     sizes = machine.write(pacer, 5000)
     assert sum(sizes) == 5000
-    # the units halve first (1000, 500, 250, 125, 62, then the smallest), then the duty halves
-    assert sizes[:6] == [1000, 500, 250, 125, 62, pacing.MIN_UNIT]
-    assert pacer.unit == pacing.MIN_UNIT and pacer.duty < 0.1 and pacer.slowdowns >= 6
+    # a paced refresh starts at the smallest unit; congestion then halves the duty, one window at a time
+    assert set(sizes) == {pacing.MIN_UNIT} and pacer.duty == pacing.MIN_DUTY and pacer.slowdowns == 6
     assert machine.slept and pacer.paused_seconds == pytest.approx(sum(machine.slept))
-    # each pause keeps the time spent writing at the duty: pause = work x (1/duty - 1) (less the idle probe)
-    work = machine.work + machine.during
-    assert machine.slept[-1] == pytest.approx(work * (1 / pacer.duty - 1) - machine.idle)
+    # each pause keeps the share of time spent writing at the duty: pause = work x (1/duty - 1)
+    assert machine.slept[-1] == pytest.approx(machine.work * (1 / pacer.duty - 1))
 
     # the writes stop hurting readers: the pacer speeds up again, duty first, then the unit
     machine.during = 1.2 * MS
-    sizes = machine.write(pacer, 500_000)
-    assert pacer.duty == 1.0 and pacer.unit == 1000 and pacer.speedups >= 10 and sizes[-2] == 1000
+    sizes = machine.write(pacer, 2_000_000)
+    assert pacer.duty == 1.0 and pacer.unit == 1000 and pacer.speedups >= 10 + 8 and sizes[-2] == 1000
     report = pacer.report()
-    assert report["enabled"] and report["slowdowns"] >= 6 and report["speedups"] == pacer.speedups
-    assert report["smallest_unit"] == pacing.MIN_UNIT and report["lowest_duty"] < 0.1
-    assert report["limit_ms"] == pytest.approx(2.0) and report["probes"] == pacer.units_written
+    assert report["enabled"] and report["slowdowns"] == 6 and report["speedups"] == pacer.speedups
+    assert report["smallest_unit"] == pacing.MIN_UNIT and report["lowest_duty"] == pacing.MIN_DUTY
+    assert report["limit_ms"] == pytest.approx(2.0) and report["probes_during_writes"] > 100
+    assert report["probes_during_over_limit"] >= 2 * report["slowdowns"]  # two slow probes per slowdown
 
 
 def test_probes_within_the_budget_never_slow_the_refresh_down():
     machine = FakeMachine(idle=1 * MS, during=1.9 * MS)
     pacer = machine.pacer()
     pacer.measure_idle()
-    sizes = machine.write(pacer, 50_000)
-    assert set(sizes) == {1000} and not machine.slept and pacer.slowdowns == 0
-    assert pacer.report()["probes_over_limit"] == 0
+    machine.slept.clear()
+    sizes = machine.write(pacer, 2_000_000)
+    assert sizes[0] == pacing.MIN_UNIT and sizes[-2] == 1000 and pacer.duty == 1.0
+    assert not machine.slept and pacer.slowdowns == 0 and pacer.speedups == 8  # 50, 175, ..., 925, 1000
+    assert pacer.report()["probes_during_over_limit"] == 0
 
 
-def test_at_a_low_duty_a_few_slow_probes_are_within_the_budget():
-    """Readers meet a unit with probability = the duty: 30% slow probes at duty 0.02 are 0.6% of readers."""
-    pacer = RefreshPacer(2.0, 1000, lambda: None)
-    pacer.record_idle(1 * MS)
-    pacer.duty = 0.02
-    for n in range(100):
-        pacer.record_probe(5 * MS if n % 10 < 3 else 1 * MS)
-    assert pacer.share_over() == pytest.approx(0.02 * 0.3)
-    assert pacer.after_unit(100, 0.01) == pytest.approx(0.01 * 49)  # no slowdown: the pause of duty 0.02
-    assert pacer.slowdowns == 0 and pacer.duty == 0.02
-    pacer.duty = 0.1  # the same probes at duty 0.1: 3% of readers over the limit
-    for n in range(100):
-        pacer.record_probe(5 * MS if n % 10 < 3 else 1 * MS)
+def _idle(pacer: RefreshPacer, n: int = 200, slow_every: int = 0) -> None:
+    for i in range(n):
+        pacer.record(3 * MS if slow_every and i % slow_every == 0 else 1 * MS, during=False)
+    pacer.new_window()
+
+
+def test_the_excess_share_of_slow_probes_is_what_counts():
+    """Probes are spread over time as readers are: at a low duty few of them meet a unit."""
+    pacer = RefreshPacer(2.0, 1000, FakeMachine(interval=10 * MS))
+    _idle(pacer)
+    assert pacer.limit == pytest.approx(2 * MS)  # the budget x the median idle probe
+    for n in range(300):  # 30 probes during units, 2 of them slow: 0.7% of readers
+        pacer.record(5 * MS if n in (0, 150) else 1 * MS, during=n % 10 == 0)
+    assert pacer.excess() == pytest.approx(2 / 300)
+    assert pacer.after_unit(100, 0.01) == 0.0 and pacer.slowdowns == pacer.speedups == 0
+    pacer.record(5 * MS, during=True)  # 4 of 302: over the 1% readers may be pushed over the limit
+    pacer.record(5 * MS, during=True)
     pacer.after_unit(100, 0.01)
-    assert pacer.slowdowns == 1 and pacer.unit == 500
+    assert pacer.slowdowns == 1 and pacer.duty == 0.5 and pacer.window == [] and pacer.window_probes == 0
+
+
+def test_slow_probes_the_idle_ones_have_too_are_not_the_refreshs():
+    pacer = RefreshPacer(2.0, 1000, FakeMachine(interval=10 * MS))
+    _idle(pacer, slow_every=10)  # 10% of idle probes take 3 ms: over the limit of 2 ms
+    for n in range(300):  # and so do 10% of the probes during units: the machine, not the writes
+        pacer.record(3 * MS if n % 10 == 0 else 1 * MS, during=True)
+    assert pacer.excess() == pytest.approx(0.0) and pacer.report()["idle_share_over_limit"] == 0.1
+    pacer.after_unit(1000, 0.01)
+    assert pacer.slowdowns == 0 and pacer.speedups == 1 and pacer.unit == 50 + 1000 // 8
+
+
+def test_one_slow_probe_is_noise_two_are_congestion():
+    pacer = RefreshPacer(2.0, 1000, FakeMachine(interval=10 * MS))
+    _idle(pacer)
+    for _ in range(pacing.MIN_EVIDENCE - 2):
+        pacer.record(1 * MS, during=True)
+    pacer.record(5 * MS, during=True)
+    assert pacer.after_unit(50, 0.01) == 0.0 and pacer.slowdowns == 0 and pacer.duty == 1.0
+    pacer.record(5 * MS, during=True)
+    pacer.after_unit(50, 0.01)
+    assert pacer.slowdowns == 1 and pacer.duty == 0.5 and pacer.window == []
+
+
+def test_a_slowdown_needs_a_window_of_evidence():
+    """After a slowdown the next needs MIN_EVIDENCE new probes: a burst of noise costs one halving."""
+    pacer = RefreshPacer(2.0, 1000, FakeMachine(interval=10 * MS))
+    _idle(pacer)
+    for _ in range(pacing.MIN_EVIDENCE):
+        pacer.record(5 * MS, during=True)
+    pacer.after_unit(50, 0.01)
+    for _ in range(pacing.MIN_EVIDENCE - 1):
+        pacer.record(5 * MS, during=True)
+        pacer.after_unit(50, 0.01)
+    assert pacer.slowdowns == 1 and pacer.duty == 0.5
+    pacer.record(5 * MS, during=True)
+    pacer.after_unit(50, 0.01)
+    assert pacer.slowdowns == 2 and pacer.duty == 0.25
+
+
+def test_a_probe_that_waited_stands_for_the_readers_that_arrived_meanwhile():
+    """A 20 ms stall met by one probe (every 2 ms) is ten slow reads: 20, 18, ..., 2 ms."""
+    pacer = RefreshPacer(2.0, 1000, FakeMachine(interval=2 * MS))
+    pacer.record(20 * MS, during=True)
+    assert pacer.window == pytest.approx([x * MS for x in range(20, 1, -2)]) and pacer.window_probes == 10
+    assert pacer.during == [20 * MS] and not pacer.idle
+    pacer.record(20 * MS, during=False)  # an idle latency once (the limit), ten readers in the window
+    assert list(pacer.idle) == [20 * MS] and pacer.window_probes == 20 and len(pacer.window) == 10
 
 
 def test_a_busier_machine_raises_the_idle_latencies_not_the_pacing():
-    """Probes after each unit are idle ones: when everything gets slower, the limit follows."""
-    machine = FakeMachine(idle=1 * MS, during=1.5 * MS)
+    """Probes between units are idle ones: when everything gets slower, the limit follows."""
+    machine = FakeMachine(idle=1 * MS, during=1.5 * MS, work=2 * MS)
     pacer = machine.pacer()
     pacer.measure_idle()
     machine.idle, machine.during = 4 * MS, 6 * MS  # another process now loads the machine
-    machine.write(pacer, 400_000)
+    machine.write(pacer, 4_000_000)
     assert pacer.limit == pytest.approx(8 * MS)
     assert pacer.unit == 1000 and pacer.duty == 1.0
-    assert pacer.report()["first_idle_probe_p99_ms"] == pytest.approx(1.0)
+    assert pacer.report()["first_idle_probe_p90_ms"] == pytest.approx(1.0)
 
 
 def test_a_budget_of_zero_turns_pacing_off():
@@ -124,6 +186,45 @@ def test_a_budget_of_zero_turns_pacing_off():
         "budget": 0.0, "enabled": False, "units": 3, "unit": 1000, "max_unit": 1000,
         "write_seconds": pytest.approx(0.006), "paused_seconds": 0.0,
     }
+
+
+def test_without_probes_the_refresh_writes_unpaced_and_says_so():
+    class Silent:
+        def writing(self, on):
+            pass
+
+        def samples(self):
+            return []
+
+    clock = FakeMachine()
+    pacer = RefreshPacer(2.0, 1000, Silent(), clock=clock.clock, sleep=clock.sleep)
+    pacer.measure_idle()
+    assert not pacer.enabled and pacer.unit == 1000 and clock.now == pytest.approx(pacing.IDLE_TIMEOUT, abs=0.05)
+    assert "no pacing" in pacer.report()["note"] and pacer.summary().startswith("no pacing")
+
+
+def test_the_forked_prober_tags_probes_taken_while_a_unit_is_in_flight():
+    state = {"slow": False}
+
+    def probe():
+        time.sleep(0.004 if state["slow"] else 0.0)
+
+    with ForkedProber(probe, interval=0.001) as prober:
+        assert prober.start()
+        deadline = time.monotonic() + 5
+        idle = []
+        while len(idle) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            idle += prober.samples()
+        prober.writing(True)
+        time.sleep(0.05)
+        prober.writing(False)
+        time.sleep(0.01)
+        later = prober.samples()
+    assert len(idle) >= 20 and not any(during for _, during in idle)
+    assert any(during for _, during in later) and not all(during for _, during in later)
+    assert all(0 <= seconds < 1 for seconds, _ in idle + later)
+    assert prober._process is None  # closed: the child is gone
 
 
 def test_quantile_is_nearest_rank():
@@ -145,82 +246,78 @@ def _version_contents(client, store, version) -> dict:
     return out
 
 
-def _slow_probes_while_writing(store, slow: int = 3):
-    """Make the store's first ``slow`` probe reads while a unit is in flight slower (what heavy writes do
-    to a reader): by 10x the slowest idle probe so far, whatever this machine's load, so the pacer has to
-    slow down ``slow`` times."""
-    real_probe, real_send = store._probe, store._send_pipelined
+BUSY = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1])
+return 0
+"""
 
-    def probe(snapshot):
-        read = real_probe(snapshot)
-        state = {"writing": False, "slowest_idle": 0.0, "slow": slow}
 
-        def timed_read():
-            began = time.perf_counter()
-            if state["writing"]:
-                if state["slow"] > 0:
-                    state["slow"] -= 1
-                    time.sleep(min(0.1, 10 * state["slowest_idle"]))
-                return read()
-            reply = read()
-            state["slowest_idle"] = max(state["slowest_idle"], time.perf_counter() - began)
-            return reply
+def _congest_units(store, client, units: int = 20):
+    """Make Redis busy for the first ``units`` write units of the store's next refresh (a script that
+    spins 10x the p99 of 50 PINGs, 20-200 ms: what a heavy unit does to readers), so the pacer's probes
+    meet congestion and it has to slow down."""
+    real_send = store._send_pipelined
+    state = {"left": units, "micros": 0}
 
-        def send(commands, during=None):
-            def slow_during():
-                state["writing"] = True
-                try:
-                    during()
-                finally:
-                    state["writing"] = False
+    def send(commands):
+        if state["left"] <= 0:
+            return real_send(commands)
+        if not state["micros"]:
+            pings = []
+            for _ in range(50):
+                began = time.perf_counter()
+                client.ping()
+                pings.append(time.perf_counter() - began)
+            state["micros"] = int(1e6 * min(0.2, max(0.02, 10 * pacing.quantile(pings, 0.99))))
+        state["left"] -= 1
+        return real_send([("EVAL", BUSY, 0, state["micros"]), *commands])[1:]
 
-            return real_send(commands, during=slow_during if during else None)
-
-        store._send_pipelined = send
-        return timed_read
-
-    store._probe = probe
+    store._send_pipelined = send
 
 
 def test_a_paced_full_refresh_writes_the_same_complete_version_and_reports_its_rate(make_store, redis_client):
-    t = tables(n_users=300, n_items=120)
+    t = tables(n_users=2000, n_items=500)
     unpaced = make_store(batch_size=100)
     plain = unpaced.refresh(snapshot(t))
-    assert plain.pacing["enabled"] is False and plain.pacing["units"] == 3 + 2
+    assert plain.pacing["enabled"] is False and plain.pacing["units"] == 20 + 5
 
     paced = make_store(batch_size=100)  # the same key prefix: the paced version is the next one
-    _slow_probes_while_writing(paced)
+    _congest_units(paced, redis_client)
     result = paced.refresh(snapshot(t), force=True, read_budget=2.0)
     assert result.version != plain.version
-    assert (result.mode, result.users_written, result.items_written) == ("full", 300, 120)
+    assert (result.mode, result.users_written, result.items_written) == ("full", 2000, 500)
     assert _version_contents(redis_client, paced, result.version) == _version_contents(redis_client, unpaced, plain.version)
     assert paced.current().version == result.version
     assert paced.read(1000, [5000]).user_found
 
     report = result.pacing
     assert report["enabled"] and report["budget"] == 2.0
-    assert report["probes"] == report["units"] > 5  # one probe per unit, and the units got smaller
-    # three slow probes: the unit halves to the smallest, then the duty halves twice (a busy machine may add more)
-    assert report["probes_over_limit"] >= 3 and report["slowdowns"] >= 3
-    assert report["smallest_unit"] == pacing.MIN_UNIT and report["lowest_duty"] <= 0.25
-    assert report["paused_seconds"] > 0
-    assert result.rows == 420 and result.rows_per_second == pytest.approx(420 / result.seconds, rel=0.01)
+    # twenty congested units (a few slow probes each): the duty halves
+    assert report["probes_during_over_limit"] >= 2 and report["slowdowns"] >= 2 and report["units"] > 25
+    assert report["smallest_unit"] == pacing.MIN_UNIT and report["lowest_duty"] <= 0.5
+    assert report["paused_seconds"] > 0 and report["limit_ms"] == pytest.approx(2 * report["idle_probe_p90_ms"], rel=0.01)
+    assert result.rows == 2500 and result.rows_per_second == pytest.approx(2500 / result.seconds, rel=0.01)
     assert result.seconds >= report["paused_seconds"]
     as_dict = result.to_dict()
     assert as_dict["rows_per_second"] == result.rows_per_second and as_dict["pacing"] == report
 
 
 def test_a_paced_incremental_refresh_copies_in_paced_units_and_equals_a_full_refresh(make_store, redis_client):
-    t, t2 = changed_tables()
-    store = make_store(batch_size=8)
+    t = tables(n_users=2000, n_items=500)
+    t2 = {k: v.copy() for k, v in t.items()}
+    t2["users"].loc[:99, "segment"] += 1  # 100 users changed: written; 1900 users and 500 items copied
+    store = make_store(batch_size=100)
     store.refresh(snapshot(t))
-    _slow_probes_while_writing(store)
+    _congest_units(store, redis_client)
     result = store.refresh(snapshot(t2, feature_version="fv2"), incremental=True, read_budget=2.0)
-    assert result.mode == "incremental" and result.users_copied > 30 and result.items_copied == 22
+    assert result.mode == "incremental" and (result.users_written, result.items_written) == (100, 0)
+    assert (result.users_copied, result.items_copied) == (1900, 500)
     report = result.pacing
-    assert report["slowdowns"] >= 3 and report["lowest_duty"] <= 0.125 and report["paused_seconds"] > 0
-    # copies and writes both go through the pacer's units (of at most 8 entities here)
-    assert report["units"] >= (result.rows_written + result.users_copied + result.items_copied) / 8
+    assert report["slowdowns"] >= 2 and report["lowest_duty"] <= 0.25 and report["paused_seconds"] > 0
+    # copies and writes both go through the pacer's units (from 50 entities, the smallest, up to 100)
+    assert 1 + 1900 // 100 + 500 // 100 < report["units"] <= 2 + 1900 // 50 + 500 // 50
 
     full = make_store()
     full.refresh(snapshot(t2, feature_version="fv2"))
@@ -247,7 +344,7 @@ def test_the_refresh_job_paces_with_the_settings_budget(stack_settings, redis_cl
     try:
         out = refresh_online_store(str(features), str(data), settings=s)
         assert out["pacing"]["enabled"] and out["pacing"]["budget"] == s.online_refresh_read_budget == 2.0
-        assert out["pacing"]["probes"] == out["pacing"]["units"] == 2  # 40 users, 10 items: a unit each
+        assert out["pacing"]["units"] == 2 and out["pacing"]["first_idle_probe_p90_ms"] > 0  # 40 users, 10 items
         assert out["rows"] == 50 and out["rows_per_second"] > 0
         out = refresh_online_store(str(features), str(data), force=True, settings=replace(s, online_refresh_read_budget=0))
         assert out["pacing"]["enabled"] is False and out["pacing"]["paused_seconds"] == 0
