@@ -6,8 +6,13 @@ dataset (100k users, 10k items, 1M interactions, written with tests/online_sampl
 * refresh rows/s: full (best of 3) and incremental (1% of users changed), beside the ceiling:
   ``redis-benchmark`` pipelined HSET (-P 64, one client) of rows with the same field count and value
   sizes, on the same server. Target: >= 50% of that one pipelined client.
-* reader latency (1 user + 100 items, one Lua round trip; and the two-trip pipelined variant), idle
-  and while another process refreshes in a loop. Target: p99 during a refresh <= 2x idle.
+* reader latency (1 user + 100 items, one Lua round trip; and the two-trip pipelined variant), idle.
+* reader latency while another process refreshes: in each of ``--rounds`` rounds, idle, during
+  unpaced refreshes and during paced ones (``read_budget``, default 2.0: the setting's default), full
+  and incremental (1% of users changed), unpaced and paced in alternating order, idle again; each
+  round's p99 during / its idle p99 (both idle measurements pooled), the median over rounds, and the
+  refreshes' rows/s paced and unpaced (what the pacing costs). The load average is recorded at each
+  measurement. Target: p99 during a paced refresh <= 2x idle.
 * Feast 0.67 (its Redis online store, same server, db 1, same feature rows): ``materialize`` rows/s
   and ``get_online_features`` for 1 user + 100 items, run by bench/feast_peer/feast_bench.py in the
   Feast environment (.envs/feast).
@@ -107,23 +112,172 @@ def read_loop(store, user_ids, item_ids, n: int, method: str, stop: threading.Ev
     return latencies
 
 
+def changed_copy(snapshot, share: float = 0.01, seed: int = 3):
+    """The snapshot with ``share`` of its users given a new feature row (an incremental refresh's input)."""
+    import copy
+
+    from recsys.online.snapshot import content_hashes
+
+    other = copy.copy(snapshot)
+    other.users = copy.copy(snapshot.users)
+    other.users.features = list(snapshot.users.features)
+    changed = np.random.default_rng(seed).choice(len(other.users), int(len(other.users) * share), replace=False)
+    for i in changed:
+        row = bytearray(other.users.features[i])
+        row[-1] ^= 0x01
+        other.users.features[i] = bytes(row)
+    other.users.hashes = content_hashes(other.users.features, other.users.extra)
+    return other, len(changed)
+
+
 def writer(args: argparse.Namespace) -> int:
-    """Child process: refresh in a loop (forced full refreshes) so the parent can read meanwhile."""
+    """Child process: on each ``<mode> <read budget>`` line from the parent, refresh ``--writer-rounds``
+    times in a row (forced full refreshes, or incremental ones alternating between the snapshot and a
+    copy with 1% of users changed), collect the retired versions (grace 0) and answer one JSON line;
+    the parent reads meanwhile."""
     import redis
 
     from recsys.online.redis_store import RedisOnlineStore
     from recsys.online.snapshot import build_snapshot
 
     snapshot = build_snapshot(args.features, args.data)
+    changed, _ = changed_copy(snapshot)
     store = RedisOnlineStore(redis.Redis(port=args.port), prefix="bench", batch_size=args.batch_size, grace_seconds=0)
     print("ready", flush=True)
-    sys.stdin.readline()  # the parent's reader has started
-    started = time.perf_counter()
-    for _ in range(args.writer_rounds):
-        store.refresh(snapshot, force=True)
-        store.collect_garbage()
-    print(json.dumps({"refreshes": args.writer_rounds, "seconds": time.perf_counter() - started}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        mode, budget = line.split()
+        refreshes = []
+        started = time.perf_counter()
+        for n in range(args.writer_rounds):
+            if mode == "full":
+                result = store.refresh(snapshot, force=True, read_budget=float(budget))
+            else:
+                result = store.refresh(changed if n % 2 == 0 else snapshot, force=True, incremental=True,
+                                       read_budget=float(budget))
+                assert result.mode == "incremental", result.reason
+            refreshes.append({"seconds": round(result.seconds, 3), "rows_per_second": result.rows_per_second,
+                              "rows_written": result.rows_written, "pacing": result.pacing})
+        store.collect_garbage()  # once the job's refreshes are done, as the DAG's next task does (reads still go on)
+        seconds = time.perf_counter() - started
+        rows = sum(r["rows_per_second"] * r["seconds"] for r in refreshes)
+        print(json.dumps({"mode": mode, "read_budget": float(budget), "refreshes": refreshes, "seconds": round(seconds, 3),
+                          "rows_per_second": round(rows / sum(r["seconds"] for r in refreshes), 1)}), flush=True)
     return 0
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def read_during(child: subprocess.Popen, store, user_ids, item_ids, mode: str, budget: float) -> tuple[dict, dict]:
+    """Read in a loop while the writer child runs one job (``mode``, ``budget``); the reads' percentiles and
+    the writer's answer."""
+    stop = threading.Event()
+    answer: dict = {}
+
+    def wait_for_writer():
+        answer.update(json.loads(child.stdout.readline()))
+        stop.set()
+
+    waiter = threading.Thread(target=wait_for_writer)
+    waiter.start()
+    child.stdin.write(f"{mode} {budget}\n")
+    child.stdin.flush()
+    during = read_loop(store, user_ids, item_ids, 0, "lua", stop=stop)
+    waiter.join()
+    return percentiles(during), answer
+
+
+def pacing_summary(answer: dict) -> dict:
+    """The pacing of a writer job's refreshes, in a few figures (each refresh's, or the median over them)."""
+    reports = [r["pacing"] for r in answer["refreshes"]]
+    if not reports[0].get("enabled"):
+        return {"enabled": False}
+    pick = lambda key: round(median([r[key] for r in reports]), 3)  # noqa: E731
+    return {
+        "enabled": True,
+        "paused_seconds_each_refresh": [r["paused_seconds"] for r in reports],
+        "write_seconds_each_refresh": [r["write_seconds"] for r in reports],
+        "final_unit_each_refresh": [r["unit"] for r in reports],
+        "final_duty_each_refresh": [r["duty"] for r in reports],
+        "smallest_unit": min(r["smallest_unit"] for r in reports),
+        "lowest_duty": min(r["lowest_duty"] for r in reports),
+        "idle_probe_p50_ms": pick("idle_probe_p50_ms"),
+        "idle_probe_p90_ms": pick("idle_probe_p90_ms"),
+        "idle_probe_p99_ms": pick("idle_probe_p99_ms"),
+        "limit_ms": pick("limit_ms"),
+        "idle_share_over_limit": pick("idle_share_over_limit"),
+        "probe_during_writes_p50_ms": pick("probe_during_p50_ms"),
+        "probe_during_writes_p99_ms": pick("probe_during_p99_ms"),
+    }
+
+
+def during_refresh(args, features: Path, data: Path, port: int, store, user_ids, item_ids) -> dict:
+    """Rounds of: idle reads, reads during unpaced refreshes, reads during paced ones (full, then
+    incremental; the order of unpaced and paced alternating between rounds), idle reads again. Ratios are
+    taken within a round (its idle p99: both idle measurements pooled), then the median over rounds."""
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--writer", "--features", str(features), "--data", str(data), "--port", str(port),
+         "--batch-size", str(args.batch_size), "--writer-rounds", str(args.writer_rounds)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert child.stdout.readline().strip() == "ready"
+    modes = ["full"] + ([] if args.skip_incremental else ["incremental"])
+    rounds = []
+    try:
+        for n in range(args.rounds):
+            load = os.getloadavg()[0]
+            idle = read_loop(store, user_ids, item_ids, args.reads, "lua")
+            record: dict = {"load_average_1m": round(load, 2), "idle": {}}
+            for mode in modes:
+                budgets = [0.0, args.read_budget] if n % 2 == 0 else [args.read_budget, 0.0]
+                for budget in budgets:
+                    name = f"{'paced' if budget else 'unpaced'}_{mode}"
+                    load = os.getloadavg()[0]
+                    reads, answer = read_during(child, store, user_ids, item_ids, mode, budget)
+                    record[name] = {
+                        "load_average_1m": round(load, 2),
+                        "read": reads,
+                        "rows_per_second": answer["rows_per_second"],
+                        "refresh_seconds": [r["seconds"] for r in answer["refreshes"]],
+                        "pacing": pacing_summary(answer),
+                    }
+            # idle reads before and after the round's refreshes, pooled: one busy second of another process
+            # moves a single idle measurement's p99 (the during measurements last far longer)
+            idle += read_loop(store, user_ids, item_ids, args.reads, "lua")
+            record["idle"] = percentiles(idle)
+            for name in [k for k in record if k.startswith(("paced", "unpaced"))]:
+                record[name]["p99_vs_idle"] = round(record[name]["read"]["p99_ms"] / record["idle"]["p99_ms"], 2)
+            rounds.append(record)
+            print(json.dumps({"round": n, **{k: (v["p99_vs_idle"], v["rows_per_second"]) if isinstance(v, dict) and "p99_vs_idle" in v else v
+                                            for k, v in record.items() if k != "idle"}, "idle_p99_ms": record["idle"]["p99_ms"]}), flush=True)
+    finally:
+        child.stdin.write("\n")
+        child.stdin.flush()
+        child.wait(timeout=60)
+    names = [k for k in rounds[0] if k.startswith(("paced", "unpaced"))]
+    summary: dict = {"idle_p99_ms": median([r["idle"]["p99_ms"] for r in rounds])}
+    for name in names:
+        summary[name] = {
+            "p99_ms": median([r[name]["read"]["p99_ms"] for r in rounds]),
+            "p99_vs_idle": median([r[name]["p99_vs_idle"] for r in rounds]),
+            "p99_vs_idle_each_round": [r[name]["p99_vs_idle"] for r in rounds],
+            "rows_per_second": median([r[name]["rows_per_second"] for r in rounds]),
+        }
+    for mode in modes:
+        summary[f"{mode}_paced_rows_per_second_vs_unpaced"] = round(
+            summary[f"paced_{mode}"]["rows_per_second"] / summary[f"unpaced_{mode}"]["rows_per_second"], 3)
+    return {
+        "what": "reader: 1 user + 100 items, one Lua round trip, decoded (a separate process from the refreshing one); "
+                f"{args.writer_rounds} refreshes per measurement; rows/s of a refresh: rows of the new version / its seconds",
+        "read_budget": args.read_budget,
+        "rounds": rounds,
+        "median_over_rounds": summary,
+        "target": "p99 during a paced refresh <= 2x idle (the same round's idle p99)",
+        "note": "2 cores shared by the refreshing process, the reader, redis-server and other work: see the load averages",
+    }
 
 
 def main() -> int:
@@ -133,7 +287,13 @@ def main() -> int:
     parser.add_argument("--interactions", type=int, default=1_000_000)
     parser.add_argument("--reads", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--writer-rounds", type=int, default=3)
+    parser.add_argument("--writer-rounds", type=int, default=3, help="refreshes per measurement during a refresh")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of idle / unpaced / paced reads")
+    parser.add_argument("--read-budget", type=float, default=2.0, help="the paced refreshes' read budget")
+    parser.add_argument("--skip-incremental", action="store_true", help="measure reads during full refreshes only")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="run the benchmark (reader, redis-server, refreshing process alike) at this niceness, e.g. -5 "
+                        "on a machine shared with other work (root only for < 0)")
     parser.add_argument("--skip-feast", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online_store.json")
     parser.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
@@ -145,20 +305,23 @@ def main() -> int:
         return writer(args)
     if shutil.which("redis-benchmark") is None:
         sys.exit("redis-benchmark not found: install it with `apt-get install redis-tools` (Debian/Ubuntu)")
+    if args.nice:
+        os.nice(args.nice)  # inherited by redis-server and the refreshing process: the same priority for all three
 
     import redis
 
     from recsys.online.redis_store import RedisOnlineStore
     from recsys import layout
-    from recsys.layout import FeatureVersion
-    from recsys.online.snapshot import build_snapshot, content_hashes
+    from recsys.data.versioning import read_manifest
+    from recsys.online.snapshot import build_snapshot
     from recsys.settings import Settings
 
     sys.path.insert(0, str(ROOT / "tests"))  # the sample-data writer is test-fixture code, not the package's
     from online_sample import write_sample_versions
 
     results: dict = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": os.getloadavg()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": os.getloadavg(),
+                    "niceness": os.nice(0)},
         "data": {"users": args.users, "items": args.items, "interactions": args.interactions},
         "batch_size": args.batch_size,
     }
@@ -170,7 +333,7 @@ def main() -> int:
             results["redis_version"] = client.info("server")["redis_version"]
             t0 = time.perf_counter()
             features = write_sample_versions(tmp / "home", args.users, args.items, args.interactions, seed=7)
-            data = layout.data_dir(Settings(home=tmp / "home"), FeatureVersion.open(features).data_version)
+            data = layout.data_dir(Settings(home=tmp / "home"), str(read_manifest(features)["data_version"]))
             t1 = time.perf_counter()
             snapshot = build_snapshot(features, data)
             t2 = time.perf_counter()
@@ -184,14 +347,9 @@ def main() -> int:
                 store.collect_garbage()
                 full.append(snapshot.rows / r.seconds)
             # incremental: 1% of the users get a new feature row
-            changed = np.random.default_rng(3).choice(len(snapshot.users), len(snapshot.users) // 100, replace=False)
-            for i in changed:
-                row = bytearray(snapshot.users.features[i])
-                row[-1] ^= 0x01
-                snapshot.users.features[i] = bytes(row)
-            snapshot.users.hashes = content_hashes(snapshot.users.features, snapshot.users.extra)
-            snapshot.feature_version = "incremental"
-            inc = store.refresh(snapshot, incremental=True)
+            changed_snapshot, changed = changed_copy(snapshot)
+            changed_snapshot.feature_version = "incremental"
+            inc = store.refresh(changed_snapshot, incremental=True)
             feature_bytes = len(snapshot.users.features[0])
             extra_bytes = int(np.mean([len(e) for e in snapshot.users.extra]))
             ceil = ceiling(port, 200_000, feature_bytes, extra_bytes)
@@ -200,7 +358,7 @@ def main() -> int:
             results["refresh"] = {
                 "full_rows_per_second": {"best": round(max(full), 1), "all": [round(x, 1) for x in full]},
                 "incremental": {
-                    "changed_users": len(changed),
+                    "changed_users": changed,
                     "rows_written": inc.rows_written,
                     "rows_copied_server_side": inc.users_copied + inc.items_copied,
                     "seconds": round(inc.seconds, 3),
@@ -222,40 +380,14 @@ def main() -> int:
                     rounds[method].append(percentiles(read_loop(store, user_ids, item_ids, args.reads, method)))
             idle = {m: sorted(r, key=lambda x: x["p99_ms"])[1] for m, r in rounds.items()}
             idle_p99_rounds = {m: [x["p99_ms"] for x in r] for m, r in rounds.items()}
-
-            child = subprocess.Popen(
-                [sys.executable, __file__, "--writer", "--features", str(features), "--data", str(data), "--port", str(port),
-                 "--batch-size", str(args.batch_size), "--writer-rounds", str(args.writer_rounds)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )
-            assert child.stdout.readline().strip() == "ready"
-            stop = threading.Event()
-            during: list[float] = []
-
-            def wait_for_writer():
-                line = child.stdout.readline()
-                results["writer"] = json.loads(line) if line.strip() else None
-                stop.set()
-
-            waiter = threading.Thread(target=wait_for_writer)
-            waiter.start()
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            during = read_loop(store, user_ids, item_ids, 0, "lua", stop=stop)
-            waiter.join()
-            child.wait(timeout=60)
-            busy = percentiles(during)
             results["read"] = {
-                "what": "1 user + 100 items (features, found flags, unavailable flags), decoded to numpy",
+                "what": "1 user + 100 items (features, found flags, unavailable flags), decoded to numpy, idle",
                 "idle_lua_one_round_trip": idle["lua"],
                 "idle_get_current_then_pipeline": idle["pipelined"],
-                "during_refresh_lua": busy,
                 "idle_p99_ms_of_each_round": idle_p99_rounds,
-                "p99_during_vs_idle": round(busy["p99_ms"] / idle["lua"]["p99_ms"], 2),
-                "target": "<= 2x",
-                "note": "the refreshing process, the reader and redis-server share the machine's cores",
             }
             print(json.dumps(results["read"], indent=1), flush=True)
+            results["read_during_refresh"] = during_refresh(args, features, data, port, store, user_ids, item_ids)
 
             if not args.skip_feast:
                 if not FEAST_PYTHON.exists():
