@@ -33,11 +33,12 @@ in the folder an operator already looks at for that service, and a leak of one i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets as _random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from recsys.errors import ConfigError, ServiceError
 from recsys.settings import Settings, env_name
@@ -123,6 +124,22 @@ def write_private(path: Path, text: str) -> None:
     """Replace ``path`` atomically with ``text``, readable by this user only from its first byte
     (for files that carry a secret, e.g. a service's configuration)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _private_tmp(path, text) as tmp:
+        os.replace(tmp, path)
+
+
+def _write_new(path: Path, value: str) -> None:
+    """Create ``path`` holding ``value`` unless it exists: the first writer wins, nobody clobbers."""
+    with _private_tmp(path, value + "\n") as tmp:
+        try:
+            os.link(tmp, path)  # atomic, and refuses to replace a value another process just wrote
+        except FileExistsError:
+            pass
+
+
+@contextlib.contextmanager
+def _private_tmp(path: Path, text: str) -> Iterator[Path]:
+    """A temporary file beside ``path`` holding ``text`` (0600 from creation, synced), removed on exit."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{_random.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -130,22 +147,6 @@ def write_private(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_new(path: Path, value: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_random.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(value + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # atomic, and refuses to replace a value another process just wrote
-        except FileExistsError:
-            pass
+        yield tmp
     finally:
         tmp.unlink(missing_ok=True)
