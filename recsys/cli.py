@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not os.environ.get("RECSYS_IN_MERLIN_RUNTIME"):  # the re-run in the Merlin runtime would say it twice
+        from recsys.settings import unknown_variables
+
+        for message in unknown_variables():
+            print(f"warning: {message}", file=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -57,10 +62,26 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a clear one-line error for users; tracebacks with RECSYS_DEBUG=1
         from recsys.errors import RecsysError
 
-        if isinstance(exc, RecsysError) and not debugging():
-            print(f"error: {exc}", file=sys.stderr)
+        user_error = exc if isinstance(exc, RecsysError) else _redis_not_answering(exc)
+        if user_error is not None and not debugging():
+            print(f"error: {user_error}", file=sys.stderr)
             return 2
         raise
+
+
+def _redis_not_answering(exc: BaseException):
+    """A ServiceError naming the Redis a command could not reach (redis-py's own error is a traceback that
+    names only host and port, whichever command met it first), or None for any other error."""
+    redis = sys.modules.get("redis")  # not imported: the error cannot be Redis's
+    if redis is None or not isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return None
+    from recsys.errors import ServiceError, error_text
+    from recsys.settings import get_settings, masked_url
+
+    return ServiceError(
+        f"Redis at {masked_url(get_settings().redis)} is not answering ({error_text(exc)}); "
+        "start the embedded one with `recsys stack up`, or check RECSYS_REDIS_URL"
+    )
 
 
 def debugging() -> bool:

@@ -2,8 +2,9 @@
 
 Every value comes from an environment variable (prefix ``RECSYS_``, plus the standard
 ``MLFLOW_TRACKING_URI``) or falls back to an embedded default on loopback. The module imports only
-the standard library, because both runtimes (the Airflow control plane and the Merlin runtime
-with its old ``typing-extensions``) import it.
+the standard library (and ``recsys.errors``, which imports nothing), because both runtimes (the
+Airflow control plane and the Merlin runtime with its old ``typing-extensions``) import it. An
+invalid value raises :class:`SettingError` naming its variable, every invalid one at once.
 
 Use :func:`get_settings` everywhere; never read ``os.environ`` for these values elsewhere.
 """
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, get_type_hints
+
+from recsys.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -266,6 +269,13 @@ class Settings:
     monitoring_experiment_name: str = "recsys-monitoring"
     """MLflow experiment of the drift checks."""
 
+    def __post_init__(self) -> None:
+        # Checked here (not where a value is used) so a bad value fails every command at once, naming
+        # its variable, and replace() cannot make an invalid object either.
+        problems = _value_problems(self)
+        if problems:
+            raise SettingError(problems)
+
     # --- derived paths and URLs -----------------------------------------------------------
     @property
     def landing(self) -> Path:
@@ -376,17 +386,104 @@ class Settings:
             if any(word in f.name for word in ("password", "token", "key", "secret")) and value and not f.name.endswith("_prefix"):
                 value = "***"
             elif f.name.endswith("_url") and value:
-                value = _mask_credentials(value)
+                value = masked_url(value)
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
+
+
+class SettingError(ConfigError, ValueError):
+    """One or more settings have invalid values; ``problems`` holds one message per setting.
+    (A ValueError too: callers of :func:`load_settings` that predate it catch that.)"""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+# Ranges of the numeric settings: (lowest, highest), None for no bound. Settings not listed take any value
+# of their type (e.g. ``triton_batch_delay_us``: negative means batching off; ``seed``).
+_PORT = (1, 65535)
+_RANGES: dict[str, tuple[Optional[float], Optional[float]]] = {
+    **{name: _PORT for name in ("redis_port", "mlflow_port", "airflow_port", "triton_http_port", "triton_grpc_port",
+                                "triton_metrics_port", "api_port", "events_metrics_port")},
+    **{name: (1, None) for name in ("validation_days", "epochs", "embedding_dim", "gpu_pool_slots", "online_batch_size",
+                                    "triton_instances", "candidates_k", "recommend_default_k", "recommend_max_k",
+                                    "triton_keep_versions", "batch_top_n", "batch_concurrency", "api_workers",
+                                    "events_max_batch", "events_part_max_rows", "drift_consecutive_checks")},
+    **{name: (0, None) for name in ("patience", "batch_size", "lr_patience", "l2_reg", "history_length",
+                                    "negatives_per_positive", "tune_trials", "tune_timeout_seconds",
+                                    "online_refresh_read_budget", "online_gc_grace_seconds", "online_popularity_size",
+                                    "max_per_category", "exploration_temperature", "events_max_age_hours",
+                                    "events_max_future_seconds", "live_recent_items", "live_ttl_hours",
+                                    "live_neighbours_k", "events_flush_seconds", "events_claim_idle_seconds",
+                                    "events_land_timeout_seconds", "drift_window_days", "drift_cooldown_hours",
+                                    "drift_max_rows")},
+    "learning_rate": (0, None),
+    "validation_fraction": (0, 1),
+    "dropout": (0, 1),
+    "drift_share": (0, 1),
+}
+_OPEN_AT_ZERO = {"validation_fraction", "learning_rate", "drift_window_days"}  # 0 itself is refused too
+_CHOICES = {
+    "validation_split": ("time", "user", "auto"),
+    "faiss_index": ("flat", "ivf", "auto"),
+}
+
+
+def _value_problems(settings: "Settings") -> list[str]:
+    """Every setting whose value is out of its range or not one of its choices, one message each."""
+    import math
+
+    problems = []
+    for name, (low, high) in _RANGES.items():
+        value = getattr(settings, name)
+        shown = f"setting {env_name(name)}={value!r}"
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{shown} is not a finite number")
+        elif low is not None and (value < low or (value == low and name in _OPEN_AT_ZERO)):
+            problems.append(f"{shown} must be {'above' if name in _OPEN_AT_ZERO else 'at least'} {low}"
+                            + (f" and at most {high}" if high is not None else ""))
+        elif high is not None and value > high:
+            problems.append(f"{shown} must be at most {high}" + (f" (a port is {low} to {high})" if (low, high) == _PORT else ""))
+    for name, choices in _CHOICES.items():
+        value = getattr(settings, name)
+        if value not in choices:
+            problems.append(f"setting {env_name(name)}={value!r} is not one of {', '.join(choices)}")
+    if settings.recommend_default_k > settings.recommend_max_k:
+        problems.append(f"setting {env_name('recommend_default_k')}={settings.recommend_default_k} is above "
+                        f"{env_name('recommend_max_k')}={settings.recommend_max_k}")
+    if not settings.event_type_list:
+        problems.append(f"setting {env_name('event_types')}={settings.event_types!r} names no event type")
+    return problems
+
+
+# Variables with the settings' prefix that are not settings: read by the CLI (RECSYS_DEBUG), the
+# Merlin re-exec (RECSYS_IN_MERLIN_RUNTIME) and the UI tests; anything else is most likely a typo.
+NON_SETTING_VARIABLES = frozenset({"RECSYS_DEBUG", "RECSYS_IN_MERLIN_RUNTIME", "RECSYS_TEST_ARTIFACTS", "RECSYS_CHROMIUM"})
+
+
+def unknown_variables(environ: Optional[dict[str, str]] = None) -> list[str]:
+    """One message per ``RECSYS_*`` variable that is no setting (a typo is otherwise silently ignored),
+    with the closest setting's variable as a suggestion."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = {env_name(f.name) for f in fields(Settings)}
+    messages = []
+    for variable in sorted(environ):
+        if variable.startswith("RECSYS_") and variable not in known and variable not in NON_SETTING_VARIABLES:
+            close = difflib.get_close_matches(variable, sorted(known), n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]}?)" if close else " (`recsys settings` lists them)"
+            messages.append(f"{variable} is not a setting and is ignored{hint}")
+    return messages
 
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
 
 
-def _mask_credentials(url: str) -> str:
-    """``rediss://:secret@host:6380/0`` -> ``rediss://:***@host:6380/0``."""
+def masked_url(url: str) -> str:
+    """``url`` as messages may show it: ``rediss://:secret@host:6380/0`` -> ``rediss://:***@host:6380/0``."""
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
@@ -418,22 +515,34 @@ def _parse(raw: str, annotation: Any, name: str) -> Any:
             return Path(raw).expanduser()
         return target(raw)
     except ValueError:
-        raise ValueError(
-            f"setting {env_name(name)}={raw!r} is not a valid {getattr(target, '__name__', target)}"
+        raise SettingError(
+            [f"setting {env_name(name)}={raw!r} is not a valid {getattr(target, '__name__', target)}"]
         ) from None
 
 
 def load_settings(environ: Optional[dict[str, str]] = None, **overrides: Any) -> Settings:
-    """Build settings from ``environ`` (default ``os.environ``); keyword overrides win."""
+    """Build settings from ``environ`` (default ``os.environ``); keyword overrides win.
+
+    Raises :class:`SettingError` naming every variable whose value is invalid (all of them at once)."""
     environ = os.environ if environ is None else environ
     hints = get_type_hints(Settings)
     values: dict[str, Any] = {}
+    problems: list[str] = []
     for f in fields(Settings):
         raw = environ.get(env_name(f.name))
-        if raw is not None and raw != "":
-            values[f.name] = _parse(raw, hints[f.name], f.name)
+        if raw is not None and raw != "" and f.name not in overrides:
+            try:
+                values[f.name] = _parse(raw, hints[f.name], f.name)
+            except SettingError as exc:
+                problems.extend(exc.problems)
     values.update(overrides)
-    return Settings(**values)
+    try:
+        settings = Settings(**values)
+    except SettingError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise SettingError(problems)
+    return settings
 
 
 @lru_cache(maxsize=1)

@@ -150,6 +150,13 @@ def triton_ports_env() -> dict[str, str]:
     return {env_name(name): str(port) for name, port in triton_ports().items()}
 
 
+def ready_model_versions(settings) -> list[tuple[str, str]]:
+    """(model, version) of every model version Triton serves: a bad request must leave it unchanged."""
+    from recsys.serving import control
+
+    return sorted((m["name"], m["version"]) for m in control.repository_index(settings) if m.get("state") == "READY")
+
+
 @contextlib.contextmanager
 def running_triton(settings) -> Iterator:
     """The embedded Triton of ``settings`` started for the block (yields ``settings``), stopped after it."""

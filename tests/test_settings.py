@@ -76,3 +76,118 @@ def test_settings_command_lists_every_variable_with_its_meaning(capsys):
     assert {name: rows[env_name(name)]["meaning"] for name in docs} == docs
     assert "RECSYS_HOME" in rows and "MLFLOW_TRACKING_URI" in rows and "RECSYS_CANDIDATES_K" in rows
     assert "Dask" in rows["RECSYS_DASK_SCHEDULER_ADDRESS"]["meaning"]
+
+
+# variable=value -> what the one-line error must say (docs/bad-inputs.md lists these cases)
+BAD_SETTINGS = {
+    "RECSYS_API_PORT=abc": "setting RECSYS_API_PORT='abc' is not a valid int",
+    "RECSYS_REDIS_PORT=70000": "setting RECSYS_REDIS_PORT=70000 must be at most 65535 (a port is 1 to 65535)",
+    "RECSYS_TRITON_HTTP_PORT=0": "setting RECSYS_TRITON_HTTP_PORT=0 must be at least 1 and at most 65535",
+    "RECSYS_EPOCHS=-1": "setting RECSYS_EPOCHS=-1 must be at least 1",
+    "RECSYS_ONLINE_REFRESH_READ_BUDGET=-2": "setting RECSYS_ONLINE_REFRESH_READ_BUDGET=-2.0 must be at least 0",
+    "RECSYS_VALIDATION_SPLIT=random": "setting RECSYS_VALIDATION_SPLIT='random' is not one of time, user, auto",
+    "RECSYS_FAISS_INDEX=hnsw": "setting RECSYS_FAISS_INDEX='hnsw' is not one of flat, ivf, auto",
+    "RECSYS_REFIT=maybe": "setting RECSYS_REFIT='maybe' is not a valid bool",
+    "RECSYS_DROPOUT=1.5": "setting RECSYS_DROPOUT=1.5 must be at most 1",
+    "RECSYS_LEARNING_RATE=0": "setting RECSYS_LEARNING_RATE=0.0 must be above 0",
+    "RECSYS_EVENTS_MAX_AGE_HOURS=nan": "setting RECSYS_EVENTS_MAX_AGE_HOURS=nan is not a finite number",
+    "RECSYS_RECOMMEND_DEFAULT_K=500": "setting RECSYS_RECOMMEND_DEFAULT_K=500 is above RECSYS_RECOMMEND_MAX_K=100",
+    "RECSYS_EVENT_TYPES=,": "setting RECSYS_EVENT_TYPES=',' names no event type",
+}
+
+
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    """A clean settings environment for one in-process CLI run: no RECSYS_* of the caller's shell."""
+    import os
+
+    from recsys.settings import get_settings
+
+    for variable in [v for v in os.environ if v.startswith("RECSYS_")]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("assignment", list(BAD_SETTINGS))
+def test_a_bad_setting_is_one_line_naming_the_variable_and_the_command_does_nothing(assignment, cli_env, tmp_path, capsys):
+    from recsys.cli import main
+    from recsys.errors import ConfigError
+    from recsys.settings import SettingError
+
+    variable, value = assignment.split("=", 1)
+    with pytest.raises(SettingError) as caught:
+        load_settings({variable: value})
+    assert isinstance(caught.value, ConfigError) and caught.value.problems == [BAD_SETTINGS[assignment]]
+
+    # through the CLI: a valid ingest (into the settings' data root) is refused, no data version is written
+    cli_env.setenv(variable, value)
+    assert main(["data", "ingest", str(tiny_landing(tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {BAD_SETTINGS[assignment]}\n"
+    assert not (tmp_path / "home" / "data").exists()
+
+
+def tiny_landing(tmp_path: Path) -> Path:
+    """A valid landing folder of one interaction."""
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    (folder / "users.csv").write_text("user_id\n1\n")
+    (folder / "items.csv").write_text("item_id\n2\n")
+    (folder / "interactions.csv").write_text("user_id,item_id,timestamp\n1,2,2024-01-01\n")
+    return folder
+
+
+def test_the_same_ingest_with_valid_settings_writes_a_data_version(cli_env, tmp_path, capsys):
+    from recsys.cli import main
+
+    # the control of the test above: its "no data version" is what the bad setting prevented
+    assert main(["data", "ingest", str(tiny_landing(tmp_path))]) == 0
+    assert len(list((tmp_path / "home" / "data").iterdir())) == 1
+
+
+def test_every_bad_setting_is_listed_at_once():
+    with pytest.raises(ValueError) as caught:  # still a ValueError for callers that predate SettingError
+        load_settings({"RECSYS_API_PORT": "abc", "RECSYS_EPOCHS": "0", "RECSYS_FAISS_INDEX": "hnsw"})
+    assert str(caught.value) == (
+        "setting RECSYS_API_PORT='abc' is not a valid int; setting RECSYS_EPOCHS=0 must be at least 1; "
+        "setting RECSYS_FAISS_INDEX='hnsw' is not one of flat, ivf, auto"
+    )
+
+
+def test_replace_cannot_make_invalid_settings():
+    from recsys.settings import SettingError, replace
+
+    with pytest.raises(SettingError, match="RECSYS_API_PORT=-1 must be at least 1"):
+        replace(load_settings({}), api_port=-1)
+
+
+def test_an_unknown_variable_is_a_warning_naming_the_closest_setting(cli_env, capsys):
+    from recsys.cli import main
+    from recsys.settings import unknown_variables
+
+    cli_env.setenv("RECSYS_EPOCH", "3")  # a typo of RECSYS_EPOCHS
+    cli_env.setenv("RECSYS_ZZZ", "1")
+    cli_env.setenv("RECSYS_DEBUG", "0")  # read by the CLI itself: not a typo
+    assert main(["settings", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "warning: RECSYS_EPOCH is not a setting and is ignored (did you mean RECSYS_EPOCHS?)",
+        "warning: RECSYS_ZZZ is not a setting and is ignored (`recsys settings` lists them)",
+    ]
+    assert '"value": 30' in captured.out.split('"RECSYS_EPOCHS"')[1].split("}")[0]  # the typo changed nothing
+    assert unknown_variables({"RECSYS_EPOCHS": "3", "RECSYS_HOME": "/x", "PATH": "/bin"}) == []
+
+
+def test_a_redis_url_where_nothing_answers_is_one_line_naming_it_without_its_password(cli_env, capsys):
+    from recsys.cli import main
+    from recsys.stack.service import free_port
+
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"  # a free port: nobody answers there
+    cli_env.setenv("RECSYS_REDIS_URL", url)
+    assert main(["online", "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Redis at {url.replace('hunter2', '***')} is not answering (") and "hunter2" not in err
+    assert "RECSYS_REDIS_URL" in err and "Traceback" not in err and len(err.splitlines()) == 1

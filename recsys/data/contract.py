@@ -214,7 +214,44 @@ def read_file(path: Path) -> "pd.DataFrame":
         return pq.read_table(path).to_pandas()
     # CSV: id columns as text (so "001" stays "001": recsys.data.ids decides whether a column is
     # integers); pandas infers the other columns. Validation decides what is a valid id / timestamp.
-    return pd.read_csv(path, low_memory=False, dtype={column: str for column in ID_COLUMNS})
+    _check_csv_header(path)
+    try:
+        return pd.read_csv(path, low_memory=False, dtype={column: str for column in ID_COLUMNS})
+    except UnicodeDecodeError:
+        raise ValueError(_not_utf8(path)) from None
+
+
+def _check_csv_header(path: Path) -> None:
+    """Refuse a header that repeats a column name: pandas would silently rename the second one
+    (``category.1``) and the file would load with a feature nobody wrote."""
+    import collections
+    import csv
+
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        header = next(csv.reader([first.decode("utf-8-sig")]), [])
+    except UnicodeDecodeError:
+        return  # read_csv reports it, with its line (_not_utf8)
+    repeated = [name for name, count in collections.Counter(header).items() if count > 1]
+    if repeated:
+        positions = [i + 1 for i, name in enumerate(header) if name == repeated[0]]
+        raise ValueError(
+            f"line 1: column {repeated[0]!r} appears {len(positions)} times in the header (columns "
+            f"{', '.join(map(str, positions))}); column names must be unique"
+        )
+
+
+def _not_utf8(path: Path) -> str:
+    """Where a CSV file stops being UTF-8 (pandas' own message gives an offset in a buffer, not a line)."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (f"not UTF-8 text: line {number} has the byte 0x{line[exc.start]:02x} at byte {exc.start + 1} "
+                        "of the line; save the file as UTF-8")
+    return "not UTF-8 text; save the file as UTF-8"
 
 
 def read_table(folder: Path, name: str) -> "pd.DataFrame":

@@ -302,6 +302,7 @@ def _read(folder: Path, spec: TableSpec, problems: list[str]) -> Optional[_RawTa
 def _normalize_table(
     table: _RawTable, problems: list[str], warnings: list[str], id_kinds: dict[str, "_IdKind"]
 ) -> Optional["pd.DataFrame"]:
+    import numpy as np
     import pandas as pd
 
     spec = table.spec
@@ -334,6 +335,12 @@ def _normalize_table(
                 ok = False
                 continue
             out[column] = _normalize_feature(table.frame[column])
+            if pd.api.types.is_float_dtype(out[column].dtype):
+                # NaN is an empty feature; an infinity would turn the ETL's normalization into NaN everywhere
+                infinite = np.isinf(out[column].to_numpy(dtype="float64", na_value=np.nan))
+                if _extend(problems, [table.problem(infinite, column, "infinite values (a number feature must be "
+                                                                       "finite; leave it empty for none)")]):
+                    ok = False
     elif extra:
         warnings.append(
             f"{table.label}: extra columns {', '.join(map(str, extra))} are not part of the "

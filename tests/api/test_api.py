@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 from api_helpers import API_ENV_CLEARED, ITEMS, USERS, event, log_length
 
 from recsys.events.live import apply_pending
@@ -119,6 +120,51 @@ def test_malformed_and_oversized_bodies(http, api_settings, store):
     problem = too_many.json()["problems"][0]
     assert problem["index"] == -1 and "at most 50 (RECSYS_EVENTS_MAX_BATCH)" in problem["reason"]
     assert log_length(store) == before
+
+
+# (method, path, keyword arguments of the request, headers instead of the right token's (None: the right
+# token)) -> (status, what the answer must name);
+# docs/bad-inputs.md lists these cases
+BAD_REQUESTS = {
+    "no_token": ("POST", "/v1/events", {"json": {"events": [event()]}}, {},
+                 (401, ["missing bearer token: send 'Authorization: Bearer <token>'"])),
+    "wrong_token": ("POST", "/v1/events", {"json": {"events": [event()]}}, {"Authorization": "Bearer nope"},
+                    (403, ["invalid API token"])),
+    "user_id_an_object": ("POST", "/v1/events", {"json": {"events": [event(user={"id": 1})]}}, None,
+                          (422, ["user_id: user_id {'id': 1} is not an integer id"])),
+    "item_id_a_fraction": ("POST", "/v1/events", {"json": {"events": [event(item=5007.5)]}}, None,
+                           (422, ["item_id: item_id 5007.5 is not an integer id"])),
+    "timestamp_a_list": ("POST", "/v1/events", {"json": {"events": [event(timestamp=[1, 2])]}}, None,
+                         (422, ["timestamp: [1, 2] is neither ISO-8601 text nor a unix epoch number"])),
+    "event_type_a_number": ("POST", "/v1/events", {"json": {"events": [event(event_type=3)]}}, None,
+                            (422, ["event_type: 3 is not one of impression", "(RECSYS_EVENT_TYPES)"])),
+    "k_not_a_number": ("GET", "/v1/recommendations/1001", {"params": {"k": "ten"}}, None,
+                       (422, ["['query', 'k']", "'input': 'ten'"])),
+    "k_zero": ("GET", "/v1/recommendations/1001", {"params": {"k": 0}}, None,
+               (422, ["['query', 'k']", "greater than or equal to 1"])),
+    "text_item_id_in_an_integer_deployment": ("GET", "/v1/items/SKU-1/activity", {}, None,
+                                              (400, ["item_id 'SKU-1' is not an integer id"])),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_name_what_is_wrong_and_nothing_is_accepted(case, http, store):
+    method, path, request, headers, (status, fragments) = BAD_REQUESTS[case]
+    user = 1001  # the events' user (event()'s default)
+    apply_pending(store)  # what earlier tests accepted is applied before the "before"
+    before_log, before_live, before_version = log_length(store), store.live_items(user).tolist(), store.current().version
+    if headers is None:
+        response = http.request(method, path, **request)
+    else:
+        response = httpx.request(method, str(http.base_url.join(path)), headers=headers, timeout=30, **request)
+    assert response.status_code == status, response.text
+    body = response.json()
+    named = " ".join([str(body.get("detail"))] + [f"{p['field']}: {p['reason']}" for p in body.get("problems", [])])
+    assert all(fragment in named for fragment in fragments), body
+    assert log_length(store) == before_log  # no event accepted ...
+    apply_pending(store)
+    assert store.live_items(user).tolist() == before_live  # ... nor applied
+    assert store.current().version == before_version
 
 
 def test_activity_of_an_unknown_item_or_event_type(http):

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from recsys.serving.control import ServingError
+from shared_helpers import ready_model_versions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -176,6 +177,8 @@ def test_bad_similar_requests_get_clear_errors(served, client, vectors, inputs, 
 
     from recsys.serving.triton_client import grpc_client
 
+    serving_before = ready_model_versions(served["settings"])
+    assert "recsys" in dict(serving_before)  # what "unchanged" is checked on: the served model is among them
     raw = grpc_client(served["settings"])
     batched = served["pipeline"]["batch_delay_us"] is not None
     request = []
@@ -193,6 +196,7 @@ def test_bad_similar_requests_get_clear_errors(served, client, vectors, inputs, 
     with pytest.raises(ServingError, match="is unknown"):
         client.similar(99_999_999)
     assert len(client.similar(int(vectors["ids"][0]), 3)) == 3  # the server keeps serving
+    assert ready_model_versions(served["settings"]) == serving_before  # the same versions
 
 
 ENGINE_SIDE_BY_SIDE = """

@@ -17,7 +17,7 @@ from recsys.serving.client import RecommendClient, model_uses_batching
 from recsys.serving.control import ServingError
 from recsys.serving.triton_client import grpc_client, http_client
 from recsys.settings import replace
-from shared_helpers import patched_environ
+from shared_helpers import patched_environ, ready_model_versions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -241,6 +241,8 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, user
     from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
     tensors = {"user_id": np.array([str(users[0]).encode()], dtype=object), **inputs}
+    serving_before = ready_model_versions(served["settings"])
+    assert "recsys" in dict(serving_before)  # what "unchanged" is checked on: the served model is among them
     client = grpc_client(served["settings"])
     batched = model_uses_batching(client, "recsys")  # on by default: tensors carry the batch dimension
     assert batched == (served["pipeline"]["batch_delay_us"] is not None)
@@ -259,6 +261,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(served, user
         client.close()
     with RecommendClient(served["settings"]) as good:
         assert len(good.recommend(users[0], 5)) == 5
+    assert ready_model_versions(served["settings"]) == serving_before
 
 
 def test_ordering_rules_of_a_new_version_then_rollback(served, client, users, store, trained_run):
