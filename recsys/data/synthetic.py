@@ -91,8 +91,9 @@ class SyntheticConfig:
 
     def check(self) -> None:
         problems = []
-        if self.n_users < 1 or self.n_items < 1 or self.n_interactions < 1 or self.days < 1:
-            problems.append("n_users, n_items, n_interactions and days must be >= 1")
+        for name in ("n_users", "n_items", "n_interactions", "days"):
+            if getattr(self, name) < 1:  # each named with its value: the CLI flag is the name without n_
+                problems.append(f"{name}={getattr(self, name)} must be >= 1")
         if self.n_items < self.n_categories:
             problems.append(f"n_items ({self.n_items}) must be >= n_categories ({self.n_categories})")
         if not 0.0 <= self.drift <= 1.0:

@@ -135,3 +135,47 @@ def test_a_folder_that_does_not_exist(data_root, tmp_path, capsys, monkeypatch):
     assert main(["data", "ingest", str(tmp_path / "nope"), "--data-root", str(data_root)]) == 2
     assert f"{tmp_path / 'nope'}: input folder does not exist" in capsys.readouterr().err
     assert tree(data_root) == before
+
+
+def test_generate_with_a_negative_count_names_it_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RECSYS_DEBUG", raising=False)
+    out = tmp_path / "gen"
+    assert main(["data", "generate", "--out", str(out), "--users", "-5", "--days", "0"]) == 2
+    assert capsys.readouterr().err == "error: n_users=-5 must be >= 1; days=0 must be >= 1\n"
+    assert not out.exists()
+
+
+GOOD_EVENTS = "customer,sku,ts,clicked\n1,2,1704103200,1\n1,3,1704106800,0\n"
+IMPORT_FLAGS = ["--user-col", "customer", "--item-col", "sku", "--time-col", "ts"]
+
+# case id -> (events.csv, flags replacing or adding to IMPORT_FLAGS, fragments of the message)
+IMPORT_CASES = {
+    "no_such_column": (GOOD_EVENTS, ["--user-col", "user"], ["events.csv: no column 'user' (--user-col); columns found: customer, sku, ts, clicked"]),
+    "no_such_file": (None, [], ["missing.csv: file not found"]),
+    "one_column_two_roles": (GOOD_EVENTS, ["--time-col", "customer"], ["column 'customer' is given for more than one role (user_id, timestamp)"]),
+    "timestamp_before_1990": (GOOD_EVENTS.replace("1704106800", "5"), [], ["events.csv: 1 row with a 'ts' before 1990-01-01", "line 3"]),
+    "label_not_binary": (GOOD_EVENTS.replace(",0\n", ",yes\n"), ["--label-col", "clicked"], ["events.csv: 1 row with a 'clicked' other than 0/1/true/false", "clicked='yes'"]),
+    "blank_user_id": (GOOD_EVENTS.replace("\n1,3,", "\n,3,"), [], ["events.csv: 1 row with a null or blank 'customer'", "line 3"]),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPORT_CASES))
+def test_a_bad_import_names_the_file_column_and_line_and_a_forced_import_keeps_the_old_folder(case, tmp_path, capsys, monkeypatch):
+    events_text, flags, fragments = IMPORT_CASES[case]
+    monkeypatch.delenv("RECSYS_DEBUG", raising=False)
+    good, out = tmp_path / "good.csv", tmp_path / "out"
+    good.write_text(GOOD_EVENTS)
+    assert main(["data", "import", "--interactions", str(good), *IMPORT_FLAGS, "--out", str(out)]) == 0
+    before = tree(out)
+    capsys.readouterr()
+
+    events = tmp_path / ("events.csv" if events_text is not None else "missing.csv")
+    if events_text is not None:
+        events.write_text(events_text)
+    argv = ["data", "import", "--interactions", str(events), *IMPORT_FLAGS, *flags, "--out", str(out), "--force"]
+    assert main(argv) == 2  # argparse keeps the last of a repeated flag: `flags` replace the defaults
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    assert tree(out) == before and "import.json" in before  # --force replaces the folder only once the new one is complete
