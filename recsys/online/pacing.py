@@ -366,10 +366,23 @@ class ForkedProber:
 
     The child sleeps between probes, so it wakes like a serving process and its latencies are what a
     reader meets (see the module docstring). Samples travel through shared memory (a ring of
-    :data:`RING` latencies, negative for probes during a unit); the child stops when told, or when its
-    parent is gone. Use it as a context manager. ``probe`` must work in a forked child (a redis-py
-    client does: its pool opens new connections there). Linux only (fork): elsewhere :meth:`start`
-    returns False and the refresh writes unpaced.
+    :data:`RING` latencies, negative for probes during a unit). Use it as a context manager: the child
+    never outlives the refresh.
+
+    * :meth:`close` (the refresh's ``finally``, whatever ended it) asks the child to stop, then sends it
+      SIGTERM, then SIGKILL, joining it each time: a child stuck in a probe (a Redis that stopped
+      answering) is killed too.
+    * The child drops the signal handlers it inherited (an Airflow task's SIGTERM handler raises an
+      exception its probe loop would swallow), so SIGTERM and SIGINT end it.
+    * When the refreshing process dies without closing it (SIGKILL, a crash): on Linux the kernel kills
+      the child at once (``PR_SET_PDEATHSIG``); elsewhere the child sees its parent gone after its
+      current probe.
+
+    ``probe`` must work in a forked child: a redis-py client does, whatever its connection (TLS,
+    password, a cluster): the child's first command sees the pool belongs to another process and opens
+    connections of its own with the client's settings, never touching the parent's sockets. No fork
+    (not Linux/macOS), or a process that may not have children (a daemonic multiprocessing worker),
+    or a failed fork: :meth:`start` returns False, logs why, and the refresh writes unpaced.
     """
 
     RING = 8192
@@ -378,26 +391,44 @@ class ForkedProber:
         self._probe, self.interval = probe, interval
         self._process: Any = None
         self._read = 0
+        self.why_not = ""
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The child's process id while it runs."""
+        return None if self._process is None else self._process.pid
 
     def start(self) -> bool:
         import multiprocessing
 
         if "fork" not in multiprocessing.get_all_start_methods():
-            log.warning("no fork on this platform: the refresh cannot probe readers' latency")
-            return False
-        ctx = multiprocessing.get_context("fork")
-        self._ring = ctx.RawArray("d", self.RING)
-        self._count = ctx.RawValue("q", 0)
-        self._flag = ctx.RawValue("b", 0)  # a unit is in flight
-        self._units = ctx.RawValue("q", 0)  # units started so far
-        self._stop = ctx.RawValue("b", 0)
-        self._process = ctx.Process(target=self._run, args=(os.getpid(),), name="refresh-prober", daemon=True)
-        self._process.start()
-        return True
+            self.why_not = "no fork on this platform"
+        else:
+            try:
+                ctx = multiprocessing.get_context("fork")
+                self._ring = ctx.RawArray("d", self.RING)
+                self._count = ctx.RawValue("q", 0)
+                self._flag = ctx.RawValue("b", 0)  # a unit is in flight
+                self._units = ctx.RawValue("q", 0)  # units started so far
+                self._stop = ctx.RawValue("b", 0)
+                process = ctx.Process(target=self._run, args=(os.getpid(),), name="refresh-prober", daemon=True)
+                process.start()
+                self._process = process
+                return True
+            except Exception as error:  # e.g. "daemonic processes are not allowed to have children", EAGAIN
+                self.why_not = f"the prober process could not start ({type(error).__name__}: {error})"
+        log.warning("refresh pacing off: %s, so readers' latency cannot be probed", self.why_not)
+        return False
 
     def _run(self, parent: int) -> None:  # pragma: no cover - runs in the child (tested through the pacer)
         import gc
+        import signal
 
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        _die_with_parent()
+        if os.getppid() != parent:  # the parent died before the death signal was armed
+            return
         # The child shares the parent's pages until it writes them: a collection walking the parent's
         # objects would copy them all and stall the first probes (~100 ms measured); the probes allocate
         # nothing that needs collecting.
@@ -440,17 +471,43 @@ class ForkedProber:
         return [(abs(v), v < 0) for v in values]
 
     def close(self) -> None:
-        if self._process is None:
+        """Stop the child and reap it: asked (it stops after its current probe), then SIGTERM, then
+        SIGKILL, each followed by a join; idempotent."""
+        process, self._process = self._process, None
+        if process is None:
             return
         self._stop.value = 1
-        self._process.join(timeout=2)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout=2)
-        self._process = None
+        process.join(timeout=2)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=2)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+        if process.is_alive():  # pragma: no cover - SIGKILL not delivered within 5 s (a stuck kernel call)
+            log.error("the refresh's prober process %s did not die after SIGKILL", process.pid)
+        else:
+            process.close()
 
     def __enter__(self) -> "ForkedProber":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: have the kernel SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``)."""
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: the probe loop's parent check remains
+        pass

@@ -576,13 +576,15 @@ class RedisOnlineStore(OnlineStore):
     @contextlib.contextmanager
     def _pacer(self, snapshot: Snapshot, read_budget: float) -> "Iterator[RefreshPacer]":
         """The refresh's pacer (:mod:`recsys.online.pacing`): with a budget, its prober runs in a forked
-        child for the refresh's duration and the idle latencies are measured before anything is written."""
+        child for the refresh's duration and the idle latencies are measured before anything is written.
+        The child reads through this store's client (so with its TLS, password or cluster settings, on
+        connections of its own) and is reaped on every way out, an exception or a signal's included."""
         prober = ForkedProber(self._probe(snapshot)) if read_budget > 0 else None
         try:
             started = prober is not None and prober.start()
             pacer = RefreshPacer(read_budget, self.batch_size, prober if started else None)
             if prober is not None and not started:
-                pacer.note = "no pacing: no prober on this platform"
+                pacer.note = f"no pacing: {prober.why_not}"
             pacer.measure_idle()
             yield pacer
         finally:

@@ -1,5 +1,6 @@
 """Redis killed (SIGKILL) in the middle of a full refresh, restarted: no half version is ever current,
-readers only ever see whole versions, and the retried refresh completes.
+readers only ever see whole versions, and the retried refresh completes. Unpaced and paced (a paced
+refresh's prober process reads through the outage too, and is reaped when the refresh fails).
 
 A Redis of its own (its own home and port, the embedded configuration: password, append-only file).
 Every continuous feature of a version holds that version's marker (1.0 old, 2.0 new), so a read that
@@ -8,6 +9,7 @@ mixed two versions would show two markers.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -65,7 +67,8 @@ class Reader(threading.Thread):
             i += 1
 
 
-def test_redis_killed_during_a_full_refresh_never_serves_half_a_version(own_redis):
+@pytest.mark.parametrize("read_budget", [0.0, 2.0], ids=["unpaced", "paced"])
+def test_redis_killed_during_a_full_refresh_never_serves_half_a_version(own_redis, read_budget):
     s = own_redis
     store = RedisOnlineStore.from_settings(s)
     old = store.refresh(snapshot(tables(n_users=2000, n_items=200, marker=1.0), feature_version="old"))
@@ -83,8 +86,9 @@ def test_redis_killed_during_a_full_refresh_never_serves_half_a_version(own_redi
             os.kill(pid, signal.SIGKILL)
 
     with pytest.raises(redis.ConnectionError):
-        store.refresh(new_snapshot, on_batch=kill_after_a_few_batches)
+        store.refresh(new_snapshot, on_batch=kill_after_a_few_batches, read_budget=read_budget)
     assert len(batches) == 5
+    assert not [p for p in multiprocessing.active_children() if p.name == "refresh-prober"]
 
     stack.up(s, only=["redis"])
     after = RedisOnlineStore.from_settings(s)
@@ -92,7 +96,8 @@ def test_redis_killed_during_a_full_refresh_never_serves_half_a_version(own_redi
     half = [v.decode() for v in after.client.zrange(after.key_writing, 0, -1)]
     assert half and all(v.startswith("new-") for v in half)  # its partial keys are known as unfinished
 
-    retried = after.refresh(new_snapshot)
+    retried = after.refresh(new_snapshot, read_budget=read_budget)
+    assert retried.pacing["enabled"] is (read_budget > 0)
     assert not retried.skipped and retried.version not in half
     assert after.current().version == retried.version
     # the dead write is collected once it is stale; the versions that serve are untouched

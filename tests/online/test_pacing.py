@@ -1,8 +1,16 @@
-"""Refresh pacing: the pacer's control on a fake clock, and paced refreshes against the session's Redis."""
+"""Refresh pacing: the pacer's control on a fake clock, the prober process' life (it never outlives the
+refresh), and paced refreshes against the session's Redis."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from online_helpers import snapshot, tables
@@ -225,6 +233,144 @@ def test_the_forked_prober_tags_probes_taken_while_a_unit_is_in_flight():
     assert any(during for _, during in later) and not all(during for _, during in later)
     assert all(0 <= seconds < 1 for seconds, _ in idle + later)
     assert prober._process is None  # closed: the child is gone
+
+
+def _alive(pid: int) -> bool:
+    """The process runs (a zombie, dead but not yet reaped by whoever adopted it, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _probers() -> list:
+    return [p for p in multiprocessing.active_children() if p.name == "refresh-prober"]
+
+
+def _stuck_probe() -> None:
+    time.sleep(60)  # a Redis that stopped answering: the probe never returns
+
+
+def _deaf_stuck_probe() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(60)
+
+
+def test_close_reaps_a_prober_stuck_in_a_probe_whatever_the_signal_handlers():
+    # a SIGTERM handler in the refreshing process (a task runner's), which the fork inherits: the child
+    # resets it, so SIGTERM ends a child stuck in a probe
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        with ForkedProber(_stuck_probe) as prober:
+            assert prober.start()
+            pid = prober.pid
+            time.sleep(0.2)
+            began = time.monotonic()
+        assert time.monotonic() - began < 4.5 and not _alive(pid) and prober.pid is None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # a child that ignores SIGTERM anyway: SIGKILL
+    prober = ForkedProber(_deaf_stuck_probe)
+    assert prober.start()
+    pid = prober.pid
+    time.sleep(0.2)
+    began = time.monotonic()
+    prober.close()
+    prober.close()  # idempotent
+    assert time.monotonic() - began < 10 and not _alive(pid) and not _probers()
+
+
+def test_without_a_prober_process_the_refresh_writes_unpaced_and_says_why(monkeypatch, make_store):
+    """A process that may not have children (a daemonic multiprocessing worker): no pacing, no failure."""
+    import multiprocessing.process
+
+    monkeypatch.setitem(multiprocessing.process.current_process()._config, "daemon", True)
+    result = make_store(batch_size=100).refresh(snapshot(tables(n_users=300, n_items=50)), read_budget=2.0)
+    assert result.pacing["enabled"] is False and "could not start" in result.pacing["note"]
+    assert "daemonic processes are not allowed to have children" in result.pacing["note"]
+    assert result.users_written == 300 and not _probers()
+
+
+def test_a_paced_refresh_that_fails_reaps_its_prober(make_store, monkeypatch):
+    pids = []
+    real_start = ForkedProber.start
+
+    def start(self):
+        started = real_start(self)
+        pids.append(self.pid)
+        return started
+
+    monkeypatch.setattr(ForkedProber, "start", start)
+
+    def fail(kind, written):
+        assert _alive(pids[-1])
+        raise RuntimeError("the refresh's hook failed")
+
+    store = make_store(batch_size=100)
+    with pytest.raises(RuntimeError, match="hook failed"):
+        store.refresh(snapshot(tables(n_users=300, n_items=50)), read_budget=2.0, on_batch=fail)
+    assert len(pids) == 1 and not _alive(pids[0]) and not _probers()
+    assert store.current() is None  # and the half version was removed, as without pacing
+
+
+KILLED_REFRESH = """
+import multiprocessing, sys, time
+sys.path.insert(0, {tests!r})
+from online_helpers import snapshot, tables
+from recsys.online.redis_store import RedisOnlineStore
+from recsys.settings import get_settings, replace
+
+store = RedisOnlineStore.from_settings(replace(get_settings(), online_key_prefix={prefix!r}, online_batch_size=100))
+
+def hold(kind, written):
+    print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+    time.sleep(600)
+
+store.refresh(snapshot(tables(n_users=300, n_items=50)), read_budget=2.0, on_batch=hold)
+"""
+
+STUCK_PROBER = """
+import time
+from recsys.online.pacing import ForkedProber
+
+prober = ForkedProber(lambda: time.sleep(600))
+assert prober.start()
+print(prober.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("script", ["refresh", "stuck prober"])
+def test_a_refreshing_process_killed_by_sigkill_takes_its_prober_with_it(script, stack_settings, redis_client):
+    """``kill -9`` of the refresh (no finally runs): the child goes too, even one stuck in a probe (the
+    kernel's parent-death signal; a child that is between probes also sees its parent gone)."""
+    prefix = f"killed-{os.getpid()}-{time.monotonic_ns()}"
+    code = STUCK_PROBER if script == "stuck prober" else KILLED_REFRESH.format(
+        tests=str(Path(__file__).parent), prefix=prefix)
+    refresh = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = refresh.stdout.readline().split()
+        assert len(line) == 1, line  # one child: the prober
+        prober = int(line[0])
+        assert _alive(prober)
+        refresh.kill()
+        refresh.wait(timeout=10)
+        assert _gone_within(prober, 3)
+    finally:
+        if refresh.poll() is None:
+            refresh.kill()
+        for key in redis_client.scan_iter(match=f"{{{prefix}}}:*", count=1000):
+            redis_client.unlink(key)
 
 
 def test_quantile_is_nearest_rank():
