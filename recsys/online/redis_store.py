@@ -712,7 +712,8 @@ class RedisOnlineStore(OnlineStore):
         if not isinstance(self.client, redis.Redis):
             pipe = self.client.pipeline(transaction=False)
             for command in commands:
-                pipe.execute_command(*command)
+                name, *rest = command  # the cluster client routes by the command's name: text, not bytes
+                pipe.execute_command(name.decode() if isinstance(name, bytes) else name, *rest)
             return pipe.execute()
         pack = hiredis.pack_command
         payload = b"".join(pack(command if isinstance(command, tuple) else tuple(command)) for command in commands)
@@ -775,7 +776,7 @@ class RedisOnlineStore(OnlineStore):
 
     def _delete_version(self, version: str) -> None:
         pipe = self.client.pipeline(transaction=False)
-        pipe.unlink(*self.version_keys(version))
+        pipe.execute_command("UNLINK", *self.version_keys(version))  # a cluster pipeline's unlink() takes one key
         pipe.zrem(self.key_writing, version)
         pipe.zrem(self.key_retired, version)
         pipe.execute()
