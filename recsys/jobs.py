@@ -166,31 +166,43 @@ def train_and_log(
     it is returned instead of training again.
     """
     _merlin_job_logging()
+    import json
+
     from recsys.tracking import runs
-    from recsys.tracking.artifacts import write_checksums
-    from recsys.training.pipeline import TrainParams, TrainResult, train_models
 
     s = get_settings()
+    safe_name = airflow_run.replace("/", "__").replace(":", "-").replace("+", "-")
+    out_dir = s.runs_root / safe_name
     c = runs.client()
     done = runs.find_finished_run(c, s.experiment_name, airflow_run)
     if done:
         log.info("MLflow run %s already holds the training for %s; not training again", done, airflow_run)
+        # a try that died after finishing the run, before removing its staging copy, left it behind
+        shutil.rmtree(out_dir, ignore_errors=True)
+        (s.runs_root / f".{safe_name}.champion.json").unlink(missing_ok=True)
         return {"run_id": done, "metrics": runs.run_metrics(c, done), "reused": True}
 
-    safe_name = airflow_run.replace("/", "__").replace(":", "-").replace("+", "-")
-    out_dir = s.runs_root / safe_name
+    # imported only to train: a retry that finds its run does not load TensorFlow
+    from recsys.data.versioning import write_json_atomic
+    from recsys.tracking.artifacts import write_checksums
+    from recsys.training.pipeline import TrainParams, TrainResult, train_models
+
     tags = {runs.TAG_AIRFLOW_RUN: airflow_run, **(extra_tags or {})}
+    scored_with = s.runs_root / f".{safe_name}.champion.json"  # the champion this training was scored against
     train_params = {k: v for k, v in params.items() if k not in ("tune_trials", "tune_timeout_seconds")}
     run_id = runs.start_training_run(tags=tags, experiment=s.experiment_name, run_name=f"train-{Path(feature_dir).name}")
     scratch = s.runs_root / f".{safe_name}.champion"
     try:
-        champion, champion_tags = _champion_exports(scratch)
         if layout.RunExports(out_dir).metrics.exists():
             # An earlier try trained completely (the folder appears only when complete) but failed to log:
             # log that training instead of training again.
             log.info("training output %s exists from an earlier try; logging it without retraining", out_dir)
             result = TrainResult.from_run_dir(out_dir)
+            # Its gate metrics were scored against the champion of that try (the champion may have moved
+            # since); none recorded: the gate finds no gate metrics and keeps any champion.
+            champion_tags = json.loads(scored_with.read_text()) if scored_with.exists() else {}
         else:
+            champion, champion_tags = _champion_exports(scratch)
             result = train_models(
                 Path(feature_dir), out_dir, TrainParams(**train_params),
                 tune_trials=int(params.get("tune_trials") or 0),
@@ -198,9 +210,10 @@ def train_and_log(
                 on_trial=lambda trial: runs.log_trial(run_id, trial),
                 champion=champion, data_root=s.data_root,
             )
+            write_json_atomic(scored_with, champion_tags)
         write_checksums(out_dir)  # publishing verifies every file against them before Triton loads it
     except BaseException:
-        runs.client().set_terminated(run_id, status="FAILED")
+        runs.mark_failed(c, run_id)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -227,10 +240,20 @@ def train_and_log(
         for key in ("best_epoch", "epochs_run", "refit_epochs", "batch_size"):
             if info.get(key) is not None:
                 metrics[f"{model}.{key}"] = float(info[key])
-    runs.finish_training_run(run_id, metrics=metrics, history=result.history, params=logged_params,
-                             artifacts_dir=out_dir, tags=final_tags)
+    try:
+        runs.finish_training_run(run_id, metrics=metrics, history=result.history, params=logged_params,
+                                 artifacts_dir=out_dir, tags=final_tags)
+    except Exception as exc:
+        from recsys.errors import ServiceError, error_text
+
+        # Not an InputError: the task is retried, and the retry logs this training without training again.
+        raise ServiceError(
+            f"MLflow ({s.mlflow_uri}) failed while logging the training of {airflow_run} into run {run_id}: "
+            f"{error_text(exc)}. The trained models are kept in {out_dir}: the task's retry logs them "
+            "into a new run without training again (this run is never reused)") from exc
     # The artifacts now live in MLflow; the local copy was only a staging area.
     shutil.rmtree(out_dir, ignore_errors=True)
+    scored_with.unlink(missing_ok=True)
     return {"run_id": run_id, "metrics": metrics, "reused": False}
 
 
@@ -268,11 +291,18 @@ def _champion_exports(scratch: Path):
 
 def champion_gate(run_id: str) -> dict:
     """Register the run's models and apply the champion gate (control plane)."""
-    from recsys.tracking.registry import champion_gate as gate
+    from mlflow.exceptions import MlflowException
 
+    from recsys.errors import ServiceError, error_text
+    from recsys.tracking.registry import champion_gate as gate
     from recsys.tracking.registry import champions
 
-    decisions = gate(run_id)
+    try:
+        decisions = gate(run_id)
+    except MlflowException as exc:
+        # Retried by Airflow: registration finds the versions an earlier try created (one per model and run).
+        raise ServiceError(f"MLflow ({get_settings().mlflow_uri}) failed while registering and gating run {run_id}: "
+                           f"{error_text(exc)}. The task's retry registers each model of the run once") from exc
     return {
         "run_id": run_id,
         "decisions": [d.to_dict() for d in decisions],

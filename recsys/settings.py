@@ -62,6 +62,14 @@ class Settings:
     mlflow_tracking_password: Optional[str] = None
     """Its password (``MLFLOW_TRACKING_PASSWORD``). Unset: the embedded server's admin password, generated at
     its first start into ``<home>/services/mlflow/password`` (mode 0600); an external server without auth needs none."""
+    mlflow_request_retries: int = 5
+    """How often the project's MLflow clients retry a failed request (refused connection, 5xx), waiting
+    0, 4, 8, 16, 32 s between tries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``): a server restart is ridden out;
+    a request to a server that stays down fails after about a minute, failing the task with MLflow's message,
+    and Airflow retries the task. MLflow's own default (7) waits about 4 minutes per request."""
+    mlflow_request_timeout_seconds: int = 60
+    """How long an MLflow client waits for one answer (``MLFLOW_HTTP_REQUEST_TIMEOUT``; MLflow's default 120):
+    a server that accepts connections but hangs fails the request after this, each retry included."""
     airflow_url: Optional[str] = None
     """Base URL of an external Airflow API server. Unset: the embedded one."""
     airflow_port: int = 8280

@@ -34,6 +34,7 @@ def client(tracking_uri: Optional[str] = None):
     from recsys.settings import get_settings
 
     authenticate()
+    configure_requests()
     uri = tracking_uri or get_settings().mlflow_uri
     # Also the process-wide URI: MLflow resolves `mlflow-artifacts:` locations (artifact upload and
     # download through the server) from it, not from the client's own URI.
@@ -53,6 +54,28 @@ def authenticate(settings: Optional["Settings"] = None) -> None:
     if password:
         os.environ["MLFLOW_TRACKING_USERNAME"] = s.mlflow_tracking_username
         os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+
+
+def configure_requests(settings: Optional["Settings"] = None) -> None:
+    """Bound how long this process's MLflow requests retry and wait (``settings.mlflow_request_retries``,
+    ``settings.mlflow_request_timeout_seconds``). MLflow reads its variables at each request; with its
+    defaults a task whose MLflow server died waited minutes per request before failing."""
+    from recsys.settings import get_settings
+
+    s = settings or get_settings()
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(s.mlflow_request_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(s.mlflow_request_timeout_seconds)
+
+
+def mark_failed(mlflow_client, run_id: str) -> None:
+    """Mark run ``run_id`` FAILED, best effort: when MLflow itself is what failed, the run stays RUNNING
+    (never FINISHED, so never reused nor gated) until the next try of its Airflow run marks it FAILED
+    (:func:`start_training_run`); the caller's own error is the one to report."""
+    try:
+        mlflow_client.set_terminated(run_id, status="FAILED")
+    except Exception as exc:
+        log.warning("run %s could not be marked FAILED (%s); the next try of its Airflow run marks it", run_id,
+                    " ".join(str(exc).split())[:300])
 
 
 def experiment_id(mlflow_client, name: str) -> str:
@@ -160,7 +183,7 @@ def finish_training_run(
         c.log_artifacts(run_id, str(artifacts_dir))
         c.log_text(run_id, json.dumps(dict(metrics), indent=2, sort_keys=True), "metrics.json")
     except BaseException:
-        c.set_terminated(run_id, status="FAILED")
+        mark_failed(c, run_id)
         raise
     c.set_terminated(run_id, status="FINISHED")
     return run_id
