@@ -1,6 +1,7 @@
 """A task's process SIGKILLed, then retried with the same arguments (what Airflow's retry does): the ETL
-(``recsys.jobs.build_features``, Merlin runtime) and the online refresh (``recsys.jobs.ensure_online_features``,
-control plane), each killed in the middle of its work and after its work was done but before it reported.
+(``recsys.jobs.build_features``, Merlin runtime), the online refresh (``recsys.jobs.ensure_online_features``)
+and publishing (``recsys.jobs.publish_champions``, both control plane), each killed in the middle of its work
+and after its work was done but before it reported.
 The retry redoes a half-done job cleanly (no half artifact is ever taken for a whole one) and finds a
 done one instead of doing it twice. (The training task's kills: test_training_faults.py.)
 
@@ -110,3 +111,46 @@ def test_online_refresh_task_killed_mid_refresh_then_after_refreshing(built, tmp
     assert third == {"refreshed": False, "online_version": current.version, "feature_version": feature_version}
     with RedisOnlineStore.from_settings(s) as store:
         assert store.current().version == current.version
+
+
+def test_publish_task_killed_while_loading_then_after_publishing(built, tmp_path):
+    from recsys.serving.smoke import is_ready
+    from recsys.serving.history import read_history
+    from shared_helpers import running_triton, triton_ports
+
+    source, data = built
+    # registered model names of its own: no champion, so the plan is the popularity list of the feature version
+    s = replace(source, **triton_ports(), retrieval_model_name=f"faults-{tmp_path.name}-retrieval",
+                ranking_model_name=f"faults-{tmp_path.name}-ranking")
+    plan = {"champion": None, "mode": "popularity", "feature_version": _versions(s.features_root)[0],
+            "data_version": data.version}
+    env = s.child_env()
+    from recsys.online.pins import ensure_online_store
+
+    ensure_online_store(plan["feature_version"], data.version, settings=s)  # the DAG's task before publishing
+
+    def publish(name: str, **fault) -> Job:
+        return Job(sys.executable, env, tmp_path / f"{name}.log", "publish_champions", "recsys_publish/faults",
+                   False, plan, **fault)
+
+    with running_triton(s):
+        # Killed once the new version is on disk, before Triton loads it: nothing was recorded as serving.
+        first = publish("1-killed-loading", pause_at="loading ").start()
+        first.wait_paused()
+        first.kill()
+        assert read_history(s.triton_repo) == []
+
+        # The retry publishes (under the next number: the killed try's folder may have been loaded), and is
+        # killed once done, before reporting.
+        second = publish("2-killed-before-report", kill_before_report=True).start()
+        assert second.wait(timeout=300) == -9
+        history = read_history(s.triton_repo)
+        assert [(h["action"], h["status"]) for h in history] == [("publish", "serving")]
+        served = history[0]
+        assert served["version"] == 2  # the killed try's number is never reused
+        assert all(is_ready(s, model, served["version"]) for model in served["models"])
+
+        # The next retry finds the plan served: nothing written, loaded or recorded again.
+        third = publish("3-retry").run(timeout=300)
+        assert third["published"] is False and third["version"] == served["version"]
+        assert read_history(s.triton_repo) == history
