@@ -286,6 +286,10 @@ class TritonRepository:
     def lineage(self, model: str, version: int) -> Path:
         return self.version_dir(model, version) / LINEAGE_FILE
 
+    def seal(self, model: str, version: int) -> Path:
+        """The size and sha256 of every file of the version, recorded when it was sealed (checked at load)."""
+        return self.version_dir(model, version) / CHECKSUMS_FILE
+
     def versions(self, model: str) -> list[int]:
         """The version folders of ``model`` on disk, ascending."""
         folder = self.model_dir(model)

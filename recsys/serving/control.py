@@ -42,18 +42,32 @@ def control_headers(settings: Settings) -> dict[str, str]:
     return {CONTROL_HEADER: key} if key else {}
 
 
-def server_ready(settings: Settings) -> bool:
-    """True if Triton answers ``/v2/health/ready``."""
+def _health(settings: Settings, probe) -> bool:
+    """``probe(client)`` of a health endpoint; False when Triton does not answer."""
     from tritonclient.utils import InferenceServerException
 
     try:
         client = http_client(settings, health=True)
         try:
-            return bool(client.is_server_ready())
+            return bool(probe(client))
         finally:
             client.close()
     except (InferenceServerException, OSError):
         return False
+
+
+def server_ready(settings: Settings) -> bool:
+    """True if Triton answers ``/v2/health/ready``."""
+    return _health(settings, lambda client: client.is_server_ready())
+
+
+LIVENESS_PROBE_S = 2.0
+"""While a load runs, Triton's liveness is probed this often; two failed probes in a row end the wait."""
+
+
+def server_live(settings: Settings) -> bool:
+    """True if Triton answers ``/v2/health/live`` (its process is up, loading or not)."""
+    return _health(settings, lambda client: client.is_server_live())
 
 
 def load_model(settings: Settings, name: str) -> None:
@@ -62,17 +76,40 @@ def load_model(settings: Settings, name: str) -> None:
     The call returns when loading ended. A reload keeps the old version serving until the new one
     is ready (Triton swaps atomically), and a failed load leaves the previously loaded versions in
     place; it waits up to :data:`~recsys.serving.triton_client.CONTROL_TIMEOUT_S`. Raises
-    :class:`ServingError` with Triton's reason when loading fails.
+    :class:`ServingError` with Triton's reason when loading fails, and as soon as Triton stops
+    answering meanwhile (killed or crashed: the request's connection may outlive the server, kept
+    open by a python-backend stub that inherited it, so only a probe tells).
     """
+    import threading
+
     from tritonclient.utils import InferenceServerException
 
-    client = http_client(settings, control=True)
-    try:
-        client.load_model(name, headers=control_headers(settings))
-    except InferenceServerException as exc:
-        raise ServingError(f"Triton at {settings.triton_http} could not load model {name!r}: {exc.message()}") from None
-    finally:
-        client.close()
+    outcome: list[BaseException] = []
+    done = threading.Event()
+
+    def request() -> None:  # a thread of its own: its own client (tritonclient's gevent hub is per thread)
+        try:
+            client = http_client(settings, control=True)
+            try:
+                client.load_model(name, headers=control_headers(settings))
+            finally:
+                client.close()
+        except BaseException as exc:  # handed to the caller
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=request, name=f"triton-load-{name}", daemon=True).start()
+    misses = 0
+    while not done.wait(LIVENESS_PROBE_S):
+        misses = 0 if server_live(settings) else misses + 1
+        if misses >= 2:  # the request thread is left to its timeout (a daemon: it never holds up an exit)
+            raise ServingError(f"Triton at {settings.triton_http} stopped answering while loading model {name!r} "
+                               "(killed or crashed?); the load did not complete")
+    if outcome and isinstance(outcome[0], InferenceServerException):
+        raise ServingError(f"Triton at {settings.triton_http} could not load model {name!r}: {outcome[0].message()}") from None
+    if outcome:
+        raise outcome[0]
 
 
 def unload_model(settings: Settings, name: str) -> None:

@@ -23,7 +23,13 @@ version fails to load), the pin goes back, the history records the failure and :
 says what failed and what serves now.
 
 A rollback moves the versions above the target aside (``.<repo>.rolled_back/``, never served again),
-activates the target's own config copy and runs the same step. Layout: :class:`recsys.layout.TritonRepository`.
+activates the target's own config copy and runs the same step; if the target fails to load, the
+versions come back and the one that served is activated and reloaded.
+
+Either way the repository on disk holds, when :class:`PublishError` is raised, exactly the version that
+served before (each model's ``config.pbtxt`` points at it): a Triton killed during the switch serves
+that version when it restarts, and the retried publish takes a new number. Every model verifies its
+version folder against the seal written with it before loading (:func:`recsys.serving.repository.verify_version`). Layout: :class:`recsys.layout.TritonRepository`.
 
     from recsys.serving.publish import publish, rollback
     publish(airflow_run="recsys_publish/manual__2026-01-01")   # PublishResult(published, version, ...)
@@ -250,12 +256,21 @@ def _restore_previous(s: Settings, repo: TritonRepository, models: list[str], ve
 
     Models not moved yet were never touched: they still serve their previous version.
     """
-    from recsys.serving.control import load_model, unload_model
-
-    serving, problems = [], []
     for model in moved:
         shutil.rmtree(repo.version_dir(model, version), ignore_errors=True)
-    for model in [m for m in models if m in moved]:  # dependencies first, like a publish
+    return _serve_newest(s, repo, [m for m in models if m in moved])
+
+
+def _serve_newest(s: Settings, repo: TritonRepository, models: list[str]) -> str:
+    """Activate the newest version on disk of each of ``models`` and reload it; says what serves.
+
+    The repository is put right first, so a Triton that is down (killed meanwhile) loads exactly
+    these versions when it restarts (``--load-model=*``): never half of a failed switch.
+    """
+    from recsys.serving.control import load_model, server_ready, unload_model
+
+    serving, problems, on_disk = [], [], []
+    for model in models:  # dependencies first, like a publish
         previous = activate_newest(repo, model)
         if previous is None:  # the first publish of this model: nothing to go back to
             with contextlib.suppress(Exception):
@@ -263,6 +278,7 @@ def _restore_previous(s: Settings, repo: TritonRepository, models: list[str], ve
             if not any(repo.model_dir(model).iterdir()):
                 shutil.rmtree(repo.model_dir(model), ignore_errors=True)
             continue
+        on_disk.append(f"{model} v{previous}")
         try:
             load_model(s, model)  # loads the newest remaining folder: the previous version
         except Exception as exc:
@@ -272,6 +288,10 @@ def _restore_previous(s: Settings, repo: TritonRepository, models: list[str], ve
             serving.append(f"{model} v{previous}")
         else:
             problems.append(f"{model} v{previous} is not READY")
+    if problems and on_disk and not server_ready(s):
+        log.error("Triton at %s is not answering; the repository serves %s again", s.triton_http, ", ".join(on_disk))
+        return (f"Triton at {s.triton_http} is not answering (down or restarting): the repository holds the previous "
+                f"version again ({', '.join(on_disk)}), which Triton serves when it is up again (`recsys stack up`)")
     if problems:
         log.error("restoring the previous version: %s", "; ".join(problems))
         return f"the previous version could NOT be fully restored ({'; '.join(problems)}; serving: {', '.join(serving) or 'nothing'})"
@@ -309,6 +329,8 @@ def rollback(*, to_version: Optional[int] = None, reason: str = "", airflow_run:
         entry = {"action": "rollback", "version": target, "from": now_version, "models": models, "champions": champions,
                  "feature_version": feature_version, "reason": reason, "airflow_run": airflow_run, "at": now_iso()}
 
+        moved_aside: list[tuple[Path, Path]] = []
+
         def install() -> None:
             if feature_version:  # back in Redis if it was collected meanwhile; if not, the smoke test tells
                 with contextlib.suppress(pins.PinError):
@@ -316,11 +338,18 @@ def rollback(*, to_version: Optional[int] = None, reason: str = "", airflow_run:
             for model in models:
                 for newer in [v for v in repo.versions(model) if v > target]:
                     (repo.rolled_back / model).mkdir(parents=True, exist_ok=True)
-                    os.rename(repo.version_dir(model, newer), repo.rolled_back / model / f"{newer}-{stamp}")
+                    aside = repo.rolled_back / model / f"{newer}-{stamp}"
+                    os.rename(repo.version_dir(model, newer), aside)
+                    moved_aside.append((aside, repo.version_dir(model, newer)))
                 activate_newest(repo, model)
 
         def failed(error: str) -> str:
-            return f"rollback to version {target} failed to serve: {error}; the moved-aside versions are in {repo.rolled_back}"
+            # The versions moved aside come back and the one that served is activated again: the
+            # repository never keeps a target that failed to load (a restarted Triton would load it).
+            for aside, home in reversed(moved_aside):
+                os.rename(aside, home)
+            restored = _serve_newest(s, repo, models)
+            return f"rollback to version {target} failed, version {now_version} was put back and {restored}: {error}"
 
         smoke = _switch(s, repo, models, target, lineage, smoke_test or default_smoke_test, entry, install=install,
                         failed=failed, pin_reason=f"{pins.PIN_PREFIX}v{target} rolling back")

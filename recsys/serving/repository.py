@@ -629,11 +629,62 @@ def _features_manifest(settings: Settings, lineage: Mapping[str, Any]) -> dict[s
 
 
 def seal_version(repo_dir: "Path | TritonRepository", model: str, version: int, lineage: Mapping[str, Any]) -> None:
-    """Complete ``<model>/<version>/``: its own copy of ``<model>/config.pbtxt`` (what a rollback puts back)
-    and its ``lineage.json``."""
+    """Complete ``<model>/<version>/``: its own copy of ``<model>/config.pbtxt`` (what a rollback puts back),
+    its ``lineage.json``, and last its seal ``checksums.json``: the size and sha256 of every file in it,
+    which :func:`verified_version_dir` checks whenever Triton loads the version."""
+    from recsys.data.versioning import sha256_file, write_json_atomic
+
     repo = repo_dir if isinstance(repo_dir, TritonRepository) else TritonRepository(Path(repo_dir))
     shutil.copy2(repo.config(model), repo.version_config(model, version))
     repo.lineage(model, version).write_text(json.dumps(dict(lineage), indent=2, sort_keys=True, default=str) + "\n")
+    folder, seal = repo.version_dir(model, version), repo.seal(model, version)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != seal)
+    write_json_atomic(seal, {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                             for p in files})
+
+
+class AlteredVersionError(RepositoryError):
+    """A file of a sealed model version differs from what was written (truncated, corrupted or missing)."""
+
+
+def verify_version(folder: Path) -> None:
+    """Check every file of a version folder against its seal (:func:`seal_version`); raise
+    :class:`AlteredVersionError` naming the first file that is missing, has another size or another sha256.
+
+    A version sealed before seals recorded checksums has none: it loads unchecked (nothing to compare).
+    Files added since (``__pycache__`` of the python backend) are not the version's and are ignored.
+    """
+    from recsys.data.versioning import sha256_file
+    from recsys.layout import CHECKSUMS_FILE
+
+    folder = Path(folder)
+    seal = folder / CHECKSUMS_FILE
+    if not seal.is_file():
+        return
+    for rel, recorded in sorted(json.loads(seal.read_text()).items()):
+        path = folder / rel
+        what = None
+        if not path.is_file():
+            what = "missing"
+        elif path.stat().st_size != recorded["size"]:
+            what = f"{path.stat().st_size} bytes, sealed with {recorded['size']} (truncated or overwritten)"
+        elif sha256_file(path) != recorded["sha256"]:
+            what = "its sha256 differs from the seal's (corrupted)"
+        if what:
+            raise AlteredVersionError(
+                f"{path}: {what}; this version was altered after it was written ({seal}); it is not loaded: "
+                "publish again or roll back to another version"
+            )
+
+
+def verified_version_dir(args: Mapping[str, str]) -> Path:
+    """The version folder a python-backend model is initialized from (Triton's ``args``), verified
+    (:func:`verify_version`). Every published model finds its files through this one function, so
+    no altered version serves, whether a publish, a rollback or a restarted Triton loads it: the
+    error goes to Triton's log and, through the load request, to the publish or rollback."""
+    folder = Path(args["model_repository"]) / args["model_version"]
+    verify_version(folder)
+    return folder
 
 
 def activate_newest(repo: TritonRepository, model: str) -> Optional[int]:

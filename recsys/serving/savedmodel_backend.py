@@ -7,15 +7,14 @@ merlin schema). On hosts with Triton's TensorFlow backend the same folder is ser
 (flavour ``tensorflow``). Imported only inside Triton's python-backend stub (``triton_python_backend_utils``).
 """
 
-from pathlib import Path
-
 
 class SavedModelPythonModel:
     def initialize(self, args):
         from recsys.serving.engine import SavedModelFunction, configure_tensorflow_threads
+        from recsys.serving.repository import verified_version_dir
 
         configure_tensorflow_threads(1, 1)
-        self.model = SavedModelFunction(Path(args["model_repository"]) / args["model_version"] / "model.savedmodel")
+        self.model = SavedModelFunction(verified_version_dir(args) / "model.savedmodel")
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils

@@ -24,7 +24,9 @@ Only the python backend ships in that wheel; see docs/serving.md for the GPU fla
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -34,6 +36,8 @@ from pathlib import Path
 
 from recsys.errors import ServiceError
 from recsys.stack.service import ManagedProcess, Service, connect_host, http_ok
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,41 @@ class TritonService(Service):
         env.pop("PYTHONHOME", None)
         env.pop("PYTHONPATH", None)
         self.processes[0].env = env
+
+    def start(self) -> None:
+        if self.embedded and not self.processes[0].running():
+            self._end_orphaned_stubs()
+        super().start()
+
+    def _end_orphaned_stubs(self) -> None:
+        """SIGKILL the python-backend stubs a killed server of this home left behind.
+
+        A ``tritonserver`` killed hard (SIGKILL, OOM killer) does not take its stubs along: a stub
+        busy in a model's ``initialize`` lives on, holding its shared memory and the load request's
+        connection (inherited at fork), so the publish that sent it would wait for its timeout. The
+        stubs of this home's server copy whose parent is not a server of that copy are those.
+        """
+        import psutil
+
+        stub = str(self.server_copy / "backends" / "python" / "triton_python_backend_stub")
+        server = str(self.server_copy / "bin" / "tritonserver")
+        orphans = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if (proc.info["cmdline"] or [""])[0] != stub:
+                    continue
+                parent = proc.parent()
+                if parent is None or (parent.cmdline() or [""])[0] != server:
+                    orphans.append(proc)
+            except psutil.Error:
+                continue  # ended meanwhile
+        for proc in orphans:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        if orphans:
+            psutil.wait_procs(orphans, timeout=10)
+            log.warning("triton: ended %d python-backend stub(s) left by a server that was killed: %s",
+                        len(orphans), [p.pid for p in orphans])
 
     def _refuse_busy_port(self) -> None:
         super()._refuse_busy_port()

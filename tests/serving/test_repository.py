@@ -108,9 +108,13 @@ def test_version_folders_are_written_complete_into_the_given_folder_without_stag
 
     popular = repository.pipeline_from_settings(serving_base, trained_run["manifest"], mode="popularity")
     assert repository.write_popularity_folder(tmp_path / "popular", 2, popular) == ["recsys"]
-    assert sorted(p.name for p in (tmp_path / "popular" / "recsys" / "2").iterdir()) == [
-        "config.pbtxt", "lineage.json", "model.py", "pipeline.json"
+    folder = tmp_path / "popular" / "recsys" / "2"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "checksums.json", "config.pbtxt", "lineage.json", "model.py", "pipeline.json"
     ]
+    seal = json.loads((folder / "checksums.json").read_text())  # every other file, sealed last
+    assert sorted(seal) == ["config.pbtxt", "lineage.json", "model.py", "pipeline.json"]
+    assert seal["pipeline.json"]["size"] == (folder / "pipeline.json").stat().st_size
     assert repository.served_version(tmp_path / "popular", "recsys") == 2
 
 

@@ -21,7 +21,6 @@ its batch are answered and the instance keeps serving.
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -33,10 +32,11 @@ class TritonPythonModel:
     def initialize(self, args):
         from recsys.data import ids
         from recsys.serving.engine import BadRequest, FourStageRecommender, Query, configure_tensorflow_threads
+        from recsys.serving.repository import verified_version_dir
 
         # One instance per core; TensorFlow single-threaded inside each (see docs/serving.md).
         configure_tensorflow_threads(1, 1)
-        version_dir = Path(args["model_repository"]) / args["model_version"]
+        version_dir = verified_version_dir(args)
         self.engine = FourStageRecommender.load(version_dir)
         self.engine.warm_up()
         self.bad_request = BadRequest

@@ -5,8 +5,6 @@ BYTES (raw ids as text, whatever their kind: the same wire format as ``recsys``)
 FP32 (inner products), best first. Files in ``index/`` (:mod:`recsys.serving.index`).
 """
 
-from pathlib import Path
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -17,9 +15,10 @@ class TritonPythonModel:
     def initialize(self, args):
         from recsys.data import ids
         from recsys.serving.index import ItemIndex
+        from recsys.serving.repository import verified_version_dir
 
         self.to_triton = ids.to_triton
-        self.index = ItemIndex.load(Path(args["model_repository"]) / args["model_version"] / "index")
+        self.index = ItemIndex.load(verified_version_dir(args) / "index")
 
     def execute(self, requests):
         responses = []
