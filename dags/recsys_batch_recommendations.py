@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
+from recsys import jobs
 from recsys.assets import PRECOMPUTED, SERVING
 from recsys.settings import get_settings
 
@@ -41,13 +42,11 @@ settings = get_settings()
 )
 def recsys_batch_recommendations():
     @task(execution_timeout=timedelta(hours=6))
+    @jobs.fails_fast
     def precompute(*, params=None, dag_run=None) -> dict:
-        from recsys import jobs
-
-        with jobs.failing_fast():
-            return jobs.precompute_recommendations(
-                f"{dag_run.dag_id}/{dag_run.run_id}", force=bool(params.get("force")), top_n=params.get("top_n")
-            )
+        return jobs.precompute_recommendations(
+            f"{dag_run.dag_id}/{dag_run.run_id}", force=bool(params.get("force")), top_n=params.get("top_n")
+        )
 
     @task(outlets=[PRECOMPUTED])
     def announce_batch(batch: dict, *, outlet_events=None) -> dict:

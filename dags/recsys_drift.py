@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import CronTriggerTimetable, dag, task
 
+from recsys import jobs
 from recsys.assets import DRIFT
 from recsys.settings import get_settings
 
@@ -39,11 +40,9 @@ settings = get_settings()
 )
 def recsys_drift():
     @task(execution_timeout=timedelta(minutes=30))
+    @jobs.fails_fast
     def check(*, dag_run=None) -> dict:
-        from recsys import jobs
-
-        with jobs.failing_fast():
-            return jobs.drift_check(f"{dag_run.dag_id}/{dag_run.run_id}")
+        return jobs.drift_check(f"{dag_run.dag_id}/{dag_run.run_id}")
 
     @task(outlets=[DRIFT])
     def announce_drift(result: dict, *, outlet_events=None) -> dict:

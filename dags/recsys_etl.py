@@ -9,10 +9,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from recsys import jobs
 from recsys.assets import FEATURES
-from recsys.settings import get_settings
-
-settings = get_settings()
 
 
 @dag(
@@ -27,15 +25,13 @@ settings = get_settings()
 )
 def recsys_etl():
     @task
+    @jobs.fails_fast
     def ingest() -> dict:
-        from recsys import jobs
+        return jobs.ingest_landing()
 
-        with jobs.failing_fast():
-            return jobs.ingest_landing()
-
-    @task.external_python(python=str(settings.merlin_python), execution_timeout=timedelta(hours=2))
+    @jobs.merlin_task(execution_timeout=timedelta(hours=2))
     def build_features(data_version: dict) -> dict:
-        from recsys import jobs
+        from recsys import jobs  # the Merlin runtime runs this body alone, without the module's imports
 
         return jobs.build_features(data_version["path"])
 

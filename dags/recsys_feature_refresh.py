@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
+from recsys import jobs
 from recsys.assets import FEATURES
 from recsys.settings import get_settings
 
@@ -54,6 +55,7 @@ settings = get_settings()
 )
 def recsys_feature_refresh():
     @task(execution_timeout=timedelta(hours=1))
+    @jobs.fails_fast
     def refresh(*, params=None) -> dict:
         import logging
 
@@ -74,6 +76,7 @@ def recsys_feature_refresh():
         return result
 
     @task
+    @jobs.fails_fast
     def collect_garbage(refreshed: dict) -> dict:
         from recsys.online.refresh import collect_garbage as collect
 

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
+from recsys import jobs
 from recsys.assets import CHAMPION, SERVING
 
 
@@ -35,26 +36,20 @@ from recsys.assets import CHAMPION, SERVING
 )
 def recsys_publish():
     @task
+    @jobs.fails_fast
     def plan() -> dict:
-        from recsys import jobs
-
-        with jobs.failing_fast():
-            return jobs.publish_plan()
+        return jobs.publish_plan()
 
     @task(execution_timeout=timedelta(hours=1))
+    @jobs.fails_fast
     def online_store(plan: dict) -> dict:
-        from recsys import jobs
-
-        with jobs.failing_fast():
-            return jobs.ensure_online_features(plan["feature_version"], plan["data_version"])
+        return jobs.ensure_online_features(plan["feature_version"], plan["data_version"])
 
     @task(execution_timeout=timedelta(minutes=30))
+    @jobs.fails_fast
     def publish(plan: dict, online: dict, *, params=None, dag_run=None) -> dict:
-        from recsys import jobs
-
         # Exactly what the plan resolved (Redis was prepared for it); refused if the champion moved since.
-        with jobs.failing_fast():
-            return jobs.publish_champions(f"{dag_run.dag_id}/{dag_run.run_id}", force=bool(params.get("force")), plan=plan)
+        return jobs.publish_champions(f"{dag_run.dag_id}/{dag_run.run_id}", force=bool(params.get("force")), plan=plan)
 
     @task(outlets=[SERVING])
     def announce_serving(published: dict, *, outlet_events=None) -> dict:

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
+from recsys import jobs
 from recsys.assets import CHAMPION, DRIFT, FEATURES
 from recsys.settings import get_settings
 
@@ -43,44 +44,36 @@ settings = get_settings()
 )
 def recsys_train():
     @task
+    @jobs.fails_fast
     def plan(*, params=None, dag_run=None, triggering_asset_events=None) -> dict:
-        from recsys import jobs
-
         events = triggering_asset_events or {}
-        with jobs.failing_fast():
-            return jobs.training_plan(
-                f"{dag_run.dag_id}/{dag_run.run_id}",
-                feature_version=params.get("feature_version"),
-                epochs=params.get("epochs"),
-                tune_trials=params.get("tune"),
-                tune_timeout_seconds=60 * float(params["tune_timeout_minutes"]) if params.get("tune_timeout_minutes") else None,
-                drift_check=params.get("drift_check"),
-                drift_events=[dict(e.extra or {}) for e in events.get(DRIFT, [])],
-                feature_events=[dict(e.extra or {}) for e in events.get(FEATURES, [])],
-            )
+        return jobs.training_plan(
+            f"{dag_run.dag_id}/{dag_run.run_id}",
+            feature_version=params.get("feature_version"),
+            epochs=params.get("epochs"),
+            tune_trials=params.get("tune"),
+            tune_timeout_seconds=60 * float(params["tune_timeout_minutes"]) if params.get("tune_timeout_minutes") else None,
+            drift_check=params.get("drift_check"),
+            drift_events=[dict(e.extra or {}) for e in events.get(DRIFT, [])],
+            feature_events=[dict(e.extra or {}) for e in events.get(FEATURES, [])],
+        )
 
-    @task.external_python(python=str(settings.merlin_python), execution_timeout=timedelta(hours=2))
+    @jobs.merlin_task(execution_timeout=timedelta(hours=2))
     def features(plan: dict) -> dict:
         from recsys import jobs
 
         return jobs.training_features(plan)
 
-    @task.external_python(
-        python=str(settings.merlin_python),
-        pool=settings.gpu_pool,
-        execution_timeout=timedelta(hours=6),
-    )
+    @jobs.merlin_task(pool=settings.gpu_pool, execution_timeout=timedelta(hours=6))
     def train(plan: dict, features: dict) -> dict:
         from recsys import jobs
 
         return jobs.train_and_log(features["path"], plan["params"], plan["airflow_run"], extra_tags=plan["tags"])
 
     @task
+    @jobs.fails_fast
     def champion_gate(trained: dict) -> dict:
-        from recsys import jobs
-
-        with jobs.failing_fast():
-            return jobs.champion_gate(trained["run_id"])
+        return jobs.champion_gate(trained["run_id"])
 
     @task(outlets=[CHAMPION])
     def announce_champion(gate: dict, *, outlet_events=None) -> dict:

@@ -7,15 +7,21 @@ imports its heavy libraries inside, so the control plane can import this module 
 Which runtime runs which job:
 - control plane: :func:`ingest_landing`, :func:`resolve_features`, :func:`champion_gate`
 - Merlin runtime: :func:`build_features`, :func:`train_and_log`
+
+How a task fails: bad input or configuration (:class:`~recsys.errors.InputError`) fails it at once,
+without retries; anything else is retried. A control-plane task gets that from :func:`fails_fast`, a task
+of the Merlin runtime from :func:`merlin_task`; both apply :func:`failing_fast`'s rule.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from recsys import layout
 from recsys.settings import get_settings
@@ -25,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def failing_fast() -> Iterator[None]:
-    """Around the work of an Airflow task of the control plane: bad input or configuration
+    """Around the work of an Airflow task (:func:`fails_fast`, :func:`merlin_task`): bad input or configuration
     (:class:`~recsys.errors.InputError`: a validation error, a missing column, a bad setting) fails the
     task at once with its message (``AirflowFailException``: no retries, one alert); anything else
     propagates and is retried (a service down, a timeout)."""
@@ -36,7 +42,104 @@ def failing_fast() -> Iterator[None]:
     except InputError as exc:
         from airflow.sdk.exceptions import AirflowFailException
 
-        raise AirflowFailException(f"{type(exc).__name__}: {exc} (bad input or configuration: not retried)") from exc
+        raise AirflowFailException(_refusal(exc)) from exc
+
+
+def _refusal(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc} (bad input or configuration: not retried)"
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def fails_fast(function: _F) -> _F:
+    """Decorator of a control-plane task's function, under ``@task``: :func:`failing_fast` around it."""
+
+    @functools.wraps(function)  # Airflow passes the context arguments the wrapped signature names
+    def task_function(*args: Any, **kwargs: Any) -> Any:
+        with failing_fast():
+            return function(*args, **kwargs)
+
+    return task_function  # type: ignore[return-value]
+
+
+# The Merlin runtime's task writes its InputError's message into the file this variable names; the
+# task process (control plane) then fails the task without retries. Airflow passes only the exit status
+# and str(exc) back, so a file of the task's own is the one unambiguous signal. (Dunder-prefixed like
+# Airflow's own internal variables: not a setting, so not a RECSYS_ variable the CLI would flag.)
+_REFUSAL_FILE_ENV = "__RECSYS_TASK_REFUSAL_FILE"
+
+
+def merlin_task(**operator_kwargs: Any):
+    """``@task.external_python`` in the Merlin runtime (``settings.merlin_python``) that fails fast like
+    :func:`failing_fast`: an InputError inside the subprocess fails the task at once, anything else
+    (a service down, a crash) is retried. Write it as ``@jobs.merlin_task(...)`` (with ``from recsys
+    import jobs``): that exact name is stripped from the source the subprocess runs.
+
+    Airflow itself turns any non-zero exit of the subprocess into a retried ``AirflowException``
+    carrying ``str(exc)`` only, so the exception's class is lost: the subprocess records the refusal
+    (:func:`_recording_refusals`) and the task process maps it to ``AirflowFailException``.
+    """
+    from airflow.sdk.bases.decorator import task_decorator_factory
+
+    operator_kwargs.setdefault("python", str(get_settings().merlin_python))
+    return task_decorator_factory(decorated_operator_class=_merlin_operator_class(), **operator_kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _merlin_operator_class() -> type:
+    """Defined on first use: the Merlin runtime, which imports this module too, has no Airflow."""
+    import tempfile
+
+    from airflow.providers.standard.decorators.external_python import _PythonExternalDecoratedOperator
+    from airflow.sdk.exceptions import AirflowFailException
+
+    class MerlinTaskOperator(_PythonExternalDecoratedOperator):
+        """``@task.external_python``'s operator (so it behaves the same), with the refusal mapping."""
+
+        custom_operator_name = "@jobs.merlin_task"
+
+        def get_python_source(self) -> str:
+            # The subprocess script calls the task function by name: rebind that name to the recording wrapper.
+            name = self.python_callable.__name__
+            return (super().get_python_source()
+                    + f"\n{name} = __import__('recsys.jobs', fromlist=['jobs'])._recording_refusals({name})\n")
+
+        def execute_callable(self) -> Any:
+            given = self.env_vars
+            with tempfile.TemporaryDirectory(prefix="recsys-task-") as folder:
+                refusal = Path(folder) / "refusal.txt"
+                self.env_vars = {**(given or {}), _REFUSAL_FILE_ENV: str(refusal)}
+                try:
+                    return super().execute_callable()
+                except Exception:
+                    if refusal.exists():  # the traceback is in the log already, above
+                        raise AirflowFailException(refusal.read_text()) from None
+                    raise
+                finally:
+                    self.env_vars = given
+
+    return MerlinTaskOperator
+
+
+def _recording_refusals(function: _F) -> _F:
+    """In the Merlin runtime's subprocess: an InputError's message goes to the refusal file (then the
+    error propagates as usual, traceback and exit status included)."""
+    from recsys.errors import InputError
+
+    @functools.wraps(function)
+    def task_function(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except InputError as exc:
+            target = os.environ.get(_REFUSAL_FILE_ENV)
+            if target:
+                partial = Path(f"{target}.partial")  # complete or absent: the parent reads it whole
+                partial.write_text(_refusal(exc))
+                partial.replace(target)
+            raise
+
+    return task_function  # type: ignore[return-value]
 
 
 def _merlin_job_logging() -> None:

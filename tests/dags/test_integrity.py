@@ -37,6 +37,18 @@ def test_heavy_tasks_run_in_the_merlin_runtime_and_training_in_the_gpu_pool(dagb
     assert train.pool == get_settings().gpu_pool
 
 
+def test_every_task_of_the_merlin_runtime_fails_fast_on_bad_input(dagbag):
+    # Airflow retries any failure of a subprocess; only jobs.merlin_task's operator fails an InputError at once.
+    from airflow.providers.standard.operators.python import ExternalPythonOperator
+
+    from recsys import jobs
+
+    external = [(dag_id, t.task_id, type(t)) for dag_id in EXPECTED_DAGS for t in dagbag.dags[dag_id].tasks
+                if isinstance(t, ExternalPythonOperator)]
+    assert len(external) == 3, external  # build_features, features, train
+    assert all(kind is jobs._merlin_operator_class() for _, _, kind in external), external
+
+
 def test_train_is_scheduled_on_the_features_asset_and_etl_emits_it(dagbag):
     from recsys.assets import CHAMPION, FEATURES
 
