@@ -123,6 +123,24 @@ class AirflowClient:
             raise ServiceError(f"no run {run_id!r} of DAG {dag_id!r}")
         return response.json()
 
+    def dag_runs(self, dag_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The DAG's runs, oldest first (run_type ``scheduled``, ``manual``, ``asset_triggered``, ...)."""
+        path = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns"
+        return self.request("GET", path, params={"order_by": "id", "limit": limit}).json()["dag_runs"]
+
+    def upstream_asset_events(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """The Asset events that started an ``asset_triggered`` run (name, uri, extra, source_dag_id, source_run_id)."""
+        path = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/upstreamAssetEvents"
+        return self.request("GET", path).json()["asset_events"]
+
+    def asset_events(self, **filters: Any) -> list[dict[str, Any]]:
+        """Asset events, oldest first (``source_dag_id=...``, ``name_pattern=...``: the API's filters)."""
+        return self.request("GET", "/api/v2/assets/events", params={"order_by": "timestamp", "limit": 1000, **filters}).json()["asset_events"]
+
+    def health(self) -> dict[str, Any]:
+        """``GET /api/v2/monitor/health``: each component's status and latest heartbeat."""
+        return self.request("GET", "/api/v2/monitor/health").json()
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """The run's task instances (task_id, state, try_number, ...)."""
         path = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/taskInstances"
