@@ -2,8 +2,10 @@
 
 Why. A refresh writes into the Redis that serving reads. Redis runs commands one at a time, so a read
 that arrives while a write unit is being executed waits behind it; on a small machine the refreshing
-process, redis-server and the readers also share the cores. Written at full speed, a full refresh
-took readers' p99 to 6.8x its idle value (bench/online_store.py). The budget
+process, redis-server and the readers also share the cores. Written at full speed, refreshes took
+readers' p99 to ~4x its idle value (full) and ~16x (incremental: its copy scripts run whole); paced
+with the default budget, ~1.3x and ~1.1x, at 15-28% of the unpaced rows/s (bench/online_store.py,
+bench/README.md, 2026-12-07). The budget
 (``settings.online_refresh_read_budget``, default 2.0) says how much worse readers' p99 may get
 while a refresh runs: at most ``budget`` times its idle value.
 
@@ -15,7 +17,8 @@ Not their p99: probes come every few milliseconds from a mostly idle process, an
 their tail (wake-ups) is far heavier than a busy reader's; on the benchmark's machine the idle probes'
 p99 was 3-10x the reader's p99, their p90 near it, and a limit on their p99 let the reader's p99 grow
 ~6x. Not their median either: that is a sound lower bound of a reader's idle p99, but it throttled
-refreshes to ~2% of their speed with the reader at ~0.5x its idle p99 (bench/README.md).
+refreshes to ~2% of their speed with the reader at ~0.5x its idle p99 (benchmark runs while the limit
+was chosen).
 
 How. A *probe* is one read of the kind serving does (the backend supplies it: the Redis backend's
 users script for one user). A :class:`ForkedProber` times one every ~:data:`PROBE_INTERVAL` seconds in

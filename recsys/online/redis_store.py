@@ -100,8 +100,8 @@ a few hundred thousand entities the server-side copy costs tens of milliseconds,
 small scripts, which readers do not notice. A change of column layout falls back to a full refresh.
 
 Pacing (:mod:`recsys.online.pacing` decides, the refresh obeys). Redis runs one command at a time and
-the machine's cores are shared, so a refresh at full speed makes readers wait (their p99 was 6.8x its
-idle value). Given a read budget, a child process times probe reads (the users script serving runs,
+the machine's cores are shared, so a refresh at full speed makes readers wait (their p99 was ~4x its
+idle value during full refreshes, ~16x during incremental ones: bench/README.md). Given a read budget, a child process times probe reads (the users script serving runs,
 for one user) every few milliseconds from before the first write to the switch, each tagged whether
 a write unit (an ``HSET`` pipeline, or one copy script) was in flight, and the pacer shortens the
 units and pauses between them so that readers' p99 stays within the budget x its idle value. Full and
