@@ -57,14 +57,19 @@ def next_version(repository: "TritonRepository | Path") -> int:
 
 
 @contextlib.contextmanager
-def publish_lock(repository: "TritonRepository | Path") -> Iterator[None]:
-    """One publish / rollback at a time per repository (a second one waits)."""
+def publish_lock(repository: "TritonRepository | Path", wait: bool = True) -> Iterator[bool]:
+    """One publish / rollback at a time per repository (a second one waits). Yields whether it is held:
+    with ``wait=False``, False at once when another process holds it. A killed holder releases it."""
     lock_path = _layout(repository).lock_file
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

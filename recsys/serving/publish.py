@@ -28,7 +28,10 @@ versions come back and the one that served is activated and reloaded.
 
 Either way the repository on disk holds, when :class:`PublishError` is raised, exactly the version that
 served before (each model's ``config.pbtxt`` points at it): a Triton killed during the switch serves
-that version when it restarts, and the retried publish takes a new number. Every model verifies its
+that version when it restarts, and the retried publish takes a new number. A process killed during the
+switch (between its first move and its history record) leaves the repository ahead of its history;
+the history decides: before every publish and rollback, and before Triton starts,
+:func:`recover_interrupted` puts the repository back to what the history says serves. Every model verifies its
 version folder against the seal written with it before loading (:func:`recsys.serving.repository.verify_version`). Layout: :class:`recsys.layout.TritonRepository`.
 
     from recsys.serving.publish import publish, rollback
@@ -159,6 +162,7 @@ def publish(*, force: bool = False, airflow_run: str = "", plan: Optional[Publis
         plan.check_still_current(s)
     writer = writer or (four_stage_writer if plan.champion else popularity_writer)
     with history.publish_lock(repo):
+        recover_interrupted(repo)
         current = history.served(repo)
         same = current and current.get("champions") == plan.key and current.get("mode", MODELS) == plan.mode
         if plan.mode == POPULARITY and same:  # the popularity list of another feature version is another version
@@ -298,6 +302,56 @@ def _serve_newest(s: Settings, repo: TritonRepository, models: list[str]) -> str
     return f"the previous version serves ({', '.join(serving)})" if serving else "nothing was serving before"
 
 
+# --- recovery of an interrupted switch ----------------------------------------------------------------
+def recover_interrupted(repo: TritonRepository) -> list[str]:
+    """Put the repository back to what its history says serves, after a publish or rollback was killed
+    between its first change on disk and its history record; returns what was changed (also logged).
+
+    The caller holds :func:`history.publish_lock`. A switch that finishes records its outcome before it
+    returns, and a failed one undoes its changes first, so on disk: a version folder above the served
+    version was never recorded as serving (a publish killed after moving it in; it may have been
+    loaded, never smoke-tested) and is removed; a served version missing from its model folder was
+    moved aside by a killed rollback and comes back; each model's config is then its newest version's,
+    the served one, which a restarted Triton loads (``--load-model=*``).
+    """
+    entries = history.read_history(repo)
+    served = history.served(repo)
+    top = int(served["version"]) if served else 0
+    served_models = set(served["models"]) if served else set()
+    changes: list[str] = []
+    removed: list[int] = []
+    # Only models publishing manages (named in the history): others in the folder (the benchmark's floor,
+    # a model an operator placed) are not ours to judge. A killed FIRST publish is thus left as it is.
+    for model in sorted({m for e in entries for m in e.get("models", [])} & set(repo.models())):
+        touched = [f"removed {model}/{v} (never recorded as serving)" for v in repo.versions(model) if v > top]
+        for version in [v for v in repo.versions(model) if v > top]:
+            shutil.rmtree(repo.version_dir(model, version))
+            removed.append(version)
+        if model in served_models and top not in repo.versions(model):
+            aside = sorted((repo.rolled_back / model).glob(f"{top}-*")) if (repo.rolled_back / model).is_dir() else []
+            if aside:
+                os.rename(aside[-1], repo.version_dir(model, top))
+                touched.append(f"brought {model}/{top} back from {aside[-1]}")
+        remaining = repo.versions(model)
+        if not remaining and touched:  # an unrecorded first version was all there was
+            shutil.rmtree(repo.model_dir(model))
+        elif remaining and (not repo.config(model).is_file() or
+                            repo.config(model).read_text() != repo.version_config(model, remaining[-1]).read_text()):
+            activate_newest(repo, model)  # e.g. a rollback killed after activating its target
+            touched.append(f"{model}'s config on version {remaining[-1]} again")
+        changes += touched
+    if changes:
+        log.warning("the repository %s was ahead of its history (a publish or rollback was interrupted): %s",
+                    repo.path, "; ".join(changes))
+        # Recorded like a failed attempt: the journal says what happened, and a removed version's number is
+        # never given again (Triton may have loaded the killed try's folder under it).
+        history.append_entry(repo, {
+            "action": "publish" if removed else "rollback", "version": max(removed) if removed else top,
+            "models": sorted(served_models), "status": "interrupted", "at": now_iso(),
+            "error": "the process was killed during the switch; recovered: " + "; ".join(changes)})
+    return changes
+
+
 # --- rollback --------------------------------------------------------------------------------------
 def rollback(*, to_version: Optional[int] = None, reason: str = "", airflow_run: str = "",
              smoke_test: Optional[SmokeTest] = None, settings: Optional[Settings] = None) -> PublishResult:
@@ -312,6 +366,7 @@ def rollback(*, to_version: Optional[int] = None, reason: str = "", airflow_run:
     s = settings or get_settings()
     repo = TritonRepository(s.triton_repo)
     with history.publish_lock(repo):
+        recover_interrupted(repo)
         current = history.served(repo)
         if current is None:
             raise PublishError(f"nothing has been published to {repo.path}; nothing to roll back")

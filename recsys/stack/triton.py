@@ -198,7 +198,21 @@ class TritonService(Service):
     def start(self) -> None:
         if self.embedded and not self.processes[0].running():
             self._end_orphaned_stubs()
+            self._recover_interrupted_switch()
         super().start()
+
+    def _recover_interrupted_switch(self) -> None:
+        """The repository back to what its publish history says serves before the server loads it
+        (``--load-model=*``): a publish or rollback killed half-way must not make a restart serve a
+        version that was never smoke-tested. Skipped while a publish holds the lock (it is alive)."""
+        from recsys.layout import TritonRepository
+        from recsys.serving import history
+        from recsys.serving.publish import recover_interrupted
+
+        repo = TritonRepository(self.settings.triton_repo)
+        with history.publish_lock(repo, wait=False) as held:
+            if held:
+                recover_interrupted(repo)
 
     def _end_orphaned_stubs(self) -> None:
         """SIGKILL the python-backend stubs a killed server of this home left behind.

@@ -18,6 +18,7 @@ import pytest
 
 from killed_job_helpers import Job
 from recsys import stack
+from recsys.layout import TritonRepository
 from recsys.settings import replace
 from recsys.stack.service import free_port
 from shared_helpers import merlin_cli
@@ -129,9 +130,9 @@ def test_publish_task_killed_while_loading_then_after_publishing(built, tmp_path
 
     ensure_online_store(plan["feature_version"], data.version, settings=s)  # the DAG's task before publishing
 
-    def publish(name: str, **fault) -> Job:
+    def publish(name: str, force: bool = False, **fault) -> Job:
         return Job(sys.executable, env, tmp_path / f"{name}.log", "publish_champions", "recsys_publish/faults",
-                   False, plan, **fault)
+                   force, plan, **fault)
 
     with running_triton(s):
         # Killed once the new version is on disk, before Triton loads it: nothing was recorded as serving.
@@ -139,6 +140,8 @@ def test_publish_task_killed_while_loading_then_after_publishing(built, tmp_path
         first.wait_paused()
         first.kill()
         assert read_history(s.triton_repo) == []
+        repo = TritonRepository(s.triton_repo)
+        assert {m: repo.versions(m) for m in repo.models()} == {m: [1] for m in repo.models()} != {}  # left behind
 
         # The retry publishes (under the next number: the killed try's folder may have been loaded), and is
         # killed once done, before reporting.
@@ -154,3 +157,16 @@ def test_publish_task_killed_while_loading_then_after_publishing(built, tmp_path
         third = publish("3-retry").run(timeout=300)
         assert third["published"] is False and third["version"] == served["version"]
         assert read_history(s.triton_repo) == history
+
+        # Killed again once its version 3 is on disk and active, with version 2 recorded as serving: the
+        # repository is ahead of its history. The retry first puts it back (the never-tested 3 removed, so
+        # no restarted Triton could load it), then publishes under the next number.
+        fourth = publish("4-killed-loading", force=True, pause_at="loading ").start()
+        fourth.wait_paused()
+        fourth.kill()
+        assert {m: repo.versions(m)[-1] for m in served["models"]} == {m: 3 for m in served["models"]}
+        fifth = publish("5-retry", force=True).run(timeout=300)
+        assert fifth["published"] is True and fifth["version"] == 4
+        assert all(3 not in repo.versions(m) for m in served["models"])
+        assert [(h["version"], h["status"]) for h in read_history(s.triton_repo)] == [
+            (2, "serving"), (3, "interrupted"), (4, "serving")]
