@@ -94,7 +94,7 @@ BENCHMARKS = (
     Benchmark("offline", "offline.py", "merlin", "generation, ingest, NVTabular ETL beside a pyarrow floor, training throughput",
               "5", ("--interactions", "1000000", "--train-interactions", "200000"), "2"),
     Benchmark("online_store", "online_store.py", "control", "Redis online store: refresh beside redis-benchmark, "
-              "reader latency during paced and unpaced refreshes, Feast", "7", ("--users", "10000", "--items", "1000",
+              "reader latency during paced and unpaced refreshes, Feast", "5", ("--users", "10000", "--items", "1000",
               "--interactions", "100000", "--skip-feast"), "3", envs=("peers",), quick_envs=(), tools=("redis-benchmark",)),
     Benchmark("serving", "serving.py", "control", "the four-stage model under perf_analyzer (10k and 100k items)",
               "10", ("--items", "10000", "--quick", "--modes", "batched"), "3",
