@@ -312,7 +312,8 @@ def recover_interrupted(repo: TritonRepository) -> list[str]:
     version was never recorded as serving (a publish killed after moving it in; it may have been
     loaded, never smoke-tested) and is removed; a served version missing from its model folder was
     moved aside by a killed rollback and comes back; each model's config is then its newest version's,
-    the served one, which a restarted Triton loads (``--load-model=*``).
+    the served one, which a restarted Triton loads (``--load-model=*``). The staging folders a killed
+    publish left beside the repository are removed too.
     """
     entries = history.read_history(repo)
     served = history.served(repo)
@@ -340,6 +341,12 @@ def recover_interrupted(repo: TritonRepository) -> list[str]:
             activate_newest(repo, model)  # e.g. a rollback killed after activating its target
             touched.append(f"{model}'s config on version {remaining[-1]} again")
         changes += touched
+    # A killed publish's staging folder (its download and written version): no switch is alive (the lock).
+    stale = sorted(repo.staging_root.iterdir()) if repo.staging_root.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    if stale:
+        log.warning("removed %d staging folder(s) a killed publish left in %s", len(stale), repo.staging_root)
     if changes:
         log.warning("the repository %s was ahead of its history (a publish or rollback was interrupted): %s",
                     repo.path, "; ".join(changes))

@@ -165,8 +165,10 @@ def test_publish_task_killed_while_loading_then_after_publishing(built, tmp_path
         fourth.wait_paused()
         fourth.kill()
         assert {m: repo.versions(m)[-1] for m in served["models"]} == {m: 3 for m in served["models"]}
+        assert any(repo.staging_root.iterdir())  # the killed try's download and written version
         fifth = publish("5-retry", force=True).run(timeout=300)
         assert fifth["published"] is True and fifth["version"] == 4
+        assert not any(repo.staging_root.iterdir())
         assert all(3 not in repo.versions(m) for m in served["models"])
         assert [(h["version"], h["status"]) for h in read_history(s.triton_repo)] == [
             (2, "serving"), (3, "interrupted"), (4, "serving")]
