@@ -6,8 +6,6 @@ own with the same settings (an unpaced fallback would pass a refresh test, so th
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import multiprocessing
 import socket
 import ssl
@@ -22,42 +20,7 @@ from online_helpers import snapshot, tables
 from recsys.online.redis_store import RedisOnlineStore
 from recsys.settings import replace
 from recsys.stack.service import free_port
-
-
-def _certificates(folder):
-    """A private CA and a server certificate it signed for 127.0.0.1: (ca.pem, server.pem, server.key)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def certificate(subject, issuer, public_key, signing_key, *, ca):
-        builder = (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-        return builder.sign(signing_key, hashes.SHA256())
-
-    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "recsys test CA")])
-    ca_cert = certificate(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
-    server_cert = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), ca_name,
-                              server_key.public_key(), ca_key, ca=False)
-    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
-    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(server_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return paths
+from shared_helpers import write_test_ca
 
 
 class TlsProxy:
@@ -119,7 +82,7 @@ def _assert_paced_and_reaped(result) -> None:
 def test_a_paced_refresh_over_tls_with_a_password(stack_settings, tmp_path):
     from recsys import credentials
 
-    ca, certificate, key = _certificates(tmp_path)
+    ca, certificate, key = write_test_ca(tmp_path)
     proxy = TlsProxy(certificate, key, ("127.0.0.1", stack_settings.redis_port))
     password = credentials.client_value(stack_settings, credentials.REDIS_PASSWORD)
     s = replace(stack_settings, redis_url=f"rediss://127.0.0.1:{proxy.port}/0?ssl_ca_certs={ca}",

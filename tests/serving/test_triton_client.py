@@ -3,9 +3,7 @@ host name sent) for both protocols, against local TLS servers with a certificate
 
 from __future__ import annotations
 
-import datetime
 import http.server
-import ipaddress
 import ssl
 import threading
 
@@ -13,6 +11,7 @@ import pytest
 
 from recsys.serving import triton_client
 from recsys.settings import load_settings
+from shared_helpers import write_test_ca
 
 
 def test_the_endpoint_comes_from_the_triton_url():
@@ -28,40 +27,7 @@ def test_the_endpoint_comes_from_the_triton_url():
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory):
     """A private CA and a server certificate it signed for localhost: (ca.pem, server.pem, server.key)."""
-    x509 = pytest.importorskip("cryptography.x509")
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder = tmp_path_factory.mktemp("tls")
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def certificate(subject, issuer, public_key, signing_key, *, ca):
-        builder = (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-        return builder.sign(signing_key, hashes.SHA256())
-
-    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "recsys test CA")])
-    ca_cert = certificate(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
-    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    server_cert = certificate(server_name, ca_name, server_key.public_key(), ca_key, ca=False)
-    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
-    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(server_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
-    return paths
+    return write_test_ca(tmp_path_factory.mktemp("tls"))
 
 
 def test_https_verifies_the_private_ca_and_sends_the_host_name(certificates):
