@@ -48,6 +48,9 @@ class Settings:
     """Address the embedded services bind to and their default URLs use (loopback: not reachable from other hosts)."""
     redis_url: Optional[str] = None
     """e.g. ``rediss://redis.example:6380/0``. Unset: the embedded redis-server."""
+    redis_cluster: bool = False
+    """``RECSYS_REDIS_URL`` names a node of a Redis Cluster: every client is redis-py's ``RedisCluster`` (the
+    online store's keys share one hash tag, so its scripts and pipelines stay on one slot). docker/compose.yaml."""
     redis_port: int = 6390
     """Port of the embedded redis-server."""
     redis_password: Optional[str] = None
@@ -123,6 +126,9 @@ class Settings:
     """Seeds training (TensorFlow, negative sampling, the tuning sampler) and the drift check's row sampling."""
     gpu_pool: str = "gpu"
     """Airflow pool of the GPU-bound training tasks (``recsys_train``), so production can route them to GPU workers."""
+    gpu_queue: str = "default"
+    """Executor queue of the training tasks: ``gpu`` sends them to the Celery workers of the GPU image
+    (docker/compose.yaml); ``default`` is Airflow's own default queue (the local LocalExecutor ignores queues)."""
     gpu_pool_slots: int = 1
     """Slots of that pool: training tasks that may run at once (the embedded Airflow creates the pool)."""
     retrieval_model_name: str = "recsys-retrieval"

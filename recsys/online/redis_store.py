@@ -395,11 +395,14 @@ return removed
 """
 
 
-def client(settings: "Settings", *, cluster: bool = False, **kwargs: Any) -> "redis.Redis":
+def client(settings: "Settings", *, cluster: Optional[bool] = None, **kwargs: Any) -> "redis.Redis":
     """The redis-py client of ``settings.redis``, authenticated with ``settings.redis_password`` or the
-    embedded Redis's generated password (:mod:`recsys.credentials`). Every Redis client is made here."""
+    embedded Redis's generated password (:mod:`recsys.credentials`). Every Redis client is made here;
+    ``cluster`` (default ``settings.redis_cluster``): a ``RedisCluster`` client."""
     from recsys import credentials
 
+    if cluster is None:
+        cluster = settings.redis_cluster
     return connect(settings.redis, cluster=cluster,
                    password=credentials.client_value(settings, credentials.REDIS_PASSWORD), **kwargs)
 
@@ -469,7 +472,7 @@ class RedisOnlineStore(OnlineStore):
         self._kinds: dict[str, ids.IdKinds] = {}
 
     @classmethod
-    def from_settings(cls, settings: Optional["Settings"] = None, *, cluster: bool = False) -> "RedisOnlineStore":
+    def from_settings(cls, settings: Optional["Settings"] = None, *, cluster: Optional[bool] = None) -> "RedisOnlineStore":
         from recsys.settings import get_settings
 
         s = settings or get_settings()
