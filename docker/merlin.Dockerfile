@@ -15,7 +15,7 @@ ARG UV_VERSION=0.13.8
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_INSTALL_DIR=/opt/recsys/python
-RUN pip install --no-cache-dir "uv==${UV_VERSION}" \
+RUN python3 -m pip install --no-cache-dir "uv==${UV_VERSION}" \
     && uv python install 3.11
 WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./

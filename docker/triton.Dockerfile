@@ -13,7 +13,7 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_INSTALL_DIR=/opt/recsys/python \
     UV_PROJECT_ENVIRONMENT=/opt/recsys/merlin
-RUN pip install --no-cache-dir "uv==${UV_VERSION}" \
+RUN python3 -m pip install --no-cache-dir "uv==${UV_VERSION}" \
     && uv python install 3.11
 WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./
@@ -24,13 +24,16 @@ RUN uv sync --frozen --no-dev --extra merlin --python 3.11 --no-editable
 # The python backend's stub for Python 3.11, from the lock's nvidia-pytriton wheel (the image's own stub is
 # built for its system Python); the four-stage model then imports the Merlin runtime's TensorFlow, FAISS, redis-py.
 RUN stub="$(/opt/recsys/merlin/bin/python -c 'import pathlib, pytriton; print(pathlib.Path(pytriton.__file__).parent / "tritonserver/python_backend_stubs/3.11/triton_python_backend_stub")')" \
-    && cp "${stub}" /opt/tritonserver/backends/python/triton_python_backend_stub
+    && cp "${stub}" /opt/tritonserver/backends/python/triton_python_backend_stub \
+    && ln -s "$(/opt/recsys/merlin/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')" /opt/recsys/python-lib
 
 COPY docker/triton-entrypoint.sh /usr/local/bin/recsys-triton
 RUN groupadd --system --gid 50000 recsys \
     && useradd --system --uid 50000 --gid recsys --home-dir /var/lib/recsys --create-home recsys \
     && chmod 0755 /usr/local/bin/recsys-triton
+# the stub links against libpython3.11 (recsys/stack/triton.py puts the same folder on LD_LIBRARY_PATH)
 ENV PATH=/opt/recsys/merlin/bin:${PATH} \
+    LD_LIBRARY_PATH=/opt/recsys/python-lib:${LD_LIBRARY_PATH} \
     PYTHONUNBUFFERED=1 \
     RECSYS_HOME=/var/lib/recsys \
     RECSYS_MERLIN_PYTHON=/opt/recsys/merlin/bin/python

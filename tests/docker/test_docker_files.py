@@ -243,12 +243,16 @@ def gpu_problems(compose: dict) -> list[str]:
             problems.append(f"{name}: reserves no GPU")
     worker = compose["services"].get("airflow-worker-gpu", {})
     queue = settings_of("airflow-worker-gpu", worker).gpu_queue
-    if worker.get("command", [])[-3:-2] != [queue] and queue not in worker.get("command", []):
-        problems.append(f"airflow-worker-gpu: does not consume the queue RECSYS_GPU_QUEUE={queue!r}")
-    default = compose["services"].get("airflow-worker-default", {}).get("command", [])
-    if "default" not in default:
+    if queue == "default" or _queues(worker) != {queue}:
+        problems.append(f"airflow-worker-gpu: consumes {sorted(_queues(worker))}, not the queue RECSYS_GPU_QUEUE={queue!r}")
+    if _queues(compose["services"].get("airflow-worker-default", {})) != {"default"}:
         problems.append("airflow-worker-default: does not consume the default queue")
     return problems
+
+
+def _queues(service: dict) -> set[str]:
+    command = list(service.get("command") or [])
+    return set(command[command.index("--queues") + 1].split(",")) if "--queues" in command else set()
 
 
 CHECKS = (topology_problems, variable_problems, port_problems, url_problems, health_and_volume_problems,
