@@ -276,13 +276,14 @@ def train_and_log(
     s = get_settings()
     safe_name = airflow_run.replace("/", "__").replace(":", "-").replace("+", "-")
     out_dir = s.runs_root / safe_name
+    scored_with = s.runs_root / f".{safe_name}.champion.json"  # the champion this training was scored against
     c = runs.client()
     done = runs.find_finished_run(c, s.experiment_name, airflow_run)
     if done:
         log.info("MLflow run %s already holds the training for %s; not training again", done, airflow_run)
         # a try that died after finishing the run, before removing its staging copy, left it behind
         shutil.rmtree(out_dir, ignore_errors=True)
-        (s.runs_root / f".{safe_name}.champion.json").unlink(missing_ok=True)
+        scored_with.unlink(missing_ok=True)
         return {"run_id": done, "metrics": runs.run_metrics(c, done), "reused": True}
 
     # imported only to train: a retry that finds its run does not load TensorFlow
@@ -291,7 +292,6 @@ def train_and_log(
     from recsys.training.pipeline import TrainParams, TrainResult, train_models
 
     tags = {runs.TAG_AIRFLOW_RUN: airflow_run, **(extra_tags or {})}
-    scored_with = s.runs_root / f".{safe_name}.champion.json"  # the champion this training was scored against
     train_params = {k: v for k, v in params.items() if k not in ("tune_trials", "tune_timeout_seconds")}
     run_id = runs.start_training_run(tags=tags, experiment=s.experiment_name, run_name=f"train-{Path(feature_dir).name}")
     scratch = s.runs_root / f".{safe_name}.champion"

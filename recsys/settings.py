@@ -504,9 +504,7 @@ def masked_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)  # the host as written ([::1] stays)
     return urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -420,9 +420,9 @@ def _document_event_body(app: FastAPI) -> None:
 
 
 def _masked(url: str) -> str:
-    from recsys.stack.service import mask_url
+    from recsys.settings import masked_url
 
-    return mask_url(url)
+    return masked_url(url)
 
 
 class _RequestTiming:

@@ -324,10 +324,11 @@ def recover_interrupted(repo: TritonRepository) -> list[str]:
     # Only models publishing manages (named in the history): others in the folder (the benchmark's floor,
     # a model an operator placed) are not ours to judge. A killed FIRST publish is thus left as it is.
     for model in sorted({m for e in entries for m in e.get("models", [])} & set(repo.models())):
-        touched = [f"removed {model}/{v} (never recorded as serving)" for v in repo.versions(model) if v > top]
-        for version in [v for v in repo.versions(model) if v > top]:
+        above = [v for v in repo.versions(model) if v > top]
+        for version in above:
             shutil.rmtree(repo.version_dir(model, version))
-            removed.append(version)
+        removed += above
+        touched = [f"removed {model}/{v} (never recorded as serving)" for v in above]
         if model in served_models and top not in repo.versions(model):
             aside = sorted((repo.rolled_back / model).glob(f"{top}-*")) if (repo.rolled_back / model).is_dir() else []
             if aside:

@@ -19,8 +19,8 @@ import time
 from typing import Any, Iterable, Optional
 
 from recsys.errors import ConfigError, ServiceError
-from recsys.settings import Settings
-from recsys.stack.service import Service, mask_url, stop_all
+from recsys.settings import Settings, masked_url
+from recsys.stack.service import Service, stop_all
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,10 @@ def up(settings: Settings, only: Optional[Iterable[str]] = None) -> dict[str, fl
             continue
         timings[service.name] = round(time.monotonic() - began, 1)
         where = "embedded" if service.embedded else "external"
-        log.info("%s (%s) answering at %s, %.1f s after start", service.name, where, mask_url(service.url), timings[service.name])
+        log.info("%s (%s) answering at %s, %.1f s after start", service.name, where, masked_url(service.url), timings[service.name])
     if unreachable:
         raise ServiceError(
-            "external service(s) not answering: " + ", ".join(f"{s.name} at {mask_url(s.url)}" for s in unreachable)
+            "external service(s) not answering: " + ", ".join(f"{s.name} at {masked_url(s.url)}" for s in unreachable)
         )
     return timings
 

@@ -17,13 +17,12 @@ import os
 import signal
 import subprocess
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from recsys.errors import ServiceError
-from recsys.settings import Settings
+from recsys.settings import Settings, masked_url
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +32,6 @@ LOOPBACK = "127.0.0.1"
 def connect_host(bind_host: str) -> str:
     """The address a client on this machine uses to reach a server bound to ``bind_host``."""
     return LOOPBACK if bind_host in {"", "0.0.0.0", "::", "[::]"} else bind_host
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for status output and logs)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 _HANDED_OUT: set[int] = set()
@@ -346,7 +336,7 @@ class Service:
         """Wait until the service answers; raise :class:`ServiceError` with the log's tail if not."""
         if not self.embedded:
             if not self.answering():
-                raise ServiceError(f"external {self.name} at {mask_url(self.url)} is not answering")
+                raise ServiceError(f"external {self.name} at {masked_url(self.url)} is not answering")
             return
         for proc in self.processes:
             proc.wait_healthy(self.start_timeout)
@@ -379,7 +369,7 @@ class Service:
     def status(self) -> dict[str, Any]:
         main = self.processes[0] if self.embedded and self.processes else None
         return {
-            "url": mask_url(self.url),
+            "url": masked_url(self.url),
             "embedded": self.embedded,
             "answering": self.answering(),
             "pid": main.pid() if main else None,
