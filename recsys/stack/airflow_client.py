@@ -131,11 +131,24 @@ class AirflowClient:
     def upstream_asset_events(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """The Asset events that started an ``asset_triggered`` run (name, uri, extra, source_dag_id, source_run_id)."""
         path = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/upstreamAssetEvents"
-        return self.request("GET", path).json()["asset_events"]
+        return self._asset_events(path)
 
     def asset_events(self, **filters: Any) -> list[dict[str, Any]]:
         """Asset events, oldest first (``source_dag_id=...``, ``name_pattern=...``: the API's filters)."""
-        return self.request("GET", "/api/v2/assets/events", params={"order_by": "timestamp", "limit": 1000, **filters}).json()["asset_events"]
+        return self._asset_events("/api/v2/assets/events", {"order_by": "timestamp", "limit": 1000, **filters})
+
+    def _asset_events(self, path: str, params: Optional[dict[str, Any]] = None, timeout: float = 120) -> list[dict[str, Any]]:
+        """Airflow 3.3 answers 500 for Asset events while a run they created is still queued (its response
+        model requires every created run's ``start_date``, None until the run starts): asked again until
+        those runs started, at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.request("GET", path, params=params).json()["asset_events"]
+            except ServiceError as exc:
+                if "answered 500" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
 
     def health(self) -> dict[str, Any]:
         """``GET /api/v2/monitor/health``: each component's status and latest heartbeat."""

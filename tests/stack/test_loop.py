@@ -97,22 +97,9 @@ def _scheduler_beats_after(client, ended: str, beats: int = 2, timeout: float = 
         time.sleep(1)
 
 
-def _started_by(client, dag_id: str, run: dict, timeout: float = 120) -> list[tuple[str, str, str]]:
-    """(asset name, source DAG, source run) of each Asset event that started ``run``.
-
-    Airflow 3.3's API answers 500 for these events while any run they created is still queued (its
-    response model requires the created runs' ``start_date``): asked again until every one started."""
-    from recsys.errors import ServiceError
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            events = client.upstream_asset_events(dag_id, run["dag_run_id"])
-            return [(e["name"], e["source_dag_id"], e["source_run_id"]) for e in events]
-        except ServiceError as exc:
-            if "answered 500" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(2)
+def _started_by(client, dag_id: str, run: dict) -> list[tuple[str, str, str]]:
+    """(asset name, source DAG, source run) of each Asset event that started ``run``."""
+    return [(e["name"], e["source_dag_id"], e["source_run_id"]) for e in client.upstream_asset_events(dag_id, run["dag_run_id"])]
 
 
 def _served_versions(s) -> set[int]:
