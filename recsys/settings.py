@@ -43,6 +43,15 @@ class Settings:
     merlin_python: Path = PROJECT_ROOT / ".envs" / "merlin" / "bin" / "python"
     """Interpreter of the Merlin runtime (TensorFlow 2.12, NVTabular); Airflow runs heavy tasks with it."""
 
+    # --- topology ---------------------------------------------------------------------------
+    topology: str = "embedded"
+    """How ``recsys stack up`` runs the services. ``embedded``: one process each, on SQLite (Airflow's
+    LocalExecutor, MLflow, one Redis, one Triton). ``distributed``: the topology of docker/compose.yaml as local
+    processes on the same engines: Postgres (Airflow's and MLflow's database), Airflow's CeleryExecutor (a Redis
+    broker; a worker for the ``default`` queue, one for the ``gpu`` queue that runs the Merlin-runtime tasks), a
+    Redis Cluster of 3 primaries + 3 replicas (the online store), a Dask cluster (scheduler + 2 workers: the
+    NVTabular ETL) and two Triton replicas. Any service can still be external through its URL setting."""
+
     # --- services: every one can be external; the embedded default binds to loopback ---
     host: str = "127.0.0.1"
     """Address the embedded services bind to and their default URLs use (loopback: not reachable from other hosts)."""
@@ -82,7 +91,22 @@ class Settings:
     airflow_password: Optional[str] = None
     """Unset: the embedded Airflow generates one (see ``recsys stack status``)."""
     dask_scheduler_address: Optional[str] = None
-    """e.g. ``tcp://10.0.0.5:8786``. Set: NVTabular runs on that Dask cluster."""
+    """e.g. ``tcp://10.0.0.5:8786``. Set: NVTabular runs on that Dask cluster. Unset: local threads, or with the
+    distributed topology the embedded Dask cluster."""
+    dask_scheduler_port: int = 8330
+    """Port of the embedded Dask scheduler (distributed topology)."""
+    dask_workers: int = 2
+    """Worker processes of the embedded Dask cluster (distributed topology)."""
+    postgres_url: Optional[str] = None
+    """Server of an external Postgres, e.g. ``postgresql://recsys:secret@db.example:5432`` (distributed topology:
+    it holds the databases ``airflow`` and ``mlflow``). Unset: the embedded Postgres server."""
+    postgres_port: int = 8320
+    """Port of the embedded Postgres server (distributed topology)."""
+    celery_broker_url: Optional[str] = None
+    """Redis URL of Celery's broker (distributed topology), e.g. ``redis://:secret@broker.example:6379/0``; a
+    Redis of its own (Celery cannot use a Redis Cluster). Unset: the embedded broker."""
+    celery_broker_port: int = 8321
+    """Port of the embedded broker's redis-server (distributed topology)."""
 
     # --- data ---------------------------------------------------------------------------
     validation_split: str = "auto"
@@ -292,6 +316,11 @@ class Settings:
 
     # --- derived paths and URLs -----------------------------------------------------------
     @property
+    def distributed(self) -> bool:
+        """The ``distributed`` topology (see ``topology``)."""
+        return self.topology == "distributed"
+
+    @property
     def landing(self) -> Path:
         return self.landing_dir or self.home / "landing"
 
@@ -364,7 +393,10 @@ class Settings:
     def embedded(self) -> dict[str, bool]:
         """Which services the project starts itself (the rest are external)."""
         return {
+            "postgres": self.postgres_url is None,
             "redis": self.redis_url is None,
+            "broker": self.celery_broker_url is None,
+            "dask": self.dask_scheduler_address is None,
             "mlflow": self.mlflow_tracking_uri is None,
             "airflow": self.airflow_url is None,
             "triton": self.triton_url is None,
@@ -419,12 +451,13 @@ class SettingError(ConfigError, ValueError):
 _PORT = (1, 65535)
 _RANGES: dict[str, tuple[Optional[float], Optional[float]]] = {
     **{name: _PORT for name in ("redis_port", "mlflow_port", "airflow_port", "triton_http_port", "triton_grpc_port",
-                                "triton_metrics_port", "api_port", "events_metrics_port")},
+                                "triton_metrics_port", "api_port", "events_metrics_port", "dask_scheduler_port",
+                                "postgres_port", "celery_broker_port")},
     **{name: (1, None) for name in ("validation_days", "epochs", "embedding_dim", "gpu_pool_slots", "online_batch_size",
                                     "triton_instances", "candidates_k", "recommend_default_k", "recommend_max_k",
                                     "triton_keep_versions", "batch_top_n", "batch_concurrency", "api_workers",
                                     "events_max_batch", "events_part_max_rows", "drift_consecutive_checks",
-                                    "mlflow_request_timeout_seconds")},
+                                    "mlflow_request_timeout_seconds", "dask_workers")},
     **{name: (0, None) for name in ("patience", "batch_size", "lr_patience", "l2_reg", "history_length",
                                     "negatives_per_positive", "tune_trials", "tune_timeout_seconds",
                                     "online_refresh_read_budget", "online_gc_grace_seconds", "online_popularity_size",
@@ -442,6 +475,7 @@ _OPEN_AT_ZERO = {"validation_fraction", "learning_rate", "drift_window_days"}  #
 _CHOICES = {
     "validation_split": ("time", "user", "auto"),
     "faiss_index": ("flat", "ivf", "auto"),
+    "topology": ("embedded", "distributed"),
 }
 
 

@@ -11,7 +11,9 @@ def test_defaults_are_embedded_services_on_loopback(tmp_path):
     assert s.redis == "redis://127.0.0.1:6390/0"
     assert s.mlflow_uri == "http://127.0.0.1:5050"
     assert s.airflow == "http://127.0.0.1:8280"
-    assert s.embedded == {"redis": True, "mlflow": True, "airflow": True, "triton": True, "api": True, "events": True}
+    assert s.embedded == {"postgres": True, "redis": True, "broker": True, "dask": True, "mlflow": True, "airflow": True,
+                          "triton": True, "api": True, "events": True}
+    assert s.topology == "embedded" and not s.distributed
     assert s.api == "http://127.0.0.1:8310"
     assert s.triton_http == "http://127.0.0.1:8300"
     assert s.landing == tmp_path / "landing"

@@ -24,25 +24,44 @@ from recsys.stack.service import Service, stop_all
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = ("redis", "mlflow", "airflow", "triton", "api", "events")  # start order; stopped in reverse
+# Start order; stopped in reverse. The distributed topology (``settings.topology``) adds the services the
+# embedded one folds into others: Postgres (instead of SQLite files), Celery's broker, the Dask cluster.
+SERVICE_NAMES = ("postgres", "redis", "broker", "mlflow", "airflow", "dask", "triton", "api", "events")
+EMBEDDED_TOPOLOGY = ("redis", "mlflow", "airflow", "triton", "api", "events")
+_CLASSES = {  # name -> module, class (imported only when used: each pulls in its own clients)
+    "postgres": ("recsys.stack.postgres", "PostgresService"),
+    "redis": ("recsys.stack.redis", "RedisService"),
+    "broker": ("recsys.stack.broker", "BrokerService"),
+    "mlflow": ("recsys.stack.mlflow", "MlflowService"),
+    "airflow": ("recsys.stack.airflow", "AirflowService"),
+    "dask": ("recsys.stack.dask", "DaskService"),
+    "triton": ("recsys.stack.triton", "TritonService"),
+    "api": ("recsys.stack.api", "ApiService"),
+    "events": ("recsys.stack.events", "EventWorkerService"),
+}
+
+
+def topology_services(settings: Settings) -> tuple[str, ...]:
+    """The names of the services of ``settings.topology``, in start order."""
+    return SERVICE_NAMES if settings.distributed else EMBEDDED_TOPOLOGY
 
 
 def services(settings: Settings, only: Optional[Iterable[str]] = None) -> list[Service]:
-    """The stack's services in start order (``only``: a subset by name)."""
-    from recsys.stack.airflow import AirflowService
-    from recsys.stack.api import ApiService
-    from recsys.stack.events import EventWorkerService
-    from recsys.stack.mlflow import MlflowService
-    from recsys.stack.redis import RedisService
-    from recsys.stack.triton import TritonService
+    """The services of the settings' topology in start order (``only``: a subset by name)."""
+    import importlib
 
-    names = list(SERVICE_NAMES) if only is None else [n.strip() for n in only if n.strip()]
-    unknown = [n for n in names if n not in SERVICE_NAMES]
+    available = topology_services(settings)
+    names = list(available) if only is None else [n.strip() for n in only if n.strip()]
+    unknown = [n for n in names if n not in available]
     if unknown:
-        raise ConfigError(f"unknown service {unknown[0]!r}; choose from {', '.join(SERVICE_NAMES)}")
-    classes = {"redis": RedisService, "mlflow": MlflowService, "airflow": AirflowService, "triton": TritonService,
-               "api": ApiService, "events": EventWorkerService}
-    return [classes[n](settings) for n in SERVICE_NAMES if n in names]
+        extra = " (the distributed topology's: RECSYS_TOPOLOGY=distributed)" if unknown[0] in SERVICE_NAMES else ""
+        raise ConfigError(f"unknown service {unknown[0]!r}{extra}; choose from {', '.join(available)}")
+    chosen = []
+    for name in available:
+        if name in names:
+            module, cls = _CLASSES[name]
+            chosen.append(getattr(importlib.import_module(module), cls)(settings))
+    return chosen
 
 
 def up(settings: Settings, only: Optional[Iterable[str]] = None) -> dict[str, float]:
