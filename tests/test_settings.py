@@ -32,7 +32,8 @@ def test_external_services_come_from_settings():
     assert s.redis == "rediss://:pw@redis.internal:6380/2"
     assert s.mlflow_uri == "https://mlflow.internal"
     assert s.airflow == "https://airflow.internal"
-    assert s.embedded == {"redis": False, "mlflow": False, "airflow": False, "triton": False, "api": True, "events": True}
+    assert s.embedded == {"postgres": True, "redis": False, "broker": True, "dask": True, "mlflow": False, "airflow": False,
+                          "triton": False, "api": True, "events": True}
     assert s.triton_http == "http://triton.internal:8000"
 
 
