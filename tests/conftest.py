@@ -15,10 +15,6 @@ from typing import Iterator
 
 import pytest
 
-# Settings a developer's shell may hold that would point the tests at their own services.
-_CLEARED = ("RECSYS_REDIS_URL", "RECSYS_AIRFLOW_URL", "RECSYS_AIRFLOW_PASSWORD", "RECSYS_TRITON_URL", "MLFLOW_TRACKING_URI",
-            "RECSYS_API_URL", "RECSYS_API_TOKEN", "RECSYS_EVENTS_WORKER_URL", "RECSYS_REDIS_PASSWORD",
-            "RECSYS_TRITON_CONTROL_KEY", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @pytest.fixture(scope="session")
@@ -31,11 +27,11 @@ def stack_settings(tmp_path_factory) -> Iterator["Settings"]:  # noqa: F821
     from recsys import stack
     from recsys.settings import get_settings, load_settings
     from recsys.stack.service import free_port
-    from shared_helpers import patched_environ, triton_ports_env
+    from shared_helpers import CLEARED_SETTINGS, patched_environ, triton_ports_env
 
     home = tmp_path_factory.mktemp("recsys-home")
     env = {
-        **dict.fromkeys(_CLEARED),  # unset
+        **dict.fromkeys(CLEARED_SETTINGS),  # unset
         "RECSYS_HOME": str(home),
         "RECSYS_HOST": "127.0.0.1",
         "RECSYS_REDIS_PORT": str(free_port()),

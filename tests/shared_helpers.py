@@ -24,6 +24,13 @@ import textwrap
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
+# Settings a developer's shell may hold that would point the tests at their own services.
+CLEARED_SETTINGS = ("RECSYS_REDIS_URL", "RECSYS_AIRFLOW_URL", "RECSYS_AIRFLOW_PASSWORD", "RECSYS_TRITON_URL",
+                    "MLFLOW_TRACKING_URI", "RECSYS_API_URL", "RECSYS_API_TOKEN", "RECSYS_EVENTS_WORKER_URL",
+                    "RECSYS_REDIS_PASSWORD", "RECSYS_TRITON_CONTROL_KEY", "MLFLOW_TRACKING_USERNAME",
+                    "MLFLOW_TRACKING_PASSWORD", "RECSYS_POSTGRES_URL", "RECSYS_CELERY_BROKER_URL",
+                    "RECSYS_DASK_SCHEDULER_ADDRESS", "RECSYS_TOPOLOGY", "RECSYS_REDIS_CLUSTER", "RECSYS_GPU_QUEUE")
+
 TOY_RECSYS = textwrap.dedent(
     """
     import numpy as np

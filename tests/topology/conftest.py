@@ -1,9 +1,9 @@
 """The distributed topology (``RECSYS_TOPOLOGY=distributed``), one per test session.
 
-``topology_settings`` (session): settings of a fresh home with the distributed topology on free ports,
-``os.environ`` pointing at them. It starts nothing: a test starts what it needs with
-``stack.up(topology_settings, only=[...])`` (idempotent, so services started by an earlier test are
-shared by the later ones) and the fixture stops every service of the topology at the end of the session.
+``topology`` (session): a :class:`Topology` of a fresh home with the distributed topology on free ports,
+``os.environ`` pointing at its settings. It starts nothing: a test starts what it needs with
+``topology.up("redis", ...)`` (idempotent, so services started by an earlier test are shared by the later
+ones), and every service started that way is stopped at the end of the session.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Iterator
 
 import pytest
 
-from conftest import _CLEARED
 
 
 def free_port_block(count: int) -> int:
@@ -33,17 +32,33 @@ def free_port_block(count: int) -> int:
     raise RuntimeError(f"no {count} consecutive free ports after 100 tries")
 
 
+class Topology:
+    """The session's distributed topology: its settings and the services tests started."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.started: list[str] = []
+
+    def up(self, *names: str):
+        """Start these services (and wait until they answer); returns the settings."""
+        from recsys import stack
+
+        stack.up(self.settings, only=names)
+        self.started += [n for n in names if n not in self.started]
+        return self.settings
+
+
 @pytest.fixture(scope="session")
-def topology_settings(tmp_path_factory) -> Iterator["Settings"]:  # noqa: F821
+def topology(tmp_path_factory) -> Iterator[Topology]:
     from recsys import stack
     from recsys.settings import load_settings
     from recsys.stack.service import free_port
-    from shared_helpers import patched_environ
+    from shared_helpers import CLEARED_SETTINGS, patched_environ
 
     home = tmp_path_factory.mktemp("recsys-topology")
     triton = free_port_block(6)  # two replicas: http, grpc, metrics each
     env = {
-        **dict.fromkeys(_CLEARED),  # unset: the topology's own services and secrets
+        **dict.fromkeys(CLEARED_SETTINGS),  # unset: the topology's own services and secrets
         "RECSYS_HOME": str(home),
         "RECSYS_HOST": "127.0.0.1",
         "RECSYS_TOPOLOGY": "distributed",
@@ -60,8 +75,9 @@ def topology_settings(tmp_path_factory) -> Iterator["Settings"]:  # noqa: F821
         "RECSYS_TRITON_METRICS_PORT": str(triton + 2),
     }
     with patched_environ(env):
-        settings = load_settings()
+        running = Topology(load_settings())
         try:
-            yield settings
+            yield running
         finally:
-            stack.down(settings)
+            if running.started:
+                stack.down(running.settings, only=running.started)
