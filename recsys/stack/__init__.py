@@ -64,6 +64,23 @@ def services(settings: Settings, only: Optional[Iterable[str]] = None) -> list[S
     return chosen
 
 
+def free_ports_env(distributed: bool) -> dict[str, str]:
+    """Free ports for every embedded service of a topology, as ``RECSYS_*_PORT`` variables: a second stack
+    beside a running one (tests, benchmarks). The Redis port starts a block of 6 (a Redis Cluster's nodes) and
+    Triton's three ports a block of 6 (replica n adds 3n) in the distributed topology."""
+    from recsys.stack.service import free_port, free_port_block
+
+    names = ["MLFLOW", "AIRFLOW", "API", "EVENTS_METRICS"]
+    env = {f"RECSYS_{name}_PORT": str(free_port()) for name in names}
+    if distributed:
+        env.update({f"RECSYS_{name}_PORT": str(free_port()) for name in ("POSTGRES", "CELERY_BROKER", "DASK_SCHEDULER")})
+    env["RECSYS_REDIS_PORT"] = str(free_port_block(6) if distributed else free_port())
+    triton = free_port_block(6 if distributed else 3)
+    env.update({"RECSYS_TRITON_HTTP_PORT": str(triton), "RECSYS_TRITON_GRPC_PORT": str(triton + 1),
+                "RECSYS_TRITON_METRICS_PORT": str(triton + 2)})
+    return env
+
+
 def up(settings: Settings, only: Optional[Iterable[str]] = None) -> dict[str, float]:
     """Start the embedded services (all, or ``only`` these) and wait until they answer.
 
