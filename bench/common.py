@@ -48,27 +48,27 @@ def timed(name: str, timings: dict[str, float]) -> Iterator[None]:
 _EXTERNAL = ("RECSYS_REDIS_URL", "RECSYS_MLFLOW_TRACKING_URI", "RECSYS_AIRFLOW_URL", "RECSYS_TRITON_URL",
              "RECSYS_API_URL", "RECSYS_EVENTS_WORKER_URL", "RECSYS_API_TOKEN", "MLFLOW_TRACKING_URI",
              "RECSYS_LANDING_DIR", "RECSYS_TRITON_REPOSITORY")
-_PORTS = ("REDIS_PORT", "MLFLOW_PORT", "AIRFLOW_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT",
-          "API_PORT", "EVENTS_METRICS_PORT")
 
 
-def scratch_stack(home: Path, validation_days: Optional[int] = None, extra_env: Optional[dict[str, str]] = None):
-    """Settings of the scratch home ``home`` whose services (every one of them) run embedded on free ports.
+def scratch_stack(home: Path, validation_days: Optional[int] = None, extra_env: Optional[dict[str, str]] = None,
+                  topology: str = "embedded"):
+    """Settings of the scratch home ``home`` whose services (every one of them, of ``topology``) run embedded on
+    free ports.
 
     The process environment follows them (``recsys.jobs`` reads ``get_settings()``; child processes and
     ``recsys`` CLI calls inherit it): external URLs set by the caller's shell are dropped. ``extra_env``
     (e.g. ``RECSYS_ONLINE_GC_GRACE_SECONDS``) is set too before the settings are read.
     """
     from recsys.settings import get_settings, load_settings
-    from recsys.stack.service import free_port
+    from recsys.stack import free_ports_env
 
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # publishing downloads artifacts: no progress bars
     for key in _EXTERNAL:
         os.environ.pop(key, None)
     if validation_days is not None:
         os.environ["RECSYS_VALIDATION_DAYS"] = str(validation_days)
-    os.environ.update({"RECSYS_HOME": str(home), "RECSYS_HOST": "127.0.0.1"})
-    os.environ.update({f"RECSYS_{port}": str(free_port()) for port in _PORTS})
+    os.environ.update({"RECSYS_HOME": str(home), "RECSYS_HOST": "127.0.0.1", "RECSYS_TOPOLOGY": topology})
+    os.environ.update(free_ports_env(distributed=topology == "distributed"))
     os.environ.update(extra_env or {})
     # Not MLFLOW_TRACKING_URI: set, it makes MLflow an external server (whose clients get no embedded
     # credentials); every client derives the embedded server's URL from the port

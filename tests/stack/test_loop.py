@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime
 
 import pytest
 
+from loop_helpers import answer, new_run, run_done, scheduler_beats_after, served_versions, started_by, training_runs
 from shared_helpers import patched_environ, triton_ports_env
 
 pytestmark = pytest.mark.slow
 
 ETL, TRAIN, REFRESH, PUBLISH = "recsys_etl", "recsys_train", "recsys_feature_refresh", "recsys_publish"
-RUN_TIMEOUT = 600  # seconds per DAG run: generous, the machine is shared
 
 
 @pytest.fixture()
@@ -57,66 +56,6 @@ def loop_settings(tmp_path):
             stack.down(settings)
 
 
-def _run_done(client, s, dag_id: str, run_id: str) -> dict:
-    """Wait for the run; assert it succeeded, naming its task states and log folder if not."""
-    from recsys.errors import ServiceError
-
-    logs = s.services_root / "airflow" / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
-    try:
-        state = client.wait(dag_id, run_id, timeout=RUN_TIMEOUT, poll=1, progress=None)
-    except ServiceError as exc:
-        raise AssertionError(f"{exc}; task logs: {logs}") from None
-    tasks = {t["task_id"]: t["state"] for t in client.task_instances(dag_id, run_id)}
-    assert state == "success", f"{dag_id} run {run_id} ended {state}: {tasks}; task logs: {logs}"
-    return tasks
-
-
-def _new_run(client, dag_id: str, run_type: str, known: set, timeout: float = 180) -> dict:
-    """The first run of ``dag_id`` of ``run_type`` not in ``known`` (run ids), once the scheduler made it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = [r for r in client.dag_runs(dag_id) if r["run_type"] == run_type and r["dag_run_id"] not in known]
-        if runs:
-            return runs[0]
-        time.sleep(1)
-    raise AssertionError(f"the scheduler made no new {run_type} run of {dag_id} within {timeout:.0f} s; "
-                         f"runs: {[(r['dag_run_id'], r['run_type']) for r in client.dag_runs(dag_id)]}")
-
-
-def _scheduler_beats_after(client, ended: str, beats: int = 2, timeout: float = 120) -> None:
-    """Wait for ``beats`` scheduler heartbeats after ``ended`` (ISO time): by then its loop, which turns
-    queued Asset events into runs, has gone round since the run ended."""
-    after = datetime.fromisoformat(ended)
-    seen: set = set()
-    deadline = time.monotonic() + timeout
-    while len(seen) < beats:
-        beat = client.health()["scheduler"].get("latest_scheduler_heartbeat")
-        if beat and datetime.fromisoformat(beat) > after:
-            seen.add(beat)
-        assert time.monotonic() < deadline, f"{len(seen)} scheduler heartbeat(s) within {timeout:.0f} s after {ended}"
-        time.sleep(1)
-
-
-def _started_by(client, dag_id: str, run: dict) -> list[tuple[str, str, str]]:
-    """(asset name, source DAG, source run) of each Asset event that started ``run``."""
-    return [(e["name"], e["source_dag_id"], e["source_run_id"]) for e in client.upstream_asset_events(dag_id, run["dag_run_id"])]
-
-
-def _served_versions(s) -> set[int]:
-    """The versions of the ``recsys`` model Triton itself has loaded and ready (not what the files say)."""
-    from recsys.serving.control import repository_index
-
-    return {int(m["version"]) for m in repository_index(s) if m["name"] == "recsys" and m.get("state") == "READY"}
-
-
-def _answer(s, user) -> list:
-    """Triton's top 5 for ``user`` (item ids, best first)."""
-    from recsys.serving.client import RecommendClient
-
-    with RecommendClient.from_settings(s) as triton:
-        return [item for item, _score in triton.recommend(user, 5)]
-
-
 def _restart(s) -> float:
     """``recsys stack down`` then ``recsys stack up``; the seconds it took."""
     from recsys import stack
@@ -125,14 +64,6 @@ def _restart(s) -> float:
     stack.down(s)
     stack.up(s)
     return time.monotonic() - began
-
-
-def _training_runs(s) -> list:
-    from recsys.tracking.runs import client
-
-    mlflow = client(s.mlflow_uri)
-    experiment = mlflow.get_experiment_by_name(s.experiment_name)
-    return mlflow.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
 
 
 @pytest.mark.timeout(1500)
@@ -165,8 +96,8 @@ def test_new_data_flows_through_the_running_scheduler_to_triton_and_survives_res
 
     # recsys_etl: unpaused, the scheduler starts its due daily run by itself.
     mark = time.monotonic()
-    etl = _new_run(client, ETL, "scheduled", set())
-    etl_tasks = _run_done(client, s, ETL, etl["dag_run_id"])
+    etl = new_run(client, ETL, "scheduled", set())
+    etl_tasks = run_done(client, s, ETL, etl["dag_run_id"])
     assert etl_tasks == {"ingest": "success", "build_features": "success", "announce_features": "success"}
     features = [e for e in client.asset_events(source_dag_id=ETL)]
     assert [(e["name"], e["source_run_id"]) for e in features] == [("recsys_features", etl["dag_run_id"])]
@@ -176,26 +107,26 @@ def test_new_data_flows_through_the_running_scheduler_to_triton_and_survives_res
 
     # Its features event starts training and the online refresh: asset_triggered runs, by that event.
     mark = time.monotonic()
-    train = _new_run(client, TRAIN, "asset_triggered", set())
-    refresh = _new_run(client, REFRESH, "asset_triggered", set())
+    train = new_run(client, TRAIN, "asset_triggered", set())
+    refresh = new_run(client, REFRESH, "asset_triggered", set())
     for dag_id, run in ((TRAIN, train), (REFRESH, refresh)):
-        assert _started_by(client, dag_id, run) == [("recsys_features", ETL, etl["dag_run_id"])], dag_id
-    train_tasks = _run_done(client, s, TRAIN, train["dag_run_id"])
+        assert started_by(client, dag_id, run) == [("recsys_features", ETL, etl["dag_run_id"])], dag_id
+    train_tasks = run_done(client, s, TRAIN, train["dag_run_id"])
     assert train_tasks["announce_champion"] == "success", train_tasks  # the first models (or popularity) serve
-    _run_done(client, s, REFRESH, refresh["dag_run_id"])
-    trained = _training_runs(s)
+    run_done(client, s, REFRESH, refresh["dag_run_id"])
+    trained = training_runs(s)
     assert len(trained) == 1 and trained[0].data.tags["recsys.feature_version"] == feature_version
     assert trained[0].data.tags["recsys.trigger"] == f"features:{feature_version}"
     timings["train"] = time.monotonic() - mark
 
     # The champion event starts publishing; Triton then serves version 1.
     mark = time.monotonic()
-    publish = _new_run(client, PUBLISH, "asset_triggered", set())
-    assert _started_by(client, PUBLISH, publish) == [("recsys_champion", TRAIN, train["dag_run_id"])]
-    publish_tasks = _run_done(client, s, PUBLISH, publish["dag_run_id"])
+    publish = new_run(client, PUBLISH, "asset_triggered", set())
+    assert started_by(client, PUBLISH, publish) == [("recsys_champion", TRAIN, train["dag_run_id"])]
+    publish_tasks = run_done(client, s, PUBLISH, publish["dag_run_id"])
     assert publish_tasks["announce_serving"] == "success", publish_tasks
-    assert _served_versions(s) == {1}
-    first_answer = _answer(s, user)
+    assert served_versions(s) == {1}
+    first_answer = answer(s, user)
     assert len(first_answer) == 5 and set(first_answer) <= catalogue, first_answer
     timings["publish"] = time.monotonic() - mark
 
@@ -207,32 +138,32 @@ def test_new_data_flows_through_the_running_scheduler_to_triton_and_survives_res
     publishes_before = {r["dag_run_id"] for r in client.dag_runs(PUBLISH)}
     again = client.trigger(ETL)
     forced = client.trigger(PUBLISH, conf={"force": True})
-    again_tasks = _run_done(client, s, ETL, again)
+    again_tasks = run_done(client, s, ETL, again)
     assert again_tasks["announce_features"] == "skipped", again_tasks
-    _run_done(client, s, PUBLISH, forced)
-    _scheduler_beats_after(client, client.dag_run(ETL, again)["end_date"])
+    run_done(client, s, PUBLISH, forced)
+    scheduler_beats_after(client, client.dag_run(ETL, again)["end_date"])
     assert [e["source_run_id"] for e in client.asset_events(source_dag_id=ETL)] == [etl["dag_run_id"]]
     assert {r["dag_run_id"] for r in client.dag_runs(TRAIN)} == trains_before
     assert {r["dag_run_id"] for r in client.dag_runs(REFRESH) if r["run_type"] == "asset_triggered"} == refreshes_before
     assert {r["dag_run_id"] for r in client.dag_runs(PUBLISH)} == publishes_before | {forced}
-    assert len(_training_runs(s)) == 1
-    assert _served_versions(s) == {2}  # the forced publish: the same champion as a new version
-    second_answer = _answer(s, user)
+    assert len(training_runs(s)) == 1
+    assert served_versions(s) == {2}  # the forced publish: the same champion as a new version
+    second_answer = answer(s, user)
     timings["same data again + publish v2"] = time.monotonic() - mark
 
     # A restart of the whole stack after a publish: version 2 serves (version 1 is on disk too), same answer.
     timings["restart after publish"] = _restart(s)
-    assert _served_versions(s) == {2}
-    assert _answer(s, user) == second_answer
+    assert served_versions(s) == {2}
+    assert answer(s, user) == second_answer
 
     # A rollback to version 1, then a restart: version 1 keeps serving, with its answer.
     mark = time.monotonic()
     assert rollback(reason="system test").version == 1
-    assert _served_versions(s) == {1}
+    assert served_versions(s) == {1}
     timings["roll back"] = time.monotonic() - mark
     timings["restart after rollback"] = _restart(s)
-    assert _served_versions(s) == {1}
-    assert _answer(s, user) == first_answer
+    assert served_versions(s) == {1}
+    assert answer(s, user) == first_answer
     client.close()
 
     from recsys.serving.history import served

@@ -42,6 +42,11 @@ def topology(tmp_path_factory) -> Iterator[Topology]:
         "RECSYS_HOST": "127.0.0.1",
         "RECSYS_TOPOLOGY": "distributed",
         **stack.free_ports_env(distributed=True),
+        # small and quick models (as tests/stack/test_loop.py); no refit: one training per model
+        "RECSYS_EPOCHS": "1", "RECSYS_EMBEDDING_DIM": "16", "RECSYS_BATCH_SIZE": "512", "RECSYS_LEARNING_RATE": "0.005",
+        "RECSYS_REFIT": "false",
+        # no time-triggered refresh in the middle of a test (the features Asset starts one)
+        "RECSYS_ONLINE_REFRESH_SCHEDULE": "0 0 1 1 *",
     }
     with patched_environ(env):
         running = Topology(load_settings())

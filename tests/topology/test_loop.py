@@ -1,0 +1,99 @@
+"""The loop on the distributed topology, as users run it: every service of the topology started by the stack
+(Postgres, the Redis Cluster, Celery's broker, MLflow, Airflow with the CeleryExecutor and its two workers, the
+Dask cluster, both Triton replicas, the API, the event worker), landed data, the ETL run on the Dask cluster by
+the ``gpu`` queue's worker, its features Asset starting training (``gpu`` queue) and the online refresh
+(``default`` queue, into the cluster), the champion Asset starting the publish to both replicas, and both
+answering the same recommendations.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from loop_helpers import answer, new_run, run_done, started_by, training_runs
+
+pytestmark = pytest.mark.slow
+
+ETL, TRAIN, REFRESH, PUBLISH = "recsys_etl", "recsys_train", "recsys_feature_refresh", "recsys_publish"
+MERLIN_TASKS = {(ETL, "build_features"), (TRAIN, "train")}  # the Merlin runtime's work: the gpu queue
+
+
+def _queues(client, dag_id: str, run_id: str) -> dict[str, str]:
+    return {t["task_id"]: t["queue"] for t in client.task_instances(dag_id, run_id) if t["state"] == "success"}
+
+
+@pytest.mark.timeout(1800)
+def test_the_loop_runs_on_the_distributed_topology(topology, capsys):
+    from recsys import stack
+    from recsys.data.contract import read_table
+    from recsys.data.synthetic import SyntheticConfig, write_synthetic
+    from recsys.online.redis_store import RedisOnlineStore
+    from recsys.serving.triton_client import endpoints
+    from recsys.stack.airflow_client import AirflowClient
+    from recsys.tracking.runs import authenticate
+
+    timings: dict[str, float] = {}
+    began = time.monotonic()
+    s = topology.up(*stack.SERVICE_NAMES)
+    authenticate(s)
+    timings["stack up"] = time.monotonic() - began
+
+    write_synthetic(s.landing, SyntheticConfig(n_users=300, n_items=120, n_interactions=20_000, days=14, seed=3,
+                                               temperature=0.3), overwrite=True)
+    interactions = read_table(s.landing, "interactions")
+    user = int(interactions["user_id"].value_counts().index[0])
+    catalogue = set(read_table(s.landing, "items")["item_id"].tolist())
+
+    client = AirflowClient.from_settings(s)
+    for dag_id in (TRAIN, REFRESH, PUBLISH, ETL):  # consumers first: no Asset event may find them paused
+        client.wait_for_dag(dag_id, timeout=240)
+        client.unpause(dag_id)
+
+    mark = time.monotonic()
+    etl = client.trigger(ETL)
+    etl_tasks = run_done(client, s, ETL, etl)
+    assert etl_tasks["announce_features"] == "success", etl_tasks
+    features = [e for e in client.asset_events(source_dag_id=ETL) if e["source_run_id"] == etl]
+    assert [e["name"] for e in features] == ["recsys_features"]
+    feature_version = features[0]["extra"]["feature_version"]
+    queues = _queues(client, ETL, etl)
+    assert queues["build_features"] == "gpu" and queues["ingest"] == "default", queues
+    timings["etl"] = time.monotonic() - mark
+
+    mark = time.monotonic()
+    train = new_run(client, TRAIN, "asset_triggered", set())
+    refresh = new_run(client, REFRESH, "asset_triggered", set())
+    for dag_id, run in ((TRAIN, train), (REFRESH, refresh)):
+        assert started_by(client, dag_id, run) == [("recsys_features", ETL, etl)], dag_id
+    train_tasks = run_done(client, s, TRAIN, train["dag_run_id"])
+    assert train_tasks["announce_champion"] == "success", train_tasks
+    run_done(client, s, REFRESH, refresh["dag_run_id"])
+    queues = _queues(client, TRAIN, train["dag_run_id"])
+    assert queues["train"] == "gpu", queues
+    assert {q for task, q in queues.items() if (TRAIN, task) not in MERLIN_TASKS} <= {"default"}, queues
+    trained = training_runs(s)
+    assert len(trained) == 1 and trained[0].data.tags["recsys.feature_version"] == feature_version
+    # The refresh wrote the features into the Redis Cluster: the current online version is of this feature version.
+    current = RedisOnlineStore.from_settings(s).current()
+    assert current is not None and current.feature_version == feature_version, current
+    timings["train + refresh"] = time.monotonic() - mark
+
+    mark = time.monotonic()
+    publish = new_run(client, PUBLISH, "asset_triggered", set())
+    assert started_by(client, PUBLISH, publish) == [("recsys_champion", TRAIN, train["dag_run_id"])]
+    publish_tasks = run_done(client, s, PUBLISH, publish["dag_run_id"])
+    assert publish_tasks["announce_serving"] == "success", publish_tasks
+    timings["publish"] = time.monotonic() - mark
+
+    # Both replicas serve the published version, and answer alike.
+    replicas = endpoints(s)
+    assert len(replicas) == 2
+    answers = [answer(s, user, endpoint=replica) for replica in replicas]
+    assert answers[0] == answers[1] and len(answers[0]) == 5 and set(answers[0]) <= catalogue, answers
+    client.close()
+
+    with capsys.disabled():
+        print("\n[topology loop] " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
+              + f"; total {time.monotonic() - began:.0f} s")
