@@ -11,7 +11,7 @@ Embedded, it is ``settings.dask_workers + 1`` managed processes, each with its l
 - ``dask-worker-1`` .. ``dask-worker-N``: ``dask worker`` (a nanny and its worker process) with
   ``settings.dask_worker_threads`` threads and ``settings.dask_worker_memory`` of memory each (Dask spills to
   its local directory ``services/dask/<name>/`` past 60 % of it, pauses at 80 %, restarts the worker at 95 %),
-  connected to the scheduler's address. They run the Merlin interpreter of this checkout, so they import
+  connected to the scheduler's address. They import NVTabular before they register (``--preload``). They run the Merlin interpreter of this checkout, so they import
   the same ``recsys`` as the ETL's client, and read the data files at the client's paths (same machine).
   A worker answers when the scheduler lists it by name.
 
@@ -47,7 +47,8 @@ def worker_names(count: int) -> list[str]:
 @dataclass
 class DaskService(Service):
     name: str = "dask"
-    start_timeout: float = 120.0  # a worker's first start imports the Merlin stack (slow on a busy machine)
+    start_timeout: float = 120.0  # a worker imports NVTabular and TensorFlow before it registers (slow on a busy machine)
+    port_setting: str = "dask_scheduler_port"
 
     def __post_init__(self) -> None:
         if self.embedded:
@@ -85,7 +86,10 @@ class DaskService(Service):
         return [self._dask(), "worker", self.url, "--name", name, "--nworkers", "1",
                 "--nthreads", str(s.dask_worker_threads), "--memory-limit", s.dask_worker_memory,
                 "--local-directory", str(self.directory / name), "--host", s.host,
-                "--no-dashboard", "--dashboard-address", f"{LOOPBACK}:0"]
+                "--no-dashboard", "--dashboard-address", f"{LOOPBACK}:0",
+                # NVTabular (and the TensorFlow it imports: ~3-15 s) at start, before the worker registers:
+                # the first ETL after `stack up` does not pay it, and `up` returns when the workers are ready
+                "--preload", "nvtabular"]
 
     def prepare(self) -> None:
         """Check the Merlin runtime has ``dask``; the programs' environment: the settings, that runtime first."""
