@@ -11,7 +11,7 @@ Embedded, it is ``settings.dask_workers + 1`` managed processes, each with its l
 - ``dask-worker-1`` .. ``dask-worker-N``: ``dask worker`` (a nanny and its worker process) with
   ``settings.dask_worker_threads`` threads and ``settings.dask_worker_memory`` of memory each (Dask spills to
   its local directory ``services/dask/<name>/`` past 60 % of it, pauses at 80 %, restarts the worker at 95 %),
-  connected to the scheduler's address. They import NVTabular before they register (``--preload``). They run the Merlin interpreter of this checkout, so they import
+  connected to the scheduler's address. They import NVTabular before they register (Dask's ``distributed.worker.preload``). They run the Merlin interpreter of this checkout, so they import
   the same ``recsys`` as the ETL's client, and read the data files at the client's paths (same machine).
   A worker answers when the scheduler lists it by name.
 
@@ -86,10 +86,7 @@ class DaskService(Service):
         return [self._dask(), "worker", self.url, "--name", name, "--nworkers", "1",
                 "--nthreads", str(s.dask_worker_threads), "--memory-limit", s.dask_worker_memory,
                 "--local-directory", str(self.directory / name), "--host", s.host,
-                "--no-dashboard", "--dashboard-address", f"{LOOPBACK}:0",
-                # NVTabular (and the TensorFlow it imports: ~3-15 s) at start, before the worker registers:
-                # the first ETL after `stack up` does not pay it, and `up` returns when the workers are ready
-                "--preload", "nvtabular"]
+                "--no-dashboard", "--dashboard-address", f"{LOOPBACK}:0"]
 
     def prepare(self) -> None:
         """Check the Merlin runtime has ``dask``; the programs' environment: the settings, that runtime first."""
@@ -105,8 +102,12 @@ class DaskService(Service):
         # A control-plane virtualenv's markers must not leak into the Merlin runtime's programs.
         for name in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH"):
             env.pop(name, None)
-        for proc in self.processes:
-            proc.env = env
+        self.processes[0].env = env
+        for worker in self.processes[1:]:
+            # NVTabular (and the TensorFlow it imports: 3-15 s) at start, before the worker registers: the first
+            # ETL after `stack up` does not pay it, and `up` returns when the workers are ready. Through Dask's
+            # config, not `--preload`: the CLI imports a --preload module in the nanny too (+400 MiB each).
+            worker.env = {**env, "DASK_DISTRIBUTED__WORKER__PRELOAD": '["nvtabular"]'}
 
     def start(self) -> None:
         if self.embedded and not self.processes[0].running():
