@@ -3,6 +3,7 @@ Dask cluster (``dask scheduler`` + ``settings.dask_workers`` ``dask worker`` pro
 beside the same ETL on local threads, in the same run. Writes bench/results/dask_etl.json.
 
     .envs/control/bin/python bench/dask_etl.py [--data ../shared/data/ml-latest-small] [--repeats 3]
+    .envs/control/bin/python bench/dask_etl.py --synthetic 1000000   # `recsys data generate` data instead
 
 Both modes run ``recsys.features.etl.run_etl`` in one Merlin-runtime process, alternating (local, cluster) per
 repeat, each into a fresh features folder; the first repeat is reported apart (the workers import NVTabular
@@ -55,12 +56,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MovieLens ml-latest-small folder")
     parser.add_argument("--repeats", type=int, default=3, help="ETL runs per mode (the first is reported apart)")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="INTERACTIONS",
+                        help="run on `recsys data generate` data of this many interactions instead of MovieLens")
     parser.add_argument("--quick", action="store_true", help="2 repeats")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     repeats = 2 if args.quick else max(2, args.repeats)
-    out = args.out or RESULTS / ("dask_etl-quick.json" if args.quick else "dask_etl.json")
-    if not (args.data / "ratings.csv").exists():
+    name = "dask_etl" + (f"-synthetic-{args.synthetic}" if args.synthetic else "") + ("-quick" if args.quick else "")
+    out = args.out or RESULTS / f"{name}.json"
+    if not args.synthetic and not (args.data / "ratings.csv").exists():
         raise SystemExit(f"error: {args.data} holds no ratings.csv: point --data at MovieLens ml-latest-small")
 
     from recsys import stack
@@ -70,8 +74,9 @@ def main() -> None:
     settings = scratch_stack(scratch / "home", extra_env={"RECSYS_TOPOLOGY": "distributed",
                                                           "RECSYS_DASK_SCHEDULER_PORT": str(free_port())})
     try:
-        for command in (["import-movielens", str(args.data), "--out", str(scratch / "input")],
-                        ["ingest", str(scratch / "input")]):
+        source = (["generate", "--interactions", str(args.synthetic), "--users", str(max(1000, args.synthetic // 50)),
+                   "--items", str(max(500, args.synthetic // 200))] if args.synthetic else ["import-movielens", str(args.data)])
+        for command in ([*source, "--out", str(scratch / "input")], ["ingest", str(scratch / "input")]):
             subprocess.run([str(CONTROL_BIN / "recsys"), "data", *command], check=True, stdout=subprocess.DEVNULL)
         data_dir = next(p for p in settings.data_root.iterdir() if not p.name.startswith("."))
         log(f"data version {data_dir.name}; starting the Dask cluster ({settings.dask_workers} workers x "
@@ -88,10 +93,10 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
     seconds = runs["seconds"]
-    warm = {mode: statistics.median(times[1:]) for mode, times in seconds.items()}
+    warm = {mode: round(statistics.median(times[1:]), 2) for mode, times in seconds.items()}
     result = {
         "benchmark": "dask_etl",
-        "data": f"MovieLens {args.data.name}",
+        "data": f"synthetic, {args.synthetic} interactions" if args.synthetic else f"MovieLens {args.data.name}",
         "rows": runs["rows"],
         "cluster": {"workers": settings.dask_workers, "threads_per_worker": settings.dask_worker_threads,
                     "memory_per_worker": settings.dask_worker_memory, "start_seconds": cluster_start},
