@@ -93,6 +93,8 @@ BENCHMARKS = (
               "10", ("--rows", "100000", "--repeats", "1"), "1"),
     Benchmark("offline", "offline.py", "merlin", "generation, ingest, NVTabular ETL beside a pyarrow floor, training throughput",
               "5", ("--interactions", "1000000", "--train-interactions", "200000"), "2"),
+    Benchmark("dask_etl", "dask_etl.py", "control", "the NVTabular ETL on the distributed topology's Dask cluster "
+              "beside local threads", "1", ("--quick",), "1", envs=("merlin",), movielens=True),
     Benchmark("online_store", "online_store.py", "control", "Redis online store: refresh beside redis-benchmark, "
               "reader latency during paced and unpaced refreshes, Feast", "5", ("--users", "10000", "--items", "1000",
               "--interactions", "100000", "--skip-feast"), "3", envs=("peers",), quick_envs=(), tools=("redis-benchmark",)),

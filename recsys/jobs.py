@@ -203,7 +203,7 @@ def build_features(data_dir: str) -> dict:
 
     s = get_settings()
     fv = run_etl(Path(data_dir), s.features_root, ValidationSplit.from_settings(s),
-                 dask_scheduler_address=s.dask_scheduler_address)
+                 dask_scheduler_address=s.dask_scheduler)
     return {
         "feature_version": fv.version,
         "data_version": fv.data_version,

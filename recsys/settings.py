@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -97,6 +98,11 @@ class Settings:
     """Port of the embedded Dask scheduler (distributed topology)."""
     dask_workers: int = 2
     """Worker processes of the embedded Dask cluster (distributed topology)."""
+    dask_worker_threads: int = 1
+    """Threads of each embedded Dask worker (NVTabular's partitions run in parallel across them)."""
+    dask_worker_memory: str = "4GiB"
+    """Memory limit of each embedded Dask worker (Dask's syntax: ``4GiB``, ``500MB``): past 60 % it spills to
+    ``<home>/services/dask/<worker>/``, at 95 % its nanny restarts it. Workers x this must fit the machine."""
     postgres_url: Optional[str] = None
     """Server of an external Postgres, e.g. ``postgresql://recsys:secret@db.example:5432`` (distributed topology:
     it holds the databases ``airflow`` and ``mlflow``). Unset: the embedded Postgres server."""
@@ -321,6 +327,14 @@ class Settings:
         return self.topology == "distributed"
 
     @property
+    def dask_scheduler(self) -> Optional[str]:
+        """The Dask scheduler NVTabular (the ETL) runs on: ``dask_scheduler_address`` if set, else the embedded
+        cluster's with the distributed topology, else None: local threads in the ETL's own process."""
+        if self.dask_scheduler_address:
+            return self.dask_scheduler_address
+        return f"tcp://{self.host}:{self.dask_scheduler_port}" if self.distributed else None
+
+    @property
     def landing(self) -> Path:
         return self.landing_dir or self.home / "landing"
 
@@ -457,7 +471,8 @@ _RANGES: dict[str, tuple[Optional[float], Optional[float]]] = {
                                     "triton_instances", "candidates_k", "recommend_default_k", "recommend_max_k",
                                     "triton_keep_versions", "batch_top_n", "batch_concurrency", "api_workers",
                                     "events_max_batch", "events_part_max_rows", "drift_consecutive_checks",
-                                    "mlflow_request_timeout_seconds", "dask_workers")},
+                                    "mlflow_request_timeout_seconds", "dask_workers",
+                                    "dask_worker_threads")},
     **{name: (0, None) for name in ("patience", "batch_size", "lr_patience", "l2_reg", "history_length",
                                     "negatives_per_positive", "tune_trials", "tune_timeout_seconds",
                                     "online_refresh_read_budget", "online_gc_grace_seconds", "online_popularity_size",
@@ -503,7 +518,14 @@ def _value_problems(settings: "Settings") -> list[str]:
                         f"{env_name('recommend_max_k')}={settings.recommend_max_k}")
     if not settings.event_type_list:
         problems.append(f"setting {env_name('event_types')}={settings.event_types!r} names no event type")
+    if not _BYTES.fullmatch(settings.dask_worker_memory.strip()):
+        problems.append(f"setting {env_name('dask_worker_memory')}={settings.dask_worker_memory!r} is not an amount of "
+                        "memory like 4GiB or 500MB")
     return problems
+
+
+# An amount of memory as Dask's ``parse_bytes`` reads it (``4GiB``, ``500 MB``, ``2e9``); the control plane has no Dask.
+_BYTES = re.compile(r"(?i)auto|\d+(\.\d*)?(e\d+)?\s*([kmgtp]i?b?|b)?")
 
 
 # Variables with the settings' prefix that are not settings: read by the CLI (RECSYS_DEBUG), the

@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dask-scheduler",
         default=None,
-        help="Dask scheduler address to run NVTabular on (default: RECSYS_DASK_SCHEDULER_ADDRESS, else local)",
+        help="Dask scheduler address to run NVTabular on (default: RECSYS_DASK_SCHEDULER_ADDRESS, else the embedded "
+        "cluster with RECSYS_TOPOLOGY=distributed, else local threads)",
     )
     parser.set_defaults(func=_run_etl)
 
@@ -47,7 +48,7 @@ def _run_etl(args: argparse.Namespace) -> int:
         args.validation_days if args.validation_days is not None else default.days,
         args.validation_fraction if args.validation_fraction is not None else default.fraction,
     )
-    scheduler = args.dask_scheduler or settings.dask_scheduler_address
+    scheduler = args.dask_scheduler or settings.dask_scheduler
     if not in_merlin_runtime():
         argv = ["etl", "--data", str(args.data.resolve()), "--features-root", str(Path(features_root).resolve())]
         argv += ["--validation-split", split.kind, "--validation-days", str(split.days),

@@ -383,7 +383,11 @@ def _dask_execution(address: Optional[str]) -> Iterator[None]:
         try:
             client = Client(address, timeout="30s", set_as_default=True)
         except OSError as exc:
-            raise EtlError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
+            raise EtlError(
+                f"cannot reach the Dask scheduler at {address} ({exc}). Is it running? `recsys stack status` tells; "
+                "the distributed topology's cluster starts with `recsys stack up --only dask`, its logs are in "
+                "<home>/services/dask/"
+            ) from None
         set_dask_client(client)
         try:
             yield

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from recsys.errors import ServiceError
-from recsys.settings import Settings, masked_url
+from recsys.settings import Settings, env_name, masked_url
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +322,8 @@ class Service:
     name: str = ""
     start_timeout: float = 120.0
     processes: list[ManagedProcess] = field(default_factory=list)
+    port_setting: str = ""
+    """The setting of the port :meth:`_bind` returns, named when that port is busy (default ``<name>_port``)."""
 
     @property
     def url(self) -> str:
@@ -374,7 +376,7 @@ class Service:
         if port_is_open(connect_host(host), port):
             raise ServiceError(
                 f"{self.name}: port {port} on {host} is already in use by another program. "
-                f"Choose another port (RECSYS_{self.name.upper()}_PORT) or use that server as an "
+                f"Choose another port ({env_name(self.port_setting or f'{self.name}_port')}) or use that server as an "
                 f"external one through its URL setting."
             )
 
