@@ -746,17 +746,23 @@ class RedisOnlineStore(OnlineStore):
         redis-py's command packing costs ~25 us per argument in Python, which made it the bottleneck of
         refreshes and of accepting events; hiredis (a dependency of ``redis[hiredis]``) frames each
         command in C and the frames go out on one of the client's connections (its TLS and auth apply).
-        A cluster client gets a normal pipeline. Errors inside a ``MULTI``/``EXEC`` reply are raised too.
+        A cluster client gets a normal pipeline (a ``MULTI`` ... ``EXEC`` framed batch: its transactional
+        pipeline, whose keys share the store's slot; the replies keep the same shape, ``EXEC``'s last).
+        Errors inside a ``MULTI``/``EXEC`` reply are raised too.
         """
         import hiredis
         import redis
 
         if not isinstance(self.client, redis.Redis):
-            pipe = self.client.pipeline(transaction=False)
-            for command in commands:
+            names = [as_text(command[0]).upper() for command in commands]
+            transaction = len(commands) >= 2 and names[0] == "MULTI" and names[-1] == "EXEC"
+            inner = commands[1:-1] if transaction else commands
+            pipe = self.client.pipeline(transaction=transaction)
+            for command in inner:
                 name, *rest = command  # the cluster client routes by the command's name: text, not bytes
-                pipe.execute_command(name.decode() if isinstance(name, bytes) else name, *rest)
-            return pipe.execute()
+                pipe.execute_command(as_text(name), *rest)
+            replies = pipe.execute()
+            return [b"OK", *[b"QUEUED"] * len(inner), replies] if transaction else replies
         pack = hiredis.pack_command
         payload = b"".join(pack(command if isinstance(command, tuple) else tuple(command)) for command in commands)
         pool = self.client.connection_pool

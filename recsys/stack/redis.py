@@ -37,7 +37,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from recsys.errors import ServiceError
 from recsys.settings import REDIS_CLUSTER_NODES
@@ -198,6 +198,37 @@ class RedisService(Service):
         finally:
             connection.close()
 
+    def primary_of(self, key: str) -> Optional[tuple[str, int]]:
+        """(name, port) of the node that serves ``key``'s slot now, as the first answering node sees the
+        cluster (``CLUSTER NODES``); None if no live primary serves it. The online store's every key is on
+        the primary of its hash tag ``{<online_key_prefix>}``."""
+        import redis
+
+        for _, port in self.nodes():
+            connection = self.node_client(port, decode_responses=True)
+            try:
+                slot = int(connection.execute_command("CLUSTER", "KEYSLOT", key))
+                table = connection.execute_command("CLUSTER", "NODES")  # its text (redis-py parses only "CLUSTER NODES")
+            except redis.RedisError:
+                continue
+            finally:
+                connection.close()
+            names = {p: name for name, p in self.nodes()}
+            # a line: <id> <ip:port@cport> <flags> <primary> <ping> <pong> <epoch> <link> <slot ranges...>
+            for line in str(table).splitlines():  # decode_responses: text
+                fields = line.split()
+                if len(fields) < 8 or "master" not in fields[2] or "fail" in fields[2]:
+                    continue
+                for span in fields[8:]:
+                    if span.startswith("["):  # a slot being migrated
+                        continue
+                    low, _, high = span.partition("-")
+                    if int(low) <= slot <= int(high or low):
+                        owner = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                        return names.get(owner, fields[1]), owner
+            return None
+        return None
+
     def _create_cluster_once(self) -> None:
         """``redis-cli --cluster create`` the first time; nothing when the nodes already form a cluster."""
         infos = {node: self.node_info(port) for node, port in self.nodes()}
@@ -248,6 +279,8 @@ class RedisService(Service):
                 components[proc.name] = {**proc.describe(), "port": port, "role": info.get("role", ""),
                                          "cluster_state": info.get("cluster_state", "")}
             out["components"] = components
+            store = self.primary_of("{" + self.settings.online_key_prefix + "}")
+            out["online_store_primary"] = store[0] if store else None
         return out
 
     # --- the service ------------------------------------------------------------------------------
