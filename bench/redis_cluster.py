@@ -6,8 +6,9 @@ password, AOF everysec): the embedded topology's one Redis, and the distributed 
 + 3 replicas (``cluster-node-timeout`` = ``RECSYS_REDIS_CLUSTER_NODE_TIMEOUT_MS``, default 3000 ms).
 
 * read latency: the same snapshot (``--users`` users, ``--items`` items) refreshed into both; reads of 1 user +
-  100 items (the store's one-Lua-script read path) on each, ``--reads`` per round, ``--rounds`` rounds in
-  alternating order; p50 and p99 per store (all rounds pooled) and their ratio cluster / one Redis. The
+  100 items (the store's one-Lua-script read path), each read made on both back to back in alternating order,
+  ``--reads`` per round, ``--rounds`` rounds; p50 and p99 per store (all rounds pooled) and their ratio
+  cluster / one Redis. The
   cluster client routes by the hash tag's slot to the one primary that holds the store: the expected cost is
   nothing but the client's routing in Python.
 * failover window: ``--kills`` times, ``kill -9`` of the primary holding the store while a reader thread reads
@@ -59,15 +60,16 @@ def settings_of(home: Path, topology: str):
 def read_latencies(stores: dict, users: int, reads: int, rounds: int) -> dict:
     rng = np.random.default_rng(0)
     seconds: dict[str, list[float]] = {name: [] for name in stores}
+    names = list(stores)
     for round_ in range(rounds):
-        order = list(stores) if round_ % 2 == 0 else list(stores)[::-1]
-        for name in order:
-            store = stores[name]
-            for _ in range(reads):
-                user = 1000 + int(rng.integers(users))
-                item_ids = (5000 + rng.integers(0, 100, 100)).tolist()
+        for n in range(reads):
+            user = 1000 + int(rng.integers(users))
+            item_ids = (5000 + rng.integers(0, 100, 100)).tolist()
+            # the same read on both, back to back, in alternating order: both see the same moments of the
+            # shared machine's load (whole rounds one after the other made the p99s compare load spikes)
+            for name in names if n % 2 == 0 else names[::-1]:
                 began = time.perf_counter()
-                rows = store.read(user, item_ids)
+                rows = stores[name].read(user, item_ids)
                 seconds[name].append(time.perf_counter() - began)
                 assert rows.user_found
         log(f"read round {round_ + 1}/{rounds} done")
@@ -121,7 +123,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=2_000)
-    parser.add_argument("--reads", type=int, default=2000, help="reads per store per round")
+    parser.add_argument("--reads", type=int, default=5000, help="reads per store per round")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2000 users, 200 items, 500 reads x 2 rounds, 3 kills")
