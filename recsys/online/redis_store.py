@@ -598,7 +598,8 @@ class RedisOnlineStore(OnlineStore):
                 except redis_errors.RedisError as cleanup:  # Redis itself is what failed: keep the first error
                     log.warning("could not remove %s's keys (%s): garbage collection removes them later", version, cleanup)
                 if isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterError,
-                                      redis_errors.RedisClusterException)):  # the last: a slot not served
+                                      redis_errors.RedisClusterException,  # a slot that no node serves
+                                      ConnectionError)):  # the socket's own (a reset), from _send_pipelined's reads
                     raise OnlineStoreError(
                         f"refresh of online version {version} lost its Redis connection ({error}), e.g. to a failover "
                         f"of the primary holding the store; {base.version if base else 'no version'} stays current: "

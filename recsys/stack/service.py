@@ -56,24 +56,7 @@ def free_port(host: str = LOOPBACK) -> int:
     in use" (seen in CI). Ports below the ephemeral range are only ever taken by
     listeners, and a port is never handed out twice by one process.
     """
-    import random
-    import socket
-
-    low, high = ephemeral_port_range()
-    start, end = (20000, low - 1) if low > 21000 else (high + 1, 65535)
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randint(start, end)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    raise ServiceError(f"no free TCP port on {host} in {start}-{end} after 200 tries")
+    return free_port_block(1, host)
 
 
 def free_port_block(count: int, host: str = LOOPBACK, *, also_at: int = 0) -> int:
@@ -103,7 +86,8 @@ def free_port_block(count: int, host: str = LOOPBACK, *, also_at: int = 0) -> in
             continue
         _HANDED_OUT.update(ports)
         return first
-    raise ServiceError(f"no {count} consecutive free ports on {host} in {start}-{end} after 200 tries")
+    what = "free TCP port" if count == 1 else f"{count} consecutive free ports"
+    raise ServiceError(f"no {what} on {host} in {start}-{end} after 200 tries")
 
 
 def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
