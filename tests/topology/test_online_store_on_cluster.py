@@ -70,3 +70,38 @@ def test_the_store_runs_on_a_cluster_of_three_primaries_with_a_replica_each(clus
     assert sorted(c["role"] for c in status["components"].values()) == ["master"] * 3 + ["slave"] * 3
     assert all(c["cluster_state"] == "ok" for c in status["components"].values())
     assert status["online_store_primary"] in status["components"]
+
+
+def test_a_restarted_cluster_is_the_same_cluster_with_its_data(redis_service, make_store, topology):
+    """``stack down`` / ``stack up`` restarts the six nodes from their nodes.conf and AOF: the same node ids,
+    the store's data, and no second ``redis-cli --cluster create``. The password is in the 0600 config files
+    and the tool's environment, never on a command line or in a log."""
+    from online_helpers import snapshot, tables
+
+    from recsys import credentials, stack
+
+    store = make_store()
+    version = store.refresh(snapshot(tables())).version
+    def node_ids() -> dict:
+        ids = {}
+        for name, port in redis_service.nodes():
+            connection = redis_service.node_client(port)
+            ids[name] = connection.execute_command("CLUSTER", "MYID")
+            connection.close()
+        return ids
+
+    ids_before = node_ids()
+    stack.down(topology.settings, only=["redis"])
+    topology.up("redis")
+
+    assert node_ids() == ids_before
+    assert store.current().version == version and store.read(1000, [5000]).user_found
+    create_log = (redis_service.directory / "cluster-create.log").read_text()
+    assert create_log.count("Performing hash slots allocation") == 1
+    password = credentials.ensure(topology.settings, credentials.REDIS_PASSWORD)
+    for process in redis_service.processes:
+        config = redis_service.node_config(process.name)
+        assert config.stat().st_mode & 0o777 == 0o600
+        assert f"masterauth {password}" in config.read_text() and "cluster-enabled yes" in config.read_text()
+        assert password not in process.shown_command() and password not in process.log_file.read_text()
+    assert password not in create_log
