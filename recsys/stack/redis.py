@@ -268,10 +268,12 @@ class RedisService(Service):
 
     def _wait_cluster_ok(self) -> None:
         """Wait until every node reports ``cluster_state:ok`` (all slots served, the nodes agree)."""
-        deadline = time.monotonic() + self.start_timeout
+        began = time.monotonic()
+        deadline = began + self.start_timeout
         while True:
             states = {node: self.node_info(port).get("cluster_state", "not answering") for node, port in self.nodes()}
             if all(state == "ok" for state in states.values()):
+                log.info("redis: cluster_state ok on all %d nodes (%.1f s)", len(states), time.monotonic() - began)
                 return
             if time.monotonic() > deadline:
                 raise ServiceError(
