@@ -104,6 +104,8 @@ BENCHMARKS = (
     Benchmark("events", "events.py", "control", "live events: accept rate, accept-to-visible, serving while events flow, "
               "the HTTP API", "12", ("--quick",), "5", first_time="the 10k catalogue of serving, if not built: ~4 min",
               envs=("merlin",), tools=("redis-benchmark", "wrk")),
+    Benchmark("redis_cluster", "redis_cluster.py", "control", "the online store on the distributed topology's Redis "
+              "Cluster: failover window (kill -9 of its primary), reads beside one Redis", "2", ("--quick",), "1"),
     Benchmark("redis_memory", "redis_memory.py", "control", "the embedded Redis' memory over 40 refreshes: bounded or "
               "growing", "3", ("--quick",), "1"),
     Benchmark("topology", "topology.py", "control", "`recsys demo` on the distributed topology (Postgres, Celery, Redis "

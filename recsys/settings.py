@@ -22,6 +22,8 @@ from typing import Any, Optional, get_type_hints
 from recsys.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REDIS_CLUSTER_NODES = 6
+"""Nodes of the distributed topology's embedded Redis Cluster: 3 primaries, each with one replica."""
 
 
 def _default_home() -> Path:
@@ -62,7 +64,13 @@ class Settings:
     """``RECSYS_REDIS_URL`` names a node of a Redis Cluster: every client is redis-py's ``RedisCluster`` (the
     online store's keys share one hash tag, so its scripts and pipelines stay on one slot). docker/compose.yaml."""
     redis_port: int = 6390
-    """Port of the embedded redis-server."""
+    """Port of the embedded redis-server; with the distributed topology the first of the six cluster nodes'
+    consecutive ports (redis-1 .. redis-6 on this port .. this port + 5)."""
+    redis_cluster_node_timeout_ms: int = 3000
+    """The embedded Redis Cluster's ``cluster-node-timeout`` (distributed topology): a primary that answers no
+    peer for this long is failed over to its replica, so reads of its slots fail for about this long plus
+    the election (~1 s; bench/results/redis_cluster.json). Redis' default (15 s) would stop the store for
+    15 s; much shorter risks failovers of a primary that is only slow on a busy machine."""
     redis_password: Optional[str] = None
     """Password every Redis client sends (``AUTH``). Unset: the embedded Redis's, generated at its first
     start into ``<home>/services/redis/password`` (mode 0600); an external Redis without one needs none."""
@@ -365,6 +373,23 @@ class Settings:
         return self.redis_url or f"redis://{self.host}:{self.redis_port}/0"
 
     @property
+    def redis_is_cluster(self) -> bool:
+        """Whether the online store is a Redis Cluster (every client is redis-py's ``RedisCluster``): an external
+        one (``redis_cluster``), or the embedded one of the distributed topology (3 primaries + 3 replicas)."""
+        return self.redis_cluster or (self.distributed and self.redis_url is None)
+
+    @property
+    def redis_nodes(self) -> list[tuple[str, int]]:
+        """The Redis nodes a client may start from: the embedded cluster's six (so a client made while
+        ``redis_port``'s node is down still finds the cluster), else the one of ``redis``."""
+        import urllib.parse
+
+        if self.distributed and self.redis_url is None:
+            return [(self.host, self.redis_port + n) for n in range(REDIS_CLUSTER_NODES)]
+        url = urllib.parse.urlsplit(self.redis)
+        return [(url.hostname or self.host, url.port or 6379)]
+
+    @property
     def mlflow_uri(self) -> str:
         return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
 
@@ -473,6 +498,7 @@ _RANGES: dict[str, tuple[Optional[float], Optional[float]]] = {
                                     "events_max_batch", "events_part_max_rows", "drift_consecutive_checks",
                                     "mlflow_request_timeout_seconds", "dask_workers",
                                     "dask_worker_threads")},
+    "redis_cluster_node_timeout_ms": (100, None),
     **{name: (0, None) for name in ("patience", "batch_size", "lr_patience", "l2_reg", "history_length",
                                     "negatives_per_positive", "tune_trials", "tune_timeout_seconds",
                                     "online_refresh_read_budget", "online_gc_grace_seconds", "online_popularity_size",

@@ -280,9 +280,19 @@ end
 return copied
 """
 
-# KEYS: current, writing, retired, new meta, new version's feature version pointer.
+# KEYS: current, writing, retired, new meta, new version's feature version pointer, new users, new items.
 # ARGV: expected current ("" = none), new version, now.
+# Returns {1, previous} (switched), {0, current} (another version became current) or {2, what is missing}:
+# the version on the server lacks rows the refresh wrote. That happens when its primary died and a replica
+# that had not yet received the last acknowledged writes took over (Redis replicates asynchronously):
+# switching to it would serve a version with holes.
 _SWITCH = """
+local counts = redis.call('HMGET', KEYS[4], 'users', 'items')
+if not counts[1] or not counts[2] then return {2, 'its meta'} end
+local users, items = redis.call('HLEN', KEYS[6]), redis.call('HLEN', KEYS[7])
+if users ~= tonumber(counts[1]) or items ~= tonumber(counts[2]) then
+  return {2, users .. ' of ' .. counts[1] .. ' users and ' .. items .. ' of ' .. counts[2] .. ' items'}
+end
 local cur = redis.call('GET', KEYS[1]) or ''
 if cur ~= ARGV[1] then return {0, cur} end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -398,11 +408,23 @@ return removed
 def client(settings: "Settings", *, cluster: Optional[bool] = None, **kwargs: Any) -> "redis.Redis":
     """The redis-py client of ``settings.redis``, authenticated with ``settings.redis_password`` or the
     embedded Redis's generated password (:mod:`recsys.credentials`). Every Redis client is made here;
-    ``cluster`` (default ``settings.redis_cluster``): a ``RedisCluster`` client."""
+    ``cluster`` (default ``settings.redis_is_cluster``): a ``RedisCluster`` client, which starts from every
+    node of ``settings.redis_nodes`` (a client made while one node is down still finds the cluster).
+
+    During a failover (a primary died; its replica takes over after ``cluster-node-timeout``) a cluster
+    client's command fails fast with ``ConnectionError`` or ``ClusterDownError`` (redis-py retries it a few
+    times at once, re-reading the slot map each time) and succeeds as soon as the replica is promoted: the
+    client itself follows the new slot map. Not retried for longer on purpose: a read that waits seconds is
+    worse for serving than a fast error, and a refresh must start again rather than carry on (writes the
+    dead primary acknowledged but had not replicated are lost; see ``_SWITCH``)."""
     from recsys import credentials
 
     if cluster is None:
-        cluster = settings.redis_cluster
+        cluster = settings.redis_is_cluster
+    if cluster:
+        from redis.cluster import ClusterNode
+
+        kwargs.setdefault("startup_nodes", [ClusterNode(host, port) for host, port in settings.redis_nodes[1:]])
     return connect(settings.redis, cluster=cluster,
                    password=credentials.client_value(settings, credentials.REDIS_PASSWORD), **kwargs)
 
@@ -552,18 +574,37 @@ class RedisOnlineStore(OnlineStore):
                 switched, found = self._switch(
                     keys=[
                         self.key_current, self.key_writing, self.key_retired, self.key(version, "meta"),
-                        self.pointer_key(snapshot.feature_version),
+                        self.pointer_key(snapshot.feature_version), self.key(version, "u"), self.key(version, "i"),
                     ],
                     args=[base.version if base else "", version, time.time()],
                 )
+                if int(switched) == 2:
+                    raise OnlineStoreError(
+                        f"online version {version} is incomplete on the server ({as_text(found)} written are "
+                        f"there): writes were lost, e.g. by a Redis failover during the refresh; {version} was "
+                        "discarded, run the refresh again"
+                    )
                 if not int(switched):
                     raise ConcurrentRefreshError(
                         f"online version {as_text(found)} became current while {version} was being written "
                         f"(expected {base.version if base else 'none'}); {version} was discarded"
                     )
-            except BaseException:
+            except BaseException as error:
+                import redis.exceptions as redis_errors
+
                 log.warning("refresh of %s failed: removing its keys; %s stays current", version, base.version if base else "nothing")
-                self._delete_version(version)
+                try:
+                    self._delete_version(version)
+                except redis_errors.RedisError as cleanup:  # Redis itself is what failed: keep the first error
+                    log.warning("could not remove %s's keys (%s): garbage collection removes them later", version, cleanup)
+                if isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterError,
+                                      redis_errors.RedisClusterException,  # a slot that no node serves
+                                      ConnectionError)):  # the socket's own (a reset), from _send_pipelined's reads
+                    raise OnlineStoreError(
+                        f"refresh of online version {version} lost its Redis connection ({error}), e.g. to a failover "
+                        f"of the primary holding the store; {base.version if base else 'no version'} stays current: "
+                        "run the refresh again (it starts over)"
+                    ) from error
                 raise
         result.seconds = time.time() - started
         result.pacing = pacer.report()
@@ -707,17 +748,23 @@ class RedisOnlineStore(OnlineStore):
         redis-py's command packing costs ~25 us per argument in Python, which made it the bottleneck of
         refreshes and of accepting events; hiredis (a dependency of ``redis[hiredis]``) frames each
         command in C and the frames go out on one of the client's connections (its TLS and auth apply).
-        A cluster client gets a normal pipeline. Errors inside a ``MULTI``/``EXEC`` reply are raised too.
+        A cluster client gets a normal pipeline (a ``MULTI`` ... ``EXEC`` framed batch: its transactional
+        pipeline, whose keys share the store's slot; the replies keep the same shape, ``EXEC``'s last).
+        Errors inside a ``MULTI``/``EXEC`` reply are raised too.
         """
         import hiredis
         import redis
 
         if not isinstance(self.client, redis.Redis):
-            pipe = self.client.pipeline(transaction=False)
-            for command in commands:
+            names = [as_text(command[0]).upper() for command in commands]
+            transaction = len(commands) >= 2 and names[0] == "MULTI" and names[-1] == "EXEC"
+            inner = commands[1:-1] if transaction else commands
+            pipe = self.client.pipeline(transaction=transaction)
+            for command in inner:
                 name, *rest = command  # the cluster client routes by the command's name: text, not bytes
-                pipe.execute_command(name.decode() if isinstance(name, bytes) else name, *rest)
-            return pipe.execute()
+                pipe.execute_command(as_text(name), *rest)
+            replies = pipe.execute()
+            return [b"OK", *[b"QUEUED"] * len(inner), replies] if transaction else replies
         pack = hiredis.pack_command
         payload = b"".join(pack(command if isinstance(command, tuple) else tuple(command)) for command in commands)
         pool = self.client.connection_pool

@@ -74,7 +74,12 @@ def free_ports_env(distributed: bool) -> dict[str, str]:
     env = {f"RECSYS_{name}_PORT": str(free_port()) for name in names}
     if distributed:
         env.update({f"RECSYS_{name}_PORT": str(free_port()) for name in ("POSTGRES", "CELERY_BROKER", "DASK_SCHEDULER")})
-    env["RECSYS_REDIS_PORT"] = str(free_port_block(6) if distributed else free_port())
+    if distributed:
+        from recsys.stack.redis import free_cluster_ports
+
+        env["RECSYS_REDIS_PORT"] = str(free_cluster_ports())  # the cluster's six nodes and their bus ports
+    else:
+        env["RECSYS_REDIS_PORT"] = str(free_port())
     triton = free_port_block(6 if distributed else 3)
     env.update({"RECSYS_TRITON_HTTP_PORT": str(triton), "RECSYS_TRITON_GRPC_PORT": str(triton + 1),
                 "RECSYS_TRITON_METRICS_PORT": str(triton + 2)})

@@ -56,42 +56,38 @@ def free_port(host: str = LOOPBACK) -> int:
     in use" (seen in CI). Ports below the ephemeral range are only ever taken by
     listeners, and a port is never handed out twice by one process.
     """
+    return free_port_block(1, host)
+
+
+def free_port_block(count: int, host: str = LOOPBACK, *, also_at: int = 0) -> int:
+    """The first of ``count`` consecutive free ports on ``host`` (a Redis Cluster's nodes, Triton replicas' ports),
+    below the ephemeral range like :func:`free_port`. ``also_at``: each port + ``also_at`` must be free and below
+    that range too (a Redis 6 cluster node's bus port is its port + 10000, not configurable)."""
     import random
     import socket
 
     low, high = ephemeral_port_range()
     start, end = (20000, low - 1) if low > 21000 else (high + 1, 65535)
+    last_first = end - also_at - count + 1
+    if last_first < start:
+        raise ServiceError(f"no room for {count} ports (+{also_at}) in {start}-{end}")
     rng = random.Random()
     for _ in range(200):
-        port = rng.randint(start, end)
-        if port in _HANDED_OUT:
+        first = rng.randint(start, last_first)
+        ports = [first + n for n in range(count)]
+        ports += [port + also_at for port in ports] if also_at else []
+        if _HANDED_OUT.intersection(ports):
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    raise ServiceError(f"no free TCP port on {host} in {start}-{end} after 200 tries")
-
-
-def free_port_block(count: int, host: str = LOOPBACK) -> int:
-    """The first of ``count`` consecutive free ports (a Redis Cluster's nodes, Triton replicas' ports), chosen
-    like :func:`free_port`."""
-    import socket
-
-    for _ in range(100):
-        first = free_port(host)
         try:
-            for port in range(first + 1, first + count):
+            for port in ports:
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                     sock.bind((host, port))
         except OSError:
             continue
-        _HANDED_OUT.update(range(first, first + count))
+        _HANDED_OUT.update(ports)
         return first
-    raise ServiceError(f"no {count} consecutive free TCP ports on {host} after 100 tries")
+    what = "free TCP port" if count == 1 else f"{count} consecutive free ports"
+    raise ServiceError(f"no {what} on {host} in {start}-{end} after 200 tries")
 
 
 def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:

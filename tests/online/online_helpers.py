@@ -3,14 +3,35 @@ recorder of what clients send.
 
 ``as_string_ids(t)`` turns any of these tables into the same data with text ids (``user_text`` /
 ``item_text`` name each integer id's text), so every test can run on both id kinds.
+``store_factory(client, inspector, prefix)``: the ``make_store`` fixtures' body, on one Redis
+(tests/online) or on the distributed topology's cluster (tests/topology/test_online_store_on_cluster.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
 import pandas as pd
+
+
+@contextlib.contextmanager
+def store_factory(client, inspector, prefix: str):
+    """Yields ``make(**kwargs)``: a RedisOnlineStore on ``client`` under the hash tag ``{prefix}`` (unless the
+    test gives another); afterwards every key of ``prefix`` is unlinked through ``inspector``, the client the
+    tests look at the keys with (the same one, or a plain client of the cluster node owning the prefix)."""
+    from recsys.online.redis_store import RedisOnlineStore
+
+    def make(**kwargs):
+        kwargs.setdefault("prefix", prefix)
+        return RedisOnlineStore(client, **kwargs)
+
+    try:
+        yield make
+    finally:
+        for key in inspector.scan_iter(match=f"{{{prefix}}}:*", count=1000):
+            inspector.unlink(key)
 
 
 def tables(n_users: int = 60, n_items: int = 25, seed: int = 0, marker: float = 0.0) -> dict:
