@@ -242,7 +242,7 @@ def gpu_problems(compose: dict) -> list[str]:
         if not any("gpu" in (d.get("capabilities") or []) for d in devices):
             problems.append(f"{name}: reserves no GPU")
     worker = compose["services"].get("airflow-worker-gpu", {})
-    queue = settings_of("airflow-worker-gpu", worker).gpu_queue
+    queue = settings_of("airflow-worker-gpu", worker).merlin_queue
     if queue == "default" or _queues(worker) != {queue}:
         problems.append(f"airflow-worker-gpu: consumes {sorted(_queues(worker))}, not the queue RECSYS_GPU_QUEUE={queue!r}")
     if _queues(compose["services"].get("airflow-worker-default", {})) != {"default"}:
