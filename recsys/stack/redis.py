@@ -38,6 +38,28 @@ def redis_server_binary() -> Path:
     return binary
 
 
+def write_config(path: Path, *, host: str, port: int, data_dir: Path, password: str, appendonly: bool = True) -> None:
+    """A redis-server configuration (mode 0600: it holds ``requirepass``): bound to ``host:port``, data in
+    ``data_dir``, RDB snapshots plus the append-only file fsynced every second, logging to stdout (the
+    managed process's log file). The online store's Redis and Celery's broker both run from one."""
+    from recsys import credentials
+
+    lines = {
+        "bind": host,
+        "port": port,
+        "protected-mode": "yes",
+        "dir": str(data_dir),
+        "dbfilename": "dump.rdb",
+        "appendonly": "yes" if appendonly else "no",
+        "appendfilename": AOF_FILE,
+        "appendfsync": "everysec",
+        "daemonize": "no",
+        "logfile": '""',  # to stdout, which goes to our log file
+        "requirepass": password,
+    }
+    credentials.write_private(path, "".join(f"{k} {v}\n" for k, v in lines.items()))
+
+
 @dataclass
 class RedisService(Service):
     name: str = "redis"
@@ -67,21 +89,8 @@ class RedisService(Service):
         password = credentials.ensure(self.settings, credentials.REDIS_PASSWORD)
         # Start from the snapshot when it is all there is (see the module docstring); AOF from then on.
         self._enable_aof_live = not self.aof_file.exists() and (self.data_dir / "dump.rdb").exists()
-        s = self.settings
-        lines = {
-            "bind": s.host,
-            "port": s.redis_port,
-            "protected-mode": "yes",
-            "dir": str(self.data_dir),
-            "dbfilename": "dump.rdb",
-            "appendonly": "no" if self._enable_aof_live else "yes",
-            "appendfilename": AOF_FILE,
-            "appendfsync": "everysec",
-            "daemonize": "no",
-            "logfile": '""',  # to stdout, which goes to our log file
-            "requirepass": password,
-        }
-        credentials.write_private(self.config_file, "".join(f"{k} {v}\n" for k, v in lines.items()))
+        write_config(self.config_file, host=self.settings.host, port=self.settings.redis_port, data_dir=self.data_dir,
+                     password=password, appendonly=not self._enable_aof_live)
 
     def wait(self) -> None:
         super().wait()
