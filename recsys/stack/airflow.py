@@ -242,6 +242,10 @@ class AirflowService(Service):
         if not self.embedded:
             return
         ensure_password_file(self.settings)
+        if self.settings.distributed:
+            from recsys.stack.postgres import ensure_ready
+
+            ensure_ready(self.settings, "airflow")  # its database, before the migration
         self._migrate()
         # The API server binds the port; the others only need the database, so they all start
         # together and boot while the API server does.

@@ -78,6 +78,10 @@ class MlflowService(Service):
 
         super().prepare()
         s = self.settings
+        if s.distributed:
+            from recsys.stack.postgres import ensure_ready
+
+            ensure_ready(s, "mlflow")  # its backend store's database must exist when the server starts
         password = credentials.ensure(s, credentials.MLFLOW_PASSWORD)
         credentials.write_private(
             self.auth_config,

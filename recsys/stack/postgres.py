@@ -115,6 +115,15 @@ def connect(settings: Settings, database: str = "postgres", timeout: int = 3) ->
     return psycopg2.connect(database_url(settings, database), connect_timeout=timeout, **extra)
 
 
+def ensure_ready(settings: Settings, needed_by: str) -> None:
+    """Wait until Postgres answers and holds its databases: Airflow migrates and MLflow starts only then
+    (``stack.up`` starts every service before waiting for any)."""
+    service = PostgresService(settings)
+    if service.embedded and not service.processes[0].running():
+        raise ServiceError(f"{needed_by} needs Postgres, which is not running: start both (`recsys stack up`)")
+    service.wait()
+
+
 @dataclass
 class PostgresService(Service):
     name: str = "postgres"

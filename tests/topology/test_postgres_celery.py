@@ -34,18 +34,29 @@ def _query(settings, database: str, statement: str, args: tuple = ()) -> list[tu
 
 
 def test_airflow_runs_the_celery_executor_on_postgres(running):
-    s = running
-    # The scheduler's job row is in Postgres's `airflow` database, and names the executor it runs.
-    executors = _query(s, "airflow", "SELECT DISTINCT executor_class FROM job WHERE job_type = 'SchedulerJob'")
-    assert executors == [("CeleryExecutor",)]
-    tables = {row[0] for row in _query(s, "airflow", "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert {"dag", "dag_run", "task_instance", "alembic_version"} <= tables
-    # Celery's result backend is the same database (its tables appear with the first result; the URL is set).
+    import subprocess
+    import sys
+    from pathlib import Path
+
     from recsys.stack.airflow import airflow_env
 
+    s = running
+    # Airflow's own view of its configuration (what every component reads).
+    airflow = str(Path(sys.executable).parent / "airflow")
     env = airflow_env(s)
-    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://recsys@")
-    assert "sqlite" not in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+    def config(section: str, key: str) -> str:
+        return subprocess.run([airflow, "config", "get-value", section, key], env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    assert config("core", "executor") == "CeleryExecutor"
+    assert config("database", "sql_alchemy_conn") == f"postgresql+psycopg2://recsys@127.0.0.1:{s.postgres_port}/airflow"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+postgresql://recsys@127.0.0.1:{s.postgres_port}/airflow"
+    # Its tables and the running scheduler's heartbeat are in Postgres's `airflow` database.
+    tables = {row[0] for row in _query(s, "airflow", "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"dag", "dag_run", "task_instance", "job", "alembic_version"} <= tables
+    schedulers = _query(s, "airflow", "SELECT count(*) FROM job WHERE job_type = 'SchedulerJob' AND state = 'running'")
+    assert schedulers == [(1,)]
     # No SQLite database was made beside it.
     assert not (s.services_root / "airflow" / "airflow.db").exists()
 
