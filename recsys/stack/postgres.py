@@ -173,8 +173,9 @@ class PostgresService(Service):
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=self.directory,
             )
         if result.returncode != 0:
+            hint = " (as root it runs in a user namespace: `unshare --user` must be allowed)" if os.geteuid() == 0 else ""
             raise ServiceError(
-                f"postgres: initdb failed (exit {result.returncode}); see {initdb_log}\n"
+                f"postgres: initdb failed (exit {result.returncode}){hint}; see {initdb_log}\n"
                 f"--- last lines ---\n{tail(initdb_log)}"
             )
 

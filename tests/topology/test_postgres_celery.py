@@ -161,3 +161,16 @@ def test_a_bad_external_postgres_url_says_what_is_wrong(running):
     with pytest.raises(ConfigError, match="is not a Postgres server URL") as wrong_kind:
         stack.up(not_postgres, only=["postgres"])
     assert "hunter2" not in str(wrong_kind.value)
+
+
+def test_postgres_runs_unprivileged_as_root_and_directly_otherwise(monkeypatch):
+    """Postgres refuses root: as root (this machine, CI) its programs run in a user namespace as nobody."""
+    import os
+
+    from recsys.stack import postgres
+
+    command = [str(postgres.bin_dir() / "postgres"), "-D", "data"]
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert postgres.unprivileged(command) == ["unshare", "--user", "--map-user=65534", "--map-group=65534", *command]
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert postgres.unprivileged(command) == command
