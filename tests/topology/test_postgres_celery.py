@@ -85,6 +85,30 @@ def test_no_password_is_on_a_command_line_in_an_environment_or_in_a_log(running)
             assert value not in text, f"the {name} password is in {log}"
 
 
+def test_every_listening_socket_is_on_loopback_and_the_workers_serve_no_logs(running):
+    """Postgres, the broker, MLflow, Airflow listen on 127.0.0.1 only; the Celery workers (--skip-serve-logs)
+    start no log server (Airflow's binds 0.0.0.0:8793)."""
+    import psutil
+
+    from recsys import stack
+    from recsys.stack.airflow import component
+
+    s = running
+    listening = {}
+    for pid in {p for service in stack.services(s, only=SERVICES) for p in service.all_pids()}:
+        try:
+            for conn in psutil.Process(pid).net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    listening[(conn.laddr.ip, conn.laddr.port)] = pid
+        except psutil.Error:
+            continue
+    ports = {port for _ip, port in listening}
+    assert {s.postgres_port, s.celery_broker_port, s.mlflow_port, s.airflow_port} <= ports, sorted(ports)
+    assert all(ip == "127.0.0.1" for ip, _port in listening), sorted(listening)
+    workers = {pid for name in ("worker-default", "worker-gpu") for pid in component(s, name).all_pids()}
+    assert workers and not workers & set(listening.values()), "a Celery worker listens on a port"
+
+
 def test_mlflow_runs_land_in_postgres(running):
     from recsys.tracking.runs import authenticate, client
 
