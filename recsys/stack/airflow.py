@@ -262,8 +262,18 @@ class AirflowService(Service):
         import importlib.metadata
 
         version = importlib.metadata.version("apache-airflow")
-        # Per database: the distributed topology's is Postgres, the embedded one's SQLite.
-        marker = self.directory / (f".migrated-{version}" + ("-postgres" if self.settings.distributed else ""))
+        marker = self.directory / f".migrated-{version}"
+        if self.settings.distributed:
+            # Per Postgres server (an external URL may change), and only while its database holds Airflow's
+            # tables (the embedded server's data folder may have been removed since).
+            import hashlib
+
+            from recsys.stack import postgres
+
+            url = postgres.database_url(self.settings, "airflow")
+            marker = marker.with_name(f"{marker.name}-postgres-{hashlib.sha256(url.encode()).hexdigest()[:12]}")
+            if marker.exists() and not postgres.has_table(self.settings, "airflow", "alembic_version"):
+                marker.unlink()
         if marker.exists():
             return
         migrate_log = self.directory / "db-migrate.log"

@@ -115,6 +115,17 @@ def connect(settings: Settings, database: str = "postgres", timeout: int = 3) ->
     return psycopg2.connect(database_url(settings, database), connect_timeout=timeout, **extra)
 
 
+def has_table(settings: Settings, database: str, table: str) -> bool:
+    """True if ``database`` has ``table`` (in the ``public`` schema)."""
+    connection = connect(settings, database)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",))
+            return bool(cursor.fetchone()[0])
+    finally:
+        connection.close()
+
+
 def ensure_ready(settings: Settings, needed_by: str) -> None:
     """Wait until Postgres answers and holds its databases: Airflow migrates and MLflow starts only then
     (``stack.up`` starts every service before waiting for any)."""

@@ -198,3 +198,23 @@ def test_postgres_runs_unprivileged_as_root_and_directly_otherwise(monkeypatch):
     assert postgres.unprivileged(command) == ["unshare", "--user", "--map-user=65534", "--map-group=65534", *command]
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert postgres.unprivileged(command) == command
+
+
+def test_each_database_holds_its_own_schema_and_the_migration_marker_names_the_server(running):
+    """Airflow's schema in `airflow`, MLflow's in `mlflow`; Airflow's migration marker is per Postgres server
+    (it is ignored when that database has no Airflow schema: AirflowService._migrate)."""
+    from recsys.stack import postgres
+
+    s = running
+    assert postgres.has_table(s, "airflow", "alembic_version")
+    assert not postgres.has_table(s, "mlflow", "dag_run")  # MLflow's database holds MLflow's tables only
+    assert postgres.has_table(s, "mlflow", "experiments")
+    markers = sorted(p.name for p in (s.services_root / "airflow").glob(".migrated-*-postgres-*"))
+    assert len(markers) == 1, markers
+    # A second start finds the marker and the schema: no second `airflow db migrate`.
+    from recsys.stack.airflow import AirflowService
+
+    migrate_log = s.services_root / "airflow" / "db-migrate.log"
+    before = migrate_log.stat().st_size
+    AirflowService(s)._migrate()
+    assert migrate_log.stat().st_size == before
