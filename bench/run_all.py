@@ -110,6 +110,8 @@ BENCHMARKS = (
               "growing", "3", ("--quick",), "1"),
     Benchmark("topology", "topology.py", "control", "`recsys demo` on the distributed topology (Postgres, Celery, Redis "
               "Cluster, Dask, two Tritons) beside the embedded one", "16", ("--quick",), "9", envs=("merlin",)),
+    Benchmark("topology_startup", "topology_startup.py", "control", "Airflow + MLflow start time on the distributed "
+              "topology (Postgres, Celery workers) beside the embedded one", "6", ("--rounds", "1"), "2"),
     Benchmark("soak", "soak.py", "control", "10 minutes at concurrency 16 while the online store refreshes every "
               "minute and a publish every 3", "17", ("--minutes", "2", "--refresh-every", "30", "--publish-every", "60"), "9",
               first_time="the 10k catalogue of serving, if not built: ~4 min", envs=("merlin",)),

@@ -64,7 +64,7 @@ def recsys_train():
 
         return jobs.training_features(plan)
 
-    @jobs.merlin_task(pool=settings.gpu_pool, queue=settings.gpu_queue, execution_timeout=timedelta(hours=6))
+    @jobs.merlin_task(pool=settings.gpu_pool, execution_timeout=timedelta(hours=6))
     def train(plan: dict, features: dict) -> dict:
         from recsys import jobs
 

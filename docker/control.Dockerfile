@@ -16,9 +16,9 @@ RUN pip install --no-cache-dir "uv==${UV_VERSION}"
 WORKDIR /src
 # Dependencies first (cached while only the code changes), then the project itself.
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --frozen --no-dev --extra control --extra production --no-install-project
+RUN uv sync --frozen --no-dev --extra control --no-install-project
 COPY recsys ./recsys
-RUN uv sync --frozen --no-dev --extra control --extra production --no-editable
+RUN uv sync --frozen --no-dev --extra control --no-editable
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="recsys-control" \

@@ -20,10 +20,10 @@ RUN python3 -m pip install --no-cache-dir "uv==${UV_VERSION}" \
 WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./
 RUN UV_PROJECT_ENVIRONMENT=/opt/recsys/merlin uv sync --frozen --no-dev --extra merlin --python 3.11 --no-install-project \
-    && UV_PROJECT_ENVIRONMENT=/opt/recsys/control uv sync --frozen --no-dev --extra control --extra production --python 3.11 --no-install-project
+    && UV_PROJECT_ENVIRONMENT=/opt/recsys/control uv sync --frozen --no-dev --extra control --python 3.11 --no-install-project
 COPY recsys ./recsys
 RUN UV_PROJECT_ENVIRONMENT=/opt/recsys/merlin uv sync --frozen --no-dev --extra merlin --python 3.11 --no-editable \
-    && UV_PROJECT_ENVIRONMENT=/opt/recsys/control uv sync --frozen --no-dev --extra control --extra production --python 3.11 --no-editable
+    && UV_PROJECT_ENVIRONMENT=/opt/recsys/control uv sync --frozen --no-dev --extra control --python 3.11 --no-editable
 
 # The GPU training path: the TensorFlow 2.12 wheel of the lock loads CUDA 11.8 and cuDNN 8.6 (TensorFlow's
 # install guide for 2.12: nvidia-cudnn-cu11==8.6.0.163 beside it); outside the lock because only this

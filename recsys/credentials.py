@@ -17,6 +17,9 @@ MLFLOW_PASSWORD     services/mlflow/password              every MLflow client (b
 MLFLOW_FLASK_SECRET services/mlflow/flask_secret_key      the MLflow server (CSRF tokens of its auth app)
 AIRFLOW_JWT_SECRET  services/airflow/jwt_secret           Airflow's components (signs its JWTs)
 AIRFLOW_SECRET_KEY  services/airflow/secret_key           Airflow's API server (session cookies)
+POSTGRES_PASSWORD   services/postgres/password            the embedded Postgres's superuser ``postgres``
+                                                          (clients read it from ``services/postgres/pgpass``)
+BROKER_PASSWORD     services/broker/password              the embedded Celery broker (``requirepass``)
 ==================  ====================================  =========================================
 
 A generated secret is written atomically and without clobbering: in full under a temporary name
@@ -72,8 +75,11 @@ MLFLOW_FLASK_SECRET = Secret("mlflow", "flask_secret_key", None, 32)
 # PyJWT warns below 64 bytes for HS512, the algorithm Airflow picks for a shared secret.
 AIRFLOW_JWT_SECRET = Secret("airflow", "jwt_secret", None, 64)
 AIRFLOW_SECRET_KEY = Secret("airflow", "secret_key", None, 64)
+# The distributed topology's: an external Postgres or broker carries its password in its URL setting.
+POSTGRES_PASSWORD = Secret("postgres", "password", None, 32)
+BROKER_PASSWORD = Secret("broker", "password", None, 32)
 ALL = (API_TOKEN, REDIS_PASSWORD, TRITON_CONTROL_KEY, MLFLOW_PASSWORD, MLFLOW_FLASK_SECRET, AIRFLOW_JWT_SECRET,
-       AIRFLOW_SECRET_KEY)
+       AIRFLOW_SECRET_KEY, POSTGRES_PASSWORD, BROKER_PASSWORD)
 
 
 def configured(settings: Settings, secret: Secret) -> Optional[str]:

@@ -73,7 +73,8 @@ _REFUSAL_FILE_ENV = "__RECSYS_TASK_REFUSAL_FILE"
 def merlin_task(**operator_kwargs: Any):
     """``@task.external_python`` in the Merlin runtime (``settings.merlin_python``) that fails fast like
     :func:`failing_fast`: an InputError inside the subprocess fails the task at once, anything else
-    (a service down, a crash) is retried. Write it as ``@jobs.merlin_task(...)`` (with ``from recsys
+    (a service down, a crash) is retried. It runs on the executor queue ``settings.merlin_queue`` (``gpu`` in
+    the distributed topology: the Celery worker that has the Merlin runtime). Write it as ``@jobs.merlin_task(...)`` (with ``from recsys
     import jobs``): that exact name is stripped from the source the subprocess runs.
 
     Airflow itself turns any non-zero exit of the subprocess into a retried ``AirflowException``
@@ -82,7 +83,10 @@ def merlin_task(**operator_kwargs: Any):
     """
     from airflow.sdk.bases.decorator import task_decorator_factory
 
-    operator_kwargs.setdefault("python", str(get_settings().merlin_python))
+    settings = get_settings()
+    operator_kwargs.setdefault("python", str(settings.merlin_python))
+    # One place routes every Merlin-runtime task: the queue the Merlin (GPU) Celery workers consume.
+    operator_kwargs.setdefault("queue", settings.merlin_queue)
     return task_decorator_factory(decorated_operator_class=_merlin_operator_class(), **operator_kwargs)
 
 

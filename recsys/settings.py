@@ -164,9 +164,11 @@ class Settings:
     """Seeds training (TensorFlow, negative sampling, the tuning sampler) and the drift check's row sampling."""
     gpu_pool: str = "gpu"
     """Airflow pool of the GPU-bound training tasks (``recsys_train``), so production can route them to GPU workers."""
-    gpu_queue: str = "default"
-    """Executor queue of the training tasks: ``gpu`` sends them to the Celery workers of the GPU image
-    (docker/compose.yaml); ``default`` is Airflow's own default queue (the local LocalExecutor ignores queues)."""
+    gpu_queue: Optional[str] = None
+    """Executor queue of every Merlin-runtime task (``@jobs.merlin_task``: the ETL, training features, training):
+    the Celery workers that consume it have the Merlin runtime and the GPU (docker/compose.yaml's
+    ``airflow-worker-gpu``). Unset: ``gpu`` in the distributed topology, else ``default``, Airflow's own default
+    queue (the LocalExecutor ignores queues). Read it through ``merlin_queue``."""
     gpu_pool_slots: int = 1
     """Slots of that pool: training tasks that may run at once (the embedded Airflow creates the pool)."""
     retrieval_model_name: str = "recsys-retrieval"
@@ -341,6 +343,17 @@ class Settings:
         if self.dask_scheduler_address:
             return self.dask_scheduler_address
         return f"tcp://{self.host}:{self.dask_scheduler_port}" if self.distributed else None
+
+    @property
+    def merlin_queue(self) -> str:
+        """The executor queue of the Merlin-runtime tasks (see ``gpu_queue``); control-plane tasks use ``default``."""
+        return self.gpu_queue or ("gpu" if self.distributed else "default")
+
+    @property
+    def celery_broker(self) -> str:
+        """Celery's broker: ``celery_broker_url``, else the embedded broker's URL (without its password, which
+        ``recsys.stack.broker.broker_url`` adds from the credentials)."""
+        return self.celery_broker_url or f"redis://{self.host}:{self.celery_broker_port}/0"
 
     @property
     def landing(self) -> Path:

@@ -103,18 +103,16 @@ def up(settings: Settings, only: Optional[Iterable[str]] = None) -> dict[str, fl
     for service in chosen:
         try:
             service.wait()
-        except ServiceError:
+        except ServiceError as exc:
             if service.embedded:
                 raise
-            unreachable.append(service)
+            unreachable.append(str(exc))  # names the service and why (e.g. Postgres's own refusal)
             continue
         timings[service.name] = round(time.monotonic() - began, 1)
         where = "embedded" if service.embedded else "external"
         log.info("%s (%s) answering at %s, %.1f s after start", service.name, where, masked_url(service.url), timings[service.name])
     if unreachable:
-        raise ServiceError(
-            "external service(s) not answering: " + ", ".join(f"{s.name} at {masked_url(s.url)}" for s in unreachable)
-        )
+        raise ServiceError("external service(s) not answering: " + "; ".join(unreachable))
     return timings
 
 

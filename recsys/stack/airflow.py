@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import secrets
+import shlex
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from recsys.stack.service import ManagedProcess, Service, connect_host, http_ok,
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+CONTROL_QUEUE = "default"
+"""Airflow's default queue: every task but the Merlin-runtime ones (distributed topology: worker-default)."""
 # Key in GET /api/v2/monitor/health for each component that heartbeats.
 _HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 
@@ -120,13 +124,35 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             "AIRFLOW__API__SECRET_KEY_CMD": _cat(credentials.AIRFLOW_SECRET_KEY, settings),
         }
     )
+    if settings.distributed:
+        env.update(_celery_env(settings))
+        # Task processes a worker runs at once (Airflow's default, 16, is a lot of memory on a small machine).
+        env.setdefault("AIRFLOW__CELERY__WORKER_CONCURRENCY", str(max(2, os.cpu_count() or 1)))
+    return env
+
+
+def _celery_env(settings: Settings) -> dict[str, str]:
+    """The distributed topology's Airflow: the CeleryExecutor, Postgres as the metadata database and the
+    result backend, the Redis broker. No password is in these variables: libpq reads the embedded Postgres's
+    from its pgpass file (``PGPASSFILE``), Airflow the broker's URL from a 0600 file (a ``_CMD`` option)."""
+    from recsys.stack import broker, postgres
+
+    env = postgres.client_env(settings)
+    env.update(
+        {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.database_url(settings, "airflow", "postgresql+psycopg2"),
+            "AIRFLOW__CELERY__RESULT_BACKEND": postgres.database_url(settings, "airflow", "db+postgresql"),
+            "AIRFLOW__CELERY__BROKER_URL_CMD": f"cat {shlex.quote(str(broker.url_file(settings)))}",
+            # The control-plane tasks' queue (the Merlin tasks': settings.merlin_queue, see recsys.jobs.merlin_task).
+            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": CONTROL_QUEUE,
+        }
+    )
     return env
 
 
 def _cat(secret: "credentials.Secret", settings: Settings) -> str:
     """A `_CMD` option printing ``secret`` (generated at the first call)."""
-    import shlex
-
     credentials.ensure(settings, secret)
     return f"cat {shlex.quote(str(secret.path(settings)))}"
 
@@ -149,9 +175,19 @@ class AirflowService(Service):
             "dag-processor": [airflow_bin, "dag-processor"],
             "triggerer": [airflow_bin, "triggerer", "--skip-serve-logs"],
         }
+        health = {name: self._component_health(name) for name in commands}
+        if s.distributed:
+            # The CeleryExecutor's workers: control-plane tasks, and the Merlin-runtime tasks one at a time
+            # (the GPU's queue). Without --skip-serve-logs each would start a log server on 0.0.0.0.
+            for worker, queue, concurrency in (("worker-default", CONTROL_QUEUE, None),
+                                               ("worker-gpu", s.merlin_queue, "1")):
+                node = celery_node(worker)
+                commands[worker] = [airflow_bin, "celery", "worker", "--queues", queue, "--celery-hostname", node,
+                                    "--skip-serve-logs"] + (["--concurrency", concurrency] if concurrency else [])
+                health[worker] = self._worker_health(node)
         env = airflow_env(s)
         self.processes = [
-            ManagedProcess(name, cmd, self.directory, health=self._component_health(name), env=env)
+            ManagedProcess(name, cmd, self.directory, health=health[name], env=env)
             for name, cmd in commands.items()
         ]
 
@@ -184,12 +220,32 @@ class AirflowService(Service):
 
         return check
 
+    def _worker_health(self, node: str):
+        """The worker answers Celery's ``ping`` through the broker (what ``celery inspect ping`` sends)."""
+
+        def check() -> bool:
+            from celery import Celery
+
+            from recsys.stack.broker import broker_url
+
+            app = Celery(broker=broker_url(self.settings), set_as_current=False)
+            try:
+                return bool(app.control.ping(destination=[node], timeout=1.0))
+            finally:
+                app.close()
+
+        return check
+
     # --- start ------------------------------------------------------------------------------
     def start(self) -> None:
         """Prepare (password file, database migration) and start the components that are not running."""
         if not self.embedded:
             return
         ensure_password_file(self.settings)
+        if self.settings.distributed:
+            from recsys.stack.postgres import ensure_ready
+
+            ensure_ready(self.settings, "airflow")  # its database, before the migration
         self._migrate()
         # The API server binds the port; the others only need the database, so they all start
         # together and boot while the API server does.
@@ -207,6 +263,17 @@ class AirflowService(Service):
 
         version = importlib.metadata.version("apache-airflow")
         marker = self.directory / f".migrated-{version}"
+        if self.settings.distributed:
+            # Per Postgres server (an external URL may change), and only while its database holds Airflow's
+            # tables (the embedded server's data folder may have been removed since).
+            import hashlib
+
+            from recsys.stack import postgres
+
+            url = postgres.database_url(self.settings, "airflow")
+            marker = marker.with_name(f"{marker.name}-postgres-{hashlib.sha256(url.encode()).hexdigest()[:12]}")
+            if marker.exists() and not postgres.has_table(self.settings, "airflow", "alembic_version"):
+                marker.unlink()
         if marker.exists():
             return
         migrate_log = self.directory / "db-migrate.log"
@@ -245,6 +312,11 @@ class AirflowService(Service):
         else:
             out["password_file"] = "RECSYS_AIRFLOW_PASSWORD"
         return out
+
+
+def celery_node(worker: str) -> str:
+    """The Celery node name of a worker (``worker-gpu@<host>``): unique on the machine, found by ``ping``."""
+    return f"{worker}@{socket.gethostname()}"
 
 
 def component(settings: Settings, name: str) -> Optional[ManagedProcess]:

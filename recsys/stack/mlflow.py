@@ -1,11 +1,16 @@
 """MLflow tracking server: experiments, runs, the model registry, and artifacts served through it.
 
+Its backend store is SQLite (``services/mlflow/mlflow.db``), or in the distributed topology the ``mlflow``
+database of Postgres (:meth:`MlflowService.backend_store_env`).
+
 Artifacts are proxied by the server (``--artifacts-destination``), so a client in the other
 environment (the Merlin runtime) uploads over HTTP and needs no access to the folder.
 
 Embedded, it runs MLflow's basic-auth app (``--app-name basic-auth``): every request needs a user and
 password. Its configuration ``services/mlflow/basic_auth.ini`` (mode 0600) names the user store
-(``basic_auth.db``) and the admin user ``settings.mlflow_tracking_username`` with the password of
+(``basic_auth.db``, SQLite in both topologies, as in docker/compose.yaml: a handful of users read once
+per 5 minutes, kept beside the server's configuration, and no third database to create) and the admin
+user ``settings.mlflow_tracking_username`` with the password of
 :data:`recsys.credentials.MLFLOW_PASSWORD`, which MLflow sets when it creates that user at the first
 start (a later change of the setting does not change a stored password: use MLflow's
 update-password API, then the setting). Clients authenticate through
@@ -33,7 +38,6 @@ class MlflowService(Service):
         if self.embedded:
             command = [
                 sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", f"sqlite:///{self.directory / 'mlflow.db'}",
                 "--artifacts-destination", str(self.directory / "artifacts"),
                 "--host", s.host,
                 "--port", str(s.mlflow_port),
@@ -47,11 +51,23 @@ class MlflowService(Service):
                 command += ["--allowed-hosts", f"localhost,localhost:*,127.0.0.1,127.0.0.1:*,{host},{host}:*"]
             command += ["--app-name", "basic-auth"]
             env = s.child_env()
+            env.update(self.backend_store_env())
             env["MLFLOW_AUTH_CONFIG_PATH"] = str(self.auth_config)
             # The server's job runner (7 Huey consumer processes, ~1.3 GB) serves GenAI scorer
             # jobs this project does not use; a user can turn it back on in their environment.
             env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
             self.processes = [ManagedProcess("mlflow", command, self.directory, health=self.answering, env=env)]
+
+    def backend_store_env(self) -> dict[str, str]:
+        """Where runs, experiments and the registry live, as MLflow's own variable (not on the command line:
+        an external Postgres's URL carries its password): SQLite beside the server, or in the distributed
+        topology the ``mlflow`` database of Postgres (the embedded one's password from libpq's pgpass file)."""
+        if not self.settings.distributed:
+            return {"MLFLOW_BACKEND_STORE_URI": f"sqlite:///{self.directory / 'mlflow.db'}"}
+        from recsys.stack import postgres
+
+        return {"MLFLOW_BACKEND_STORE_URI": postgres.database_url(self.settings, "mlflow"),
+                **postgres.client_env(self.settings)}
 
     @property
     def auth_config(self) -> Path:
@@ -62,6 +78,10 @@ class MlflowService(Service):
 
         super().prepare()
         s = self.settings
+        if s.distributed:
+            from recsys.stack.postgres import ensure_ready
+
+            ensure_ready(s, "mlflow")  # its backend store's database must exist when the server starts
         password = credentials.ensure(s, credentials.MLFLOW_PASSWORD)
         credentials.write_private(
             self.auth_config,

@@ -73,6 +73,31 @@ def redis_server_binary() -> Path:
     return binary
 
 
+def write_config(path: Path, *, host: str, port: int, data_dir: Path, password: str, appendonly: bool = True,
+                 extra: Optional[dict[str, Any]] = None) -> None:
+    """A redis-server configuration (mode 0600: it holds ``requirepass``): bound to ``host:port``, data in
+    ``data_dir``, RDB snapshots plus the append-only file fsynced every second, logging to stdout (the
+    managed process's log file), and the ``extra`` lines (a cluster node's). The online store's Redis, the
+    nodes of its cluster and Celery's broker all run from one."""
+    from recsys import credentials
+
+    lines = {
+        "bind": host,
+        "port": port,
+        "protected-mode": "yes",
+        "dir": str(data_dir),
+        "dbfilename": "dump.rdb",
+        "appendonly": "yes" if appendonly else "no",
+        "appendfilename": AOF_FILE,
+        "appendfsync": "everysec",
+        "daemonize": "no",
+        "logfile": '""',  # to stdout, which goes to our log file
+        "requirepass": password,
+        **(extra or {}),
+    }
+    credentials.write_private(path, "".join(f"{k} {v}\n" for k, v in lines.items()))
+
+
 @dataclass
 class RedisService(Service):
     name: str = "redis"
@@ -115,22 +140,6 @@ class RedisService(Service):
     def aof_file(self) -> Path:
         return self.data_dir / AOF_FILE
 
-    def _config(self, port: int, data_dir: Path, password: str, aof: bool = True) -> dict[str, Any]:
-        """The lines of a node's config file that one Redis and a cluster node share."""
-        return {
-            "bind": self.settings.host,
-            "port": port,
-            "protected-mode": "yes",
-            "dir": str(data_dir),
-            "dbfilename": "dump.rdb",
-            "appendonly": "yes" if aof else "no",
-            "appendfilename": AOF_FILE,
-            "appendfsync": "everysec",
-            "daemonize": "no",
-            "logfile": '""',  # to stdout, which goes to our log file
-            "requirepass": password,
-        }
-
     def prepare(self) -> None:
         from recsys import credentials
 
@@ -139,20 +148,19 @@ class RedisService(Service):
             for node, port in self.nodes():
                 data_dir = self.directory / node
                 data_dir.mkdir(parents=True, exist_ok=True)
-                lines = {
-                    **self._config(port, data_dir, password),
-                    "cluster-enabled": "yes",
-                    "cluster-config-file": "nodes.conf",  # in ``dir``: the node's identity, kept across restarts
-                    "cluster-node-timeout": self.settings.redis_cluster_node_timeout_ms,
-                    "masterauth": password,  # a replica authenticates to its primary with the same password
-                }
-                credentials.write_private(self.node_config(node), "".join(f"{k} {v}\n" for k, v in lines.items()))
+                write_config(self.node_config(node), host=self.settings.host, port=port, data_dir=data_dir,
+                             password=password, extra={
+                                 "cluster-enabled": "yes",
+                                 "cluster-config-file": "nodes.conf",  # in ``dir``: the node's identity, kept across restarts
+                                 "cluster-node-timeout": self.settings.redis_cluster_node_timeout_ms,
+                                 "masterauth": password,  # a replica authenticates to its primary with the same password
+                             })
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Start from the snapshot when it is all there is (see the module docstring); AOF from then on.
         self._enable_aof_live = not self.aof_file.exists() and (self.data_dir / "dump.rdb").exists()
-        lines = self._config(self.settings.redis_port, self.data_dir, password, aof=not self._enable_aof_live)
-        credentials.write_private(self.config_file, "".join(f"{k} {v}\n" for k, v in lines.items()))
+        write_config(self.config_file, host=self.settings.host, port=self.settings.redis_port, data_dir=self.data_dir,
+                     password=password, appendonly=not self._enable_aof_live)
 
     def wait(self) -> None:
         super().wait()

@@ -138,6 +138,8 @@ class ManagedProcess:
     cwd: Optional[Path] = None
     secrets: tuple[str, ...] = ()
     """Values on the command line that the log's start line shows as ``***``."""
+    stop_signal: int = signal.SIGTERM
+    """What asks the program to stop (Postgres: SIGINT, its fast shutdown; SIGTERM waits for every client)."""
 
     @property
     def log_file(self) -> Path:
@@ -256,7 +258,8 @@ class ManagedProcess:
 
 
 def stop_all(processes: list[ManagedProcess], timeout: float = 20.0) -> list[str]:
-    """Stop several programs at once: SIGTERM every process group, wait, SIGKILL the rest.
+    """Stop several programs at once: signal every process group (SIGTERM, or the program's ``stop_signal``),
+    wait, SIGKILL the rest.
 
     Stopping them together takes as long as the slowest one, not the sum. Returns the names of
     the programs that were running.
@@ -275,7 +278,7 @@ def stop_all(processes: list[ManagedProcess], timeout: float = 20.0) -> list[str
             family += [leader] + leader.children(recursive=True)
         except psutil.Error:
             pass
-        _signal_group(pid, signal.SIGTERM)
+        _signal_group(pid, proc.stop_signal)
         stopping.append((proc, pid))
     _gone, alive = psutil.wait_procs(family, timeout=timeout)
     if alive:
@@ -372,12 +375,17 @@ class Service:
         if port_is_open(connect_host(host), port):
             raise ServiceError(
                 f"{self.name}: port {port} on {host} is already in use by another program. "
-                f"Choose another port ({env_name(self.port_setting or f'{self.name}_port')}) or use that server as an "
+                f"Choose another port ({self.port_variable}) or use that server as an "
                 f"external one through its URL setting."
             )
 
     def _bind(self) -> tuple[str, int]:
         raise NotImplementedError
+
+    @property
+    def port_variable(self) -> str:
+        """The variable of the setting :meth:`_bind`'s port comes from (named in errors)."""
+        return env_name(self.port_setting or f"{self.name}_port")
 
     def down(self) -> None:
         stop_all(self.processes)

@@ -60,6 +60,8 @@ UNSET_SECRET_VARIABLES = {
     "MLFLOW_FLASK_SECRET": "MLFLOW_FLASK_SERVER_SECRET_KEY",
     "AIRFLOW_JWT_SECRET": "AIRFLOW__API_AUTH__JWT_SECRET",
     "AIRFLOW_SECRET_KEY": "AIRFLOW__API__SECRET_KEY",
+    "POSTGRES_PASSWORD": "POSTGRES_PASSWORD",
+    "BROKER_PASSWORD": "CELERY_BROKER_PASSWORD",
 }
 SECRET_WORDS = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY$|_CONN$|BROKER_URL|RESULT_BACKEND|STORE_URI")
 # Which setting each published port is (a service's own port settings, read from the environment it sets).
@@ -242,7 +244,7 @@ def gpu_problems(compose: dict) -> list[str]:
         if not any("gpu" in (d.get("capabilities") or []) for d in devices):
             problems.append(f"{name}: reserves no GPU")
     worker = compose["services"].get("airflow-worker-gpu", {})
-    queue = settings_of("airflow-worker-gpu", worker).gpu_queue
+    queue = settings_of("airflow-worker-gpu", worker).merlin_queue
     if queue == "default" or _queues(worker) != {queue}:
         problems.append(f"airflow-worker-gpu: consumes {sorted(_queues(worker))}, not the queue RECSYS_GPU_QUEUE={queue!r}")
     if _queues(compose["services"].get("airflow-worker-default", {})) != {"default"}:

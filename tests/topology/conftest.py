@@ -24,8 +24,9 @@ class Topology:
         """Start these services (and wait until they answer); returns the settings."""
         from recsys import stack
 
-        stack.up(self.settings, only=names)
+        # Recorded first: a service that fails to start must not leave the others running after the session.
         self.started += [n for n in names if n not in self.started]
+        stack.up(self.settings, only=names)
         return self.settings
 
 
