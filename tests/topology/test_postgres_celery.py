@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SERVICES = ("postgres", "broker", "mlflow", "airflow")
+SERVICES = ("postgres", "broker", "mlflow", "airflow", "dask")  # the ETL runs on the Dask cluster
 
 
 @pytest.fixture(scope="module")
