@@ -96,6 +96,13 @@ def up(settings: Settings, only: Optional[Iterable[str]] = None) -> dict[str, fl
     """
     began = time.monotonic()
     chosen = services(settings, only)
+    elsewhere = _running_in_other_topology(settings)
+    if elsewhere:
+        other = _other_topology(settings).topology
+        raise ConfigError(
+            f"the stack of {settings.home} runs the {other} topology ({', '.join(elsewhere)} running); stop it first "
+            f"(`recsys stack down`) or set RECSYS_TOPOLOGY={other}"
+        )
     for service in chosen:
         service.start()
     timings: dict[str, float] = {}
@@ -117,12 +124,31 @@ def up(settings: Settings, only: Optional[Iterable[str]] = None) -> dict[str, fl
 
 
 def down(settings: Settings, only: Optional[Iterable[str]] = None) -> list[str]:
-    """Stop the embedded services together (external ones are not ours to stop).
+    """Stop the embedded services together (external ones are not ours to stop), those of either topology: a
+    stack started with the other ``RECSYS_TOPOLOGY`` is stopped whole too.
 
     Returns the names of the processes that were running.
     """
-    processes = [p for s in services(settings, only) if s.embedded for p in s.processes]
-    return stop_all(processes)
+    processes = {}
+    for variant in (settings, _other_topology(settings)):
+        names = topology_services(variant) if only is None else [n for n in only if n in topology_services(variant)]
+        for service in services(variant, names):
+            if service.embedded:
+                processes.update({p.pid_file: p for p in service.processes if p.pid_file not in processes})
+    return stop_all(list(processes.values()))
+
+
+def _other_topology(settings: Settings) -> Settings:
+    from recsys.settings import replace
+
+    return replace(settings, topology="embedded" if settings.distributed else "distributed")
+
+
+def _running_in_other_topology(settings: Settings) -> list[str]:
+    """The running processes of this home that only the other topology has (its Postgres, cluster nodes, ...)."""
+    ours = {p.pid_file for s in services(settings) if s.embedded for p in s.processes}
+    return [p.name for s in services(_other_topology(settings)) if s.embedded for p in s.processes
+            if p.pid_file not in ours and p.running()]
 
 
 def status(settings: Settings) -> dict[str, dict[str, Any]]:
