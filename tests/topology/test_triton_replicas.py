@@ -1,0 +1,237 @@
+"""Two Triton replicas serving one repository (the distributed topology): publishing switches both or neither,
+clients spread their requests over both and skip one that is down.
+
+Real servers: the session topology's two ``tritonserver`` replicas (``topology.up("triton")``). The model is the toy
+``recsys`` python model of tests/shared_helpers.py under a name of this module's (the topology's ``recsys`` is left
+to the loop's tests), published by the real :func:`recsys.serving.publish.publish` with the real default smoke test.
+Faults are real and hit one replica only: the new version's ``model.py`` reads the command line of the server that
+loads it (its parent process) and raises, or sleeps, only on replica 2's port; a replica is killed with SIGKILL.
+
+The publish is given a popularity plan without a feature version (no Redis pin) whose re-check against MLflow's
+champion aliases is skipped (:class:`GivenPlan`): MLflow is not part of what is tested here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+from recsys.serving.plan import PublishPlan
+from shared_helpers import toy_config, toy_expected, toy_source
+
+MODEL = f"replicas_{uuid.uuid4().hex[:6]}"
+
+FAIL_ON_PORT = """
+import os as _os
+if b"--http-port={port}" in open(f"/proc/{{_os.getppid()}}/cmdline", "rb").read().split(b"\\0"):
+    raise RuntimeError("replica fault injected by the test: this version does not load here")
+"""
+SLOW_ON_PORT = """
+import os as _os, time as _time
+from pathlib import Path as _Path
+if b"--http-port={port}" in open(f"/proc/{{_os.getppid()}}/cmdline", "rb").read().split(b"\\0"):
+    _Path({marker!r}).touch()
+    _time.sleep(120)
+"""
+
+
+class GivenPlan(PublishPlan):
+    """A plan published as given: no MLflow champion check (see the module docstring)."""
+
+    def check_still_current(self, s) -> None:
+        return None
+
+
+class ToyWriter:
+    """A repository writer: the toy ``recsys`` model as :data:`MODEL`, ``fault`` appended to its ``model.py``."""
+
+    def __init__(self, fault: str = ""):
+        self.fault = fault
+
+    def __call__(self, exports, staging, version, settings, lineage) -> list[str]:
+        folder = staging / MODEL / str(version)
+        folder.mkdir(parents=True)
+        (folder / "model.py").write_text(toy_source() + self.fault)
+        (staging / MODEL / "config.pbtxt").write_text(toy_config().replace('name: "recsys"', f'name: "{MODEL}"'))
+        return [MODEL]
+
+
+def publish_toy(s, fault: str = ""):
+    from recsys.serving.publish import publish
+
+    return publish(plan=GivenPlan(None, "", ""), writer=ToyWriter(fault), settings=s, force=True,
+                   airflow_run="test/replicas")
+
+
+def ready_versions(s, at) -> set[int]:
+    """The versions of :data:`MODEL` READY on one replica, from its own repository index."""
+    from recsys.serving.control import repository_index
+
+    return {int(e["version"]) for e in repository_index(s, at=at) if e["name"] == MODEL and e.get("state") == "READY"}
+
+
+def answer(s, at, user: int = 7, k: int = 3) -> list[int]:
+    """Item ids one replica answers for ``user``."""
+    import tritonclient.http as httpclient
+
+    from recsys.serving.client import recommend_inputs, recommendation_arrays, served_contract
+    from recsys.serving.triton_client import http_client
+
+    client = http_client(s, at=at)
+    try:
+        contract = served_contract(client, MODEL)
+        items, _ = recommendation_arrays(client.infer(MODEL, recommend_inputs(httpclient, user, k, contract=contract)), contract)
+    finally:
+        client.close()
+    return items.tolist()
+
+
+def served_requests(at) -> int:
+    """Successful inferences of :data:`MODEL` (every version) on one replica: Triton's statistics extension."""
+    stats = httpx.get(f"{at.url}/v2/models/{MODEL}/stats", timeout=10).json()
+    return sum(int(m["inference_stats"]["success"]["count"]) for m in stats["model_stats"])
+
+
+def replica_pid(s, replica: int) -> int:
+    from recsys.stack.triton import TritonService
+
+    pid = TritonService(s).processes[replica].pid()
+    assert pid is not None
+    return pid
+
+
+@pytest.fixture(scope="module")
+def replicas(topology):
+    """Both replicas up, serving a first version of :data:`MODEL`."""
+    from recsys.serving.triton_client import endpoints
+
+    s = topology.up("triton")
+    assert s.triton_replica_count == 2
+    first = publish_toy(s)
+    return s, endpoints(s), first.version
+
+
+def test_stack_status_shows_each_replica(replicas, capsys):
+    from recsys import stack
+    from recsys.stack.cli import _print_table
+
+    s, ends, _ = replicas
+    report = stack.services(s, only=["triton"])[0].status()
+    assert report["answering"]
+    rows = report["components"]
+    assert sorted(rows) == ["triton-1", "triton-2"]
+    for n, at in enumerate(ends):
+        row = rows[f"triton-{n + 1}"]
+        assert row["answering"] and row["pid"] and row["url"] == at.url
+        assert row["log"] == str(s.services_root / "triton" / f"triton-{n + 1}.log")
+    assert ends[1].http_port == ends[0].http_port + 3 and ends[1].grpc_port == ends[0].grpc_port + 3
+    _print_table({"triton": report})  # `recsys stack status`
+    lines = capsys.readouterr().out.splitlines()
+    for n, at in enumerate(ends):
+        assert any(line.split()[:3] == [f"triton-{n + 1}", "embedded", "yes"] and at.url in line for line in lines), lines
+
+
+def test_a_publish_switches_every_replica(replicas):
+    s, ends, _ = replicas
+    result = publish_toy(s)
+    assert result.published
+    for at in ends:
+        assert ready_versions(s, at) == {result.version}, at
+        assert answer(s, at) == toy_expected(7, 3)
+
+
+def test_a_replica_that_cannot_load_rolls_the_publish_back_on_both(replicas):
+    from recsys.layout import TritonRepository
+    from recsys.serving.history import read_history, served
+    from recsys.serving.plan import PublishError
+
+    s, ends, _ = replicas
+    before = int(served(s.triton_repo)["version"])
+    with pytest.raises(PublishError) as failed:
+        publish_toy(s, FAIL_ON_PORT.format(port=ends[1].http_port))
+    message = str(failed.value)
+    assert f"Triton at {ends[1].url} (replica 2 of 2) could not load model {MODEL!r}" in message, message
+    assert "replica fault injected by the test" in message and "the previous version serves" in message, message
+    for at in ends:  # both serve the previous version again, not the new one
+        assert ready_versions(s, at) == {before}, at
+        assert answer(s, at) == toy_expected(7, 3)
+    repo = TritonRepository(s.triton_repo)
+    assert repo.versions(MODEL)[-1] == before
+    assert repo.config(MODEL).read_bytes() == repo.version_config(MODEL, before).read_bytes()
+    last = read_history(s.triton_repo)[-1]
+    assert last["status"] == "failed" and "replica 2 of 2" in last["error"]
+
+    retried = publish_toy(s)
+    assert retried.published and retried.version == before + 2  # the failed attempt's number is never reused
+    for at in ends:
+        assert ready_versions(s, at) == {retried.version}, at
+
+
+def test_requests_are_spread_over_both_replicas(replicas):
+    from recsys.serving.client import RecommendClient
+
+    s, ends, _ = replicas
+    before = [served_requests(at) for at in ends]
+    with RecommendClient(s, "grpc", model=MODEL) as client:
+        for user in range(20):
+            assert [item for item, _ in client.recommend(user, k=3)] == toy_expected(user, 3)
+    shares = [served_requests(at) - b for at, b in zip(ends, before)]
+    assert sum(shares) == 20 and all(share >= 5 for share in shares), shares
+
+
+def test_a_killed_replica_is_skipped_then_publishing_fails_and_recovers_on_both(replicas, topology, tmp_path):
+    """One test for the kills: each costs a replica restart (the restart is ``recsys stack up``)."""
+    from recsys.serving.client import RecommendClient
+    from recsys.serving.history import served
+    from recsys.serving.plan import PublishError
+
+    s, ends, _ = replicas
+    # 1. Replica 1 killed: every request still answers, from replica 2.
+    os.kill(replica_pid(s, 0), signal.SIGKILL)
+    before = served_requests(ends[1])
+    with RecommendClient(s, "grpc", model=MODEL) as client:
+        for user in range(10):
+            assert [item for item, _ in client.recommend(user, k=3)] == toy_expected(user, 3)
+    assert served_requests(ends[1]) - before == 10
+    topology.up("triton")  # replica 1 back; it loads what the repository serves
+    current = int(served(s.triton_repo)["version"])
+    assert ready_versions(s, ends[0]) == {current}
+
+    # 2. Replica 2 killed while it loads a new version: the publish fails naming it, replica 1 serves the
+    #    previous version again, the repository holds it, and so a restarted replica 2 serves it too.
+    marker = tmp_path / "loading"
+    pid = replica_pid(s, 1)
+
+    def kill_when_loading() -> None:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_loading, daemon=True)
+    killer.start()
+    with pytest.raises(PublishError) as failed:
+        publish_toy(s, SLOW_ON_PORT.format(port=ends[1].http_port, marker=str(marker)))
+    killer.join(timeout=10)
+    assert marker.exists()
+    message = str(failed.value)
+    assert f"Triton at {ends[1].url} (replica 2 of 2) stopped answering while loading model {MODEL!r}" in message, message
+    assert f"Triton at {ends[1].url} (replica 2 of 2) is not answering" in message, message
+    assert f"holds the previous version again ({MODEL} v{current})" in message, message
+    assert f"the others serve it again (Triton at {ends[0].url} (replica 1 of 2))" in message, message
+    assert ready_versions(s, ends[0]) == {current}
+    topology.up("triton")
+    for at in ends:
+        assert ready_versions(s, at) == {current}, at
+        assert answer(s, at) == toy_expected(7, 3)
+
+    retried = publish_toy(s)
+    assert retried.published and retried.version == current + 2
+    for at in ends:
+        assert ready_versions(s, at) == {retried.version}, at
