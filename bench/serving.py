@@ -21,6 +21,14 @@ Run from the repository root with the control-plane interpreter:
     .envs/control/bin/python bench/serving.py                      # both catalogues (~15 min first time)
     .envs/control/bin/python bench/serving.py --items 10000 --quick --modes batched  # a quick look
 
+``--replicas``: two Triton replicas (the distributed topology's) beside one, same run, same published version
+(loaded on both by the publishing code's ``control.load_model``): per total concurrency C, perf_analyzer at C
+against replica 1 alone, then two perf_analyzers at C/2 at once, one per replica (what clients spreading their
+requests round-robin offer). Throughputs are summed; the ratio ``two / one`` is the figure. Writes
+bench/results/serving_replicas(-quick).json:
+
+    .envs/control/bin/python bench/serving.py --replicas --items 10000 --quick --concurrency 16
+
 ``perf_analyzer`` (in the tritonclient wheel of the control env) needs ``libb64.so.0d`` and
 ``libcudart.so.12``; the nvidia-pytriton wheel in the Merlin runtime bundles both (under renamed
 files), so they are symlinked into a temporary folder on LD_LIBRARY_PATH.
@@ -174,6 +182,29 @@ def perf_analyzer(env: dict, grpc_url: str, model: str, concurrency: int, data: 
     return result
 
 
+def two_replicas(env: dict, s, concurrency: int, data: Path, requests: int, scratch: Path, one: dict) -> dict:
+    """perf_analyzer on every replica at once, ``concurrency`` split between them; beside ``one`` (replica 1
+    alone at the whole concurrency, measured just before)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recsys.serving import repository
+    from recsys.serving.triton_client import endpoints
+
+    replicas = endpoints(s)
+    shares = [concurrency // len(replicas) + (1 if n < concurrency % len(replicas) else 0) for n in range(len(replicas))]
+    before = loadavg()
+    with ThreadPoolExecutor(len(replicas)) as pool:
+        runs = list(pool.map(lambda n: perf_analyzer(env, replicas[n].grpc, repository.FOUR_STAGE, shares[n], data,
+                                                     requests, scratch / f"pa-replica{n + 1}-{concurrency}.csv"),
+                             range(len(replicas))))
+    total = round(sum(r["throughput_per_s"] for r in runs), 1)
+    log(f"  {len(replicas)} replicas c={concurrency} ({'+'.join(map(str, shares))}): {total} infer/s in all, "
+        f"{total / one['throughput_per_s']:.2f}x one replica's")
+    return {"two_replicas": {"per_replica": runs, "throughput_per_s": total, "load_average_before": before,
+                             "load_average_after": loadavg()},
+            "two_over_one_throughput": round(total / one["throughput_per_s"], 2)}
+
+
 # --- 3. the run ---------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -192,8 +223,12 @@ def main() -> None:
                         help="dynamic batching's max queue delay (settings.triton_batch_delay_us; default 0)")
     parser.add_argument("--modes", default="batched,unbatched",
                         help="batched (dynamic batching, --batch-delay-us) and/or unbatched (one request per call)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    parser.add_argument("--replicas", action="store_true",
+                        help="two Triton replicas beside one (batched mode only); writes serving_replicas(-quick).json")
+    parser.add_argument("--out", type=Path, default=None, help="default bench/results/serving.json")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = RESULTS / (f"serving_replicas{'-quick' if args.quick else ''}.json" if args.replicas else "serving.json")
     requests = 600 if args.quick else args.requests
     delays = {"batched": args.batch_delay_us, "unbatched": None}
     modes = [(m, delays[m]) for m in args.modes.split(",")]
@@ -209,15 +244,16 @@ def main() -> None:
     from recsys.online.refresh import refresh_online_store
     from recsys.serving import control, repository
     from recsys.settings import load_settings, replace
-    from recsys.stack.service import free_port
+    from recsys.stack.service import free_port, free_port_block
 
     scratch = Path(tempfile.mkdtemp(prefix="recsys-bench-serving-"))
     env = perf_analyzer_env(scratch)
     base = load_settings()
+    triton_ports = free_port_block(6)  # replica n: + 3n
     s = replace(
         base, home=scratch / "home", redis_url=None, triton_url=None, redis_port=free_port(),
-        triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port(),
-        online_key_prefix="bench",
+        triton_http_port=triton_ports, triton_grpc_port=triton_ports + 1, triton_metrics_port=triton_ports + 2,
+        triton_replicas=2 if args.replicas else 1, online_key_prefix="bench",
         **({"triton_instances": args.instances} if args.instances else {}),
     )
     result: dict = {
@@ -229,6 +265,9 @@ def main() -> None:
                      "unknown_user_share": UNKNOWN_USER_SHARE},
         "catalogues": [],
     }
+    if args.replicas:
+        result["settings"]["replicas"] = s.triton_replica_count
+        modes = [("batched", args.batch_delay_us)]
     log(f"stack in {s.home} (Redis :{s.redis_port}, Triton gRPC :{s.triton_grpc_port}), load {loadavg()}")
     stack.up(s, only=["redis", "triton"])
     try:
@@ -263,6 +302,8 @@ def main() -> None:
                     run["p50_over_floor_p50"] = round(run["p50_ms"] / entry["floor"][f"c{c}"]["p50_ms"], 1)
                     run["load_average_after"] = loadavg()
                     runs[f"c{c}"] = run
+                    if args.replicas and c >= 2:
+                        runs[f"c{c}"] = {"one_replica": run, **two_replicas(env, s, c, data, requests, scratch, run)}
                 entry["modes"][mode] = runs
             entry["index"] = json.loads((s.triton_repo / "recsys" / str(version) / "index" / "index.json").read_text())
             result["catalogues"].append(entry)

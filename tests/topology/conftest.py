@@ -12,24 +12,7 @@ from typing import Iterator
 
 import pytest
 
-
-
-def free_port_block(count: int) -> int:
-    """The first of ``count`` consecutive free ports (a Redis Cluster's nodes, Triton replicas' ports)."""
-    import socket
-
-    from recsys.stack.service import free_port
-
-    for _ in range(100):
-        first = free_port()
-        try:
-            for port in range(first + 1, first + count):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise RuntimeError(f"no {count} consecutive free ports after 100 tries")
+from recsys.stack.service import free_port_block  # the first of N consecutive free ports
 
 
 class Topology:

@@ -235,3 +235,34 @@ def test_a_killed_replica_is_skipped_then_publishing_fails_and_recovers_on_both(
     assert retried.published and retried.version == current + 2
     for at in ends:
         assert ready_versions(s, at) == {retried.version}, at
+
+
+def test_a_switch_killed_after_one_replica_loaded_is_undone_on_both_at_restart(replicas, topology, tmp_path):
+    """The publishing process and replica 2 die together after replica 1 loaded the new version (a machine
+    lost mid-publish): ``recsys stack up`` puts the repository back to the history's version and reloads it on
+    replica 1, which still runs, so both serve what was smoke-tested, never one of each."""
+    from recsys.layout import TritonRepository
+    from recsys.serving import history
+    from recsys.serving.control import load_model
+    from recsys.serving.repository import activate_newest, seal_version
+
+    s, ends, _ = replicas
+    repo = TritonRepository(s.triton_repo)
+    current = int(history.served(repo)["version"])
+    # What the killed publish did: its version moved in, activated, loaded on replica 1 only, never recorded.
+    new = history.next_version(repo)
+    staged = TritonRepository(tmp_path / "staged")
+    ToyWriter()(None, staged.path, new, s, {})
+    seal_version(staged, MODEL, new, {"version": new, "model": MODEL})
+    os.rename(staged.version_dir(MODEL, new), repo.version_dir(MODEL, new))
+    activate_newest(repo, MODEL)
+    load_model(s, MODEL, at=ends[0])
+    assert ready_versions(s, ends[0]) == {new}
+    os.kill(replica_pid(s, 1), signal.SIGKILL)
+
+    topology.up("triton")
+    assert repo.versions(MODEL)[-1] == current
+    assert history.read_history(repo)[-1]["status"] == "interrupted"
+    for at in ends:
+        assert ready_versions(s, at) == {current}, at
+        assert answer(s, at) == toy_expected(7, 3)
