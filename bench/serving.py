@@ -24,7 +24,8 @@ Run from the repository root with the control-plane interpreter:
 ``--replicas``: two Triton replicas (the distributed topology's) beside one, same run, same published version
 (loaded on both by the publishing code's ``control.load_model``): per total concurrency C, perf_analyzer at C
 against replica 1 alone, then two perf_analyzers at C/2 at once, one per replica (what clients spreading their
-requests round-robin offer). Throughputs are summed; the ratio ``two / one`` is the figure. Writes
+requests round-robin offer), both in time windows started together. Throughputs are summed; the ratio
+``two / one`` is the figure. Writes
 bench/results/serving_replicas(-quick).json:
 
     .envs/control/bin/python bench/serving.py --replicas --items 10000 --quick --concurrency 16
@@ -48,6 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MERLIN_PYTHON, RESULTS, ROOT, loadavg, log  # noqa: E402,F401  (events.py imports loadavg, log from here)
@@ -145,22 +147,27 @@ def input_data(path: Path, user_ids, n: int, seed: int) -> Path:
     return path
 
 
-def perf_analyzer(env: dict, grpc_url: str, model: str, concurrency: int, data: Path, requests: int, out: Path) -> dict:
-    """One perf_analyzer measurement (gRPC, batch 1, count windows); p50/p99 in ms, throughput in infer/s."""
+def perf_analyzer(env: dict, grpc_url: str, model: str, concurrency: int, data: Path, requests: int, out: Path,
+                  window_ms: Optional[int] = None) -> dict:
+    """One perf_analyzer measurement (gRPC, batch 1, count windows); p50/p99 in ms, throughput in infer/s.
+
+    ``window_ms``: three time windows of that length instead, taken whatever their spread (``stable`` then
+    says nothing): runs started together then measure the same seconds (--replicas)."""
     def run(stability: int) -> subprocess.CompletedProcess:
+        windows = (["--measurement-mode", "count_windows", "--measurement-request-count", str(requests)] if window_ms is None
+                   else ["--measurement-mode", "time_windows", "--measurement-interval", str(window_ms)])
         command = [
             str(PERF_ANALYZER), "-m", model, "-i", "grpc", "-u", grpc_url, "-b", "1",
-            "--concurrency-range", str(concurrency), "--input-data", str(data),
-            "--measurement-mode", "count_windows", "--measurement-request-count", str(requests),
+            "--concurrency-range", str(concurrency), "--input-data", str(data), *windows,
             "--percentile", "99", "--max-trials", "8", "--stability-percentage", str(stability), "-f", str(out),
         ]
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
 
     # Stable: three consecutive windows within 25% of each other. On a machine others load too that
     # may never happen; then the figures of the last windows are taken anyway and marked unstable.
-    done = run(25)
-    stable = done.returncode == 0
-    if not stable:
+    done = run(25 if window_ms is None else 10_000)
+    stable = done.returncode == 0 and window_ms is None
+    if done.returncode != 0:
         done = run(10_000)
     if done.returncode != 0 or not out.exists():
         raise SystemExit(f"perf_analyzer failed ({model}, c={concurrency}):\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
@@ -182,25 +189,30 @@ def perf_analyzer(env: dict, grpc_url: str, model: str, concurrency: int, data: 
     return result
 
 
-def two_replicas(env: dict, s, concurrency: int, data: Path, requests: int, scratch: Path, one: dict) -> dict:
-    """perf_analyzer on every replica at once, ``concurrency`` split between them; beside ``one`` (replica 1
-    alone at the whole concurrency, measured just before)."""
+def compare_replicas(env: dict, s, concurrency: int, data: Path, scratch: Path, window_ms: int) -> dict:
+    """Replica 1 alone at ``concurrency``, then every replica at once with ``concurrency`` split between them
+    (one perf_analyzer each, started together, time windows of ``window_ms``: they measure the same seconds)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from recsys.serving import repository
     from recsys.serving.triton_client import endpoints
 
     replicas = endpoints(s)
+    before = loadavg()
+    one = perf_analyzer(env, replicas[0].grpc, repository.FOUR_STAGE, concurrency, data, 0,
+                        scratch / f"pa-one-{concurrency}.csv", window_ms)
+    one.update(load_average_before=before, load_average_after=loadavg())
     shares = [concurrency // len(replicas) + (1 if n < concurrency % len(replicas) else 0) for n in range(len(replicas))]
     before = loadavg()
     with ThreadPoolExecutor(len(replicas)) as pool:
-        runs = list(pool.map(lambda n: perf_analyzer(env, replicas[n].grpc, repository.FOUR_STAGE, shares[n], data,
-                                                     requests, scratch / f"pa-replica{n + 1}-{concurrency}.csv"),
+        runs = list(pool.map(lambda n: perf_analyzer(env, replicas[n].grpc, repository.FOUR_STAGE, shares[n], data, 0,
+                                                     scratch / f"pa-replica{n + 1}-{concurrency}.csv", window_ms),
                              range(len(replicas))))
     total = round(sum(r["throughput_per_s"] for r in runs), 1)
     log(f"  {len(replicas)} replicas c={concurrency} ({'+'.join(map(str, shares))}): {total} infer/s in all, "
-        f"{total / one['throughput_per_s']:.2f}x one replica's")
-    return {"two_replicas": {"per_replica": runs, "throughput_per_s": total, "load_average_before": before,
+        f"{total / one['throughput_per_s']:.2f}x one replica's {one['throughput_per_s']}")
+    return {"window_ms": window_ms, "one_replica": one,
+            "two_replicas": {"per_replica": runs, "throughput_per_s": total, "load_average_before": before,
                              "load_average_after": loadavg()},
             "two_over_one_throughput": round(total / one["throughput_per_s"], 2)}
 
@@ -297,13 +309,15 @@ def main() -> None:
                 runs = {"model_version": version, "dynamic_batching_delay_us": delay,
                         "model_load_seconds": round(time.perf_counter() - began, 1)}
                 for c in concurrencies:
+                    if args.replicas:  # one replica beside two, at the same total concurrency
+                        if c >= 2:
+                            runs[f"c{c}"] = compare_replicas(env, s, c, data, scratch, 5000 if args.quick else 10000)
+                        continue
                     run = perf_analyzer(env, s.triton_grpc, repository.FOUR_STAGE, c, data, requests,
                                         scratch / f"pa-{built['items']}-{c}-{mode}.csv")
                     run["p50_over_floor_p50"] = round(run["p50_ms"] / entry["floor"][f"c{c}"]["p50_ms"], 1)
                     run["load_average_after"] = loadavg()
                     runs[f"c{c}"] = run
-                    if args.replicas and c >= 2:
-                        runs[f"c{c}"] = {"one_replica": run, **two_replicas(env, s, c, data, requests, scratch, run)}
                 entry["modes"][mode] = runs
             entry["index"] = json.loads((s.triton_repo / "recsys" / str(version) / "index" / "index.json").read_text())
             result["catalogues"].append(entry)

@@ -14,16 +14,13 @@ champion aliases is skipped (:class:`GivenPlan`): MLflow is not part of what is 
 from __future__ import annotations
 
 import os
-import signal
-import threading
-import time
 import uuid
 
 import httpx
 import pytest
 
 from recsys.serving.plan import PublishPlan
-from shared_helpers import toy_config, toy_expected, toy_source
+from shared_helpers import kill_when_touched, toy_config, toy_expected, toy_source
 
 MODEL = f"replicas_{uuid.uuid4().hex[:6]}"
 
@@ -106,6 +103,15 @@ def replica_pid(s, replica: int) -> int:
     return pid
 
 
+def kill_replica(s, replica: int) -> None:
+    """SIGKILL one replica's server and wait until it is gone (so ``stack up`` sees it down)."""
+    import psutil
+
+    process = psutil.Process(replica_pid(s, replica))
+    process.kill()
+    process.wait(timeout=30)  # our child (the fixture started it): this reaps it
+
+
 @pytest.fixture(scope="module")
 def replicas(topology):
     """Both replicas up, serving a first version of :data:`MODEL`."""
@@ -146,6 +152,18 @@ def test_a_publish_switches_every_replica(replicas):
         assert answer(s, at) == toy_expected(7, 3)
 
 
+def test_a_rollback_switches_every_replica(replicas):
+    from recsys.serving.publish import rollback
+
+    s, ends, _ = replicas
+    newer = publish_toy(s).version
+    older = rollback(settings=s, reason="test").version
+    assert older < newer
+    for at in ends:
+        assert ready_versions(s, at) == {older}, at
+        assert answer(s, at) == toy_expected(7, 3)
+
+
 def test_a_replica_that_cannot_load_rolls_the_publish_back_on_both(replicas):
     from recsys.layout import TritonRepository
     from recsys.serving.history import read_history, served
@@ -168,7 +186,7 @@ def test_a_replica_that_cannot_load_rolls_the_publish_back_on_both(replicas):
     assert last["status"] == "failed" and "replica 2 of 2" in last["error"]
 
     retried = publish_toy(s)
-    assert retried.published and retried.version == before + 2  # the failed attempt's number is never reused
+    assert retried.published and retried.version == last["version"] + 1  # the failed attempt's number is never reused
     for at in ends:
         assert ready_versions(s, at) == {retried.version}, at
 
@@ -187,39 +205,34 @@ def test_requests_are_spread_over_both_replicas(replicas):
 
 def test_a_killed_replica_is_skipped_then_publishing_fails_and_recovers_on_both(replicas, topology, tmp_path):
     """One test for the kills: each costs a replica restart (the restart is ``recsys stack up``)."""
+    import psutil
+
+    from recsys.serving import history
     from recsys.serving.client import RecommendClient
-    from recsys.serving.history import served
     from recsys.serving.plan import PublishError
 
     s, ends, _ = replicas
     # 1. Replica 1 killed: every request still answers, from replica 2.
-    os.kill(replica_pid(s, 0), signal.SIGKILL)
+    kill_replica(s, 0)
     before = served_requests(ends[1])
     with RecommendClient(s, "grpc", model=MODEL) as client:
         for user in range(10):
             assert [item for item, _ in client.recommend(user, k=3)] == toy_expected(user, 3)
     assert served_requests(ends[1]) - before == 10
     topology.up("triton")  # replica 1 back; it loads what the repository serves
-    current = int(served(s.triton_repo)["version"])
+    current = int(history.served(s.triton_repo)["version"])
     assert ready_versions(s, ends[0]) == {current}
 
     # 2. Replica 2 killed while it loads a new version: the publish fails naming it, replica 1 serves the
     #    previous version again, the repository holds it, and so a restarted replica 2 serves it too.
     marker = tmp_path / "loading"
     pid = replica_pid(s, 1)
-
-    def kill_when_loading() -> None:
-        deadline = time.monotonic() + 120
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_when_loading, daemon=True)
-    killer.start()
+    killer = kill_when_touched(marker, pid)
     with pytest.raises(PublishError) as failed:
         publish_toy(s, SLOW_ON_PORT.format(port=ends[1].http_port, marker=str(marker)))
     killer.join(timeout=10)
     assert marker.exists()
+    psutil.Process(pid).wait(timeout=30)
     message = str(failed.value)
     assert f"Triton at {ends[1].url} (replica 2 of 2) stopped answering while loading model {MODEL!r}" in message, message
     assert f"Triton at {ends[1].url} (replica 2 of 2) is not answering" in message, message
@@ -231,8 +244,9 @@ def test_a_killed_replica_is_skipped_then_publishing_fails_and_recovers_on_both(
         assert ready_versions(s, at) == {current}, at
         assert answer(s, at) == toy_expected(7, 3)
 
+    failed_version = history.read_history(s.triton_repo)[-1]["version"]
     retried = publish_toy(s)
-    assert retried.published and retried.version == current + 2
+    assert retried.published and retried.version == failed_version + 1
     for at in ends:
         assert ready_versions(s, at) == {retried.version}, at
 
@@ -258,7 +272,7 @@ def test_a_switch_killed_after_one_replica_loaded_is_undone_on_both_at_restart(r
     activate_newest(repo, MODEL)
     load_model(s, MODEL, at=ends[0])
     assert ready_versions(s, ends[0]) == {new}
-    os.kill(replica_pid(s, 1), signal.SIGKILL)
+    kill_replica(s, 1)
 
     topology.up("triton")
     assert repo.versions(MODEL)[-1] == current
