@@ -143,7 +143,8 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def _recommend_many(replicas, users: list[ids.IdValue], k: int, version: int, contract) -> list[tuple[Any, Any]]:
+def _recommend_many(replicas, users: list[ids.IdValue], k: int, version: int, contract,
+                    model: str = MODEL) -> list[tuple[Any, Any]]:
     """One ``recsys`` request per user, all in flight through the replicas' connection pools (each request to
     the next replica in turn, :class:`recsys.serving.triton_client.Replicas`); a request a replica refused
     the connection for is sent again, through the same owner (to another replica).
@@ -157,7 +158,7 @@ def _recommend_many(replicas, users: list[ids.IdValue], k: int, version: int, co
     from recsys.serving.triton_client import refused
 
     def send(inputs):
-        return replicas.call(lambda client: client.async_infer(MODEL, inputs, model_version=str(version)))
+        return replicas.call(lambda client: client.async_infer(model, inputs, model_version=str(version)))
 
     pending = []
     for user in users:
@@ -171,9 +172,9 @@ def _recommend_many(replicas, users: list[ids.IdValue], k: int, version: int, co
             except Exception as exc:
                 if not refused(exc):
                     raise
-                result = replicas.call(lambda client: client.infer(MODEL, inputs, model_version=str(version)))
+                result = replicas.call(lambda client: client.infer(model, inputs, model_version=str(version)))
         except Exception as exc:
-            raise BatchError(f"Triton {MODEL!r} v{version} refused user {user!r}: {exc}") from None
+            raise BatchError(f"Triton {model!r} v{version} refused user {user!r}: {exc}") from None
         results.append(recommendation_arrays(result, contract))
     return results
 

@@ -134,9 +134,6 @@ class TritonService(Service):
     def url(self) -> str:
         return self.settings.triton_http
 
-    def _bind(self) -> tuple[str, int]:
-        return self.settings.host, self.settings.triton_http_port
-
     def _command(self, replica: int) -> list[str]:
         s = self.settings
         http, grpc, metrics = s.triton_ports(replica)

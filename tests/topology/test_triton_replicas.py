@@ -95,6 +95,19 @@ def served_requests(at) -> int:
     return sum(int(m["inference_stats"]["success"]["count"]) for m in stats["model_stats"])
 
 
+def shares_of(ends, before: list[int], expected: int) -> list[int]:
+    """Each replica's successful inferences since ``before``, once they add up to ``expected`` (Triton counts a
+    request just after answering it, so the last one may show a moment later) or after 10 s."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        shares = [served_requests(at) - b for at, b in zip(ends, before)]
+        if sum(shares) >= expected or time.monotonic() > deadline:
+            return shares
+        time.sleep(0.1)
+
+
 def replica_pid(s, replica: int) -> int:
     from recsys.stack.triton import TritonService
 
@@ -191,16 +204,37 @@ def test_a_replica_that_cannot_load_rolls_the_publish_back_on_both(replicas):
         assert ready_versions(s, at) == {retried.version}, at
 
 
+def batch_recommend(s, users: list[int]) -> list[list[int]]:
+    """The batch job's requests (all in flight at once, over every replica) for ``users``."""
+    from recsys.serving import history
+    from recsys.serving.batch import _recommend_many
+    from recsys.serving.client import served_contract
+    from recsys.serving.triton_client import Replicas
+
+    version = int(history.served(s.triton_repo)["version"])
+    replicas = Replicas(s, "http", concurrency=2)
+    try:
+        contract = replicas.call(lambda client: served_contract(client, MODEL))
+        return [items.tolist() for items, _ in _recommend_many(replicas, users, 3, version, contract, model=MODEL)]
+    finally:
+        replicas.close()
+
+
 def test_requests_are_spread_over_both_replicas(replicas):
     from recsys.serving.client import RecommendClient
 
     s, ends, _ = replicas
     before = [served_requests(at) for at in ends]
-    with RecommendClient(s, "grpc", model=MODEL) as client:
+    with RecommendClient(s, "grpc", model=MODEL) as client:  # `recsys recommend`, the HTTP API
         for user in range(20):
             assert [item for item, _ in client.recommend(user, k=3)] == toy_expected(user, 3)
-    shares = [served_requests(at) - b for at, b in zip(ends, before)]
+    shares = shares_of(ends, before, 20)
     assert sum(shares) == 20 and all(share >= 5 for share in shares), shares
+
+    before = [served_requests(at) for at in ends]
+    assert batch_recommend(s, list(range(10))) == [toy_expected(user, 3) for user in range(10)]
+    shares = shares_of(ends, before, 10)
+    assert sum(shares) == 10 and all(share >= 3 for share in shares), shares
 
 
 def test_a_killed_replica_is_skipped_then_publishing_fails_and_recovers_on_both(replicas, topology, tmp_path):
@@ -218,7 +252,9 @@ def test_a_killed_replica_is_skipped_then_publishing_fails_and_recovers_on_both(
     with RecommendClient(s, "grpc", model=MODEL) as client:
         for user in range(10):
             assert [item for item, _ in client.recommend(user, k=3)] == toy_expected(user, 3)
-    assert served_requests(ends[1]) - before == 10
+    assert shares_of(ends[1:], [before], 10) == [10]
+    assert batch_recommend(s, list(range(6))) == [toy_expected(user, 3) for user in range(6)]
+    assert shares_of(ends[1:], [before], 16) == [16]
     topology.up("triton")  # replica 1 back; it loads what the repository serves
     current = int(history.served(s.triton_repo)["version"])
     assert ready_versions(s, ends[0]) == {current}
