@@ -24,8 +24,8 @@ Run from the repository root with the control-plane interpreter:
 ``--replicas``: two Triton replicas (the distributed topology's) beside one, same run, same published version
 (loaded on both by the publishing code's ``control.load_model``): per total concurrency C, perf_analyzer at C
 against replica 1 alone, then two perf_analyzers at C/2 at once, one per replica (what clients spreading their
-requests round-robin offer), both in time windows started together. Throughputs are summed; the ratio
-``two / one`` is the figure. Writes
+requests round-robin offer), both in time windows started together, ``--rounds`` times in turn. Throughputs are
+summed; the median over the rounds of the ratio ``two / one`` is the figure. Writes
 bench/results/serving_replicas(-quick).json:
 
     .envs/control/bin/python bench/serving.py --replicas --items 10000 --quick --concurrency 16
@@ -189,32 +189,42 @@ def perf_analyzer(env: dict, grpc_url: str, model: str, concurrency: int, data: 
     return result
 
 
-def compare_replicas(env: dict, s, concurrency: int, data: Path, scratch: Path, window_ms: int) -> dict:
-    """Replica 1 alone at ``concurrency``, then every replica at once with ``concurrency`` split between them
-    (one perf_analyzer each, started together, time windows of ``window_ms``: they measure the same seconds)."""
+def compare_replicas(env: dict, s, concurrency: int, data: Path, scratch: Path, window_ms: int, rounds: int) -> dict:
+    """``rounds`` times in turn: replica 1 alone at ``concurrency``, then every replica at once with
+    ``concurrency`` split between them (one perf_analyzer each, started together, time windows of ``window_ms``:
+    they measure the same seconds). Medians over the rounds: the machine is shared, one round says little."""
+    import statistics
     from concurrent.futures import ThreadPoolExecutor
 
     from recsys.serving import repository
     from recsys.serving.triton_client import endpoints
 
     replicas = endpoints(s)
-    before = loadavg()
-    one = perf_analyzer(env, replicas[0].grpc, repository.FOUR_STAGE, concurrency, data, 0,
-                        scratch / f"pa-one-{concurrency}.csv", window_ms)
-    one.update(load_average_before=before, load_average_after=loadavg())
     shares = [concurrency // len(replicas) + (1 if n < concurrency % len(replicas) else 0) for n in range(len(replicas))]
-    before = loadavg()
-    with ThreadPoolExecutor(len(replicas)) as pool:
-        runs = list(pool.map(lambda n: perf_analyzer(env, replicas[n].grpc, repository.FOUR_STAGE, shares[n], data, 0,
-                                                     scratch / f"pa-replica{n + 1}-{concurrency}.csv", window_ms),
-                             range(len(replicas))))
-    total = round(sum(r["throughput_per_s"] for r in runs), 1)
-    log(f"  {len(replicas)} replicas c={concurrency} ({'+'.join(map(str, shares))}): {total} infer/s in all, "
-        f"{total / one['throughput_per_s']:.2f}x one replica's {one['throughput_per_s']}")
-    return {"window_ms": window_ms, "one_replica": one,
-            "two_replicas": {"per_replica": runs, "throughput_per_s": total, "load_average_before": before,
-                             "load_average_after": loadavg()},
-            "two_over_one_throughput": round(total / one["throughput_per_s"], 2)}
+    measured = []
+    for r in range(rounds):
+        before = loadavg()
+        one = perf_analyzer(env, replicas[0].grpc, repository.FOUR_STAGE, concurrency, data, 0,
+                            scratch / f"pa-one-{concurrency}-{r}.csv", window_ms)
+        one.update(load_average_before=before, load_average_after=loadavg())
+        before = loadavg()
+        with ThreadPoolExecutor(len(replicas)) as pool:
+            runs = list(pool.map(lambda n: perf_analyzer(env, replicas[n].grpc, repository.FOUR_STAGE, shares[n], data,
+                                                         0, scratch / f"pa-replica{n + 1}-{concurrency}-{r}.csv",
+                                                         window_ms),
+                                 range(len(replicas))))
+        total = round(sum(run["throughput_per_s"] for run in runs), 1)
+        measured.append({"one_replica": one, "two_replicas": {"per_replica": runs, "throughput_per_s": total,
+                                                              "load_average_before": before,
+                                                              "load_average_after": loadavg()},
+                         "two_over_one_throughput": round(total / one["throughput_per_s"], 2)})
+        log(f"  round {r + 1}: {len(replicas)} replicas c={concurrency} ({'+'.join(map(str, shares))}) {total} infer/s "
+            f"in all, {measured[-1]['two_over_one_throughput']}x one replica's {one['throughput_per_s']}")
+    median = lambda values: round(statistics.median(values), 2)  # noqa: E731
+    return {"window_ms": window_ms, "rounds": measured,
+            "one_replica_median_throughput_per_s": median([m["one_replica"]["throughput_per_s"] for m in measured]),
+            "two_replicas_median_throughput_per_s": median([m["two_replicas"]["throughput_per_s"] for m in measured]),
+            "two_over_one_median": median([m["two_over_one_throughput"] for m in measured])}
 
 
 # --- 3. the run ---------------------------------------------------------------------------------
@@ -237,6 +247,7 @@ def main() -> None:
                         help="batched (dynamic batching, --batch-delay-us) and/or unbatched (one request per call)")
     parser.add_argument("--replicas", action="store_true",
                         help="two Triton replicas beside one (batched mode only); writes serving_replicas(-quick).json")
+    parser.add_argument("--rounds", type=int, default=3, help="--replicas: one/two measurements in turn, this many times")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/serving.json")
     args = parser.parse_args()
     if args.out is None:
@@ -311,7 +322,8 @@ def main() -> None:
                 for c in concurrencies:
                     if args.replicas:  # one replica beside two, at the same total concurrency
                         if c >= 2:
-                            runs[f"c{c}"] = compare_replicas(env, s, c, data, scratch, 5000 if args.quick else 10000)
+                            runs[f"c{c}"] = compare_replicas(env, s, c, data, scratch, 5000 if args.quick else 10000,
+                                                            args.rounds)
                         continue
                     run = perf_analyzer(env, s.triton_grpc, repository.FOUR_STAGE, c, data, requests,
                                         scratch / f"pa-{built['items']}-{c}-{mode}.csv")
