@@ -238,7 +238,10 @@ def test_requests_are_spread_over_both_replicas(replicas):
 
 
 def test_a_killed_replica_is_skipped_then_publishing_fails_and_recovers_on_both(replicas, topology, tmp_path):
-    """One test for the kills: each costs a replica restart (the restart is ``recsys stack up``)."""
+    """One test for the kills: each costs a replica restart (the restart is ``recsys stack up``).
+
+    1. replica 1 killed: requests go to replica 2, a publish fails; 2. replica 2 killed while loading a new
+    version."""
     import psutil
 
     from recsys.serving import history
@@ -255,8 +258,12 @@ def test_a_killed_replica_is_skipped_then_publishing_fails_and_recovers_on_both(
     assert shares_of(ends[1:], [before], 10) == [10]
     assert batch_recommend(s, list(range(6))) == [toy_expected(user, 3) for user in range(6)]
     assert shares_of(ends[1:], [before], 16) == [16]
-    topology.up("triton")  # replica 1 back; it loads what the repository serves
+    # ... and no publish while it is down: replica 2 goes on serving the version both serve after the restart.
     current = int(history.served(s.triton_repo)["version"])
+    with pytest.raises(PublishError, match=rf"Triton at {ends[0].url} \(replica 1 of 2\) is not answering"):
+        publish_toy(s)
+    assert ready_versions(s, ends[1]) == {current}
+    topology.up("triton")  # replica 1 back; it loads what the repository serves
     assert ready_versions(s, ends[0]) == {current}
 
     # 2. Replica 2 killed while it loads a new version: the publish fails naming it, replica 1 serves the
