@@ -67,6 +67,8 @@ class Benchmark:
     """Commands it runs (keys of TOOLS)."""
     movielens: bool = False
     """Reads MovieLens ml-latest-small (passed as --data)."""
+    args: tuple[str, ...] = ()
+    """Arguments of every run, quick or full (a mode of a script another benchmark runs too)."""
 
     def environments(self, quick: bool) -> list[str]:
         others = self.quick_envs if quick and self.quick_envs is not None else self.envs
@@ -76,7 +78,7 @@ class Benchmark:
         return RESULTS / (f"{self.name}-quick.json" if quick else f"{self.name}.json")
 
     def command(self, quick: bool, movielens: Path) -> list[str]:
-        argv = [str(python(self.runtime)), str(BENCH / self.script)]
+        argv = [str(python(self.runtime)), str(BENCH / self.script), *self.args]
         if quick:
             argv += self.quick
         if self.movielens:
@@ -101,6 +103,10 @@ BENCHMARKS = (
     Benchmark("serving", "serving.py", "control", "the four-stage model under perf_analyzer (10k and 100k items)",
               "10", ("--items", "10000", "--quick", "--modes", "batched"), "3",
               first_time="building the catalogues into /tmp/recsys-bench-serving: ~8 min (10k only: ~4)", envs=("merlin",)),
+    Benchmark("serving_replicas", "serving.py", "control", "serving throughput with two Triton replicas beside one "
+              "(the distributed topology's), same run, 3 rounds in turn", "8", ("--quick",), "5",
+              first_time="the 10k catalogue of serving, if not built: ~4 min", envs=("merlin",),
+              args=("--replicas", "--items", "10000", "--concurrency", "4,16")),
     Benchmark("events", "events.py", "control", "live events: accept rate, accept-to-visible, serving while events flow, "
               "the HTTP API", "12", ("--quick",), "5", first_time="the 10k catalogue of serving, if not built: ~4 min",
               envs=("merlin",), tools=("redis-benchmark", "wrk")),

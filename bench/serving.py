@@ -21,6 +21,15 @@ Run from the repository root with the control-plane interpreter:
     .envs/control/bin/python bench/serving.py                      # both catalogues (~15 min first time)
     .envs/control/bin/python bench/serving.py --items 10000 --quick --modes batched  # a quick look
 
+``--replicas``: two Triton replicas (the distributed topology's) beside one, same run, same published version
+(loaded on both by the publishing code's ``control.load_model``): per total concurrency C, perf_analyzer at C
+against replica 1 alone, then two perf_analyzers at C/2 at once, one per replica (what clients spreading their
+requests round-robin offer), both in time windows started together, ``--rounds`` times in turn. Throughputs are
+summed; the median over the rounds of the ratio ``two / one`` is the figure. Writes
+bench/results/serving_replicas(-quick).json:
+
+    .envs/control/bin/python bench/serving.py --replicas --items 10000 --quick --concurrency 16
+
 ``perf_analyzer`` (in the tritonclient wheel of the control env) needs ``libb64.so.0d`` and
 ``libcudart.so.12``; the nvidia-pytriton wheel in the Merlin runtime bundles both (under renamed
 files), so they are symlinked into a temporary folder on LD_LIBRARY_PATH.
@@ -40,6 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MERLIN_PYTHON, RESULTS, ROOT, loadavg, log  # noqa: E402,F401  (events.py imports loadavg, log from here)
@@ -137,22 +147,27 @@ def input_data(path: Path, user_ids, n: int, seed: int) -> Path:
     return path
 
 
-def perf_analyzer(env: dict, grpc_url: str, model: str, concurrency: int, data: Path, requests: int, out: Path) -> dict:
-    """One perf_analyzer measurement (gRPC, batch 1, count windows); p50/p99 in ms, throughput in infer/s."""
+def perf_analyzer(env: dict, grpc_url: str, model: str, concurrency: int, data: Path, requests: int, out: Path,
+                  window_ms: Optional[int] = None) -> dict:
+    """One perf_analyzer measurement (gRPC, batch 1, count windows); p50/p99 in ms, throughput in infer/s.
+
+    ``window_ms``: three time windows of that length instead, taken whatever their spread (``stable`` then
+    says nothing): runs started together then measure the same seconds (--replicas)."""
     def run(stability: int) -> subprocess.CompletedProcess:
+        windows = (["--measurement-mode", "count_windows", "--measurement-request-count", str(requests)] if window_ms is None
+                   else ["--measurement-mode", "time_windows", "--measurement-interval", str(window_ms)])
         command = [
             str(PERF_ANALYZER), "-m", model, "-i", "grpc", "-u", grpc_url, "-b", "1",
-            "--concurrency-range", str(concurrency), "--input-data", str(data),
-            "--measurement-mode", "count_windows", "--measurement-request-count", str(requests),
+            "--concurrency-range", str(concurrency), "--input-data", str(data), *windows,
             "--percentile", "99", "--max-trials", "8", "--stability-percentage", str(stability), "-f", str(out),
         ]
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
 
     # Stable: three consecutive windows within 25% of each other. On a machine others load too that
     # may never happen; then the figures of the last windows are taken anyway and marked unstable.
-    done = run(25)
-    stable = done.returncode == 0
-    if not stable:
+    done = run(25 if window_ms is None else 10_000)
+    stable = done.returncode == 0 and window_ms is None
+    if done.returncode != 0:
         done = run(10_000)
     if done.returncode != 0 or not out.exists():
         raise SystemExit(f"perf_analyzer failed ({model}, c={concurrency}):\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
@@ -174,6 +189,44 @@ def perf_analyzer(env: dict, grpc_url: str, model: str, concurrency: int, data: 
     return result
 
 
+def compare_replicas(env: dict, s, concurrency: int, data: Path, scratch: Path, window_ms: int, rounds: int) -> dict:
+    """``rounds`` times in turn: replica 1 alone at ``concurrency``, then every replica at once with
+    ``concurrency`` split between them (one perf_analyzer each, started together, time windows of ``window_ms``:
+    they measure the same seconds). Medians over the rounds: the machine is shared, one round says little."""
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recsys.serving import repository
+    from recsys.serving.triton_client import endpoints
+
+    replicas = endpoints(s)
+    shares = [concurrency // len(replicas) + (1 if n < concurrency % len(replicas) else 0) for n in range(len(replicas))]
+    measured = []
+    for r in range(rounds):
+        before = loadavg()
+        one = perf_analyzer(env, replicas[0].grpc, repository.FOUR_STAGE, concurrency, data, 0,
+                            scratch / f"pa-one-{concurrency}-{r}.csv", window_ms)
+        one.update(load_average_before=before, load_average_after=loadavg())
+        before = loadavg()
+        with ThreadPoolExecutor(len(replicas)) as pool:
+            runs = list(pool.map(lambda n: perf_analyzer(env, replicas[n].grpc, repository.FOUR_STAGE, shares[n], data,
+                                                         0, scratch / f"pa-replica{n + 1}-{concurrency}-{r}.csv",
+                                                         window_ms),
+                                 range(len(replicas))))
+        total = round(sum(run["throughput_per_s"] for run in runs), 1)
+        measured.append({"one_replica": one, "two_replicas": {"per_replica": runs, "throughput_per_s": total,
+                                                              "load_average_before": before,
+                                                              "load_average_after": loadavg()},
+                         "two_over_one_throughput": round(total / one["throughput_per_s"], 2)})
+        log(f"  round {r + 1}: {len(replicas)} replicas c={concurrency} ({'+'.join(map(str, shares))}) {total} infer/s "
+            f"in all, {measured[-1]['two_over_one_throughput']}x one replica's {one['throughput_per_s']}")
+    median = lambda values: round(statistics.median(values), 2)  # noqa: E731
+    return {"window_ms": window_ms, "rounds": measured,
+            "one_replica_median_throughput_per_s": median([m["one_replica"]["throughput_per_s"] for m in measured]),
+            "two_replicas_median_throughput_per_s": median([m["two_replicas"]["throughput_per_s"] for m in measured]),
+            "two_over_one_median": median([m["two_over_one_throughput"] for m in measured])}
+
+
 # --- 3. the run ---------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -192,8 +245,13 @@ def main() -> None:
                         help="dynamic batching's max queue delay (settings.triton_batch_delay_us; default 0)")
     parser.add_argument("--modes", default="batched,unbatched",
                         help="batched (dynamic batching, --batch-delay-us) and/or unbatched (one request per call)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    parser.add_argument("--replicas", action="store_true",
+                        help="two Triton replicas beside one (batched mode only); writes serving_replicas(-quick).json")
+    parser.add_argument("--rounds", type=int, default=3, help="--replicas: one/two measurements in turn, this many times")
+    parser.add_argument("--out", type=Path, default=None, help="default bench/results/serving.json")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = RESULTS / (f"serving_replicas{'-quick' if args.quick else ''}.json" if args.replicas else "serving.json")
     requests = 600 if args.quick else args.requests
     delays = {"batched": args.batch_delay_us, "unbatched": None}
     modes = [(m, delays[m]) for m in args.modes.split(",")]
@@ -209,15 +267,16 @@ def main() -> None:
     from recsys.online.refresh import refresh_online_store
     from recsys.serving import control, repository
     from recsys.settings import load_settings, replace
-    from recsys.stack.service import free_port
+    from recsys.stack.service import free_port, free_port_block
 
     scratch = Path(tempfile.mkdtemp(prefix="recsys-bench-serving-"))
     env = perf_analyzer_env(scratch)
     base = load_settings()
+    triton_ports = free_port_block(6)  # replica n: + 3n
     s = replace(
         base, home=scratch / "home", redis_url=None, triton_url=None, redis_port=free_port(),
-        triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port(),
-        online_key_prefix="bench",
+        triton_http_port=triton_ports, triton_grpc_port=triton_ports + 1, triton_metrics_port=triton_ports + 2,
+        triton_replicas=2 if args.replicas else 1, online_key_prefix="bench",
         **({"triton_instances": args.instances} if args.instances else {}),
     )
     result: dict = {
@@ -229,6 +288,9 @@ def main() -> None:
                      "unknown_user_share": UNKNOWN_USER_SHARE},
         "catalogues": [],
     }
+    if args.replicas:
+        result["settings"]["replicas"] = s.triton_replica_count
+        modes = [("batched", args.batch_delay_us)]
     log(f"stack in {s.home} (Redis :{s.redis_port}, Triton gRPC :{s.triton_grpc_port}), load {loadavg()}")
     stack.up(s, only=["redis", "triton"])
     try:
@@ -258,6 +320,11 @@ def main() -> None:
                 runs = {"model_version": version, "dynamic_batching_delay_us": delay,
                         "model_load_seconds": round(time.perf_counter() - began, 1)}
                 for c in concurrencies:
+                    if args.replicas:  # one replica beside two, at the same total concurrency
+                        if c >= 2:
+                            runs[f"c{c}"] = compare_replicas(env, s, c, data, scratch, 5000 if args.quick else 10000,
+                                                            args.rounds)
+                        continue
                     run = perf_analyzer(env, s.triton_grpc, repository.FOUR_STAGE, c, data, requests,
                                         scratch / f"pa-{built['items']}-{c}-{mode}.csv")
                     run["p50_over_floor_p50"] = round(run["p50_ms"] / entry["floor"][f"c{c}"]["p50_ms"], 1)

@@ -202,11 +202,16 @@ class Settings:
 
     # --- serving (Triton and the four-stage model) ----------------------------------------
     triton_url: Optional[str] = None
-    """HTTP base URL of an external Triton, e.g. ``http://triton.example:8000``. Unset: the embedded one."""
+    """HTTP base URL of an external Triton, e.g. ``http://triton.example:8000``, or of several replicas serving the
+    same repository, comma-separated (``http://triton-1:8000,http://triton-2:8000``): publishing loads every one,
+    clients spread their requests over them. Unset: the embedded one(s)."""
+    triton_replicas: int = 0
+    """Embedded Triton servers serving the same repository (``triton_endpoints``): replica n (0-based) listens on
+    ``triton_http_port``/``grpc``/``metrics`` + 3n. 0: one in the embedded topology, two in the distributed one."""
     triton_http_port: int = 8300
-    """HTTP port of the embedded Triton (health, model control, HTTP inference)."""
+    """HTTP port of the embedded Triton (health, model control, HTTP inference); its first replica's."""
     triton_grpc_port: int = 8301
-    """Also the gRPC port of an external Triton (on the host of ``triton_url``)."""
+    """Also the gRPC port of an external Triton (on the host of each URL of ``triton_url``)."""
     triton_ca_file: Optional[Path] = None
     """PEM bundle that verifies an ``https://`` ``triton_url``'s certificate (TLS for HTTP and gRPC)."""
     triton_control_key: Optional[str] = None
@@ -415,17 +420,38 @@ class Settings:
         return self.triton_repository or self.home / "triton" / "repository"
 
     @property
+    def triton_replica_count(self) -> int:
+        """How many Triton servers serve the repository (see ``triton_replicas``; external: the URLs given)."""
+        if self.triton_url is not None:
+            return len(_csv(self.triton_url))
+        return self.triton_replicas or (2 if self.distributed else 1)
+
+    def triton_ports(self, replica: int) -> tuple[int, int, int]:
+        """(HTTP, gRPC, metrics) port of embedded replica ``replica`` (0-based): the settings' ports + 3n."""
+        step = 3 * replica
+        return self.triton_http_port + step, self.triton_grpc_port + step, self.triton_metrics_port + step
+
+    @property
+    def triton_endpoints(self) -> tuple[tuple[str, str], ...]:
+        """``(HTTP base URL, gRPC host:port)`` of every Triton replica, in order: THE list of Triton servers.
+        Publishing loads each one (recsys.serving.control), clients spread requests over them
+        (recsys.serving.triton_client.Replicas)."""
+        if self.triton_url is not None:
+            urls = [url.rstrip("/") for url in _csv(self.triton_url)]
+            return tuple((url, f"{_url_host(url) or self.host}:{self.triton_grpc_port}") for url in urls)
+        ports = [self.triton_ports(n) for n in range(self.triton_replica_count)]
+        return tuple((f"http://{self.host}:{http}", f"{self.host}:{grpc}") for http, grpc, _ in ports)
+
+    @property
     def triton_http(self) -> str:
-        """HTTP base URL of Triton (health, model control, HTTP inference)."""
-        return (self.triton_url or f"http://{self.host}:{self.triton_http_port}").rstrip("/")
+        """HTTP base URL of the first Triton replica (the only one by default); messages name it. Requests to
+        Triton go through ``triton_endpoints``, all of them."""
+        return self.triton_endpoints[0][0]
 
     @property
     def triton_grpc(self) -> str:
-        """``host:port`` of Triton's gRPC endpoint."""
-        import urllib.parse
-
-        host = urllib.parse.urlsplit(self.triton_http).hostname or self.host
-        return f"{host}:{self.triton_grpc_port}"
+        """``host:port`` of the first Triton replica's gRPC endpoint (see ``triton_http``)."""
+        return self.triton_endpoints[0][1]
 
     @property
     def event_type_list(self) -> tuple[str, ...]:
@@ -519,7 +545,7 @@ _RANGES: dict[str, tuple[Optional[float], Optional[float]]] = {
                                     "events_max_future_seconds", "live_recent_items", "live_ttl_hours",
                                     "live_neighbours_k", "events_flush_seconds", "events_claim_idle_seconds",
                                     "events_land_timeout_seconds", "drift_window_days", "drift_cooldown_hours",
-                                    "drift_max_rows", "mlflow_request_retries")},
+                                    "drift_max_rows", "mlflow_request_retries", "triton_replicas")},
     "learning_rate": (0, None),
     "validation_fraction": (0, 1),
     "dropout": (0, 1),
@@ -552,6 +578,11 @@ def _value_problems(settings: "Settings") -> list[str]:
         value = getattr(settings, name)
         if value not in choices:
             problems.append(f"setting {env_name(name)}={value!r} is not one of {', '.join(choices)}")
+    if settings.triton_replicas >= 0 and settings.triton_url is None and max(settings.triton_ports(settings.triton_replica_count - 1)) > _PORT[1]:
+        problems.append(f"setting {env_name('triton_replicas')}={settings.triton_replica_count}: the last replica's ports "
+                        f"{settings.triton_ports(settings.triton_replica_count - 1)} pass {_PORT[1]} (replica n adds 3n)")
+    if settings.triton_url is not None and not _csv(settings.triton_url):
+        problems.append(f"setting {env_name('triton_url')}={settings.triton_url!r} names no URL")
     if settings.recommend_default_k > settings.recommend_max_k:
         problems.append(f"setting {env_name('recommend_default_k')}={settings.recommend_default_k} is above "
                         f"{env_name('recommend_max_k')}={settings.recommend_max_k}")
@@ -590,6 +621,13 @@ def unknown_variables(environ: Optional[dict[str, str]] = None) -> list[str]:
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
+def _url_host(url: str) -> Optional[str]:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url if "://" in url else f"http://{url}").hostname
+    return f"[{host}]" if host and ":" in host else host
 
 
 def masked_url(url: str) -> str:

@@ -9,7 +9,8 @@
 - ``merlin_cli``: run a ``recsys`` command in the Merlin runtime with a test's settings (ingest, ETL, training);
   ``merlin_trained_run``: tiny synthetic data through the real ingest, ETL and a short training that way.
 - ``triton_ports`` / ``triton_ports_env`` / ``running_triton``: a Triton of a test's own, on free ports (as
-  settings fields or as environment variables), running for the length of a ``with`` block.
+  settings fields or as environment variables), running for the length of a ``with`` block;
+  ``kill_when_touched``: SIGKILL a server once a loading model touched a marker file.
 - ``fake_exports`` / ``log_training`` / ``log_trained_run``: a training run logged to MLflow (tiny stand-in
   files or a real run folder) and put through the real champion gate.
 """
@@ -174,6 +175,24 @@ def running_triton(settings) -> Iterator:
         yield settings
     finally:
         stack.down(settings, only=["triton"])
+
+
+def kill_when_touched(marker: Path, pid: int, timeout: float = 120.0):
+    """A started thread that SIGKILLs ``pid`` as soon as ``marker`` exists (or after ``timeout``): a model whose
+    ``initialize`` touches the marker and then sleeps makes the kill land while Triton loads it."""
+    import signal
+    import threading
+    import time
+
+    def kill() -> None:
+        deadline = time.monotonic() + timeout
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    return killer
 
 
 FAKE_EXPORTS = (

@@ -194,3 +194,26 @@ def test_a_redis_url_where_nothing_answers_is_one_line_naming_it_without_its_pas
     err = capsys.readouterr().err
     assert err.startswith(f"error: Redis at {url.replace('hunter2', '***')} is not answering (") and "hunter2" not in err
     assert "RECSYS_REDIS_URL" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_triton_endpoints_one_per_replica():
+    from recsys.serving.triton_client import endpoints
+    from recsys.settings import SettingError
+
+    ports = {"RECSYS_TRITON_HTTP_PORT": "9000", "RECSYS_TRITON_GRPC_PORT": "9001", "RECSYS_TRITON_METRICS_PORT": "9002"}
+    assert load_settings(ports).triton_endpoints == (("http://127.0.0.1:9000", "127.0.0.1:9001"),)
+    distributed = load_settings({**ports, "RECSYS_TOPOLOGY": "distributed"})  # two replicas, ports + 3n
+    assert distributed.triton_endpoints == (("http://127.0.0.1:9000", "127.0.0.1:9001"),
+                                            ("http://127.0.0.1:9003", "127.0.0.1:9004"))
+    assert distributed.triton_ports(1) == (9003, 9004, 9005)
+    assert load_settings({**ports, "RECSYS_TOPOLOGY": "distributed", "RECSYS_TRITON_REPLICAS": "3"}).triton_replica_count == 3
+    external = load_settings({"RECSYS_TRITON_URL": "http://triton-1:8300, https://triton-2:8443/", "RECSYS_TRITON_GRPC_PORT": "8301"})
+    assert external.triton_endpoints == (("http://triton-1:8300", "triton-1:8301"), ("https://triton-2:8443", "triton-2:8301"))
+    assert external.triton_http == "http://triton-1:8300" and not external.embedded["triton"]
+    second = endpoints(external)[1]
+    assert (second.host, second.http_port, second.grpc_port, second.tls) == ("triton-2", 8443, 8301, True)
+    assert str(second) == "Triton at https://triton-2:8443 (replica 2 of 2)"
+    with pytest.raises(SettingError, match="RECSYS_TRITON_REPLICAS=2: the last replica's ports"):
+        load_settings({"RECSYS_TRITON_HTTP_PORT": "65534", "RECSYS_TOPOLOGY": "distributed"})
+    with pytest.raises(SettingError, match="RECSYS_TRITON_REPLICAS=-1 must be at least 0"):
+        load_settings({"RECSYS_TRITON_REPLICAS": "-1"})

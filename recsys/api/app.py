@@ -101,7 +101,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         app.state.client = _Client(s)
         app.state.catalogue = CatalogueCache(app.state.store, s)
         app.state.health_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="healthz")
-        log.info("recsys API: Redis %s, Triton %s (gRPC); docs at /docs", _masked(s.redis), s.triton_grpc)
+        log.info("recsys API: Redis %s, Triton %s (gRPC); docs at /docs", _masked(s.redis), _triton_grpc(s))
         try:
             yield
         finally:
@@ -356,6 +356,11 @@ def _triton_message(exc: ServingError) -> str:
     return (message() if callable(message) else None) or str(exc)
 
 
+def _triton_grpc(settings: Settings) -> str:
+    """Every Triton replica's gRPC ``host:port``, comma-separated (requests go to each in turn)."""
+    return ",".join(grpc for _, grpc in settings.triton_endpoints)
+
+
 def _triton_status(exc: ServingError) -> int:
     cause = exc.__context__
     status = str(cause.status()) if hasattr(cause, "status") and callable(cause.status) else ""
@@ -376,7 +381,7 @@ def _add_error_handlers(app: FastAPI, settings: Settings) -> None:
         status = _triton_status(exc)
         message = _triton_message(exc)
         if status == 503:
-            message = f"Triton at {settings.triton_grpc} (gRPC) is not answering: {message}"
+            message = f"Triton at {_triton_grpc(settings)} (gRPC) is not answering: {message}"
         elif status == 502:
             message = f"Triton could not answer: {message}"
         log.warning("%s %s: %d %s", request.method, request.url.path, status, message)

@@ -114,12 +114,13 @@ def current_batch(settings: Optional[Settings] = None) -> Optional[dict[str, str
 
 # --- writing ------------------------------------------------------------------------------------
 def _served_version(settings: Settings) -> int:
-    """The version of ``recsys`` Triton serves now (the batch pins its requests to it)."""
-    from recsys.serving.triton_client import http_client
+    """The version of ``recsys`` Triton serves now (the batch pins its requests to it; publishing serves one
+    version on every replica)."""
+    from recsys.serving.triton_client import Replicas
 
-    triton = http_client(settings)
+    triton = Replicas(settings, "http")
     try:
-        versions = triton.get_model_metadata(MODEL).get("versions") or []
+        versions = triton.call(lambda client: client.get_model_metadata(MODEL)).get("versions") or []
     except Exception as exc:
         raise BatchError(f"Triton at {settings.triton_http} serves no {MODEL!r} model: {exc}; publish first") from None
     finally:
@@ -142,8 +143,11 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def _recommend_many(client, users: list[ids.IdValue], k: int, version: int, contract) -> list[tuple[Any, Any]]:
-    """One ``recsys`` request per user, all in flight through the client's connection pool.
+def _recommend_many(replicas, users: list[ids.IdValue], k: int, version: int, contract,
+                    model: str = MODEL) -> list[tuple[Any, Any]]:
+    """One ``recsys`` request per user, all in flight through the replicas' connection pools (each request to
+    the next replica in turn, :class:`recsys.serving.triton_client.Replicas`); a request a replica refused
+    the connection for is sent again, through the same owner (to another replica).
 
     ``contract``: the served config's (:func:`recsys.serving.client.served_contract`: batching, id
     kinds), shared with every other caller through :func:`recsys.serving.client.recommend_inputs`.
@@ -151,17 +155,26 @@ def _recommend_many(client, users: list[ids.IdValue], k: int, version: int, cont
     import tritonclient.http as httpclient
 
     from recsys.serving.client import recommend_inputs, recommendation_arrays
+    from recsys.serving.triton_client import refused
+
+    def send(inputs):
+        return replicas.call(lambda client: client.async_infer(model, inputs, model_version=str(version)))
 
     pending = []
     for user in users:
         inputs = recommend_inputs(httpclient, user, k, contract=contract)
-        pending.append(client.async_infer(MODEL, inputs, model_version=str(version)))
+        pending.append((inputs, send(inputs)))
     results = []
-    for user, request in zip(users, pending):
+    for user, (inputs, request) in zip(users, pending):
         try:
-            result = request.get_result()
+            try:
+                result = request.get_result()
+            except Exception as exc:
+                if not refused(exc):
+                    raise
+                result = replicas.call(lambda client: client.infer(model, inputs, model_version=str(version)))
         except Exception as exc:
-            raise BatchError(f"Triton {MODEL!r} v{version} refused user {user!r}: {exc}") from None
+            raise BatchError(f"Triton {model!r} v{version} refused user {user!r}: {exc}") from None
         results.append(recommendation_arrays(result, contract))
     return results
 
@@ -193,7 +206,7 @@ def precompute(
     the same ``top_n`` (unless ``force``): the lists would be the same. Raises :class:`BatchError`
     (after deleting the partial batch) when any request fails.
     """
-    from recsys.serving.triton_client import http_client
+    from recsys.serving.triton_client import Replicas
 
     s = settings or get_settings()
     top_n = int(top_n or s.batch_top_n)
@@ -214,13 +227,14 @@ def precompute(
 
         batch = store.new_batch(str(model_version))
         started = time.perf_counter()
-        triton = http_client(s, concurrency=s.batch_concurrency)
+        # batch_concurrency requests in flight in all, shared by the replicas
+        triton = Replicas(s, "http", concurrency=-(-s.batch_concurrency // s.triton_replica_count))
         log.info("precomputing top %d for %d users with %s v%d (%d in flight) into batch %s",
                  top_n, len(users), MODEL, model_version, s.batch_concurrency, batch)
         try:
             from recsys.serving.client import served_contract
 
-            contract = served_contract(triton, MODEL)
+            contract = triton.call(lambda client: served_contract(client, MODEL))
             item_kind = contract.id_kinds.item_id
             done = 0
             for chunk in _chunks(users, chunk_size):

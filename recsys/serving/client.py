@@ -163,22 +163,19 @@ def recommendation_arrays(result: Any, contract: ServedContract) -> tuple[np.nda
 
 
 class RecommendClient:
-    """A connection to Triton for the ``recsys`` model. ``protocol``: ``grpc`` (default) or ``http``."""
+    """Connections to Triton for the ``recsys`` model. ``protocol``: ``grpc`` (default) or ``http``. With several
+    Triton replicas, each request goes to the next one in turn, skipping one that refuses connections
+    (:class:`recsys.serving.triton_client.Replicas`)."""
 
     def __init__(self, settings: Settings, protocol: str = "grpc", model: str = MODEL):
-        if protocol not in ("grpc", "http"):
-            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        self._replicas = triton_client.Replicas(settings, protocol)  # refuses an unknown protocol
         self.settings = settings
         self.protocol = protocol
         self.model = model
         if protocol == "grpc":
             import tritonclient.grpc as module
-
-            self._client = triton_client.grpc_client(settings)
         else:
             import tritonclient.http as module
-
-            self._client = triton_client.http_client(settings)
         self._module = module
         self._store = None
         self._contract: Optional[ServedContract] = None  # the served config's, asked at the first request
@@ -195,7 +192,7 @@ class RecommendClient:
         self.close()
 
     def close(self) -> None:
-        self._client.close()
+        self._replicas.close()
         if self._store is not None:
             self._store.client.close()
 
@@ -262,14 +259,13 @@ class RecommendClient:
         m = self._module
         names = [schema.ITEM_IDS.name, schema.SCORES.name] + ([schema.TIMINGS_MS.name] if timings else [])
         outputs = [m.InferRequestedOutput(n) for n in names]
-        if self.protocol == "grpc":
-            return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=triton_client.REQUEST_TIMEOUT_S)
-        return self._client.infer(self.model, inputs, outputs=outputs)
+        deadline = {"client_timeout": triton_client.REQUEST_TIMEOUT_S} if self.protocol == "grpc" else {}
+        return self._replicas.call(lambda client: client.infer(self.model, inputs, outputs=outputs, **deadline))
 
     def _served(self) -> ServedContract:
         """The served model's contract (batching, id kinds); asked once."""
         if self._contract is None:
-            self._contract = served_contract(self._client, self.model)
+            self._contract = self._replicas.call(lambda client: served_contract(client, self.model))
         return self._contract
 
     def recommend_with_attributes(

@@ -266,40 +266,58 @@ def _restore_previous(s: Settings, repo: TritonRepository, models: list[str], ve
 
 
 def _serve_newest(s: Settings, repo: TritonRepository, models: list[str]) -> str:
-    """Activate the newest version on disk of each of ``models`` and reload it; says what serves.
+    """Activate the newest version on disk of each of ``models`` and reload it on every Triton replica; says
+    what serves.
 
     The repository is put right first, so a Triton that is down (killed meanwhile) loads exactly
-    these versions when it restarts (``--load-model=*``): never half of a failed switch.
+    these versions when it restarts (``--load-model=*``): never half of a failed switch. Then one loop over
+    the replicas: each reloads the models (dependencies first), whatever the others did.
     """
-    from recsys.serving.control import load_model, server_ready, unload_model
+    from recsys.serving.control import load_model, server_live, unload_model
+    from recsys.serving.triton_client import endpoints
 
-    serving, problems, on_disk = [], [], []
-    for model in models:  # dependencies first, like a publish
-        previous = activate_newest(repo, model)
-        if previous is None:  # the first publish of this model: nothing to go back to
+    previous: dict[str, int] = {}
+    for model in models:
+        newest = activate_newest(repo, model)
+        if newest is None:  # the first publish of this model: nothing to go back to
             with contextlib.suppress(Exception):
                 unload_model(s, model)
             if not any(repo.model_dir(model).iterdir()):
                 shutil.rmtree(repo.model_dir(model), ignore_errors=True)
             continue
-        on_disk.append(f"{model} v{previous}")
-        try:
-            load_model(s, model)  # loads the newest remaining folder: the previous version
-        except Exception as exc:
-            problems.append(f"{model}: reload of v{previous} failed ({error_text(exc)})")
+        previous[model] = newest
+    on_disk = [f"{model} v{version}" for model, version in previous.items()]
+    if not previous:
+        return "nothing was serving before"
+    problems, down, serving_on = [], [], []
+    for at in endpoints(s):
+        if not server_live(s, at):
+            down.append(at)
             continue
-        if is_ready(s, model, previous):
-            serving.append(f"{model} v{previous}")
-        else:
-            problems.append(f"{model} v{previous} is not READY")
-    if problems and on_disk and not server_ready(s):
-        log.error("Triton at %s is not answering; the repository serves %s again", s.triton_http, ", ".join(on_disk))
-        return (f"Triton at {s.triton_http} is not answering (down or restarting): the repository holds the previous "
-                f"version again ({', '.join(on_disk)}), which Triton serves when it is up again (`recsys stack up`)")
+        failed = []
+        for model, version in previous.items():
+            try:
+                load_model(s, model, at=at)  # loads the newest remaining folder: the previous version
+            except Exception as exc:
+                failed.append(f"{model}: reload of v{version} failed ({error_text(exc)})")
+                continue
+            if not is_ready(s, model, version, at=at):
+                failed.append(f"{model} v{version} is not READY")
+        problems += [f"{at}: {problem}" for problem in failed]
+        if not failed:
+            serving_on.append(at)
     if problems:
         log.error("restoring the previous version: %s", "; ".join(problems))
-        return f"the previous version could NOT be fully restored ({'; '.join(problems)}; serving: {', '.join(serving) or 'nothing'})"
-    return f"the previous version serves ({', '.join(serving)})" if serving else "nothing was serving before"
+        return (f"the previous version could NOT be fully restored ({'; '.join(problems)}; serving it: "
+                f"{', '.join(str(at) for at in serving_on) or 'no replica'})")
+    if down:
+        names = ", ".join(str(at) for at in down)
+        log.error("%s not answering; the repository serves %s again", names, ", ".join(on_disk))
+        also = f"; the others serve it again ({', '.join(str(at) for at in serving_on)})" if serving_on else ""
+        return (f"{names} is not answering (down or restarting): the repository holds the previous "
+                f"version again ({', '.join(on_disk)}), which Triton serves when it is up again (`recsys stack up`){also}")
+    where = " on every replica" if len(serving_on) > 1 else ""
+    return f"the previous version serves ({', '.join(on_disk)}){where}"
 
 
 # --- recovery of an interrupted switch ----------------------------------------------------------------

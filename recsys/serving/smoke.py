@@ -1,5 +1,5 @@
 """The smoke test a new Triton version must pass before it serves: every model READY at that version,
-and one real ``recsys`` request answered with usable items."""
+and one real ``recsys`` request answered with usable items, on every Triton replica."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ class SmokeTestError(RecsysError):
     """A freshly loaded version is not READY or answers nothing usable."""
 
 
-def is_ready(s: Settings, model: str, version: "int | None" = None) -> bool:
-    """True if ``model`` (at ``version``) is READY; False also when Triton does not answer at all."""
+def is_ready(s: Settings, model: str, version: "int | None" = None, at=None) -> bool:
+    """True if ``model`` (at ``version``) is READY on ``at`` (an Endpoint; default: on every Triton replica); False
+    also when Triton does not answer at all."""
     from recsys.serving.control import model_ready
 
     try:
-        return model_ready(s, model, version)
+        return model_ready(s, model, version, at)
     except Exception:
         return False
 
@@ -38,21 +39,22 @@ def default_smoke_test(s: Settings, versions: dict[str, int], lineage: dict[str,
         import tritonclient.http as httpclient
 
         from recsys.serving.client import recommend_inputs, recommendation_arrays, served_contract
-        from recsys.serving.triton_client import http_client
+        from recsys.serving.triton_client import endpoints, http_client
 
         user_id = lineage.get("smoke_user_id", 0)  # a raw id: int or str
-        triton = http_client(s)
-        try:
-            # The request follows the config just loaded (dynamic batching: [1, 1]; its id kinds).
-            contract = served_contract(triton, "recsys")
-            inputs = recommend_inputs(httpclient, user_id, 5, contract=contract)
-            result = triton.infer("recsys", inputs, model_version=str(versions["recsys"]))
-        finally:
-            triton.close()
-        items, scores = recommendation_arrays(result, contract)
-        if items is None or len(items) == 0 or scores is None or not np.isfinite(scores).all():
-            raise SmokeTestError(f"smoke request to recsys v{versions['recsys']} (user {user_id!r}) answered no usable "
-                                 f"items: {items}, {scores}")
+        for at in endpoints(s):  # every replica answers, not just the one a client would pick
+            triton = http_client(s, at=at)
+            try:
+                # The request follows the config just loaded (dynamic batching: [1, 1]; its id kinds).
+                contract = served_contract(triton, "recsys")
+                inputs = recommend_inputs(httpclient, user_id, 5, contract=contract)
+                result = triton.infer("recsys", inputs, model_version=str(versions["recsys"]))
+            finally:
+                triton.close()
+            items, scores = recommendation_arrays(result, contract)
+            if items is None or len(items) == 0 or scores is None or not np.isfinite(scores).all():
+                raise SmokeTestError(f"smoke request to recsys v{versions['recsys']} (user {user_id!r}) on {at} answered "
+                                     f"no usable items: {items}, {scores}")
         details["recsys"] = {"user_id": user_id, "item_ids": items.tolist()}
     return details
 

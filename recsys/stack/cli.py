@@ -76,7 +76,7 @@ def _print_table(report: dict) -> None:
     for name, s in report.items():
         rows.append(_row(name, s, s["url"]))
         for comp, c in s.get("components", {}).items():
-            rows.append(_row(f"  {comp}", {**c, "embedded": True}, ""))
+            rows.append(_row(f"  {comp}", {"embedded": True, **c}, c.get("url", "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])

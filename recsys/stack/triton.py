@@ -19,6 +19,11 @@ local cache) and the python-backend stub for the Merlin interpreter's Python ver
   this machine (not to the network): docs/security.md;
 - the settings as environment variables, so the models find Redis (``recsys.settings``).
 
+Replicas (``settings.triton_replica_count``: two in the distributed topology): N servers of the same copy reading
+the same repository, replica n on the settings' ports + 3n, each a managed process of its own (``triton-1`` ..
+``triton-N``: its log and PID file in ``services/triton/``; one replica keeps the name ``triton``). The service
+answers when every replica does. Publishing loads each replica (``recsys.serving.control``).
+
 Only the python backend ships in that wheel; see docs/serving.md for the GPU flavour.
 """
 
@@ -31,7 +36,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 from recsys.errors import ServiceError
@@ -107,10 +112,16 @@ class TritonService(Service):
     start_timeout: float = 90.0
 
     def __post_init__(self) -> None:
+        from recsys.serving.triton_client import endpoints
+
+        self.replicas = endpoints(self.settings)
         if self.embedded:
+            count = len(self.replicas)
             self.processes = [
-                ManagedProcess("triton", self._command(), self.directory, health=self.answering, env=None,
+                ManagedProcess("triton" if count == 1 else f"triton-{n + 1}", self._command(n), self.directory,
+                               health=partial(self._replica_answering, n), env=None,
                                secrets=(self._control_key(),))  # read once: cached below
+                for n in range(count)
             ]
 
     # --- layout -----------------------------------------------------------------------
@@ -123,11 +134,9 @@ class TritonService(Service):
     def url(self) -> str:
         return self.settings.triton_http
 
-    def _bind(self) -> tuple[str, int]:
-        return self.settings.host, self.settings.triton_http_port
-
-    def _command(self) -> list[str]:
+    def _command(self, replica: int) -> list[str]:
         s = self.settings
+        http, grpc, metrics = s.triton_ports(replica)
         return [
             str(self.server_copy / "bin" / "tritonserver"),
             f"--model-repository={s.triton_repo}",
@@ -136,11 +145,11 @@ class TritonService(Service):
             "--model-control-mode=explicit",
             "--load-model=*",  # what the repository serves comes back after a restart
             f"--http-address={s.host}",
-            f"--http-port={s.triton_http_port}",
+            f"--http-port={http}",
             f"--grpc-address={s.host}",
-            f"--grpc-port={s.triton_grpc_port}",
+            f"--grpc-port={grpc}",
             f"--metrics-address={s.host}",
-            f"--metrics-port={s.triton_metrics_port}",
+            f"--metrics-port={metrics}",
             "--allow-gpu-metrics=false",
             "--strict-readiness=true",
             # a model that fails to load must not take the server down with it
@@ -193,26 +202,44 @@ class TritonService(Service):
         env.pop("VIRTUAL_ENV", None)
         env.pop("PYTHONHOME", None)
         env.pop("PYTHONPATH", None)
-        self.processes[0].env = env
+        for proc in self.processes:
+            proc.env = env
 
     def start(self) -> None:
-        if self.embedded and not self.processes[0].running():
-            self._end_orphaned_stubs()
-            self._recover_interrupted_switch()
-        super().start()
+        """Start the replicas that do not run (each on its own ports); the others are left alone."""
+        if not self.embedded or all(proc.running() for proc in self.processes):
+            return
+        self._end_orphaned_stubs()
+        self._recover_interrupted_switch()
+        self.prepare()
+        for n, proc in enumerate(self.processes):
+            if not proc.running():
+                self._refuse_busy_ports(n)
+                proc.start()
 
     def _recover_interrupted_switch(self) -> None:
-        """The repository back to what its publish history says serves before the server loads it
+        """The repository back to what its publish history says serves before a server loads it
         (``--load-model=*``): a publish or rollback killed half-way must not make a restart serve a
-        version that was never smoke-tested. Skipped while a publish holds the lock (it is alive)."""
+        version that was never smoke-tested. Skipped while a publish holds the lock (it is alive).
+
+        With replicas, one may still run while another is restarted: it may have loaded the killed switch's
+        version, so the history's models are reloaded on it (all replicas then serve the same version)."""
         from recsys.layout import TritonRepository
         from recsys.serving import history
+        from recsys.serving.control import load_model
         from recsys.serving.publish import recover_interrupted
 
         repo = TritonRepository(self.settings.triton_repo)
         with history.publish_lock(repo, wait=False) as held:
-            if held:
-                recover_interrupted(repo)
+            if not held or not recover_interrupted(repo):
+                return
+            served = history.served(repo)
+            for proc, at in zip(self.processes, self.replicas):
+                if served and proc.running():
+                    log.warning("triton: %s may serve the interrupted switch's version: reloading %s v%s on it",
+                                at, ", ".join(served["models"]), served["version"])
+                    for model in served["models"]:
+                        load_model(self.settings, model, at=at)
 
     def _end_orphaned_stubs(self) -> None:
         """SIGKILL the python-backend stubs a killed server of this home left behind.
@@ -244,22 +271,53 @@ class TritonService(Service):
             log.warning("triton: ended %d python-backend stub(s) left by a server that was killed: %s",
                         len(orphans), [p.pid for p in orphans])
 
-    def _refuse_busy_port(self) -> None:
-        super()._refuse_busy_port()
-        for port in (self.settings.triton_grpc_port, self.settings.triton_metrics_port):
+    def _refuse_busy_ports(self, replica: int) -> None:
+        """A port of the replica already in use without our process means somebody else owns it."""
+        for variable, port in zip(("HTTP", "GRPC", "METRICS"), self.settings.triton_ports(replica)):
             if _port_busy(self.settings.host, port):
+                where = f" (replica {replica + 1}'s: the settings' ports + {3 * replica})" if replica else ""
                 raise ServiceError(
-                    f"triton: port {port} on {self.settings.host} is already in use by another program; "
-                    "choose other ports (RECSYS_TRITON_GRPC_PORT, RECSYS_TRITON_METRICS_PORT)"
+                    f"triton: port {port} on {self.settings.host}{where} is already in use by another program; "
+                    f"choose other ports (RECSYS_TRITON_{variable}_PORT; replica n uses each + 3n)"
                 )
 
+    def _replica_answering(self, replica: int) -> bool:
+        """Replica ``replica`` is up and serves every model of the version the publish history says serves
+        (before the first publish: Triton's own readiness).
+
+        Not Triton's strict readiness alone: it stays false after any failed load (the failed version is
+        listed UNAVAILABLE until a restart, seen with 2.51), so one refused publish would make the replica
+        look down for good. A replica opens its ports only after loading what the repository serves
+        (``--load-model=*``), so an answering replica is done starting."""
+        from recsys.layout import TritonRepository
+        from recsys.serving import history
+        from recsys.serving.control import model_ready, server_live
+
+        at = self.replicas[replica]
+        served = history.served(TritonRepository(self.settings.triton_repo)) if self.embedded else None
+        if served is None:
+            return http_ok(f"{at.url}/v2/health/ready")
+        return server_live(self.settings, at) and all(
+            model_ready(self.settings, model, int(served["version"]), at) for model in served["models"])
+
     def answering(self) -> bool:
-        return http_ok(f"{self.url}/v2/health/ready")
+        """Every replica is ready."""
+        return all(self._replica_answering(n) for n in range(len(self.replicas)))
 
     def status(self) -> dict:
         report = super().status()
         report["grpc"] = self.settings.triton_grpc
         report["repository"] = str(self.settings.triton_repo) if self.embedded else None
+        if len(self.replicas) > 1:  # `stack status` shows a row per replica
+            processes = self.processes if self.embedded else [None] * len(self.replicas)
+            report["url"] = ",".join(at.url for at in self.replicas)
+            report["pid"] = report["log"] = None
+            report["components"] = {
+                f"triton-{at.replica + 1}": {"url": at.url, "grpc": at.grpc, "answering": self._replica_answering(at.replica),
+                                             "pid": proc.pid() if proc else None, "log": str(proc.log_file) if proc else None,
+                                             "embedded": self.embedded}
+                for at, proc in zip(self.replicas, processes)
+            }
         return report
 
 

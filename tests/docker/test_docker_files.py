@@ -189,12 +189,12 @@ def url_problems(compose: dict) -> list[str]:
                          "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"):
             if variable not in env:
                 continue
-            url = urlsplit(env[variable])
-            if url.hostname not in services:
-                problems.append(f"{name}: {variable} names {url.hostname!r}, no service of the compose file")
-            elif url.port not in serves(url.hostname):
-                problems.append(f"{name}: {variable} names port {url.port} of {url.hostname}, which serves "
-                                f"{sorted(serves(url.hostname))}")
+            for url in map(urlsplit, env[variable].split(",")):  # RECSYS_TRITON_URL: every replica
+                if url.hostname not in services:
+                    problems.append(f"{name}: {variable} names {url.hostname!r}, no service of the compose file")
+                elif url.port not in serves(url.hostname):
+                    problems.append(f"{name}: {variable} names port {url.port} of {url.hostname}, which serves "
+                                    f"{sorted(serves(url.hostname))}")
     return problems
 
 

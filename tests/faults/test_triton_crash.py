@@ -10,10 +10,7 @@ after touching a marker file, so the kill lands while Triton is loading it.
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +20,7 @@ import pytest
 from recsys import stack
 from recsys.settings import replace
 from recsys.stack.triton import TritonService
-from shared_helpers import running_triton, triton_ports
+from shared_helpers import kill_when_touched, running_triton, triton_ports
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
 from serving_helpers import ToyWriter, ask, log_champion_run, smoke  # noqa: E402
@@ -68,15 +65,7 @@ def test_triton_killed_during_a_publish_serves_the_old_version_after_restart(own
     loading = tmp_path / "loading"
     slow = ToyWriter(f"k{tag}", stages_init=f"Path({str(loading)!r}).touch(); import time; time.sleep(120)")
     pid = TritonService(s).processes[0].pid()
-
-    def kill_while_loading() -> None:
-        deadline = time.monotonic() + 120
-        while not loading.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_while_loading, daemon=True)
-    killer.start()
+    killer = kill_when_touched(loading, pid)
     started = time.monotonic()
     with pytest.raises(PublishError) as failed:
         publish(writer=slow, smoke_test=smoke(slow.models), settings=s, airflow_run="recsys_publish/crash")
