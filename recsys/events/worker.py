@@ -283,7 +283,7 @@ class WorkerMetrics:
 
 # --- the worker --------------------------------------------------------------------------------------
 class EventWorker:
-    """The three loops of the module docstring in one process, sharing one Redis client."""
+    """The three loops of the module docstring in one process, a thread and a Redis client each."""
 
     def __init__(
         self, settings: Optional["Settings"] = None, *, name: Optional[str] = None, store: Optional["RedisOnlineStore"] = None
@@ -296,13 +296,18 @@ class EventWorker:
         self.settings = s = settings or get_settings()
         self.name = name or consumer_name(s)
         self.store = store or RedisOnlineStore.from_settings(s)
+        # Each loop runs in a thread of its own with a client of its own: a Redis Cluster client that meets a
+        # failover (or a cluster still forming) re-reads the layout by closing its connections, under the feet of
+        # another thread reading on one (seen: hiredis' reader gone mid-XREADGROUP, the worker down). A store
+        # given by the caller is shared (tests on one Redis).
+        applier_store, landing_store = (store, store) if store else (RedisOnlineStore.from_settings(s) for _ in range(2))
         self.log = RedisEventLog(self.store)
         self.metrics = WorkerMetrics(self.store)
         self.validator = InboxValidator(self.store, self.log, self.name, s, on_accepted=self.metrics.accepted,
                                         on_refused=self.metrics.refused)
-        self.applier = LiveApplier(self.store, self.name, claim_idle_seconds=s.events_claim_idle_seconds,
+        self.applier = LiveApplier(applier_store, self.name, claim_idle_seconds=s.events_claim_idle_seconds,
                                    on_applied=self.metrics.applied_events)
-        self.landing = LandingConsumer.from_settings(self.log, s, self.name, on_part=self.metrics.part)
+        self.landing = LandingConsumer.from_settings(RedisEventLog(landing_store), s, self.name, on_part=self.metrics.part)
         self._stop = threading.Event()
         self._failed: list[str] = []
 

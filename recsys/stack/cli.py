@@ -44,7 +44,7 @@ def _up(args: argparse.Namespace) -> int:
     timings = stack.up(settings, _only(args))
     answered = ", ".join(f"{name} after {secs} s" for name, secs in timings.items())
     print(f"stack up in {time.monotonic() - started:.1f} s ({answered})")
-    _print_table(stack.status(settings))
+    _print_table(stack.status(settings), settings.topology)
     return 0
 
 
@@ -66,12 +66,13 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        _print_table(report)
+        _print_table(report, get_settings().topology)
     # Exit 1 when something does not answer, so scripts can wait on `recsys stack status`.
     return 0 if all(s["answering"] for s in report.values()) else 1
 
 
-def _print_table(report: dict) -> None:
+def _print_table(report: dict, topology: str) -> None:
+    print(f"topology: {topology} (RECSYS_TOPOLOGY)")
     rows = [("SERVICE", "MODE", "ANSWERING", "PID", "URL", "LOG")]
     for name, s in report.items():
         rows.append(_row(name, s, s["url"]))

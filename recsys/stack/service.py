@@ -90,24 +90,6 @@ def free_port_block(count: int, host: str = LOOPBACK, *, also_at: int = 0) -> in
     raise ServiceError(f"no {what} on {host} in {start}-{end} after 200 tries")
 
 
-def free_port_block(count: int, host: str = LOOPBACK) -> int:
-    """The first of ``count`` consecutive free ports (:func:`free_port`'s range): Triton replicas take the
-    settings' ports + 3n, a Redis Cluster's nodes consecutive ports."""
-    import socket
-
-    for _ in range(100):
-        first = free_port(host)
-        try:
-            for port in range(first + 1, first + count):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                    sock.bind((host, port))
-        except OSError:
-            continue
-        _HANDED_OUT.update(range(first, first + count))
-        return first
-    raise ServiceError(f"no {count} consecutive free TCP ports on {host} after 100 tries")
-
-
 def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """True if something accepts TCP connections on ``host:port``."""
     import socket

@@ -28,12 +28,13 @@ SECRETS_EXAMPLE = DOCKER / "secrets.example"
 BIN = Path(sys.executable).parent
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 
-# The topology of issue 11, each service with its local twin (what `recsys stack up` runs): docs/production.md's table.
+# The topology of issue 11, each compose service with its local twin: the service of the distributed topology
+# (`RECSYS_TOPOLOGY=distributed recsys stack up`) that runs the same engine; docs/production.md's table.
 TOPOLOGY = {
-    "postgres": "SQLite files of Airflow and MLflow",
+    "postgres": "postgres",
     **{f"redis-{n}": "redis" for n in range(1, 7)},
     "redis-cluster-init": "redis",
-    "celery-broker": "none (LocalExecutor)",
+    "celery-broker": "broker",
     "mlflow": "mlflow",
     "airflow-init": "airflow",
     "airflow-api-server": "airflow",
@@ -42,9 +43,9 @@ TOPOLOGY = {
     "airflow-triggerer": "airflow",
     "airflow-worker-default": "airflow",
     "airflow-worker-gpu": "airflow",
-    "dask-scheduler": "none (NVTabular on local threads)",
-    "dask-worker-1": "none (NVTabular on local threads)",
-    "dask-worker-2": "none (NVTabular on local threads)",
+    "dask-scheduler": "dask",
+    "dask-worker-1": "dask",
+    "dask-worker-2": "dask",
     "triton-1": "triton",
     "triton-2": "triton",
     "api": "api",
@@ -385,3 +386,9 @@ def test_images_install_from_the_lock_and_pin_their_bases():
         assert base in production, f"docs/production.md does not name the base image {base}"
     for service in TOPOLOGY:
         assert f"`{service}`" in production, f"docs/production.md does not map {service}"
+
+
+def test_every_compose_service_has_a_local_twin_in_the_distributed_topology():
+    from recsys import stack
+
+    assert set(TOPOLOGY.values()) == set(stack.SERVICE_NAMES), set(TOPOLOGY.values()) ^ set(stack.SERVICE_NAMES)

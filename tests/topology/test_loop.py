@@ -30,7 +30,9 @@ def test_the_loop_runs_on_the_distributed_topology(topology, capsys):
     from recsys.data.contract import read_table
     from recsys.data.synthetic import SyntheticConfig, write_synthetic
     from recsys.online.redis_store import RedisOnlineStore
+    from recsys.serving.control import repository_index
     from recsys.serving.triton_client import endpoints
+    from recsys.settings import replace
     from recsys.stack.airflow_client import AirflowClient
     from recsys.tracking.runs import authenticate
 
@@ -52,7 +54,7 @@ def test_the_loop_runs_on_the_distributed_topology(topology, capsys):
         client.unpause(dag_id)
 
     mark = time.monotonic()
-    etl = client.trigger(ETL)
+    etl = new_run(client, ETL, "scheduled", set())["dag_run_id"]  # unpaused, the scheduler starts its due daily run
     etl_tasks = run_done(client, s, ETL, etl)
     assert etl_tasks["announce_features"] == "success", etl_tasks
     features = [e for e in client.asset_events(source_dag_id=ETL) if e["source_run_id"] == etl]
@@ -87,11 +89,14 @@ def test_the_loop_runs_on_the_distributed_topology(topology, capsys):
     assert publish_tasks["announce_serving"] == "success", publish_tasks
     timings["publish"] = time.monotonic() - mark
 
-    # Both replicas serve the published version, and answer alike.
+    # Both replicas serve the published version (each one's own index), and answer alike.
     replicas = endpoints(s)
     assert len(replicas) == 2
-    answers = [answer(s, user, endpoint=replica) for replica in replicas]
+    ready = {(m["replica"], int(m["version"])) for m in repository_index(s) if m["name"] == "recsys" and m.get("state") == "READY"}
+    assert ready == {(0, 1), (1, 1)}, ready
+    answers = [answer(replace(s, triton_url=replica.url, triton_grpc_port=replica.grpc_port), user) for replica in replicas]
     assert answers[0] == answers[1] and len(answers[0]) == 5 and set(answers[0]) <= catalogue, answers
+    assert answer(s, user) == answers[0]  # the spreading client
     client.close()
 
     with capsys.disabled():

@@ -150,7 +150,7 @@ def test_stack_status_shows_each_replica(replicas, capsys):
         assert row["answering"] and row["pid"] and row["url"] == at.url
         assert row["log"] == str(s.services_root / "triton" / f"triton-{n + 1}.log")
     assert ends[1].http_port == ends[0].http_port + 3 and ends[1].grpc_port == ends[0].grpc_port + 3
-    _print_table({"triton": report})  # `recsys stack status`
+    _print_table({"triton": report}, s.topology)  # `recsys stack status`
     lines = capsys.readouterr().out.splitlines()
     for n, at in enumerate(ends):
         assert any(line.split()[:3] == [f"triton-{n + 1}", "embedded", "yes"] and at.url in line for line in lines), lines
