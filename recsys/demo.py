@@ -304,8 +304,8 @@ def run_demo(args: argparse.Namespace) -> int:
     settings = get_settings()
     began = time.monotonic()
 
-    _step(f"1/{STEPS} starting the local stack (Redis, MLflow, Airflow, Triton, the HTTP API, the event worker); logs under "
-          + str(settings.services_root))
+    _step(f"1/{STEPS} starting the local stack, {settings.topology} topology ({', '.join(stack.topology_services(settings))}); "
+          f"logs under {settings.services_root}")
     timings = stack.up(settings)
     for name, seconds in timings.items():
         print(f"  {name} answering after {seconds:.1f} s")

@@ -17,11 +17,19 @@ from loop_helpers import answer, new_run, run_done, started_by, training_runs
 pytestmark = pytest.mark.slow
 
 ETL, TRAIN, REFRESH, PUBLISH = "recsys_etl", "recsys_train", "recsys_feature_refresh", "recsys_publish"
-MERLIN_TASKS = {(ETL, "build_features"), (TRAIN, "train")}  # the Merlin runtime's work: the gpu queue
 
 
 def _queues(client, dag_id: str, run_id: str) -> dict[str, str]:
-    return {t["task_id"]: t["queue"] for t in client.task_instances(dag_id, run_id) if t["state"] == "success"}
+    """The queue each task of the run ran on, by whether it is Merlin-runtime work: ``{task: (merlin?, queue)}``."""
+    merlin = {t["task_id"] for t in client.request("GET", f"/api/v2/dags/{dag_id}/tasks").json()["tasks"]
+              if t["operator_name"] == "@jobs.merlin_task"}
+    return {t["task_id"]: (t["task_id"] in merlin, t["queue"]) for t in client.task_instances(dag_id, run_id)
+            if t["state"] == "success"}
+
+
+def _routed_by_runtime(queues: dict) -> bool:
+    """The Merlin-runtime tasks on the ``gpu`` queue (its Celery worker), every other task on ``default``."""
+    return all(queue == ("gpu" if merlin else "default") for merlin, queue in queues.values())
 
 
 @pytest.mark.timeout(1800)
@@ -61,7 +69,7 @@ def test_the_loop_runs_on_the_distributed_topology(topology, capsys):
     assert [e["name"] for e in features] == ["recsys_features"]
     feature_version = features[0]["extra"]["feature_version"]
     queues = _queues(client, ETL, etl)
-    assert queues["build_features"] == "gpu" and queues["ingest"] == "default", queues
+    assert queues["build_features"] == (True, "gpu") and _routed_by_runtime(queues), queues
     timings["etl"] = time.monotonic() - mark
 
     mark = time.monotonic()
@@ -72,9 +80,10 @@ def test_the_loop_runs_on_the_distributed_topology(topology, capsys):
     train_tasks = run_done(client, s, TRAIN, train["dag_run_id"])
     assert train_tasks["announce_champion"] == "success", train_tasks
     run_done(client, s, REFRESH, refresh["dag_run_id"])
-    queues = _queues(client, TRAIN, train["dag_run_id"])
-    assert queues["train"] == "gpu", queues
-    assert {q for task, q in queues.items() if (TRAIN, task) not in MERLIN_TASKS} <= {"default"}, queues
+    for dag_id, run_id in ((TRAIN, train["dag_run_id"]), (REFRESH, refresh["dag_run_id"])):
+        queues = _queues(client, dag_id, run_id)
+        assert _routed_by_runtime(queues), (dag_id, queues)
+    assert _queues(client, TRAIN, train["dag_run_id"])["train"] == (True, "gpu")
     trained = training_runs(s)
     assert len(trained) == 1 and trained[0].data.tags["recsys.feature_version"] == feature_version
     # The refresh wrote the features into the Redis Cluster: the current online version is of this feature version.
