@@ -1,5 +1,5 @@
 """Following the loop through Airflow's REST API: the system tests of both topologies (tests/stack/test_loop.py,
-tests/topology/test_loop.py) wait for runs the scheduler makes and check what started them."""
+tests/topology/test_distributed_loop.py) wait for runs the scheduler makes and check what started them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,27 @@ import time
 from datetime import datetime
 
 RUN_TIMEOUT = 600  # seconds per DAG run: generous, the machine is shared
+LOOP_DAGS = ("recsys_train", "recsys_feature_refresh", "recsys_publish", "recsys_etl")  # consumers first
+
+
+def land_and_unpause(s):
+    """New data in the landing folder (strong tastes: the tiny models have something to learn), and the loop's DAGs
+    unpaused, the consumers of Asset events first (no event may find them paused): the scheduler then starts the
+    ETL's due daily run by itself. Returns the Airflow client, the most active user and the catalogue's item ids."""
+    from recsys.data.contract import read_table
+    from recsys.data.synthetic import SyntheticConfig, write_synthetic
+    from recsys.stack.airflow_client import AirflowClient
+
+    write_synthetic(s.landing, SyntheticConfig(n_users=300, n_items=120, n_interactions=20_000, days=14, seed=3,
+                                               temperature=0.3), overwrite=True)
+    interactions = read_table(s.landing, "interactions")
+    user = int(interactions["user_id"].value_counts().index[0])
+    catalogue = set(read_table(s.landing, "items")["item_id"].tolist())
+    client = AirflowClient.from_settings(s)
+    for dag_id in LOOP_DAGS:
+        client.wait_for_dag(dag_id, timeout=240)
+        client.unpause(dag_id)
+    return client, user, catalogue
 
 
 def run_done(client, s, dag_id: str, run_id: str) -> dict:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from loop_helpers import answer, new_run, run_done, scheduler_beats_after, served_versions, started_by, training_runs
+from loop_helpers import answer, land_and_unpause, new_run, run_done, scheduler_beats_after, served_versions, started_by, training_runs
 from shared_helpers import patched_environ, triton_ports_env
 
 pytestmark = pytest.mark.slow
@@ -69,10 +69,7 @@ def _restart(s) -> float:
 @pytest.mark.timeout(1500)
 def test_new_data_flows_through_the_running_scheduler_to_triton_and_survives_restarts(loop_settings, capsys):
     from recsys import stack
-    from recsys.data.contract import read_table
-    from recsys.data.synthetic import SyntheticConfig, write_synthetic
     from recsys.serving.publish import rollback
-    from recsys.stack.airflow_client import AirflowClient
     from recsys.tracking.runs import authenticate
 
     s = loop_settings
@@ -82,17 +79,7 @@ def test_new_data_flows_through_the_running_scheduler_to_triton_and_survives_res
     authenticate(s)
     timings["stack up"] = time.monotonic() - began
 
-    # New data in the landing folder (strong tastes: the tiny models have something to learn).
-    write_synthetic(s.landing, SyntheticConfig(n_users=300, n_items=120, n_interactions=20_000, days=14, seed=3,
-                                               temperature=0.3), overwrite=True)
-    interactions = read_table(s.landing, "interactions")
-    user = int(interactions["user_id"].value_counts().index[0])
-    catalogue = set(read_table(s.landing, "items")["item_id"].tolist())
-
-    client = AirflowClient.from_settings(s)
-    for dag_id in (TRAIN, REFRESH, PUBLISH, ETL):  # consumers first: no Asset event may find them paused
-        client.wait_for_dag(dag_id, timeout=240)
-        client.unpause(dag_id)
+    client, user, catalogue = land_and_unpause(s)
 
     # recsys_etl: unpaused, the scheduler starts its due daily run by itself.
     mark = time.monotonic()

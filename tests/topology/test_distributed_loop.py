@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from loop_helpers import answer, new_run, run_done, started_by, training_runs
+from loop_helpers import answer, land_and_unpause, new_run, run_done, started_by, training_runs
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +35,10 @@ def _routed_by_runtime(queues: dict) -> bool:
 @pytest.mark.timeout(1800)
 def test_the_loop_runs_on_the_distributed_topology(topology, capsys):
     from recsys import stack
-    from recsys.data.contract import read_table
-    from recsys.data.synthetic import SyntheticConfig, write_synthetic
     from recsys.online.redis_store import RedisOnlineStore
     from recsys.serving.control import repository_index
     from recsys.serving.triton_client import endpoints
     from recsys.settings import replace
-    from recsys.stack.airflow_client import AirflowClient
     from recsys.tracking.runs import authenticate
 
     timings: dict[str, float] = {}
@@ -50,16 +47,7 @@ def test_the_loop_runs_on_the_distributed_topology(topology, capsys):
     authenticate(s)
     timings["stack up"] = time.monotonic() - began
 
-    write_synthetic(s.landing, SyntheticConfig(n_users=300, n_items=120, n_interactions=20_000, days=14, seed=3,
-                                               temperature=0.3), overwrite=True)
-    interactions = read_table(s.landing, "interactions")
-    user = int(interactions["user_id"].value_counts().index[0])
-    catalogue = set(read_table(s.landing, "items")["item_id"].tolist())
-
-    client = AirflowClient.from_settings(s)
-    for dag_id in (TRAIN, REFRESH, PUBLISH, ETL):  # consumers first: no Asset event may find them paused
-        client.wait_for_dag(dag_id, timeout=240)
-        client.unpause(dag_id)
+    client, user, catalogue = land_and_unpause(s)
 
     mark = time.monotonic()
     etl = new_run(client, ETL, "scheduled", set())["dag_run_id"]  # unpaused, the scheduler starts its due daily run
