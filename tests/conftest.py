@@ -99,3 +99,10 @@ def redis_client(stack_settings):
     client = redis_client_of(stack_settings)
     yield client
     client.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The distributed topology's tests (tests/topology) run last: their session fixture points ``os.environ`` at
+    the topology's services and secrets until the session ends (its services are shared by all its modules), so a
+    test after them would find MLflow's password and the home of the topology instead of ``stack_settings``'."""
+    items.sort(key=lambda item: item.path.parent.name == "topology")  # stable: the order within each group stays
