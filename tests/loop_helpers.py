@@ -96,3 +96,12 @@ def training_runs(s) -> list:
     mlflow = client(s.mlflow_uri)
     experiment = mlflow.get_experiment_by_name(s.experiment_name)
     return mlflow.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
+
+
+def published_by_champion(client, s, train_run_id: str) -> dict:
+    """The publish run the champion event of training run ``train_run_id`` started, once it succeeded."""
+    publish = new_run(client, "recsys_publish", "asset_triggered", set())
+    assert started_by(client, "recsys_publish", publish) == [("recsys_champion", "recsys_train", train_run_id)]
+    tasks = run_done(client, s, "recsys_publish", publish["dag_run_id"])
+    assert tasks["announce_serving"] == "success", tasks
+    return publish

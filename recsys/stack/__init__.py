@@ -70,10 +70,8 @@ def free_ports_env(distributed: bool) -> dict[str, str]:
     Triton's three ports a block of 6 (replica n adds 3n) in the distributed topology."""
     from recsys.stack.service import free_port, free_port_block
 
-    names = ["MLFLOW", "AIRFLOW", "API", "EVENTS_METRICS"]
+    names = ["MLFLOW", "AIRFLOW", "API", "EVENTS_METRICS"] + (["POSTGRES", "CELERY_BROKER", "DASK_SCHEDULER"] if distributed else [])
     env = {f"RECSYS_{name}_PORT": str(free_port()) for name in names}
-    if distributed:
-        env.update({f"RECSYS_{name}_PORT": str(free_port()) for name in ("POSTGRES", "CELERY_BROKER", "DASK_SCHEDULER")})
     if distributed:
         from recsys.stack.redis import free_cluster_ports
 

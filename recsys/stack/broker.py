@@ -71,8 +71,10 @@ class BrokerService(Service):
     def answering(self) -> bool:
         import redis
 
+        from recsys.online.redis_store import connect
+
         try:
-            connection = redis.Redis.from_url(broker_url(self.settings), socket_timeout=2, socket_connect_timeout=2)
+            connection = connect(broker_url(self.settings), socket_timeout=2, socket_connect_timeout=2)
             try:
                 return bool(connection.ping())
             finally:

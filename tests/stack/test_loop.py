@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from loop_helpers import answer, land_and_unpause, new_run, run_done, scheduler_beats_after, served_versions, started_by, training_runs
+from loop_helpers import answer, land_and_unpause, new_run, published_by_champion, run_done, scheduler_beats_after, served_versions, started_by, training_runs
 from shared_helpers import patched_environ, triton_ports_env
 
 pytestmark = pytest.mark.slow
@@ -108,10 +108,7 @@ def test_new_data_flows_through_the_running_scheduler_to_triton_and_survives_res
 
     # The champion event starts publishing; Triton then serves version 1.
     mark = time.monotonic()
-    publish = new_run(client, PUBLISH, "asset_triggered", set())
-    assert started_by(client, PUBLISH, publish) == [("recsys_champion", TRAIN, train["dag_run_id"])]
-    publish_tasks = run_done(client, s, PUBLISH, publish["dag_run_id"])
-    assert publish_tasks["announce_serving"] == "success", publish_tasks
+    publish = published_by_champion(client, s, train["dag_run_id"])
     assert served_versions(s) == {1}
     first_answer = answer(s, user)
     assert len(first_answer) == 5 and set(first_answer) <= catalogue, first_answer

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from loop_helpers import answer, land_and_unpause, new_run, run_done, started_by, training_runs
+from loop_helpers import answer, land_and_unpause, new_run, published_by_champion, run_done, started_by, training_runs
 
 pytestmark = pytest.mark.slow
 
-ETL, TRAIN, REFRESH, PUBLISH = "recsys_etl", "recsys_train", "recsys_feature_refresh", "recsys_publish"
+ETL, TRAIN, REFRESH = "recsys_etl", "recsys_train", "recsys_feature_refresh"
 
 
 def _queues(client, dag_id: str, run_id: str) -> dict[str, str]:
@@ -80,10 +80,7 @@ def test_the_loop_runs_on_the_distributed_topology(topology, capsys):
     timings["train + refresh"] = time.monotonic() - mark
 
     mark = time.monotonic()
-    publish = new_run(client, PUBLISH, "asset_triggered", set())
-    assert started_by(client, PUBLISH, publish) == [("recsys_champion", TRAIN, train["dag_run_id"])]
-    publish_tasks = run_done(client, s, PUBLISH, publish["dag_run_id"])
-    assert publish_tasks["announce_serving"] == "success", publish_tasks
+    published_by_champion(client, s, train["dag_run_id"])
     timings["publish"] = time.monotonic() - mark
 
     # Both replicas serve the published version (each one's own index), and answer alike.

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SERVICES = ("postgres", "broker", "mlflow", "airflow", "dask")  # the ETL runs on the Dask cluster
+SERVICES = ("postgres", "redis", "broker", "mlflow", "airflow", "dask")  # ingest asks the event log (Redis); the ETL runs on Dask
 
 
 @pytest.fixture(scope="module")
